@@ -1,0 +1,6 @@
+//! The tresnet-eval worker: the TResNet port on libtorch, device selection and the single-process tools.
+
+pub mod cli;
+pub mod device;
+pub mod infer;
+pub mod model;

@@ -1,0 +1,36 @@
+//! `tresnet-worker` binary: parse flags, run the subcommand, print the error chain, exit non-zero.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tresnet_worker::cli::{Cli, Command};
+use tresnet_worker::infer;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tresnet-worker: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Infer(args) => {
+            let cfg = infer::InferConfig::from_args(&args)?;
+            let s = infer::run(&cfg)?;
+            eprintln!(
+                "wrote logits [{}, {}] to {} ({:?} checkpoint, {:?})",
+                s.images,
+                s.num_classes,
+                cfg.output.display(),
+                s.layout,
+                s.device
+            );
+            Ok(())
+        }
+    }
+}

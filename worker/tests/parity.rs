@@ -1,0 +1,162 @@
+//! Logit parity with timm for every variant, both checkpoint layouts and BN folding on and off.
+//! Fixtures: ops/reference/gen_model_fixtures.py (seeded random-init timm models, input-sensitive).
+
+mod common;
+
+use std::path::Path;
+
+use tch::Tensor;
+use tresnet_common::checkpoint::CheckpointLayout;
+use tresnet_common::npy::NpyF32;
+use tresnet_worker::infer;
+use tresnet_worker::model::{BuildOptions, ModelName, load_model};
+
+fn run(
+    model: &str,
+    weights: &Path,
+    input: &Tensor,
+    opts: &BuildOptions,
+) -> (NpyF32, CheckpointLayout) {
+    let name: ModelName = model.parse().unwrap();
+    let loaded = load_model(name, &name.config(), weights, opts).unwrap_or_else(|e| panic!("{e}"));
+    let y = infer::logits(&loaded.model, input, 8).unwrap();
+    let shape = y.size().iter().map(|&d| d as usize).collect();
+    let data = Vec::<f32>::try_from(y.flatten(0, -1)).unwrap();
+    (NpyF32 { shape, data }, loaded.layout)
+}
+
+fn assert_parity(case_name: &str, weights_file: &str, want_layout: CheckpointLayout) {
+    let case = common::case(case_name);
+    let input = infer::read_input(&case.dir.join("input.npy")).unwrap();
+    let want = common::read(&case.dir.join("logits.npy"));
+    for fold_bn in [false, true] {
+        let opts = BuildOptions {
+            fold_bn,
+            ..BuildOptions::cpu_f32()
+        };
+        let (got, layout) = run(
+            &case.model,
+            &case.weights_dir.join(weights_file),
+            &input,
+            &opts,
+        );
+        assert_eq!(layout, want_layout);
+        let (diff, same_argmax) = common::compare(&got, &want);
+        let rel = diff / case.sigma;
+        eprintln!(
+            "{case_name} {weights_file} fold_bn={fold_bn}: max|dlogit|={diff:.3e} = {rel:.2e} sigma, argmax equal: {same_argmax}"
+        );
+        assert!(
+            same_argmax,
+            "{case_name} {weights_file} fold_bn={fold_bn}: argmax differs"
+        );
+        assert!(
+            rel <= common::TOLERANCE_IN_SIGMA,
+            "{case_name} {weights_file} fold_bn={fold_bn}: max|dlogit| {diff:.3e} exceeds 1% of sigma {:.3}",
+            case.sigma
+        );
+    }
+}
+
+#[test]
+fn tresnet_m_224_timm_layout() {
+    assert_parity("tresnet_m_224", "timm.pth", CheckpointLayout::Timm);
+}
+
+#[test]
+fn tresnet_m_224_miil_layout_legacy_pickle() {
+    assert_parity("tresnet_m_224", "miil.pth", CheckpointLayout::Miil);
+}
+
+#[test]
+fn tresnet_m_224_safetensors() {
+    assert_parity("tresnet_m_224", "timm.safetensors", CheckpointLayout::Timm);
+}
+
+#[test]
+fn tresnet_m_448() {
+    assert_parity("tresnet_m_448", "timm.pth", CheckpointLayout::Timm);
+    assert_parity("tresnet_m_448", "miil.pth", CheckpointLayout::Miil);
+}
+
+#[test]
+fn tresnet_l_224() {
+    assert_parity("tresnet_l_224", "timm.pth", CheckpointLayout::Timm);
+    assert_parity("tresnet_l_224", "miil.pth", CheckpointLayout::Miil);
+}
+
+#[test]
+fn tresnet_xl_224() {
+    assert_parity("tresnet_xl_224", "timm.pth", CheckpointLayout::Timm);
+    assert_parity("tresnet_xl_224", "miil.pth", CheckpointLayout::Miil);
+}
+
+#[test]
+fn tresnet_v2_l_224() {
+    assert_parity("tresnet_v2_l_224", "timm.pth", CheckpointLayout::Timm);
+    assert_parity("tresnet_v2_l_224", "miil.pth", CheckpointLayout::Miil);
+}
+
+#[test]
+fn channels_last_matches_too() {
+    let case = common::case("tresnet_m_224");
+    let input = infer::read_input(&case.dir.join("input.npy")).unwrap();
+    let want = common::read(&case.dir.join("logits.npy"));
+    let opts = BuildOptions {
+        channels_last: true,
+        fold_bn: true,
+        ..BuildOptions::cpu_f32()
+    };
+    let (got, _) = run(
+        &case.model,
+        &case.weights_dir.join("timm.pth"),
+        &input,
+        &opts,
+    );
+    let (diff, same_argmax) = common::compare(&got, &want);
+    assert!(
+        same_argmax && diff / case.sigma <= common::TOLERANCE_IN_SIGMA,
+        "{diff}"
+    );
+}
+
+/// The comparison must be able to fail: an input-path bug (RGB fed as BGR) has to blow the tolerance.
+#[test]
+fn channel_order_bug_is_detected() {
+    let case = common::case("tresnet_m_224");
+    let input = infer::read_input(&case.dir.join("input.npy"))
+        .unwrap()
+        .flip([1]);
+    let want = common::read(&case.dir.join("logits.npy"));
+    let (got, _) = run(
+        &case.model,
+        &case.weights_dir.join("timm.pth"),
+        &input,
+        &BuildOptions::cpu_f32(),
+    );
+    let (diff, _) = common::compare(&got, &want);
+    assert!(
+        diff / case.sigma > 20.0 * common::TOLERANCE_IN_SIGMA,
+        "a BGR input moved logits by only {:.3} sigma: the fixture is blind",
+        diff / case.sigma
+    );
+}
+
+/// Batch-size independence: chunking must not change results beyond fp32 noise.
+#[test]
+fn chunked_batches_agree() {
+    let case = common::case("tresnet_m_64");
+    let name: ModelName = case.model.parse().unwrap();
+    let loaded = load_model(
+        name,
+        &name.config(),
+        &case.weights_dir.join("timm.pth"),
+        &BuildOptions::cpu_f32(),
+    )
+    .unwrap();
+    let input = infer::read_input(&case.dir.join("input.npy")).unwrap();
+    let whole = infer::logits(&loaded.model, &input, 64).unwrap();
+    let ones = infer::logits(&loaded.model, &input, 1).unwrap();
+    let diff = (whole - ones).abs().max().double_value(&[]);
+    assert!(diff / case.sigma <= common::TOLERANCE_IN_SIGMA, "{diff}");
+}

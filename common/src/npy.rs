@@ -208,7 +208,10 @@ mod tests {
     fn rejects_truncated_and_wrong_dtype() {
         let bytes = to_bytes_f32(&[4], &[1.0, 2.0, 3.0, 4.0]);
         let e = parse_f32(Path::new("t.npy"), &bytes[..bytes.len() - 1]).unwrap_err();
-        assert!(e.to_string().contains("t.npy") && e.to_string().contains("data bytes"), "{e}");
+        assert!(
+            e.to_string().contains("t.npy") && e.to_string().contains("data bytes"),
+            "{e}"
+        );
         let mut f64s = bytes.clone();
         let at = f64s.windows(3).position(|w| w == b"<f4").unwrap();
         f64s[at + 2] = b'8';

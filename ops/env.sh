@@ -3,6 +3,12 @@
 # Source it: `source ops/env.sh`. Idempotent and fast when the cache is warm; a cold run installs
 # torch==2.11.0 from PyPI (~2.7 GB, a few minutes). Never uses tch's download-libtorch.
 _tresnet_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# The turbojpeg crate builds its vendored libjpeg-turbo (the decoder inside Pillow) with cmake, and its
+# SIMD code needs nasm; Debian's libturbojpeg is too old (2.1 < 3.0) to link against instead.
+if ! command -v cmake >/dev/null 2>&1 || ! command -v nasm >/dev/null 2>&1; then
+  echo "tresnet-eval: installing cmake and nasm (needed to build libjpeg-turbo)" >&2
+  { apt-get update -qq && apt-get install -y -qq cmake nasm; } >&2 || return 1 2>/dev/null || exit 1
+fi
 export TRESNET_CACHE_DIR="${TRESNET_CACHE_DIR:-$HOME/.cache/tresnet-eval}"
 _req="$_tresnet_root/ops/requirements.txt"
 _stamp_want="$(sha256sum "$_req" | cut -c1-16)"

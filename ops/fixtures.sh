@@ -1,17 +1,34 @@
 #!/usr/bin/env bash
-#! Generates (once per generator version) the seeded model fixtures and exports TRESNET_FIXTURES.
-# Source it after ops/env.sh. Output is keyed by a hash of the generator and the pinned Python stack, so
-# editing either regenerates; the directory is written atomically (COMPLETE marker, then rename).
+#! Generates (once per generator version) the seeded test fixtures and exports their directories.
+# Source it after ops/env.sh. Each set is keyed by a hash of its generator and the pinned Python stack, so
+# editing either regenerates; a directory is written atomically (COMPLETE marker, then rename).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_key="$(cat "$_root/ops/reference/gen_model_fixtures.py" "$_root/ops/requirements.txt" | sha256sum | cut -c1-16)"
-export TRESNET_FIXTURES="$TRESNET_CACHE_DIR/fixtures/model-$_key"
-if [ ! -f "$TRESNET_FIXTURES/COMPLETE" ]; then
-  echo "tresnet-eval: generating model fixtures into $TRESNET_FIXTURES" >&2
-  rm -rf "$TRESNET_FIXTURES.tmp"
-  mkdir -p "$(dirname "$TRESNET_FIXTURES")"
-  python "$_root/ops/reference/gen_model_fixtures.py" --out "$TRESNET_FIXTURES.tmp" || return 1 2>/dev/null || exit 1
-  rm -rf "$TRESNET_FIXTURES" && mv "$TRESNET_FIXTURES.tmp" "$TRESNET_FIXTURES"
-  # Older generations are dead weight (GBs); keep only the current one.
-  find "$(dirname "$TRESNET_FIXTURES")" -maxdepth 1 -name 'model-*' ! -name "model-$_key" -exec rm -rf {} +
-fi
-unset _root _key
+
+# _tresnet_fixtures VAR PREFIX GENERATOR [SUBDIR]: run GENERATOR --out $TRESNET_CACHE_DIR/fixtures/PREFIX-<hash>[/SUBDIR]
+# (the directory being the export VAR).
+_tresnet_fixtures() {
+  local var="$1" prefix="$2" gen="$_root/ops/reference/$3" sub="${4:+/$4}"
+  local key dir
+  key="$(cat "$gen" "$_root/ops/requirements.txt" | sha256sum | cut -c1-16)"
+  dir="$TRESNET_CACHE_DIR/fixtures/$prefix-$key"
+  export "$var=$dir"
+  if [ ! -f "$dir/COMPLETE" ]; then
+    echo "tresnet-eval: generating $prefix fixtures into $dir" >&2
+    rm -rf "$dir.tmp"
+    mkdir -p "$(dirname "$dir")"
+    python "$gen" --out "$dir.tmp$sub" || return 1
+    touch "$dir.tmp/COMPLETE"
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+    # Older generations are dead weight (GBs); keep only the current one.
+    find "$(dirname "$dir")" -maxdepth 1 -name "$prefix-*" ! -name "$prefix-$key" -exec rm -rf {} +
+  fi
+}
+
+# Model parity (worker/tests/parity.rs, cli.rs, loading.rs).
+_tresnet_fixtures TRESNET_FIXTURES model gen_model_fixtures.py || return 1 2>/dev/null || exit 1
+# Preprocessing parity and benchmarks (worker/tests/preprocess_parity.rs, worker/benches/preprocess.rs).
+_tresnet_fixtures TRESNET_PREPROCESS_FIXTURES preprocess gen_preprocess_fixtures.py || return 1 2>/dev/null || exit 1
+# The ImageFolder of real photos for the cross-process tests and ops/demo.sh ($TRESNET_SAMPLE_DATA/images).
+_tresnet_fixtures TRESNET_SAMPLE_DATA sample make_sample_dataset.py images || return 1 2>/dev/null || exit 1
+unset -f _tresnet_fixtures
+unset _root

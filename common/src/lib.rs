@@ -1,4 +1,10 @@
 //! Types and pure logic shared by the coordinator and the worker; nothing here links libtorch.
 
 pub mod checkpoint;
+pub mod dataset;
+pub mod ids;
+pub mod job;
 pub mod npy;
+pub mod preprocess;
+pub mod protocol;
+pub mod storage;

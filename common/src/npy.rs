@@ -134,13 +134,9 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim())
 }
 
-/// Serialises a float32 array as `.npy` version 1.0.
-pub fn to_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
-    assert_eq!(
-        shape.iter().product::<usize>(),
-        data.len(),
-        "npy shape/data mismatch"
-    );
+/// The `.npy` v1.0 header for a float32 C-order array, padded so the data starts 64-byte aligned as
+/// NumPy does; streaming writers emit it first and then the rows.
+pub fn header_f32(shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape_s = if dims.len() == 1 {
         format!("({},)", dims[0])
@@ -148,15 +144,26 @@ pub fn to_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
         format!("({})", dims.join(", "))
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_s}, }}");
-    // Pad so that the data starts 64-byte aligned, as NumPy does, ending the header with a newline.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    out
+}
+
+/// Serialises a float32 array as `.npy` version 1.0.
+pub fn to_bytes_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "npy shape/data mismatch"
+    );
+    let mut out = header_f32(shape);
+    out.reserve(data.len() * 4);
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }

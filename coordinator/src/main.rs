@@ -1,16 +1,63 @@
-//! Entry point of `tresnet-coordinator`; the distributed pipeline is tracked in the distributed-core issue.
+//! `tresnet-coordinator` binary: parse flags, run the subcommand, print the error chain, exit non-zero.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use tresnet_coordinator::cli::{Cli, Command};
+use tresnet_coordinator::run;
 
-/// Coordinates a TResNet evaluation job across workers.
-#[derive(Debug, Parser)]
-#[command(name = "tresnet-coordinator", version, about)]
-struct Cli {}
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tresnet-coordinator: error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tresnet-coordinator: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-fn main() -> std::process::ExitCode {
-    let _cli = Cli::parse();
-    eprintln!(
-        "tresnet-coordinator: the distributed pipeline is not built yet; use `tresnet-worker infer` (see README)"
-    );
-    std::process::ExitCode::from(2)
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Run(args) => {
+            let out = args.out.clone();
+            let summary = run::run(args.into_config()?).await?;
+            if summary.synthetic {
+                println!("SYNTHETIC run (no model): accuracy numbers are meaningless");
+            }
+            println!(
+                "top-1 {:.3}%  top-{} {:.3}%  samples {}  bad {}  failed {}  (dataset {})",
+                summary.top1,
+                summary.top5_k,
+                summary.top5,
+                summary.samples,
+                summary.bad_samples,
+                summary.failed_samples,
+                summary.dataset_size
+            );
+            println!("report: {}", out.join("summary.json").display());
+            Ok(())
+        }
+    }
 }

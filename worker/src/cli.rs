@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use tresnet_common::preprocess::{CropMode, DEFAULT_CROP_PCT};
+
 use crate::device::{DeviceSpec, Precision};
 use crate::model::ModelName;
 
@@ -13,17 +15,52 @@ use crate::model::ModelName;
     version,
     about = "TResNet worker: runs the model through libtorch",
     long_about = "TResNet worker: runs the TResNet family (M, L, XL, v2-L) through libtorch.\n\
-                  The single-process tools below need no coordinator."
+                  Without a subcommand it joins a coordinator (--coordinator URL --devices ...);\n\
+                  the single-process tools below need no coordinator.",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub join: JoinArgs,
+}
+
+/// Flags of the default mode: join a coordinator and evaluate the shards it leases.
+#[derive(Debug, clap::Args)]
+pub struct JoinArgs {
+    /// Coordinator URL, e.g. http://10.0.0.5:7000.
+    #[arg(long, env = "TRESNET_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// Devices to run on, one executor each: cpu, or cuda:0,cuda:1,...
+    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_device)]
+    pub devices: Vec<DeviceSpec>,
+    /// Name reported to the coordinator (default: hostname-pid).
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    /// Shards in flight at once (prefetch: the next shard is fetched while one computes).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch_shards: u32,
+    /// Threads decoding and resizing images (default: the number of CPUs).
+    #[arg(long)]
+    pub decode_threads: Option<usize>,
+    /// libtorch CPU threads for the forward pass (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+    /// Test hook: sleep this long per batch, to simulate a slow node.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub debug_batch_delay_ms: u64,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Compute logits for a float32 NCHW .npy batch (values in [0, 1]) and write them as .npy.
     Infer(InferArgs),
+    /// Decode and preprocess one image as timm's eval transform does; write float32 [1, 3, H, W] .npy.
+    Preprocess(PreprocessArgs),
 }
 
 /// How conv weights and activations are laid out in memory.
@@ -70,6 +107,36 @@ pub struct InferArgs {
     /// CPU threads for libtorch's intra-op pool (default: libtorch's choice).
     #[arg(long)]
     pub threads: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PreprocessArgs {
+    /// Encoded image (JPEG or PNG).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Side of the square output.
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub resolution: u32,
+    /// center: shorter side to int(resolution / crop_pct), then a center crop (timm);
+    /// squish: resize to resolution x resolution, no crop (the official TResNet 448 recipe).
+    #[arg(long, default_value = "center", value_parser = parse_crop_mode)]
+    pub crop_mode: CropMode,
+    /// Fraction of the resized shorter side kept by the center crop.
+    #[arg(long, default_value_t = DEFAULT_CROP_PCT)]
+    pub crop_pct: f64,
+    /// Decode large JPEGs at reduced size in the DCT domain (faster; pixels differ from PIL's).
+    #[arg(long)]
+    pub dct_scaling: bool,
+    /// Refuse images with more pixels (default: Pillow's decompression-bomb limit, 178956970).
+    #[arg(long)]
+    pub max_pixels: Option<u64>,
+    /// Where to write float32 [1, 3, H, W] in [0, 1] as `.npy`.
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+fn parse_crop_mode(s: &str) -> Result<CropMode, String> {
+    s.parse()
 }
 
 fn parse_model(s: &str) -> Result<ModelName, String> {

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tresnet_worker::cli::{Cli, Command};
-use tresnet_worker::infer;
+use tresnet_worker::preprocess::command::PreprocessCommand;
+use tresnet_worker::{infer, join};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,7 +19,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return join::run(cli.join);
+    };
+    match command {
         Command::Infer(args) => {
             let cfg = infer::InferConfig::from_args(&args)?;
             let s = infer::run(&cfg)?;
@@ -30,6 +34,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.layout,
                 s.device
             );
+            Ok(())
+        }
+        Command::Preprocess(args) => {
+            let cmd = PreprocessCommand::from_args(&args)?;
+            let (h, w) = cmd.run()?;
+            eprintln!("wrote [1, 3, {h}, {w}] to {}", cmd.output.display());
             Ok(())
         }
     }

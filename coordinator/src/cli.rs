@@ -1,0 +1,186 @@
+//! Command-line interface of `tresnet-coordinator`, validated into config structs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tresnet_common::dataset::DatasetFormat;
+use tresnet_common::job::SaveLogits;
+use tresnet_common::preprocess::{CropMode, PreprocessConfig};
+
+use crate::run::RunConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tresnet-coordinator",
+    version,
+    about = "Distributed TResNet evaluation: shards a dataset to workers and reports"
+)]
+pub struct Cli {
+    /// Log as JSON lines (for log collectors) instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one evaluation job and write its run directory.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnBadSample {
+    /// Count it in `bad_samples` with its reason and go on.
+    Skip,
+    /// Stop the run with an error naming the sample (completed shards stay in the journal).
+    Fail,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Model variant (timm name: tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l).
+    #[arg(long)]
+    pub model: String,
+    /// Checkpoint (timm .pth/.safetensors or official MIIL .pth), readable by every worker.
+    #[arg(long, required_unless_present = "synthetic")]
+    pub weights: Option<PathBuf>,
+    /// Dataset location: a path, file://, s3://, gs://, az:// or memory:// URL.
+    #[arg(long)]
+    pub data: String,
+    /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
+    #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
+    pub format: DatasetFormat,
+    /// Run directory (created; an existing one with the same job is resumed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Spawn this many local tresnet-worker processes on loopback.
+    #[arg(long, default_value_t = 1)]
+    pub local_workers: u32,
+    /// Wait for remote workers on this address instead of (or besides) local ones; binds 127.0.0.1
+    /// unless an address is given.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Devices of each local worker: cpu, or cuda:0,cuda:1,...
+    #[arg(long, default_value = "cpu")]
+    pub devices: String,
+    /// libtorch CPU threads per local worker.
+    #[arg(long)]
+    pub worker_threads: Option<u32>,
+    /// Model input side (TResNet runs at any multiple of 32).
+    #[arg(long, default_value_t = 224)]
+    pub resolution: u32,
+    /// Fraction of the resized shorter side kept by the center crop (timm: 0.875).
+    #[arg(long, default_value_t = 0.875)]
+    pub crop_pct: f64,
+    /// center (timm) or squish (the official 448 recipe).
+    #[arg(long, default_value = "center", value_parser = parse_crop)]
+    pub crop_mode: CropMode,
+    /// Predictions kept per sample.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: u32,
+    /// Ship full logits back: none, fp16 or fp32.
+    #[arg(long, default_value = "none", value_parser = parse_logits)]
+    pub save_logits: SaveLogits,
+    /// fp32, fp16 or bf16 (fp16 needs CUDA).
+    #[arg(long, default_value = "fp32")]
+    pub precision: String,
+    /// Keep BatchNorm unfolded on the workers.
+    #[arg(long)]
+    pub no_fold_bn: bool,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: u32,
+    /// Samples per shard (the unit of leasing and retry).
+    #[arg(long, default_value_t = 256)]
+    pub shard_size: u64,
+    /// Override every LeakyReLU slope (the official v2 Stanford-Cars code uses 1e-6).
+    #[arg(long)]
+    pub leaky_slope: Option<f64>,
+    /// A lease not renewed by heartbeats for this long is requeued (milliseconds).
+    #[arg(long, default_value_t = 30_000)]
+    pub lease_timeout_ms: u64,
+    /// Unsuccessful attempts before a shard is reported failed.
+    #[arg(long, default_value_t = 3)]
+    pub max_failures: u32,
+    /// Do not duplicate the oldest in-flight shards when the queue is empty.
+    #[arg(long)]
+    pub no_speculation: bool,
+    /// What a bad sample (undecodable, missing, too large) does to the run.
+    #[arg(long, value_enum, default_value = "skip")]
+    pub on_bad_sample: OnBadSample,
+    /// Benchmark mode: workers return synthetic logits without loading data or a model. Never accuracy.
+    #[arg(long)]
+    pub synthetic: bool,
+    /// Number of model outputs (default: the dataset's class count).
+    #[arg(long)]
+    pub num_classes: Option<u32>,
+    /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
+    #[arg(long, allow_hyphen_values = true, num_args = 1)]
+    pub worker_arg: Vec<String>,
+}
+
+fn parse_format(s: &str) -> Result<DatasetFormat, String> {
+    s.parse()
+        .map_err(|e: tresnet_common::dataset::DatasetError| e.to_string())
+}
+
+fn parse_crop(s: &str) -> Result<CropMode, String> {
+    s.parse()
+}
+
+fn parse_logits(s: &str) -> Result<SaveLogits, String> {
+    s.parse()
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        let preprocess = PreprocessConfig {
+            resolution: self.resolution,
+            crop_pct: self.crop_pct,
+            crop_mode: self.crop_mode,
+            ..PreprocessConfig::tresnet(self.resolution)
+        };
+        preprocess.validate()?;
+        if !["fp32", "fp16", "bf16"].contains(&self.precision.as_str()) {
+            anyhow::bail!(
+                "--precision {} is not one of fp32, fp16, bf16",
+                self.precision
+            );
+        }
+        if self.batch_size == 0 || self.shard_size == 0 || self.top_k == 0 {
+            anyhow::bail!("--batch-size, --shard-size and --top-k must be positive");
+        }
+        if self.local_workers == 0 && self.listen.is_none() {
+            anyhow::bail!("no workers: give --local-workers N or --listen ADDR");
+        }
+        Ok(RunConfig {
+            model: self.model,
+            weights: self.weights,
+            data: self.data,
+            format: self.format,
+            out: self.out,
+            preprocess,
+            top_k: self.top_k,
+            save_logits: self.save_logits,
+            precision: self.precision,
+            fold_bn: !self.no_fold_bn,
+            batch_size: self.batch_size,
+            shard_size: self.shard_size,
+            leaky_slope: self.leaky_slope,
+            synthetic: self.synthetic,
+            local_workers: self.local_workers,
+            listen: self.listen,
+            worker_devices: self.devices,
+            worker_threads: self.worker_threads,
+            worker_extra_args: self.worker_arg,
+            lease_timeout: Duration::from_millis(self.lease_timeout_ms),
+            max_failures: self.max_failures,
+            speculative: !self.no_speculation,
+            fail_on_bad_sample: self.on_bad_sample == OnBadSample::Fail,
+            num_classes: self.num_classes,
+        })
+    }
+}

@@ -1,0 +1,363 @@
+//! One evaluation job end to end: list the dataset, open (or resume) the run directory, serve workers
+//! (spawned locally or remote), watch leases and progress, and write the reports.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tresnet_common::dataset::{DatasetFormat, DatasetIndex, list_dataset};
+use tresnet_common::ids::{JobId, ShardId, WorkerId};
+use tresnet_common::job::{JobSpec, SaveLogits};
+use tresnet_common::preprocess::PreprocessConfig;
+use tresnet_common::protocol::MAX_MESSAGE_BYTES;
+use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
+use tresnet_common::storage::{StorageLocation, StorageOptions};
+
+use crate::journal::Journal;
+use crate::report::{self, Summary};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::service::{CoordinatorService, RunState, Shared};
+
+/// Settings of one `run`, validated from the command line.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub model: String,
+    pub weights: Option<PathBuf>,
+    pub data: String,
+    pub format: DatasetFormat,
+    pub out: PathBuf,
+    pub preprocess: PreprocessConfig,
+    pub top_k: u32,
+    pub save_logits: SaveLogits,
+    pub precision: String,
+    pub fold_bn: bool,
+    pub batch_size: u32,
+    pub shard_size: u64,
+    pub leaky_slope: Option<f64>,
+    pub synthetic: bool,
+    pub local_workers: u32,
+    pub listen: Option<SocketAddr>,
+    pub worker_devices: String,
+    pub worker_threads: Option<u32>,
+    pub worker_extra_args: Vec<String>,
+    pub lease_timeout: Duration,
+    pub max_failures: u32,
+    pub speculative: bool,
+    pub fail_on_bad_sample: bool,
+    pub num_classes: Option<u32>,
+}
+
+/// How often the run loop checks leases, child processes and progress.
+const TICK: Duration = Duration::from_millis(100);
+/// Progress log interval when stderr is not a terminal (CI logs stay readable).
+const LOG_EVERY: Duration = Duration::from_secs(5);
+/// Time local workers get to notice the job is done and exit before they are killed.
+const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
+
+pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open weights {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)
+        .with_context(|| format!("cannot read weights {}", path.display()))?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+fn worker_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TRESNET_WORKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("cannot locate the coordinator executable")?;
+    let p = exe.with_file_name("tresnet-worker");
+    if p.exists() {
+        Ok(p)
+    } else {
+        bail!(
+            "cannot find tresnet-worker next to {} (build it, or set TRESNET_WORKER_BIN)",
+            exe.display()
+        )
+    }
+}
+
+/// Opens the run directory: a new one gets `job.json`; an existing one must hold the same job, and
+/// its journal's completed shards are not run again.
+fn open_run_dir(out: &Path, job: &JobSpec) -> anyhow::Result<(Journal, Vec<ShardId>)> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create run directory {}", out.display()))?;
+    let job_path = out.join("job.json");
+    if job_path.exists() {
+        let old: JobSpec = serde_json::from_slice(&std::fs::read(&job_path)?)
+            .with_context(|| format!("{} is not a job spec", job_path.display()))?;
+        let diff = old.differences(job);
+        if !diff.is_empty() {
+            bail!(
+                "run directory {} holds a different job; refusing to mix results:\n  {}",
+                out.display(),
+                diff.join("\n  ")
+            );
+        }
+    } else {
+        std::fs::write(&job_path, serde_json::to_vec_pretty(job)?)?;
+    }
+    let journal = Journal::open(out)?;
+    let done = journal.completed()?;
+    Ok((journal, done))
+}
+
+fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(WorkerId, Child)>> {
+    let bin = worker_binary()?;
+    let mut children = Vec::new();
+    for i in 0..cfg.local_workers {
+        let id = WorkerId(format!("local-{i}"));
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--coordinator")
+            .arg(format!("http://{addr}"))
+            .arg("--devices")
+            .arg(&cfg.worker_devices)
+            .arg("--worker-id")
+            .arg(&id.0)
+            .args(&cfg.worker_extra_args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(t) = cfg.worker_threads {
+            cmd.arg("--threads").arg(t.to_string());
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start local worker {}", bin.display()))?;
+        children.push((id, child));
+    }
+    Ok(children)
+}
+
+/// Runs the job; returns the summary once every shard is accounted for.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
+    let location = StorageLocation::parse(&cfg.data, &StorageOptions::default())?;
+    tracing::info!(data = %location.url(), format = cfg.format.name(), "listing dataset");
+    let index: DatasetIndex = list_dataset(&location, &cfg.format).await?;
+    if index.is_empty() && index.bad_samples.is_empty() {
+        bail!(
+            "dataset {} ({}) has no samples",
+            location.url(),
+            cfg.format.name()
+        );
+    }
+    let num_classes = cfg.num_classes.unwrap_or(index.class_names.len() as u32);
+    let weights_sha256 = match (&cfg.weights, cfg.synthetic) {
+        (Some(w), _) => sha256_file(w)?,
+        (None, true) => String::new(),
+        (None, false) => bail!("--weights is required (or --synthetic for benchmarks)"),
+    };
+    let job = JobSpec {
+        job_id: JobId(format!(
+            "{}-{}",
+            cfg.model,
+            &index.fingerprint[..12.min(index.fingerprint.len())]
+        )),
+        model: cfg.model.clone(),
+        weights: cfg
+            .weights
+            .as_ref()
+            .map(|w| {
+                std::fs::canonicalize(w)
+                    .unwrap_or(w.clone())
+                    .display()
+                    .to_string()
+            })
+            .unwrap_or_default(),
+        weights_sha256,
+        data_url: location.url().to_string(),
+        format: cfg.format.clone(),
+        dataset_fingerprint: index.fingerprint.clone(),
+        dataset_samples: index.len() as u64,
+        num_classes,
+        preprocess: cfg.preprocess.clone(),
+        top_k: cfg.top_k.min(num_classes),
+        save_logits: cfg.save_logits,
+        precision: cfg.precision.clone(),
+        fold_bn: cfg.fold_bn,
+        batch_size: cfg.batch_size,
+        shard_size: cfg.shard_size,
+        leaky_slope: cfg.leaky_slope,
+        synthetic: cfg.synthetic,
+    };
+    let (journal, done) = open_run_dir(&cfg.out, &job)?;
+    let mut sched = Scheduler::new(
+        index.len() as u64,
+        cfg.shard_size,
+        SchedulerConfig {
+            lease_timeout: cfg.lease_timeout,
+            max_failures: cfg.max_failures,
+            speculative: cfg.speculative,
+        },
+    );
+    for s in &done {
+        if (s.0 as usize) < sched.shard_count() {
+            sched.mark_done(*s);
+        }
+    }
+    if !done.is_empty() {
+        tracing::info!(
+            shards = done.len(),
+            "resuming: completed shards found in the journal"
+        );
+    }
+    let index = Arc::new(index);
+    let state: Shared = Arc::new(Mutex::new(RunState::new(
+        (&job).into(),
+        index.clone(),
+        sched,
+        journal.clone(),
+        cfg.fail_on_bad_sample,
+        4,
+        cfg.lease_timeout,
+    )));
+    let bind = cfg
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let listener = TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let addr = listener.local_addr()?;
+    if cfg.listen.is_some() {
+        eprintln!(
+            "coordinator listening on {addr}; start workers with: tresnet-worker --coordinator http://{addr} --devices ..."
+        );
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    let mut children = spawn_workers(&cfg, addr)?;
+    let outcome = watch(&state, &mut children, index.len() as u64).await;
+    // Workers learn that the job is done from their next lease or heartbeat, then exit on their own.
+    let deadline = Instant::now() + WORKER_EXIT_GRACE;
+    for (id, child) in &mut children {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, child.wait()).await.is_err() {
+            tracing::warn!(worker = %id, "local worker did not exit; killing it");
+            let _ = child.kill().await;
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    outcome?;
+    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    let summary = report::finalize(
+        &cfg.out,
+        &job,
+        &index,
+        &st.sched,
+        &journal,
+        (window, st.live.samples_done),
+    )?;
+    Ok(summary)
+}
+
+/// Serves the coordinator protocol on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Shared,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let svc = CoordinatorServer::new(CoordinatorService::new(state))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(svc)
+        .serve_with_incoming_shutdown(tokio_stream_from(listener), shutdown)
+        .await
+        .context("coordinator server failed")
+}
+
+fn tokio_stream_from(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}
+
+/// Drives expiry, notices dead local workers and reports progress until the job is finished.
+async fn watch(
+    state: &Shared,
+    children: &mut [(WorkerId, Child)],
+    total: u64,
+) -> anyhow::Result<()> {
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} samples  {per_sec}  eta {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b
+    });
+    let start = Instant::now();
+    let mut last_log = Instant::now();
+    let mut alive: Vec<bool> = vec![true; children.len()];
+    loop {
+        tokio::time::sleep(TICK).await;
+        for (i, (id, child)) in children.iter_mut().enumerate() {
+            if alive[i]
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                alive[i] = false;
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                if !st.done() {
+                    tracing::warn!(worker = %id, %status, "local worker exited; requeueing its shards");
+                    st.sched
+                        .worker_lost(id, &format!("process exited with {status}"));
+                }
+            }
+        }
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = st;
+        let now = st.now();
+        st.sched.expire(now);
+        if let Some(f) = &st.fatal {
+            bail!("{f}");
+        }
+        let done = st.live.samples_done;
+        let msg = format!(
+            "workers {}  bad {}  in flight {}",
+            st.workers.len(),
+            st.live.bad_samples,
+            st.sched.leases_in_flight()
+        );
+        if let Some(b) = &bar {
+            b.set_position(done);
+            b.set_message(msg.clone());
+        } else if last_log.elapsed() >= LOG_EVERY {
+            last_log = Instant::now();
+            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            eprintln!("progress: {done}/{total} samples ({rate:.1}/s)  {msg}");
+        }
+        if st.sched.is_finished() {
+            if let Some(b) = &bar {
+                b.finish_and_clear();
+            }
+            return Ok(());
+        }
+        if !children.is_empty() && alive.iter().all(|a| !a) {
+            bail!("every local worker exited before the job finished; see their errors above");
+        }
+    }
+}

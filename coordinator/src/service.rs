@@ -1,0 +1,355 @@
+//! The gRPC service workers talk to. All shared state sits behind one mutex that is never held across
+//! an await, so every RPC sees the scheduler, journal and live counters consistently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+use tresnet_common::dataset::DatasetIndex;
+use tresnet_common::ids::{LeaseId, SampleIndex, ShardId, WorkerId};
+use tresnet_common::protocol::PROTOCOL_VERSION;
+use tresnet_common::protocol::convert::sample_to_pb;
+use tresnet_common::protocol::pb::{self, coordinator_server::Coordinator};
+
+use crate::journal::Journal;
+use crate::scheduler::{Completion, Millis, Scheduler};
+
+/// How often workers heartbeat; a third of the lease timeout so two lost heartbeats are tolerated.
+pub fn heartbeat_interval(lease_timeout: Duration) -> Duration {
+    lease_timeout / 3
+}
+
+/// When a worker asks for work and none is pending, it waits this long before asking again.
+const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Default)]
+pub struct WorkerInfo {
+    pub hostname: String,
+    pub devices: Vec<String>,
+    pub last_seen: Millis,
+    pub samples_done: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct LiveStats {
+    /// Coordinator-clock times of the first grant and the last accepted result: the steady-state
+    /// evaluation window that throughput is measured over (start-up and report writing excluded).
+    pub first_lease_ms: Option<Millis>,
+    pub last_accept_ms: Option<Millis>,
+    pub samples_done: u64,
+    pub bad_samples: u64,
+    pub duplicates_dropped: u64,
+    pub submissions_rejected: u64,
+}
+
+/// Everything the RPC handlers and the run loop share.
+#[derive(Debug)]
+pub struct RunState {
+    pub pb_job: pb::JobSpec,
+    pub index: Arc<DatasetIndex>,
+    pub sched: Scheduler,
+    pub journal: Journal,
+    pub workers: BTreeMap<WorkerId, WorkerInfo>,
+    pub live: LiveStats,
+    /// Set when the run must stop (a bad sample under --on-bad-sample=fail, a journal write error).
+    pub fatal: Option<String>,
+    pub fail_on_bad_sample: bool,
+    pub max_shards_per_lease: u32,
+    pub lease_timeout: Duration,
+    start: Instant,
+}
+
+impl RunState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pb_job: pb::JobSpec,
+        index: Arc<DatasetIndex>,
+        sched: Scheduler,
+        journal: Journal,
+        fail_on_bad_sample: bool,
+        max_shards_per_lease: u32,
+        lease_timeout: Duration,
+    ) -> Self {
+        RunState {
+            pb_job,
+            index,
+            sched,
+            journal,
+            workers: BTreeMap::new(),
+            live: LiveStats::default(),
+            fatal: None,
+            fail_on_bad_sample,
+            max_shards_per_lease,
+            lease_timeout,
+            start: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> Millis {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn done(&self) -> bool {
+        self.sched.is_finished() || self.fatal.is_some()
+    }
+}
+
+pub type Shared = Arc<Mutex<RunState>>;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorService {
+    state: Shared,
+}
+
+impl CoordinatorService {
+    pub fn new(state: Shared) -> Self {
+        CoordinatorService { state }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        // A panic while holding the lock is a bug; keep serving the consistent-enough state rather than
+        // turning one bug into a dead coordinator.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn worker_id(s: &str) -> Result<WorkerId, Status> {
+    if s.is_empty() || s.len() > 256 {
+        return Err(Status::invalid_argument("worker_id must be 1..=256 bytes"));
+    }
+    Ok(WorkerId(s.to_string()))
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol version mismatch: worker speaks {} but this coordinator speaks {}; \
+                 run matching tresnet-worker and tresnet-coordinator builds",
+                r.protocol_version, PROTOCOL_VERSION
+            )));
+        }
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        let now = st.now();
+        tracing::info!(worker = %id, host = %r.hostname, devices = ?r.devices, "worker registered");
+        st.workers.insert(
+            id,
+            WorkerInfo {
+                hostname: r.hostname,
+                devices: r.devices,
+                last_seen: now,
+                samples_done: 0,
+            },
+        );
+        Ok(Response::new(pb::RegisterResponse {
+            job: Some(st.pb_job.clone()),
+            heartbeat_interval_ms: heartbeat_interval(st.lease_timeout).as_millis() as u32,
+            lease_timeout_ms: st.lease_timeout.as_millis() as u32,
+        }))
+    }
+
+    async fn lease(
+        &self,
+        req: Request<pb::LeaseRequest>,
+    ) -> Result<Response<pb::LeaseResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        let now = st.now();
+        if !st.workers.contains_key(&id) {
+            return Err(Status::failed_precondition(format!(
+                "worker {id} is not registered"
+            )));
+        }
+        if let Some(w) = st.workers.get_mut(&id) {
+            w.last_seen = now;
+        }
+        if st.done() {
+            return Ok(Response::new(pb::LeaseResponse {
+                job_done: true,
+                ..Default::default()
+            }));
+        }
+        let mut leases = Vec::new();
+        for _ in 0..r.max_shards.clamp(1, st.max_shards_per_lease) {
+            let Some(g) = st.sched.lease(&id, now) else {
+                break;
+            };
+            st.live.first_lease_ms.get_or_insert(now);
+            let samples = g
+                .samples
+                .clone()
+                .map(|i| sample_to_pb(SampleIndex(i), &st.index.samples[i as usize]))
+                .collect();
+            leases.push(pb::ShardLease {
+                shard_id: g.shard.0,
+                lease_id: g.lease.0,
+                attempt: g.attempt,
+                samples,
+            });
+        }
+        let retry_after_ms = if leases.is_empty() {
+            RETRY_AFTER.as_millis() as u32
+        } else {
+            0
+        };
+        Ok(Response::new(pb::LeaseResponse {
+            leases,
+            retry_after_ms,
+            job_done: false,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        let now = st.now();
+        let leases: Vec<LeaseId> = r.lease_ids.iter().map(|&l| LeaseId(l)).collect();
+        let cancelled = st.sched.heartbeat(&id, &leases, now);
+        if let Some(w) = st.workers.get_mut(&id) {
+            w.last_seen = now;
+            w.samples_done = r.samples_done;
+        }
+        Ok(Response::new(pb::HeartbeatResponse {
+            cancelled_lease_ids: cancelled.into_iter().map(|l| l.0).collect(),
+            job_done: st.done(),
+        }))
+    }
+
+    async fn submit(
+        &self,
+        req: Request<Streaming<pb::SubmitRequest>>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let mut stream = req.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::SubmitRequest {
+                item: Some(pb::submit_request::Item::Header(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "submit stream must start with a header",
+                ));
+            }
+        };
+        let id = worker_id(&header.worker_id)?;
+        let shard = ShardId(header.shard_id);
+        let range = {
+            let st = self.lock();
+            if header.shard_id >= st.sched.shard_count() as u64 {
+                return Err(Status::invalid_argument(format!("unknown {shard}")));
+            }
+            st.sched.samples_of(shard)
+        };
+        // Collect the shard's results, refusing anything that would break exactly-once accounting.
+        let expected = (range.end - range.start) as usize;
+        let mut seen = BTreeSet::new();
+        let mut results = Vec::with_capacity(expected);
+        while let Some(item) = stream.next().await {
+            let batch = match item?.item {
+                Some(pb::submit_request::Item::Batch(b)) => b,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only result batches may follow the header",
+                    ));
+                }
+            };
+            for r in batch.results {
+                if !range.contains(&r.index) {
+                    return Err(Status::invalid_argument(format!(
+                        "sample {} is not in {shard} ({}..{})",
+                        r.index, range.start, range.end
+                    )));
+                }
+                if !seen.insert(r.index) {
+                    return Err(Status::invalid_argument(format!(
+                        "sample {} submitted twice for {shard}",
+                        r.index
+                    )));
+                }
+                results.push(r);
+            }
+        }
+        if results.len() != expected {
+            let mut st = self.lock();
+            st.live.submissions_rejected += 1;
+            return Err(Status::invalid_argument(format!(
+                "{shard} submission has {} of {expected} samples",
+                results.len()
+            )));
+        }
+        results.sort_by_key(|r| r.index);
+        let mut st = self.lock();
+        match st.sched.complete(&id, LeaseId(header.lease_id)) {
+            Completion::Unknown => Err(Status::failed_precondition(format!(
+                "lease {} of {shard} was not granted to worker {id}",
+                header.lease_id
+            ))),
+            Completion::Duplicate => {
+                st.live.duplicates_dropped += 1;
+                Ok(Response::new(pb::SubmitResponse {
+                    accepted: false,
+                    reason: format!("{shard} already has a result; duplicate dropped"),
+                }))
+            }
+            Completion::Accepted => {
+                let bad: Vec<&pb::SampleResult> =
+                    results.iter().filter(|r| !r.error.is_empty()).collect();
+                let n_bad = bad.len() as u64;
+                if st.fail_on_bad_sample
+                    && let Some(b) = bad.first()
+                {
+                    let key = st.index.samples[b.index as usize].key.clone();
+                    st.fatal = Some(format!(
+                        "bad sample {key}: {} (--on-bad-sample=fail)",
+                        b.error
+                    ));
+                }
+                let record = pb::ShardRecord {
+                    shard_id: shard.0,
+                    worker_id: id.0.clone(),
+                    results,
+                };
+                if let Err(e) = st.journal.write(&record) {
+                    st.fatal = Some(format!("cannot record {shard}: {e}"));
+                    return Err(Status::internal(format!(
+                        "coordinator cannot record {shard}"
+                    )));
+                }
+                st.live.samples_done += expected as u64;
+                st.live.last_accept_ms = Some(st.now());
+                st.live.bad_samples += n_bad;
+                Ok(Response::new(pb::SubmitResponse {
+                    accepted: true,
+                    reason: String::new(),
+                }))
+            }
+        }
+    }
+
+    async fn release(
+        &self,
+        req: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let error = (!r.error.is_empty()).then_some(r.error);
+        if let Some(e) = &error {
+            tracing::warn!(worker = %id, lease = r.lease_id, error = %e, "worker failed a shard");
+        }
+        self.lock().sched.release(&id, LeaseId(r.lease_id), error);
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Images/s per core of decode + resize + crop: this project (Rust, one thread) against Pillow + timm (one core).
+
+Both sides read the same ImageNet-like 500x375 quality-90 JPEGs, the `bench/` set written by
+ops/reference/gen_preprocess_fixtures.py, from memory. Pillow's side is torchvision's loader
+(`Image.open(f).convert("RGB")`) followed by timm's eval transform for tresnet_m (Resize 256, CenterCrop 224,
+ToTensor, Normalize); the Rust side is the criterion benchmark worker/benches/preprocess.rs, whose "exact"
+variant is bit-identical to it (uint8 CHW; the /255 happens on the device) and "exact_f32" adds the /255 on the
+host. Both processes are pinned to one CPU.
+
+Usage (from the repository root):
+    source ops/env.sh && source ops/fixtures.sh
+    python ops/bench/preprocess_vs_pillow.py [--cpu 0] [--seconds 10] [--skip-rust]
+"""
+import argparse
+import glob
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+
+CRITERION_GROUP = "preprocess_500x375_q90"
+RUST_VARIANTS = ["exact", "exact_f32", "dct_scaling", "decode_only", "resize_crop_only"]
+
+
+def pillow_images_per_s(files, seconds):
+    import timm
+    import torch
+    from PIL import Image
+
+    torch.set_num_threads(1)
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model("tresnet_m", pretrained=False))
+    transform = timm.data.create_transform(**cfg)
+    blobs = [open(f, "rb").read() for f in files]
+
+    def one_pass():
+        for b in blobs:
+            with Image.open(io.BytesIO(b)) as im:
+                transform(im.convert("RGB"))
+
+    one_pass()  # warm-up: imports, allocator, caches
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one_pass()
+        n += len(blobs)
+    return n / (time.perf_counter() - start)
+
+
+def rust_images_per_s(root, cpu, seconds, n_images):
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(root, "target"))
+    cmd = ["taskset", "-c", str(cpu), "cargo", "bench", "-p", "tresnet-worker", "--bench", "preprocess", "--",
+           "--measurement-time", str(seconds), "--warm-up-time", "2"]
+    print("$ " + " ".join(cmd), file=sys.stderr)
+    subprocess.run(cmd, cwd=root, check=True)
+    out = {}
+    for v in RUST_VARIANTS:
+        with open(os.path.join(target, "criterion", CRITERION_GROUP, v, "new", "estimates.json")) as f:
+            ns_per_iter = json.load(f)["mean"]["point_estimate"]
+        out[v] = n_images / (ns_per_iter * 1e-9)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cpu", type=int, default=0, help="the CPU both sides are pinned to")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measurement time per side")
+    ap.add_argument("--skip-rust", action="store_true", help="only measure Pillow")
+    args = ap.parse_args()
+
+    fixtures = os.environ.get("TRESNET_PREPROCESS_FIXTURES")
+    if not fixtures:
+        sys.exit("TRESNET_PREPROCESS_FIXTURES is not set: source ops/env.sh and ops/fixtures.sh first")
+    files = sorted(glob.glob(os.path.join(fixtures, "bench", "*.jpg")))
+    if not files:
+        sys.exit(f"no bench JPEGs under {fixtures}/bench")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    os.sched_setaffinity(0, {args.cpu})
+    pil = pillow_images_per_s(files, args.seconds)
+    print(f"images: {len(files)} JPEGs, 500x375 / 375x500, quality 90, 4:2:0 (from {fixtures}/bench)")
+    print(f"pillow + timm transform (1 core):      {pil:8.1f} images/s")
+    if args.skip_rust:
+        return
+    rust = rust_images_per_s(root, args.cpu, args.seconds, len(files))
+    for v in RUST_VARIANTS:
+        print(f"tresnet-eval {v:<13} (1 thread):  {rust[v]:8.1f} images/s   ratio {rust[v] / pil:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+//! The real binaries on loopback: a clean multi-worker run agrees with `tresnet-worker infer`, killed
+//! and slow workers change nothing in the report, and a wrong protocol version is refused.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use polars::prelude::*;
+use tresnet_common::npy;
+use tresnet_tests::{bin, coordinator_run, spawn_listening, summary};
+
+/// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.
+type Predictions = BTreeMap<String, (u64, Vec<u32>, Vec<f32>)>;
+
+fn predictions(run: &Path) -> Predictions {
+    let f = std::fs::File::open(run.join("predictions.parquet")).unwrap();
+    let df = ParquetReader::new(f).finish().unwrap();
+    let index = df.column("index").unwrap().u64().unwrap().clone();
+    let key = df.column("key").unwrap().str().unwrap().clone();
+    let ti = df.column("topk_indices").unwrap().list().unwrap().clone();
+    let tl = df.column("topk_logits").unwrap().list().unwrap().clone();
+    let mut out = BTreeMap::new();
+    for i in 0..df.height() {
+        let classes: Vec<u32> = ti
+            .get_as_series(i)
+            .unwrap()
+            .u32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        let logits: Vec<f32> = tl
+            .get_as_series(i)
+            .unwrap()
+            .f32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        out.insert(
+            key.get(i).unwrap().to_string(),
+            (index.get(i).unwrap(), classes, logits),
+        );
+    }
+    out
+}
+
+fn run_ok(mut cmd: Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "coordinator failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn dataset_size() -> u64 {
+    walk(&tresnet_tests::sample_images())
+}
+
+fn walk(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                walk(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn clean_run_matches_single_process_infer() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let out = run_ok(coordinator_run(
+        &run,
+        &[
+            "--local-workers",
+            "3",
+            "--shard-size",
+            "3",
+            "--batch-size",
+            "2",
+        ],
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("top-1") && stdout.contains("summary.json"),
+        "{stdout}"
+    );
+    let s = summary(&run);
+    let n = dataset_size();
+    assert_eq!(s["samples"], n, "{s}");
+    assert_eq!(s["bad_samples"], 0);
+    assert_eq!(s["failed_samples"], 0);
+    let preds = predictions(&run);
+    assert_eq!(preds.len() as u64, n);
+
+    // The same images through the single-process tools: preprocess each, stack, infer.
+    let images = tresnet_tests::sample_images();
+    let mut stacked = Vec::new();
+    let keys: Vec<&String> = preds.keys().collect();
+    for (i, key) in keys.iter().enumerate() {
+        let x = dir.path().join(format!("x{i}.npy"));
+        let st = Command::new(bin("tresnet-worker"))
+            .args(["preprocess", "--resolution", "64", "--image"])
+            .arg(images.join(key))
+            .arg("--output")
+            .arg(&x)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        stacked.extend(npy::read_f32(&x).unwrap().data);
+    }
+    let batch = dir.path().join("batch.npy");
+    npy::write_f32(&batch, &[keys.len(), 3, 64, 64], &stacked).unwrap();
+    let logits = dir.path().join("logits.npy");
+    let st = Command::new(bin("tresnet-worker"))
+        .args(["infer", "--model", "tresnet_m", "--weights"])
+        .arg(tresnet_tests::tresnet_m_weights())
+        .arg("--input")
+        .arg(&batch)
+        .arg("--output")
+        .arg(&logits)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let l = npy::read_f32(&logits).unwrap();
+    let classes = l.shape[1];
+    for (i, key) in keys.iter().enumerate() {
+        let row = &l.data[i * classes..(i + 1) * classes];
+        let mut order: Vec<u32> = (0..classes as u32).collect();
+        order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+        let (_, got_idx, got_logits) = &preds[*key];
+        assert_eq!(
+            got_idx,
+            &order[..5].to_vec(),
+            "{key}: top-5 differs from infer"
+        );
+        for (g, c) in got_logits.iter().zip(&order[..5]) {
+            assert!(
+                (g - row[*c as usize]).abs() <= 1e-4,
+                "{key}: logit {g} vs {}",
+                row[*c as usize]
+            );
+        }
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn killed_workers_change_nothing_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    run_ok(coordinator_run(
+        &clean,
+        &[
+            "--local-workers",
+            "2",
+            "--shard-size",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    ));
+    for round in 0..2u64 {
+        let run = dir.path().join(format!("killed{round}"));
+        let mut cmd = coordinator_run(
+            &run,
+            &[
+                "--local-workers",
+                "3",
+                "--shard-size",
+                "2",
+                "--batch-size",
+                "2",
+                "--worker-arg=--debug-batch-delay-ms=40",
+            ],
+        );
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let mut killed = 0;
+        // Kill up to two of the three workers at seeded, varying moments while the run is going.
+        let mut delay = 300 + 150 * round;
+        while killed < 2 && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(delay));
+            delay = 200 + (delay * 7919) % 400;
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if let Some(&victim) = children_of(child.id()).get(killed) {
+                let _ = Command::new("kill")
+                    .args(["-9", &victim.to_string()])
+                    .status();
+                killed += 1;
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            killed >= 1,
+            "round {round}: the run ended before any worker could be killed"
+        );
+        let (a, b) = (summary(&clean), summary(&run));
+        for field in [
+            "samples",
+            "correct1",
+            "correct5",
+            "bad_samples",
+            "failed_samples",
+            "top1",
+            "top5",
+            "nll",
+            "ece",
+        ] {
+            assert_eq!(
+                a[field], b[field],
+                "round {round}: {field} differs after {killed} kills"
+            );
+        }
+        assert_eq!(
+            predictions(&clean),
+            predictions(&run),
+            "round {round}: predictions differ"
+        );
+    }
+}
+
+#[test]
+fn a_slow_worker_is_absorbed_by_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut cmd = coordinator_run(
+        &run,
+        &[
+            "--local-workers",
+            "2",
+            "--shard-size",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    );
+    cmd.env("RUST_LOG", "warn");
+    let (mut coord, addr) = spawn_listening(cmd);
+    let mut slow = Command::new(bin("tresnet-worker"))
+        .args([
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--worker-id",
+            "slow",
+            "--threads",
+            "1",
+        ])
+        .args(["--debug-batch-delay-ms", "1500"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = coord.wait().unwrap();
+    assert!(status.success());
+    let _ = slow.wait();
+    let s = summary(&run);
+    assert_eq!(s["samples"], dataset_size());
+    // Who produced each accepted shard: the journal records it.
+    let mut by_worker: BTreeMap<String, u32> = BTreeMap::new();
+    for e in std::fs::read_dir(run.join("journal")).unwrap().flatten() {
+        let bytes = std::fs::read(e.path()).unwrap();
+        let rec = <tresnet_common::protocol::pb::ShardRecord as prost_decode::Message>::decode(
+            bytes.as_slice(),
+        )
+        .unwrap();
+        *by_worker.entry(rec.worker_id).or_default() += 1;
+    }
+    let slow_shards = by_worker.get("slow").copied().unwrap_or(0);
+    let fast: Vec<u32> = by_worker
+        .iter()
+        .filter(|(k, _)| *k != "slow")
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        fast.iter().all(|&f| f > slow_shards),
+        "shards per worker: {by_worker:?}"
+    );
+}
+
+mod prost_decode {
+    pub use prost::Message;
+}
+
+#[test]
+fn wrong_protocol_version_is_refused_with_both_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = coordinator_run(&dir.path().join("run"), &["--local-workers", "0"]);
+    cmd.env("RUST_LOG", "warn");
+    let (mut coord, addr) = spawn_listening(cmd);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        use tresnet_common::protocol::pb;
+        let mut c = pb::coordinator_client::CoordinatorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        c.register(pb::RegisterRequest {
+            protocol_version: tresnet_common::protocol::PROTOCOL_VERSION + 1,
+            worker_id: "old-worker".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err()
+    });
+    let _ = coord.kill();
+    let _ = coord.wait();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+    let v = tresnet_common::protocol::PROTOCOL_VERSION;
+    let msg = status.message();
+    assert!(
+        msg.contains(&format!("worker speaks {}", v + 1))
+            && msg.contains(&format!("coordinator speaks {v}")),
+        "{msg}"
+    );
+}

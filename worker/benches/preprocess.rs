@@ -1,0 +1,99 @@
+//! Single-thread throughput of decode + resize + crop on ImageNet-like 500x375 quality-90 JPEGs.
+//!
+//! The images are the `bench/` set of the preprocessing fixtures (ops/reference/gen_preprocess_fixtures.py),
+//! the same files ops/bench/preprocess_vs_pillow.py feeds to Pillow + timm; that script runs this bench and
+//! prints the ratio. One iteration processes every image once, so criterion's elements/s is images/s.
+//! Under `cargo test` criterion runs each benchmark once, as a smoke test.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tresnet_common::preprocess::PreprocessConfig;
+use tresnet_worker::preprocess::decode::{DecodeOptions, Decoder};
+use tresnet_worker::preprocess::{Preprocessor, crop};
+
+fn bench_images() -> Vec<Vec<u8>> {
+    let dir = std::env::var_os("TRESNET_PREPROCESS_FIXTURES")
+        .map(PathBuf::from)
+        .expect(
+            "TRESNET_PREPROCESS_FIXTURES is not set: source ops/env.sh and ops/fixtures.sh first",
+        )
+        .join("bench");
+    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no JPEGs in {}", dir.display());
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+fn preprocess(c: &mut Criterion) {
+    let images = bench_images();
+    let mut group = c.benchmark_group("preprocess_500x375_q90");
+    group.throughput(Throughput::Elements(images.len() as u64));
+    let variants = [
+        // Bit-exact with PIL + timm (the default configuration).
+        ("exact", PreprocessConfig::default(), false),
+        // The same plus ToTensor's /255 on the host, for a like-for-like comparison with timm's tensor.
+        ("exact_f32", PreprocessConfig::default(), true),
+        // Opt-in reduced DCT decode: pixels differ from PIL's.
+        (
+            "dct_scaling",
+            PreprocessConfig {
+                dct_scaling: true,
+                ..PreprocessConfig::default()
+            },
+            false,
+        ),
+    ];
+    for (name, cfg, f32_out) in variants {
+        let mut p = Preprocessor::new(cfg).unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                for img in &images {
+                    let out = p.run(black_box(img)).unwrap();
+                    if f32_out {
+                        black_box(out.to_f32());
+                    } else {
+                        black_box(out);
+                    }
+                }
+            })
+        });
+    }
+    // Where the time goes: libjpeg-turbo alone (the same decoder, and so the same cost, as Pillow's).
+    let mut decoder = Decoder::default();
+    let opts = DecodeOptions {
+        max_pixels: PreprocessConfig::default().max_pixels,
+        dct_scaling_target: None,
+    };
+    group.bench_function("decode_only", |b| {
+        b.iter(|| {
+            for img in &images {
+                black_box(decoder.decode(black_box(img), &opts).unwrap());
+            }
+        })
+    });
+    // And the resampler alone, on the already decoded images.
+    let cfg = PreprocessConfig::default();
+    let decoded: Vec<_> = images
+        .iter()
+        .map(|img| decoder.decode(img, &opts).unwrap().image)
+        .collect();
+    group.bench_function("resize_crop_only", |b| {
+        b.iter(|| {
+            for img in &decoded {
+                let target = cfg.resize_target(img.width, img.height);
+                let window = cfg.crop_window(target.0, target.1);
+                black_box(crop::resize_and_crop(black_box(img), target, window));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, preprocess);
+criterion_main!(benches);

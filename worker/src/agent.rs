@@ -1,0 +1,459 @@
+//! The worker's side of the protocol: register, lease shards, fetch and preprocess their samples on a
+//! CPU pool, feed the device executors, stream results back, and heartbeat from a task of its own so a
+//! long forward never looks like death.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tch::Device;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tresnet_common::dataset::{Sample, SampleSource};
+use tresnet_common::ids::SampleIndex;
+use tresnet_common::preprocess::PreprocessConfig;
+use tresnet_common::protocol::convert::{WorkerJob, sample_from_pb};
+use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
+use tresnet_common::protocol::pb::{self, SampleResult};
+use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+use tresnet_common::storage::{StorageLocation, StorageOptions};
+
+use crate::executor::{self, Batch, BatchSender, ExecutorConfig};
+use crate::preprocess::decode::RgbImage;
+use crate::preprocess::{PreprocessedImage, Preprocessor, crop};
+
+/// Objects fetched concurrently per shard; enough to hide object-store latency without flooding it.
+const FETCH_CONCURRENCY: usize = 16;
+/// Batches queued for the executors beyond the ones running: bounded so memory stays bounded.
+const QUEUED_BATCHES_PER_DEVICE: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub coordinator: String,
+    pub worker_id: String,
+    pub devices: Vec<Device>,
+    pub device_names: Vec<String>,
+    /// Shards in flight at once.
+    pub prefetch_shards: u32,
+    pub decode_threads: usize,
+    pub fold_bn: Option<bool>,
+    pub debug_batch_delay: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot reach coordinator {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("coordinator {url} refused registration: {status}")]
+    Register { url: String, status: String },
+    #[error("coordinator sent a malformed job: {0}")]
+    Job(String),
+    #[error("cannot start executors: {0}")]
+    Executor(String),
+    #[error("dataset location {url}: {reason}")]
+    Storage { url: String, reason: String },
+    #[error("coordinator {url}: {status}")]
+    Rpc { url: String, status: String },
+}
+
+struct Shared {
+    client: CoordinatorClient<Channel>,
+    worker_id: String,
+    job: WorkerJob,
+    location: StorageLocation,
+    batches: BatchSender,
+    decode: Arc<Semaphore>,
+    samples_done: AtomicU64,
+    /// Live leases and the tasks running them, so a cancelled lease can be stopped.
+    active: Mutex<HashMap<u64, JoinHandle<()>>>,
+}
+
+/// Connects, registers, runs shards until the coordinator says the job is done; returns samples done.
+pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
+    let url = cfg.coordinator.clone();
+    let channel = Channel::from_shared(url.clone())
+        .map_err(|e| AgentError::Rpc {
+            url: url.clone(),
+            status: e.to_string(),
+        })?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|source| AgentError::Connect {
+            url: url.clone(),
+            source,
+        })?;
+    let mut client = CoordinatorClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let reg = client
+        .register(pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: cfg.worker_id.clone(),
+            hostname: hostname(),
+            devices: cfg.device_names.clone(),
+            capacity: cfg.prefetch_shards,
+        })
+        .await
+        .map_err(|s| AgentError::Register {
+            url: url.clone(),
+            status: s.message().to_string(),
+        })?
+        .into_inner();
+    let job: WorkerJob = reg
+        .job
+        .ok_or_else(|| AgentError::Job("no job in the registration reply".into()))?
+        .try_into()
+        .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
+            AgentError::Job(e.to_string())
+        })?;
+    let location =
+        StorageLocation::parse(&job.data_url, &StorageOptions::default()).map_err(|e| {
+            AgentError::Storage {
+                url: job.data_url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let (tx, rx) =
+        std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * cfg.devices.len().max(1));
+    let exec_cfg = ExecutorConfig {
+        job: job.clone(),
+        fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
+        channels_last: None,
+        debug_batch_delay: cfg.debug_batch_delay,
+    };
+    let devices = cfg.devices.clone();
+    let rx = Arc::new(Mutex::new(rx));
+    tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, rx))
+        .await
+        .map_err(|e| AgentError::Executor(e.to_string()))?
+        .map_err(AgentError::Executor)?;
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        worker_id: cfg.worker_id.clone(),
+        job,
+        location,
+        batches: tx,
+        decode: Arc::new(Semaphore::new(cfg.decode_threads.max(1))),
+        samples_done: AtomicU64::new(0),
+        active: Mutex::new(HashMap::new()),
+    });
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        shared.clone(),
+        Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
+    ));
+    let result = lease_loop(&shared, cfg.prefetch_shards.max(1), &url).await;
+    heartbeat.abort();
+    for (_, h) in shared
+        .active
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+    {
+        h.abort();
+    }
+    result?;
+    Ok(shared.samples_done.load(Ordering::Relaxed))
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<(), AgentError> {
+    let mut client = shared.client.clone();
+    loop {
+        let active = {
+            let mut a = shared.active.lock().unwrap_or_else(|p| p.into_inner());
+            a.retain(|_, h| !h.is_finished());
+            a.len() as u32
+        };
+        if active >= capacity {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let resp = client
+            .lease(pb::LeaseRequest {
+                worker_id: shared.worker_id.clone(),
+                max_shards: capacity - active,
+            })
+            .await
+            .map_err(|s| AgentError::Rpc {
+                url: url.to_string(),
+                status: s.message().to_string(),
+            })?
+            .into_inner();
+        if resp.job_done {
+            return Ok(());
+        }
+        if resp.leases.is_empty() {
+            tokio::time::sleep(Duration::from_millis(u64::from(
+                resp.retry_after_ms.max(10),
+            )))
+            .await;
+            continue;
+        }
+        for lease in resp.leases {
+            let id = lease.lease_id;
+            let s = shared.clone();
+            let h = tokio::spawn(async move { run_shard(s, lease).await });
+            shared
+                .active
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, h);
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
+    let mut client = shared.client.clone();
+    loop {
+        tokio::time::sleep(every).await;
+        let ids: Vec<u64> = shared
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, h)| !h.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        let req = pb::HeartbeatRequest {
+            worker_id: shared.worker_id.clone(),
+            lease_ids: ids,
+            samples_done: shared.samples_done.load(Ordering::Relaxed),
+        };
+        match client.heartbeat(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
+                for id in r.cancelled_lease_ids {
+                    if let Some(h) = active.remove(&id) {
+                        h.abort();
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+        }
+    }
+}
+
+/// Runs one leased shard; a failure of the whole shard is handed back with its reason.
+async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
+    let lease_id = lease.lease_id;
+    if let Err(e) = process_shard(&shared, lease).await {
+        tracing::warn!(lease = lease_id, error = %e, "shard failed");
+        let mut client = shared.client.clone();
+        let _ = client
+            .release(pb::ReleaseRequest {
+                worker_id: shared.worker_id.clone(),
+                lease_id,
+                error: e,
+            })
+            .await;
+    }
+}
+
+async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<(), String> {
+    let samples: Vec<(SampleIndex, Sample)> = lease
+        .samples
+        .into_iter()
+        .map(sample_from_pb)
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = mpsc::channel::<pb::SubmitRequest>(4);
+    tx.send(pb::SubmitRequest {
+        item: Some(pb::submit_request::Item::Header(pb::SubmitHeader {
+            worker_id: shared.worker_id.clone(),
+            shard_id: lease.shard_id,
+            lease_id: lease.lease_id,
+        })),
+    })
+    .await
+    .map_err(|_| "submit stream closed".to_string())?;
+    let mut client = shared.client.clone();
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let submit = tokio::spawn(async move { client.submit(stream).await });
+    let batch_size = shared.job.batch_size as usize;
+    let side = shared.job.preprocess.resolution as i64;
+    let prepared = futures::stream::iter(samples)
+        .map(|(i, s)| {
+            let shared = shared.clone();
+            async move {
+                let r = prepare(&shared, &s).await;
+                (i, s.label, r)
+            }
+        })
+        .buffered(FETCH_CONCURRENCY);
+    futures::pin_mut!(prepared);
+    let mut pending = Vec::new();
+    let mut done = false;
+    while !done {
+        let next = prepared.next().await;
+        if let Some(item) = next {
+            pending.push(item);
+        } else {
+            done = true;
+        }
+        if pending.len() >= batch_size || (done && !pending.is_empty()) {
+            let results = run_batch(shared, std::mem::take(&mut pending), side).await?;
+            shared
+                .samples_done
+                .fetch_add(results.len() as u64, Ordering::Relaxed);
+            tx.send(pb::SubmitRequest {
+                item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
+            })
+            .await
+            .map_err(|_| "submit stream closed".to_string())?;
+        }
+    }
+    drop(tx);
+    let resp = submit
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|s| format!("submit refused: {}", s.message()))?
+        .into_inner();
+    if !resp.accepted {
+        tracing::debug!(shard = lease.shard_id, reason = %resp.reason, "result not used");
+    }
+    Ok(())
+}
+
+/// Sends the good images of a group to an executor; bad ones become error results right away.
+async fn run_batch(
+    shared: &Arc<Shared>,
+    items: Vec<(SampleIndex, u32, Result<PreprocessedImage, String>)>,
+    side: i64,
+) -> Result<Vec<SampleResult>, String> {
+    let mut out = Vec::with_capacity(items.len());
+    let mut indices = Vec::new();
+    let mut labels = Vec::new();
+    let mut pixels = Vec::new();
+    for (i, label, r) in items {
+        match r {
+            Ok(img) => {
+                indices.push(i.0);
+                labels.push(label);
+                pixels.extend_from_slice(&img.data);
+            }
+            Err(e) => out.push(SampleResult {
+                index: i.0,
+                error: e,
+                ..Default::default()
+            }),
+        }
+    }
+    if !indices.is_empty() {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let batch = Batch {
+            indices,
+            labels,
+            pixels,
+            side,
+            reply,
+        };
+        let sender = shared.batches.clone();
+        // The queue is bounded: waiting here is the backpressure that keeps host memory bounded.
+        tokio::task::spawn_blocking(move || sender.send(batch))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "executors stopped".to_string())?;
+        out.extend(
+            rx.await
+                .map_err(|_| "executor dropped the batch".to_string())??,
+        );
+    }
+    out.sort_by_key(|r| r.index);
+    Ok(out)
+}
+
+/// Fetches and preprocesses one sample; every failure is a per-sample reason, never a crash.
+async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, String> {
+    let side = shared.job.preprocess.resolution;
+    if shared.job.synthetic {
+        // Benchmark mode: no fetch, no decode; the executor ignores the pixels.
+        return Ok(PreprocessedImage {
+            width: side,
+            height: side,
+            data: Vec::new(),
+        });
+    }
+    let loc = &shared.location;
+    let path = s.source.path();
+    let bytes = match s.source.byte_range() {
+        None => loc.get(path).await,
+        Some(r) => loc.get_range(path, r).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let permit = shared
+        .decode
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
+    let cfg = shared.job.preprocess.clone();
+    let cifar = matches!(s.source, SampleSource::CifarRecord { .. });
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        if cifar {
+            cifar_image(&bytes, &cfg)
+        } else {
+            with_preprocessor(&cfg, |p| p.run(&bytes).map_err(|e| e.to_string()))
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+thread_local! {
+    /// One decoder per CPU thread: the libjpeg-turbo handle is reused across images.
+    static PREPROCESSOR: std::cell::RefCell<Option<Preprocessor>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_preprocessor<T>(
+    cfg: &PreprocessConfig,
+    f: impl FnOnce(&mut Preprocessor) -> Result<T, String>,
+) -> Result<T, String> {
+    PREPROCESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().is_none_or(|p| p.config() != cfg) {
+            *slot = Some(Preprocessor::new(cfg.clone()).map_err(|e| e.to_string())?);
+        }
+        f(slot.as_mut().expect("set above"))
+    })
+}
+
+/// A raw CIFAR record (R, G, B planes of 32×32) through the same resize and crop as a decoded image,
+/// which is what timm does to the PIL image torchvision's CIFAR dataset yields.
+fn cifar_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<PreprocessedImage, String> {
+    const SIDE: usize = 32;
+    if bytes.len() != 3 * SIDE * SIDE {
+        return Err(format!(
+            "cifar record has {} bytes, expected {}",
+            bytes.len(),
+            3 * SIDE * SIDE
+        ));
+    }
+    let plane = SIDE * SIDE;
+    let data = (0..plane)
+        .flat_map(|p| [bytes[p], bytes[plane + p], bytes[2 * plane + p]])
+        .collect();
+    let img = RgbImage {
+        width: SIDE as u32,
+        height: SIDE as u32,
+        data,
+    };
+    let target = cfg.resize_target(SIDE as u32, SIDE as u32);
+    let window = cfg.crop_window(target.0, target.1);
+    Ok(crop::resize_and_crop(&img, target, window))
+}

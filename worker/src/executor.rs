@@ -1,0 +1,203 @@
+//! Device executors: one thread per device owns a model copy and turns uint8 batches into per-sample
+//! results. Batches arrive through one shared queue, so a faster device simply takes more of them.
+
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tch::{Device, Kind, Tensor};
+use tresnet_common::job::SaveLogits;
+use tresnet_common::protocol::convert::WorkerJob;
+use tresnet_common::protocol::pb::SampleResult;
+
+use crate::model::{BuildOptions, ModelName, TResNet, load_model};
+use crate::scoring::{loss_and_confidence, top_k};
+
+/// One batch of preprocessed images of one shard.
+#[derive(Debug)]
+pub struct Batch {
+    pub indices: Vec<u64>,
+    pub labels: Vec<u32>,
+    /// `n × 3 × side × side` bytes, CHW per image.
+    pub pixels: Vec<u8>,
+    pub side: i64,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, String>>,
+}
+
+/// What an executor runs: the real network, or the benchmark's stand-in.
+enum Engine {
+    Model(Box<TResNet>),
+    /// Deterministic pseudo-logits from the sample index; never usable for accuracy.
+    Synthetic {
+        classes: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    pub job: WorkerJob,
+    pub fold_bn: bool,
+    pub channels_last: Option<bool>,
+    /// Test hook: sleep this long per batch to simulate a slow node.
+    pub debug_batch_delay: Duration,
+}
+
+/// Loads the job's model on `device` (or nothing, in synthetic mode).
+fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
+    let job = &cfg.job;
+    if job.synthetic {
+        return Ok(Engine::Synthetic {
+            classes: job.num_classes as usize,
+        });
+    }
+    let name: ModelName = job.model.parse()?;
+    let mut arch = name.config();
+    if let Some(s) = job.leaky_slope {
+        arch.stem_slope = s;
+        arch.block_slope = s;
+    }
+    let kind = match job.precision.as_str() {
+        "fp32" => Kind::Float,
+        "fp16" => Kind::Half,
+        "bf16" => Kind::BFloat16,
+        other => return Err(format!("unknown precision {other}")),
+    };
+    if kind == Kind::Half && device == Device::Cpu {
+        return Err("precision fp16 needs a CUDA device".into());
+    }
+    let opts = BuildOptions {
+        device,
+        kind,
+        fold_bn: cfg.fold_bn,
+        channels_last: cfg.channels_last.unwrap_or(device != Device::Cpu),
+    };
+    let loaded = load_model(name, &arch, std::path::Path::new(&job.weights), &opts)
+        .map_err(|e| format!("{e}"))?;
+    if loaded.num_classes != i64::from(job.num_classes) {
+        return Err(format!(
+            "checkpoint {} has {} classes but the job expects {} (the dataset's class count)",
+            job.weights, loaded.num_classes, job.num_classes
+        ));
+    }
+    Ok(Engine::Model(Box::new(loaded.model)))
+}
+
+/// Starts one executor thread per device; returns once every model is loaded, or the first error.
+pub fn start(
+    cfg: &ExecutorConfig,
+    devices: &[Device],
+    queue: Arc<Mutex<Receiver<Batch>>>,
+) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    let mut handles = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    for &device in devices {
+        let cfg = cfg.clone();
+        let queue = queue.clone();
+        let ready = ready_tx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("executor-{device:?}"))
+            .spawn(move || {
+                let engine = match engine(&cfg, device) {
+                    Ok(e) => {
+                        let _ = ready.send(Ok(()));
+                        e
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("{device:?}: {e}")));
+                        return;
+                    }
+                };
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok(batch) = next else { return };
+                    if !cfg.debug_batch_delay.is_zero() {
+                        std::thread::sleep(cfg.debug_batch_delay);
+                    }
+                    let out = run_batch(&engine, &cfg.job, device, &batch);
+                    let _ = batch.reply.send(out);
+                }
+            })
+            .map_err(|e| format!("cannot start executor thread: {e}"))?;
+        handles.push(h);
+    }
+    drop(ready_tx);
+    for _ in devices {
+        ready_rx
+            .recv()
+            .map_err(|_| "an executor thread died while loading the model".to_string())??;
+    }
+    Ok(handles)
+}
+
+pub type BatchSender = SyncSender<Batch>;
+
+fn run_batch(
+    engine: &Engine,
+    job: &WorkerJob,
+    device: Device,
+    b: &Batch,
+) -> Result<Vec<SampleResult>, String> {
+    let n = b.indices.len();
+    let (logits, classes): (Vec<f32>, usize) = match engine {
+        Engine::Synthetic { classes } => {
+            let mut v = Vec::with_capacity(n * classes);
+            for &i in &b.indices {
+                let mut s = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..*classes {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    v.push((s >> 40) as f32 / (1u64 << 24) as f32 * 8.0);
+                }
+            }
+            (v, *classes)
+        }
+        Engine::Model(model) => {
+            let _guard = tch::no_grad_guard();
+            let side = b.side;
+            let x = Tensor::from_slice(&b.pixels)
+                .view([n as i64, 3, side, side])
+                .to_device(device);
+            // ToTensor's division, on the device in f32; then the model's own normalisation.
+            let mut x = x.to_kind(Kind::Float) / 255.0;
+            let p = &job.preprocess;
+            if p.mean != [0.0; 3] || p.std != [1.0; 3] {
+                let mean = Tensor::from_slice(&p.mean)
+                    .view([1, 3, 1, 1])
+                    .to_device(device);
+                let std = Tensor::from_slice(&p.std)
+                    .view([1, 3, 1, 1])
+                    .to_device(device);
+                x = (x - mean) / std;
+            }
+            let y = model.forward(&x).map_err(|e| e.to_string())?;
+            let y = y.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+            let classes = y.size()[1] as usize;
+            let v = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
+            (v, classes)
+        }
+    };
+    let mut out = Vec::with_capacity(n);
+    for (j, row) in logits.chunks(classes).enumerate() {
+        let (topk_indices, topk_logits) = top_k(row, job.top_k as usize);
+        let (loss, confidence) = loss_and_confidence(row, b.labels[j]);
+        let logits = match job.save_logits {
+            SaveLogits::None => Vec::new(),
+            SaveLogits::Fp32 => row.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            SaveLogits::Fp16 => row
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        };
+        out.push(SampleResult {
+            index: b.indices[j],
+            topk_indices,
+            topk_logits,
+            loss,
+            confidence,
+            logits,
+            error: String::new(),
+        });
+    }
+    Ok(out)
+}

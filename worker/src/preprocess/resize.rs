@@ -1,0 +1,384 @@
+//! Pillow's `Image.resize(size, BILINEAR)` (libImaging/Resample.c) re-implemented bit for bit.
+//!
+//! What has to match, and why it is written the way it is:
+//! - the triangle filter with its support scaled by `filterscale = max(in/out, 1)`, which is the
+//!   antialias when downscaling, and Pillow's exact double-precision arithmetic for bounds and weights;
+//! - weights normalised to sum 1, then rounded to int32 with 22 fractional bits (`PRECISION_BITS`);
+//! - two passes with the intermediate rounded and clipped to uint8: horizontal first over only the rows
+//!   the vertical pass reads, except that Pillow 13 runs the vertical pass first when the height
+//!   shrinks by more than twice as many pixels as the width (see [`vertical_first`]).
+//!
+//! Each output pixel depends only on its own coefficients, so computing only a sub-rectangle of the
+//! output (the crop window) gives exactly the pixels of the full resize at those positions.
+
+use std::ops::Range;
+
+/// Resample.c: `PRECISION_BITS = 32 - 8 - 2`, leaving headroom for 8-bit samples times a weight sum.
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+/// Rounding offset the accumulator starts from (`1 << (PRECISION_BITS - 1)`).
+const HALF: i32 = 1 << (PRECISION_BITS - 1);
+/// Pillow's bilinear filter support (in input pixels, before scaling).
+const BILINEAR_SUPPORT: f64 = 1.0;
+/// Samples per pixel; the pipeline is RGB-only after decoding.
+const CHANNELS: usize = 3;
+
+fn bilinear_filter(x: f64) -> f64 {
+    let x = x.abs();
+    if x < 1.0 { 1.0 - x } else { 0.0 }
+}
+
+/// Fixed-point filter taps for one axis: output index `i` reads input `start[i] .. start[i] + len[i]`.
+#[derive(Debug, Clone)]
+pub struct Coefficients {
+    start: Vec<usize>,
+    len: Vec<usize>,
+    ksize: usize,
+    weights: Vec<i32>,
+}
+
+impl Coefficients {
+    /// Resample.c `precompute_coeffs` + `normalize_coeffs_8bpc` for the bilinear filter over the
+    /// whole input (`box = (0, in_size)`).
+    pub fn bilinear(in_size: u32, out_size: u32) -> Self {
+        assert!(in_size > 0 && out_size > 0, "resize of an empty axis");
+        // Pillow passes the box as C floats and computes `(double)(in1 - in0) / outSize`.
+        let in1 = in_size as f32;
+        let scale = f64::from(in1 - 0.0) / f64::from(out_size);
+        let filterscale = scale.max(1.0);
+        let support = BILINEAR_SUPPORT * filterscale;
+        let ksize = support.ceil() as usize * 2 + 1;
+        let out = out_size as usize;
+        let mut start = Vec::with_capacity(out);
+        let mut len = Vec::with_capacity(out);
+        let mut weights = vec![0i32; out * ksize];
+        let mut k = vec![0f64; ksize];
+        let ss = 1.0 / filterscale;
+        for xx in 0..out {
+            let center = 0.0 + (xx as f64 + 0.5) * scale;
+            // `(int)` in C truncates toward zero; the clamp handles the negative side.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(in_size));
+            let n = (xmax - xmin).max(0) as usize;
+            let mut ww = 0.0;
+            for (x, kx) in k.iter_mut().enumerate().take(n) {
+                let w = bilinear_filter(((x as i64 + xmin) as f64 - center + 0.5) * ss);
+                *kx = w;
+                ww += w;
+            }
+            let row = &mut weights[xx * ksize..xx * ksize + n];
+            for (dst, &w) in row.iter_mut().zip(&k) {
+                let w = if ww != 0.0 { w / ww } else { w };
+                // normalize_coeffs_8bpc: round half away from zero, then truncate to int.
+                *dst = if w < 0.0 {
+                    (-0.5 + w * f64::from(1u32 << PRECISION_BITS)) as i32
+                } else {
+                    (0.5 + w * f64::from(1u32 << PRECISION_BITS)) as i32
+                };
+            }
+            start.push(xmin as usize);
+            len.push(n);
+        }
+        Self {
+            start,
+            len,
+            ksize,
+            weights,
+        }
+    }
+
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        let w = &self.weights[i * self.ksize..i * self.ksize + self.len[i]];
+        (self.start[i], w)
+    }
+
+    /// Input range read by the outputs in `outs`.
+    fn input_span(&self, outs: &Range<usize>) -> Range<usize> {
+        let first = outs.clone().map(|i| self.start[i]).min().unwrap_or(0);
+        let last = outs
+            .clone()
+            .map(|i| self.start[i] + self.len[i])
+            .max()
+            .unwrap_or(first);
+        first..last.max(first)
+    }
+}
+
+/// Resample.c `clip8`: drop the fractional bits and saturate to 0..=255.
+#[inline(always)]
+fn clip8(acc: i32) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// Pillow 13's pass order (Resample.c, python-pillow/Pillow#9549): the vertical pass goes first when the
+/// height shrinks by more than twice as many pixels as the width does. The order changes rounding (the
+/// intermediate is uint8), so it must be copied exactly, not chosen for speed.
+fn vertical_first((in_w, in_h): (u32, u32), (out_w, out_h): (u32, u32)) -> bool {
+    let dh = i64::from(in_h) - i64::from(out_h);
+    let dw = i64::from(in_w) - i64::from(out_w);
+    dh > 0 && dh > dw * 2
+}
+
+/// The pixels at `rows × cols` of `src` (HWC RGB, `in_w × in_h`) resized to `out_w × out_h` with
+/// Pillow's bilinear filter; returned as HWC RGB of `rows.len() × cols.len()`.
+pub fn resize_region(
+    src: &[u8],
+    (in_w, in_h): (u32, u32),
+    (out_w, out_h): (u32, u32),
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    assert_eq!(src.len(), in_w as usize * in_h as usize * CHANNELS);
+    assert!(cols.end <= out_w as usize && rows.end <= out_h as usize);
+    if cols.is_empty() || rows.is_empty() {
+        return Vec::new();
+    }
+    let in_row = in_w as usize * CHANNELS;
+    // Pillow skips a pass whose size is unchanged (the identity filter would give the same bytes).
+    let horiz = (out_w != in_w)
+        .then(|| FixedTaps::new(&Coefficients::bilinear(in_w, out_w), in_w as usize));
+    let vert = (out_h != in_h).then(|| Coefficients::bilinear(in_h, out_h));
+
+    if vertical_first((in_w, in_h), (out_w, out_h)) {
+        // Vertical pass over only the input columns the horizontal pass will read.
+        let src_cols = horiz.as_ref().map_or(cols.clone(), |h| h.input_span(&cols));
+        let Some(vert) = vert else {
+            unreachable!("vertical-first implies the height changes")
+        };
+        let span = src_cols.start * CHANNELS..src_cols.end * CHANNELS;
+        let tmp = vertical_pass(src, in_row, 0, span, &vert, rows.clone());
+        match horiz {
+            Some(h) => horizontal_pass(&tmp, src_cols.len() * CHANNELS, src_cols.start, &h, cols),
+            None => tmp,
+        }
+    } else {
+        // Horizontal pass over only the input rows the vertical pass will read.
+        let src_rows = vert.as_ref().map_or(rows.clone(), |v| v.input_span(&rows));
+        let band = &src[src_rows.start * in_row..src_rows.end * in_row];
+        let tmp = match horiz {
+            Some(h) => horizontal_pass(band, in_row, 0, &h, cols.clone()),
+            None => band
+                .chunks_exact(in_row)
+                .flat_map(|r| &r[cols.start * CHANNELS..cols.end * CHANNELS])
+                .copied()
+                .collect(),
+        };
+        match vert {
+            Some(v) => vertical_pass(
+                &tmp,
+                cols.len() * CHANNELS,
+                src_rows.start,
+                0..cols.len() * CHANNELS,
+                &v,
+                rows,
+            ),
+            None => tmp,
+        }
+    }
+}
+
+/// Resample.c `ImagingResampleVertical_8bpc` for output `rows`, reading the byte range `span` of each
+/// source row; source row `y` starts at `(y - first_row) * stride`.
+fn vertical_pass(
+    src: &[u8],
+    stride: usize,
+    first_row: usize,
+    span: Range<usize>,
+    vert: &Coefficients,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    let width = span.len();
+    let mut out = vec![0u8; rows.len() * width];
+    let mut acc = vec![0i32; width];
+    for (o, yy) in out.chunks_exact_mut(width).zip(rows) {
+        let (start, taps) = vert.taps(yy);
+        acc.fill(HALF);
+        for (j, &w) in taps.iter().enumerate() {
+            let r = (start + j - first_row) * stride;
+            let line = &src[r + span.start..r + span.end];
+            // Integer sums are order-independent, so this row-at-a-time form (which vectorises) gives
+            // Pillow's per-pixel result exactly.
+            for (a, &p) in acc.iter_mut().zip(line) {
+                *a += i32::from(p) * w;
+            }
+        }
+        for (d, &a) in o.iter_mut().zip(&acc) {
+            *d = clip8(a);
+        }
+    }
+    out
+}
+
+/// Horizontal taps padded with zero weights to one width `k` for every output, each window moved left
+/// where needed to stay inside the input. Zero weights add nothing, so the sums are Pillow's; the fixed
+/// trip count lets the compiler unroll the innermost loop, where the resampler spends most of its time.
+struct FixedTaps {
+    k: usize,
+    start: Vec<usize>,
+    weights: Vec<i32>,
+}
+
+impl FixedTaps {
+    fn new(c: &Coefficients, in_size: usize) -> Self {
+        // A window never holds more than `ksize` taps (Pillow sizes its buffers the same way).
+        let k = c.ksize.min(in_size);
+        let n = c.start.len();
+        let mut start = Vec::with_capacity(n);
+        let mut weights = vec![0i32; n * k];
+        for i in 0..n {
+            let (s, w) = c.taps(i);
+            let padded = s.min(in_size - k);
+            weights[i * k + s - padded..i * k + s - padded + w.len()].copy_from_slice(w);
+            start.push(padded);
+        }
+        Self { k, start, weights }
+    }
+
+    /// Input columns read by the outputs in `outs`.
+    fn input_span(&self, outs: &Range<usize>) -> Range<usize> {
+        let first = self.start[outs.clone()].iter().copied().min().unwrap_or(0);
+        let last = self.start[outs.clone()].iter().copied().max().unwrap_or(0) + self.k;
+        first..last
+    }
+}
+
+/// Resample.c `ImagingResampleHorizontal_8bpc` for output `cols` of every `stride`-byte row of `src`,
+/// whose first pixel is input column `first_col`.
+fn horizontal_pass(
+    src: &[u8],
+    stride: usize,
+    first_col: usize,
+    taps: &FixedTaps,
+    cols: Range<usize>,
+) -> Vec<u8> {
+    let mut out = vec![0u8; src.len() / stride * cols.len() * CHANNELS];
+    let mut run = |k| horizontal_rows(src, stride, first_col, taps, cols.clone(), &mut out, k);
+    // Literal widths, so that each call is inlined with a constant trip count (bilinear windows are
+    // 2 * ceil(in / out) + 1 taps wide: 3 when upscaling, 5 for the usual 1-2x reduction).
+    match taps.k {
+        3 => run(3),
+        5 => run(5),
+        7 => run(7),
+        9 => run(9),
+        k => run(k),
+    }
+    out
+}
+
+#[inline(always)]
+fn horizontal_rows(
+    src: &[u8],
+    stride: usize,
+    first_col: usize,
+    taps: &FixedTaps,
+    cols: Range<usize>,
+    out: &mut [u8],
+    k: usize,
+) {
+    let width = cols.len() * CHANNELS;
+    let starts = &taps.start[cols.clone()];
+    let weights = &taps.weights[cols.start * k..cols.end * k];
+    for (line, dst) in src.chunks_exact(stride).zip(out.chunks_exact_mut(width)) {
+        for ((d, &start), w) in dst
+            .chunks_exact_mut(CHANNELS)
+            .zip(starts)
+            .zip(weights.chunks_exact(k))
+        {
+            let from = (start - first_col) * CHANNELS;
+            let px = &line[from..from + k * CHANNELS];
+            let (mut s0, mut s1, mut s2) = (HALF, HALF, HALF);
+            for t in 0..k {
+                s0 += i32::from(px[t * CHANNELS]) * w[t];
+                s1 += i32::from(px[t * CHANNELS + 1]) * w[t];
+                s2 += i32::from(px[t * CHANNELS + 2]) * w[t];
+            }
+            d[0] = clip8(s0);
+            d[1] = clip8(s1);
+            d[2] = clip8(s2);
+        }
+    }
+}
+
+/// The whole image resized (HWC RGB); used by tests and by callers that crop themselves.
+pub fn resize(src: &[u8], input: (u32, u32), output: (u32, u32)) -> Vec<u8> {
+    resize_region(
+        src,
+        input,
+        output,
+        0..output.0 as usize,
+        0..output.1 as usize,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_sum_to_one_in_fixed_point() {
+        for (i, o) in [
+            (500, 341),
+            (375, 256),
+            (17, 256),
+            (1200, 3413),
+            (7, 3),
+            (256, 256),
+        ] {
+            let c = Coefficients::bilinear(i, o);
+            for x in 0..o as usize {
+                let (start, taps) = c.taps(x);
+                let sum: i32 = taps.iter().sum();
+                assert!(
+                    (sum - (1 << PRECISION_BITS)).abs() <= taps.len() as i32,
+                    "{i}->{o} @{x}: {sum}"
+                );
+                assert!(start + taps.len() <= i as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn same_size_is_identity_and_constant_stays_constant() {
+        let src: Vec<u8> = (0..5 * 4 * 3).map(|v| (v * 7 % 256) as u8).collect();
+        assert_eq!(resize(&src, (5, 4), (5, 4)), src);
+        let flat = vec![200u8; 37 * 11 * 3];
+        assert!(resize(&flat, (37, 11), (13, 29)).iter().all(|&v| v == 200));
+    }
+
+    #[test]
+    fn region_equals_the_matching_part_of_the_full_resize() {
+        // Horizontal-first and (tall input) vertical-first pass orders.
+        for (iw, ih, ow, oh) in [(53u32, 41u32, 31u32, 67u32), (23, 97, 40, 29)] {
+            let src: Vec<u8> = (0..iw * ih * 3)
+                .map(|v| (v.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
+            let full = resize(&src, (iw, ih), (ow, oh));
+            let (cols, rows) = (5..27usize, 9..(oh as usize - 3));
+            let part = resize_region(&src, (iw, ih), (ow, oh), cols.clone(), rows.clone());
+            for (r, y) in rows.enumerate() {
+                let want =
+                    &full[(y * ow as usize + cols.start) * 3..(y * ow as usize + cols.end) * 3];
+                assert_eq!(
+                    &part[r * cols.len() * 3..(r + 1) * cols.len() * 3],
+                    want,
+                    "row {y}"
+                );
+            }
+        }
+        assert!(vertical_first((23, 97), (40, 29)));
+        assert!(!vertical_first((53, 41), (31, 67)));
+        // Pillow 13: height shrinks by 60, width by 30 → not more than twice → horizontal first.
+        assert!(!vertical_first((100, 100), (70, 40)));
+        assert!(vertical_first((100, 100), (70, 39)));
+    }
+
+    #[test]
+    fn matches_pillow_on_a_small_gradient() {
+        // Python: Image.frombytes("RGB", (4, 1), bytes([0,0,0, 255,0,0, 0,255,0, 0,0,255]))
+        //   .resize((3, 1), Image.BILINEAR).tobytes()
+        let src = [0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255];
+        assert_eq!(
+            resize(&src, (4, 1), (3, 1)),
+            [76, 0, 0, 128, 128, 0, 0, 76, 179]
+        );
+    }
+}

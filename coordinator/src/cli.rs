@@ -29,6 +29,50 @@ pub struct Cli {
 pub enum Command {
     /// Run one evaluation job and write its run directory.
     Run(RunArgs),
+    /// Rewrite a dataset as WebDataset-style tar shards with member indexes (few large ranged reads
+    /// instead of one GET per image on object stores).
+    Pack(PackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// Source dataset location (path or URL).
+    #[arg(long)]
+    pub data: String,
+    /// Source dataset format.
+    #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
+    pub format: DatasetFormat,
+    /// Destination location (path or URL) for the shards, their indexes and dataset.json.
+    #[arg(long)]
+    pub out: String,
+    /// Target shard size, e.g. 256MiB, 1GiB, 500MB or plain bytes.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub shard_size: u64,
+    /// Objects read concurrently from the source.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+/// Parses sizes such as `256MiB`, `1GiB`, `500MB`, `4096`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) | None => Err(format!("size {s:?} must be positive and fit in 64 bits")),
+        Some(v) => Ok(v),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -182,5 +226,21 @@ impl RunArgs {
             fail_on_bad_sample: self.on_bad_sample == OnBadSample::Fail,
             num_classes: self.num_classes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12XB").unwrap_err().contains("XB"));
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 }

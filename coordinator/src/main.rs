@@ -59,5 +59,28 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
             println!("report: {}", out.join("summary.json").display());
             Ok(())
         }
+        Command::Pack(a) => {
+            use tresnet_common::storage::{StorageLocation, StorageOptions};
+            let src = StorageLocation::parse(&a.data, &StorageOptions::default())?;
+            let dst = StorageLocation::parse(&a.out, &StorageOptions::default())?;
+            let index = tresnet_common::dataset::list_dataset(&src, &a.format).await?;
+            let s = tresnet_common::dataset::tar::pack_dataset(
+                &index,
+                &src,
+                &dst,
+                a.shard_size,
+                a.concurrency.max(1),
+            )
+            .await?;
+            println!(
+                "packed {} samples ({} bad) into {} shards, {} bytes, at {}",
+                s.samples,
+                s.bad_samples,
+                s.shards.len(),
+                s.bytes,
+                dst.url()
+            );
+            Ok(())
+        }
     }
 }

@@ -52,15 +52,20 @@ pub fn tresnet_m_weights() -> PathBuf {
 
 /// `tresnet-coordinator run` with the sample dataset and seeded TResNet-M at 64 px, plus `extra` args.
 pub fn coordinator_run(out: &Path, extra: &[&str]) -> Command {
+    coordinator_run_on(&sample_images(), "imagefolder", out, extra)
+}
+
+/// Like [`coordinator_run`] on another dataset location and format.
+pub fn coordinator_run_on(data: &Path, format: &str, out: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(bin("tresnet-coordinator"));
     c.arg("run")
         .args(["--model", "tresnet_m", "--weights"])
         .arg(tresnet_m_weights())
         .arg("--data")
-        .arg(sample_images())
+        .arg(data)
         .args([
             "--format",
-            "imagefolder",
+            format,
             "--resolution",
             "64",
             "--worker-threads",

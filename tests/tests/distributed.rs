@@ -341,3 +341,52 @@ fn wrong_protocol_version_is_refused_with_both_versions() {
         "{msg}"
     );
 }
+
+/// `pack` then evaluate the tar shards (ranged reads): the same pixels, so the same predictions.
+#[test]
+fn packed_tar_shards_give_the_same_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let shards = dir.path().join("shards");
+    let out = Command::new(bin("tresnet-coordinator"))
+        .args([
+            "pack",
+            "--format",
+            "imagefolder",
+            "--shard-size",
+            "200KiB",
+            "--data",
+        ])
+        .arg(tresnet_tests::sample_images())
+        .arg("--out")
+        .arg(&shards)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("packed 24 samples"));
+    let folder = dir.path().join("folder");
+    run_ok(coordinator_run(
+        &folder,
+        &["--local-workers", "1", "--shard-size", "6"],
+    ));
+    let tar = dir.path().join("tar");
+    run_ok(tresnet_tests::coordinator_run_on(
+        &shards,
+        "tar",
+        &tar,
+        &["--local-workers", "1", "--shard-size", "6"],
+    ));
+    let sorted = |p: &Path| {
+        let mut v: Vec<(Vec<u32>, Vec<u32>)> = predictions(p)
+            .into_values()
+            .map(|(_, c, l)| (c, l.iter().map(|x| x.to_bits()).collect()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(&folder), sorted(&tar));
+    assert_eq!(summary(&folder)["samples"], summary(&tar)["samples"]);
+}

@@ -28,7 +28,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run one evaluation job and write its run directory.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Rewrite a dataset as WebDataset-style tar shards with member indexes (few large ranged reads
     /// instead of one GET per image on object stores).
     Pack(PackArgs),

@@ -390,3 +390,120 @@ fn packed_tar_shards_give_the_same_predictions() {
     assert_eq!(sorted(&folder), sorted(&tar));
     assert_eq!(summary(&folder)["samples"], summary(&tar)["samples"]);
 }
+
+/// SIGKILL the coordinator mid-run, restart it on the same run directory: finished shards are not
+/// recomputed and the reports equal a clean run's.
+#[test]
+fn coordinator_killed_and_restarted_resumes_to_the_same_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean");
+    run_ok(coordinator_run(
+        &clean,
+        &[
+            "--local-workers",
+            "2",
+            "--shard-size",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    ));
+    let run = dir.path().join("resumed");
+    let args = [
+        "--local-workers",
+        "2",
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--worker-arg=--debug-batch-delay-ms=150",
+    ];
+    let mut child = coordinator_run(&run, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = run.join("journal");
+    let start = Instant::now();
+    let done_before = loop {
+        let n = std::fs::read_dir(&journal)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "pb"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if n >= 3 {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress before the kill"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let workers = children_of(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in workers {
+        let _ = Command::new("kill").args(["-9", &w.to_string()]).status();
+    }
+    assert!(!run.join("summary.json").exists());
+    let records_before: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    run_ok(coordinator_run(
+        &run,
+        &[
+            "--local-workers",
+            "2",
+            "--shard-size",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    ));
+    // Shards journaled before the kill were kept as they were, not recomputed.
+    for (p, bytes) in records_before {
+        if p.extension().is_some_and(|x| x == "pb") {
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                bytes,
+                "{} was rewritten",
+                p.display()
+            );
+        }
+    }
+    assert!(done_before >= 3);
+    let (a, b) = (summary(&clean), summary(&run));
+    for field in [
+        "samples",
+        "correct1",
+        "correct5",
+        "bad_samples",
+        "failed_samples",
+        "top1",
+        "top5",
+        "nll",
+        "ece",
+    ] {
+        assert_eq!(a[field], b[field], "{field} differs after resume");
+    }
+    assert_eq!(predictions(&clean), predictions(&run));
+    // A different job on the same directory is refused, naming what differs.
+    let out = coordinator_run(&run, &["--local-workers", "1", "--top-k", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("different job") && err.contains("top_k"),
+        "{err}"
+    );
+}

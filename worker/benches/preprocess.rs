@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_worker::preprocess::decode::{DecodeOptions, Decoder};
+use tresnet_worker::preprocess::resize::ResizeScratch;
 use tresnet_worker::preprocess::{Preprocessor, crop};
 
 fn bench_images() -> Vec<Vec<u8>> {
@@ -73,7 +74,8 @@ fn preprocess(c: &mut Criterion) {
     group.bench_function("decode_only", |b| {
         b.iter(|| {
             for img in &images {
-                black_box(decoder.decode(black_box(img), &opts).unwrap());
+                let d = decoder.decode(black_box(img), &opts).unwrap();
+                decoder.recycle(black_box(d).image.data);
             }
         })
     });
@@ -83,12 +85,18 @@ fn preprocess(c: &mut Criterion) {
         .iter()
         .map(|img| decoder.decode(img, &opts).unwrap().image)
         .collect();
+    let mut scratch = ResizeScratch::default();
     group.bench_function("resize_crop_only", |b| {
         b.iter(|| {
             for img in &decoded {
                 let target = cfg.resize_target(img.width, img.height);
                 let window = cfg.crop_window(target.0, target.1);
-                black_box(crop::resize_and_crop(black_box(img), target, window));
+                black_box(crop::resize_and_crop_with(
+                    &mut scratch,
+                    black_box(img),
+                    target,
+                    window,
+                ));
             }
         })
     });

@@ -7,11 +7,21 @@ use tresnet_common::preprocess::CropWindow;
 
 use super::PreprocessedImage;
 use super::decode::RgbImage;
-use super::resize;
+use super::resize::{self, ResizeScratch};
 
 /// Resize `image` to `target` (width, height) and cut `window` out of the result, padding with 0
 /// where the window leaves the image, as `CenterCrop` does.
 pub fn resize_and_crop(
+    image: &RgbImage,
+    target: (u32, u32),
+    window: CropWindow,
+) -> PreprocessedImage {
+    resize_and_crop_with(&mut ResizeScratch::default(), image, target, window)
+}
+
+/// [`resize_and_crop`] reusing the resampler's buffers.
+pub fn resize_and_crop_with(
+    scratch: &mut ResizeScratch,
     image: &RgbImage,
     target: (u32, u32),
     window: CropWindow,
@@ -22,7 +32,8 @@ pub fn resize_and_crop(
     let cols = overlap(window.left, w, target.0);
     let rows = overlap(window.top, h, target.1);
     if !cols.is_empty() && !rows.is_empty() {
-        let region = resize::resize_region(
+        let region = resize::resize_region_with(
+            scratch,
             &image.data,
             (image.width, image.height),
             target,

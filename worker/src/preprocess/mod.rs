@@ -89,11 +89,12 @@ pub enum PreprocessError {
     Config(#[from] PreprocessConfigError),
 }
 
-/// Reusable per-thread state: the libjpeg-turbo handle is created once, not per image.
+/// Reusable per-thread state: the libjpeg-turbo handle and the pixel buffers live across images.
 #[derive(Debug)]
 pub struct Preprocessor {
     config: PreprocessConfig,
     decoder: decode::Decoder,
+    scratch: resize::ResizeScratch,
 }
 
 impl Preprocessor {
@@ -102,6 +103,7 @@ impl Preprocessor {
         Ok(Self {
             config,
             decoder: decode::Decoder::default(),
+            scratch: resize::ResizeScratch::default(),
         })
     }
 
@@ -124,7 +126,9 @@ impl Preprocessor {
         let (w, h) = decoded.original_size;
         let target = cfg.resize_target(w, h);
         let window = cfg.crop_window(target.0, target.1);
-        Ok(crop::resize_and_crop(&decoded.image, target, window))
+        let out = crop::resize_and_crop_with(&mut self.scratch, &decoded.image, target, window);
+        self.decoder.recycle(decoded.image.data);
+        Ok(out)
     }
 }
 

@@ -120,20 +120,56 @@ fn vertical_first((in_w, in_h): (u32, u32), (out_w, out_h): (u32, u32)) -> bool 
     dh > 0 && dh > dw * 2
 }
 
+/// Buffers the passes write into, kept between images: fresh multi-100-KB allocations each time cost
+/// page faults (glibc maps and unmaps them), which was a quarter of the pipeline's time.
+#[derive(Debug, Default)]
+pub struct ResizeScratch {
+    tmp: Vec<u8>,
+    out: Vec<u8>,
+    acc: Vec<i32>,
+}
+
+/// Sets `buf` to `len` zeros without giving back its capacity.
+fn reset<T: Copy + Default>(buf: &mut Vec<T>, len: usize) {
+    buf.clear();
+    buf.resize(len, T::default());
+}
+
 /// The pixels at `rows × cols` of `src` (HWC RGB, `in_w × in_h`) resized to `out_w × out_h` with
 /// Pillow's bilinear filter; returned as HWC RGB of `rows.len() × cols.len()`.
 pub fn resize_region(
+    src: &[u8],
+    input: (u32, u32),
+    output: (u32, u32),
+    cols: Range<usize>,
+    rows: Range<usize>,
+) -> Vec<u8> {
+    resize_region_with(
+        &mut ResizeScratch::default(),
+        src,
+        input,
+        output,
+        cols,
+        rows,
+    )
+    .to_vec()
+}
+
+/// [`resize_region`] into `scratch`'s buffers.
+pub fn resize_region_with<'s>(
+    scratch: &'s mut ResizeScratch,
     src: &[u8],
     (in_w, in_h): (u32, u32),
     (out_w, out_h): (u32, u32),
     cols: Range<usize>,
     rows: Range<usize>,
-) -> Vec<u8> {
+) -> &'s [u8] {
     assert_eq!(src.len(), in_w as usize * in_h as usize * CHANNELS);
     assert!(cols.end <= out_w as usize && rows.end <= out_h as usize);
     if cols.is_empty() || rows.is_empty() {
-        return Vec::new();
+        return &[];
     }
+    let ResizeScratch { tmp, out, acc } = scratch;
     let in_row = in_w as usize * CHANNELS;
     // Pillow skips a pass whose size is unchanged (the identity filter would give the same bytes).
     let horiz = (out_w != in_w)
@@ -147,32 +183,40 @@ pub fn resize_region(
             unreachable!("vertical-first implies the height changes")
         };
         let span = src_cols.start * CHANNELS..src_cols.end * CHANNELS;
-        let tmp = vertical_pass(src, in_row, 0, span, &vert, rows.clone());
+        vertical_pass(src, in_row, 0, span, &vert, rows.clone(), tmp, acc);
         match horiz {
-            Some(h) => horizontal_pass(&tmp, src_cols.len() * CHANNELS, src_cols.start, &h, cols),
+            Some(h) => {
+                horizontal_pass(
+                    tmp,
+                    src_cols.len() * CHANNELS,
+                    src_cols.start,
+                    &h,
+                    cols,
+                    out,
+                );
+                out
+            }
             None => tmp,
         }
     } else {
         // Horizontal pass over only the input rows the vertical pass will read.
         let src_rows = vert.as_ref().map_or(rows.clone(), |v| v.input_span(&rows));
         let band = &src[src_rows.start * in_row..src_rows.end * in_row];
-        let tmp = match horiz {
-            Some(h) => horizontal_pass(band, in_row, 0, &h, cols.clone()),
-            None => band
-                .chunks_exact(in_row)
-                .flat_map(|r| &r[cols.start * CHANNELS..cols.end * CHANNELS])
-                .copied()
-                .collect(),
-        };
+        match horiz {
+            Some(h) => horizontal_pass(band, in_row, 0, &h, cols.clone(), tmp),
+            None => {
+                tmp.clear();
+                for r in band.chunks_exact(in_row) {
+                    tmp.extend_from_slice(&r[cols.start * CHANNELS..cols.end * CHANNELS]);
+                }
+            }
+        }
         match vert {
-            Some(v) => vertical_pass(
-                &tmp,
-                cols.len() * CHANNELS,
-                src_rows.start,
-                0..cols.len() * CHANNELS,
-                &v,
-                rows,
-            ),
+            Some(v) => {
+                let width = cols.len() * CHANNELS;
+                vertical_pass(tmp, width, src_rows.start, 0..width, &v, rows, out, acc);
+                out
+            }
             None => tmp,
         }
     }
@@ -180,6 +224,7 @@ pub fn resize_region(
 
 /// Resample.c `ImagingResampleVertical_8bpc` for output `rows`, reading the byte range `span` of each
 /// source row; source row `y` starts at `(y - first_row) * stride`.
+#[allow(clippy::too_many_arguments)]
 fn vertical_pass(
     src: &[u8],
     stride: usize,
@@ -187,10 +232,12 @@ fn vertical_pass(
     span: Range<usize>,
     vert: &Coefficients,
     rows: Range<usize>,
-) -> Vec<u8> {
+    out: &mut Vec<u8>,
+    acc: &mut Vec<i32>,
+) {
     let width = span.len();
-    let mut out = vec![0u8; rows.len() * width];
-    let mut acc = vec![0i32; width];
+    reset(out, rows.len() * width);
+    reset(acc, width);
     for (o, yy) in out.chunks_exact_mut(width).zip(rows) {
         let (start, taps) = vert.taps(yy);
         acc.fill(HALF);
@@ -203,11 +250,10 @@ fn vertical_pass(
                 *a += i32::from(p) * w;
             }
         }
-        for (d, &a) in o.iter_mut().zip(&acc) {
+        for (d, &a) in o.iter_mut().zip(acc.iter()) {
             *d = clip8(a);
         }
     }
-    out
 }
 
 /// Horizontal taps padded with zero weights to one width `k` for every output, each window moved left
@@ -255,9 +301,10 @@ fn horizontal_pass(
     first_col: usize,
     taps: &FixedTaps,
     cols: Range<usize>,
-) -> Vec<u8> {
-    let mut out = vec![0u8; src.len() / stride * cols.len() * CHANNELS];
-    let mut run = |k| horizontal_rows(src, stride, first_col, taps, cols.clone(), &mut out, k);
+    out: &mut Vec<u8>,
+) {
+    reset(out, src.len() / stride * cols.len() * CHANNELS);
+    let mut run = |k| horizontal_rows(src, stride, first_col, taps, cols.clone(), out, k);
     // Literal widths, so that each call is inlined with a constant trip count (bilinear windows are
     // about 2 * in / out + 1 taps wide: 2-3 when upscaling, 4-5 for the usual 1-2x reduction).
     match taps.k {
@@ -269,7 +316,6 @@ fn horizontal_pass(
         7 => run(7),
         k => run(k),
     }
-    out
 }
 
 #[inline(always)]

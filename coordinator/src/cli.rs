@@ -161,6 +161,9 @@ pub struct RunArgs {
     /// Number of model outputs (default: the dataset's class count).
     #[arg(long)]
     pub num_classes: Option<u32>,
+    /// File holding the shared token every worker must present (else $TRESNET_TOKEN; none = open).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     pub worker_arg: Vec<String>,
@@ -225,6 +228,8 @@ impl RunArgs {
             speculative: !self.no_speculation,
             fail_on_bad_sample: self.on_bad_sample == OnBadSample::Fail,
             num_classes: self.num_classes,
+            token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
+                .map_err(anyhow::Error::msg)?,
         })
     }
 }

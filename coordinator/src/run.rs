@@ -17,6 +17,7 @@ use tresnet_common::ids::{JobId, ShardId, WorkerId};
 use tresnet_common::job::{JobSpec, SaveLogits};
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::MAX_MESSAGE_BYTES;
+use tresnet_common::protocol::auth::{CheckToken, TOKEN_ENV};
 use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
@@ -52,6 +53,8 @@ pub struct RunConfig {
     pub speculative: bool,
     pub fail_on_bad_sample: bool,
     pub num_classes: Option<u32>,
+    /// Shared token every RPC must carry; `None` leaves the endpoint open (loopback default).
+    pub token: Option<String>,
 }
 
 /// How often the run loop checks leases, child processes and progress.
@@ -126,6 +129,10 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
             .args(&cfg.worker_extra_args)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        match &cfg.token {
+            Some(t) => cmd.env(TOKEN_ENV, t),
+            None => cmd.env_remove(TOKEN_ENV),
+        };
         if let Some(t) = cfg.worker_threads {
             cmd.arg("--threads").arg(t.to_string());
         }
@@ -232,7 +239,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), async {
+    let server = tokio::spawn(serve(listener, state.clone(), cfg.token.clone(), async {
         let _ = stop_rx.await;
     }));
     let mut children = spawn_workers(&cfg, addr)?;
@@ -269,11 +276,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
 pub async fn serve(
     listener: TcpListener,
     state: Shared,
+    token: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let svc = CoordinatorServer::new(CoordinatorService::new(state))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let svc =
+        tonic::service::interceptor::InterceptedService::new(svc, CheckToken { expected: token });
     tonic::transport::Server::builder()
         .add_service(svc)
         .serve_with_incoming_shutdown(tokio_stream_from(listener), shutdown)

@@ -77,6 +77,7 @@ pub fn coordinator_run_on(data: &Path, format: &str, out: &Path, extra: &[&str])
         .arg(out)
         .args(extra)
         .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
     c
 }

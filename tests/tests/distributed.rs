@@ -507,3 +507,64 @@ fn coordinator_killed_and_restarted_resumes_to_the_same_report() {
         "{err}"
     );
 }
+
+/// With a shared token configured, RPCs without it or with a wrong one are refused as unauthenticated;
+/// the right one registers, and local workers (given the token by the coordinator) complete the run.
+#[test]
+fn token_is_required_on_every_rpc_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "correct-horse-battery\n").unwrap();
+    let run = dir.path().join("run");
+    let mut cmd = coordinator_run(
+        &run,
+        &[
+            "--local-workers",
+            "1",
+            "--shard-size",
+            "6",
+            "--worker-arg=--debug-batch-delay-ms=100",
+        ],
+    );
+    cmd.arg("--token-file").arg(&token_file);
+    let (mut coord, addr) = spawn_listening(cmd);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let register = |token: Option<&str>| {
+        let addr = addr.clone();
+        let token = token.map(str::to_string);
+        rt.block_on(async move {
+            use tresnet_common::protocol::pb;
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let attach =
+                tresnet_common::protocol::auth::AttachToken::new(token.as_deref()).unwrap();
+            let mut c =
+                pb::coordinator_client::CoordinatorClient::with_interceptor(channel, attach);
+            c.register(pb::RegisterRequest {
+                protocol_version: tresnet_common::protocol::PROTOCOL_VERSION,
+                worker_id: "probe".into(),
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    let none = register(None).unwrap_err();
+    assert_eq!(none.code(), tonic::Code::Unauthenticated, "{none:?}");
+    assert!(
+        none.message().contains("requires a token"),
+        "{}",
+        none.message()
+    );
+    let wrong = register(Some("guess")).unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    assert!(wrong.message().contains("wrong token"));
+    assert!(register(Some("correct-horse-battery")).is_ok());
+    assert!(
+        coord.wait().unwrap().success(),
+        "the tokened run did not complete"
+    );
+    assert_eq!(summary(&run)["samples"], dataset_size());
+}

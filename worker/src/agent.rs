@@ -11,10 +11,12 @@ use futures::StreamExt;
 use tch::Device;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tresnet_common::dataset::{Sample, SampleSource};
 use tresnet_common::ids::SampleIndex;
 use tresnet_common::preprocess::PreprocessConfig;
+use tresnet_common::protocol::auth::AttachToken;
 use tresnet_common::protocol::convert::{WorkerJob, sample_from_pb};
 use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
 use tresnet_common::protocol::pb::{self, SampleResult};
@@ -41,6 +43,8 @@ pub struct AgentConfig {
     pub decode_threads: usize,
     pub fold_bn: Option<bool>,
     pub debug_batch_delay: Duration,
+    /// Shared token presented on every RPC.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +67,10 @@ pub enum AgentError {
     Rpc { url: String, status: String },
 }
 
+type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
+
 struct Shared {
-    client: CoordinatorClient<Channel>,
+    client: Client,
     worker_id: String,
     job: WorkerJob,
     location: StorageLocation,
@@ -90,7 +96,11 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             url: url.clone(),
             source,
         })?;
-    let mut client = CoordinatorClient::new(channel)
+    let attach = AttachToken::new(cfg.token.as_deref()).map_err(|e| AgentError::Rpc {
+        url: url.clone(),
+        status: e,
+    })?;
+    let mut client = CoordinatorClient::with_interceptor(channel, attach)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let reg = client

@@ -50,6 +50,9 @@ pub struct JoinArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// File holding the coordinator's shared token (else $TRESNET_TOKEN).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,

@@ -32,6 +32,8 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         decode_threads: args.decode_threads.unwrap_or(cpus),
         fold_bn: None,
         debug_batch_delay: Duration::from_millis(args.debug_batch_delay_ms),
+        token: tresnet_common::protocol::auth::load_token(args.token_file.as_deref())
+            .map_err(anyhow::Error::msg)?,
     };
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let done = rt.block_on(agent::run(cfg))?;

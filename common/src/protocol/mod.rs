@@ -1,5 +1,6 @@
 //! The coordinator–worker wire protocol: generated gRPC code plus the version both sides check.
 
+pub mod auth;
 pub mod convert;
 
 /// Generated from common/proto/tresnet.proto.

@@ -224,6 +224,7 @@ pub fn resize_region_with<'s>(
 
 /// Resample.c `ImagingResampleVertical_8bpc` for output `rows`, reading the byte range `span` of each
 /// source row; source row `y` starts at `(y - first_row) * stride`.
+// The output and accumulator come in separately so that callers can lend disjoint scratch fields.
 #[allow(clippy::too_many_arguments)]
 fn vertical_pass(
     src: &[u8],

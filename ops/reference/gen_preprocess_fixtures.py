@@ -137,6 +137,9 @@ def encodings(rng):
         "jpeg_422": ("jpg", lambda im: save(im, "JPEG", quality=JPEG_QUALITY, subsampling=1)),
         "jpeg_444": ("jpg", lambda im: save(im, "JPEG", quality=JPEG_QUALITY, subsampling=0)),
         "jpeg_progressive": ("jpg", lambda im: save(im, "JPEG", quality=JPEG_QUALITY, progressive=True)),
+        # Junk before EOI: libjpeg warns ("extraneous bytes before marker"), Pillow ignores it, so must we.
+        "jpeg_junk_before_eoi": ("jpg", lambda im: (lambda d: d[:-2] + b"\x00" * 7 + d[-2:])(
+            save(im, "JPEG", quality=JPEG_QUALITY))),
         "jpeg_gray": ("jpg", lambda im: save(im.convert("L"), "JPEG", quality=JPEG_QUALITY)),
         "jpeg_cmyk": ("jpg", lambda im: save(im.convert("CMYK"), "JPEG", quality=JPEG_QUALITY)),
         "jpeg_ycck": ("jpg", ycck_jpeg),

@@ -568,3 +568,56 @@ fn token_is_required_on_every_rpc_when_configured() {
     );
     assert_eq!(summary(&run)["samples"], dataset_size());
 }
+
+/// SIGTERM makes a worker finish the batch in hand, hand its leases back and exit 0; the others finish.
+#[test]
+fn sigterm_drains_a_worker_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let cmd = coordinator_run(
+        &run,
+        &[
+            "--local-workers",
+            "1",
+            "--shard-size",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    );
+    let (mut coord, addr) = spawn_listening(cmd);
+    let mut worker = Command::new(bin("tresnet-worker"))
+        .args([
+            "--coordinator",
+            &format!("http://{addr}"),
+            "--worker-id",
+            "drained",
+            "--threads",
+            "1",
+        ])
+        .args(["--debug-batch-delay-ms", "400"])
+        .env_remove("TRESNET_TOKEN")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = worker.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "drained worker exited with {status}");
+    assert!(coord.wait().unwrap().success());
+    let s = summary(&run);
+    assert_eq!(s["samples"], dataset_size());
+    assert_eq!(s["failed_samples"], 0);
+}

@@ -77,12 +77,29 @@ struct Shared {
     batches: BatchSender,
     decode: Arc<Semaphore>,
     samples_done: AtomicU64,
+    /// Set by SIGTERM: finish the batch in hand, hand every lease back, exit cleanly.
+    draining: Arc<std::sync::atomic::AtomicBool>,
     /// Live leases and the tasks running them, so a cancelled lease can be stopped.
     active: Mutex<HashMap<u64, JoinHandle<()>>>,
 }
 
 /// Connects, registers, runs shards until the coordinator says the job is done; returns samples done.
 pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
+    // The handler goes in first, so a SIGTERM during connection or model loading also drains cleanly.
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drain = {
+        let draining = draining.clone();
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        tokio::spawn(async move {
+            if let Ok(mut term) = term {
+                term.recv().await;
+                tracing::warn!(
+                    "SIGTERM: draining (finishing the batch in hand, handing leases back)"
+                );
+                draining.store(true, Ordering::SeqCst);
+            }
+        })
+    };
     let url = cfg.coordinator.clone();
     let channel = Channel::from_shared(url.clone())
         .map_err(|e| AgentError::Rpc {
@@ -153,6 +170,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         batches: tx,
         decode: Arc::new(Semaphore::new(cfg.decode_threads.max(1))),
         samples_done: AtomicU64::new(0),
+        draining: draining.clone(),
         active: Mutex::new(HashMap::new()),
     });
     let heartbeat = tokio::spawn(heartbeat_loop(
@@ -160,6 +178,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
     ));
     let result = lease_loop(&shared, cfg.prefetch_shards.max(1), &url).await;
+    drain.abort();
     heartbeat.abort();
     for (_, h) in shared
         .active
@@ -187,6 +206,13 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
             a.retain(|_, h| !h.is_finished());
             a.len() as u32
         };
+        if shared.draining.load(Ordering::SeqCst) {
+            if active == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
         if active >= capacity {
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
@@ -258,10 +284,16 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
 }
 
 /// Runs one leased shard; a failure of the whole shard is handed back with its reason.
+/// Marks a shard given back because the worker is draining; released without counting as a failure.
+const DRAINING: &str = "worker draining";
+
 async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
     let lease_id = lease.lease_id;
     if let Err(e) = process_shard(&shared, lease).await {
-        tracing::warn!(lease = lease_id, error = %e, "shard failed");
+        let e = if e == DRAINING { String::new() } else { e };
+        if !e.is_empty() {
+            tracing::warn!(lease = lease_id, error = %e, "shard failed");
+        }
         let mut client = shared.client.clone();
         let _ = client
             .release(pb::ReleaseRequest {
@@ -309,6 +341,9 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
     let mut pending = Vec::new();
     let mut done = false;
     while !done {
+        if shared.draining.load(Ordering::SeqCst) {
+            return Err(DRAINING.into());
+        }
         let next = prepared.next().await;
         if let Some(item) = next {
             pending.push(item);

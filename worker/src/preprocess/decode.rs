@@ -253,8 +253,9 @@ impl Decoder {
         if let Err(e) = d.decompress(bytes, image) {
             // TurboJPEG reports libjpeg warnings as failures although the image is complete; Pillow
             // ignores them (corrupt-data warnings) except when the data ran out before EOI.
-            let msg = e.to_string();
-            if !is_libjpeg_warning(&msg) || jpeg_structure(bytes) != JpegEnd::Eoi {
+            let warning =
+                matches!(&e, turbojpeg::Error::TurboJpegError(m) if is_libjpeg_warning(m));
+            if !warning || jpeg_structure(bytes) != JpegEnd::Eoi {
                 return Err(jpeg_error(bytes, e));
             }
         }
@@ -589,6 +590,48 @@ mod tests {
         assert_eq!(adobe_cmyk_to_rgb(&[255, 255, 255, 0]), [0, 0, 0]);
         // PIL: Image.frombytes("CMYK", (1,1), bytes([155, 55, 0, 55])).convert("RGB") == (78, 157, 200)
         assert_eq!(adobe_cmyk_to_rgb(&[100, 200, 255, 200]), [78, 157, 200]);
+    }
+
+    fn opts() -> DecodeOptions<'static> {
+        DecodeOptions {
+            max_pixels: 1 << 20,
+            dct_scaling_target: None,
+        }
+    }
+
+    #[test]
+    fn warnings_are_tolerated_and_truncation_is_not() {
+        let img = turbojpeg::Image::mandelbrot(48, 32, PixelFormat::RGB);
+        let mut c = turbojpeg::Compressor::new().unwrap();
+        c.set_quality(90).unwrap();
+        let clean = c.compress_to_vec(img.as_deref()).unwrap();
+        let mut dec = Decoder::default();
+        let want = dec.decode(&clean, &opts()).unwrap().image;
+        // Junk between the scan and EOI: libjpeg warns, Pillow decodes, and so must we.
+        let mut junk = clean[..clean.len() - 2].to_vec();
+        junk.extend_from_slice(&[0; 7]);
+        junk.extend_from_slice(&[0xff, 0xd9]);
+        assert!(
+            turbojpeg::decompress(&junk, PixelFormat::RGB).is_err(),
+            "the junk must make libjpeg warn, or this test proves nothing"
+        );
+        assert_eq!(dec.decode(&junk, &opts()).unwrap().image, want);
+        let cut = &clean[..clean.len() - 2];
+        assert!(matches!(
+            dec.decode(cut, &opts()),
+            Err(PreprocessError::Truncated { .. })
+        ));
+        // And the decoder is still good afterwards.
+        assert_eq!(dec.decode(&clean, &opts()).unwrap().image, want);
+    }
+
+    #[test]
+    fn libjpeg_warnings_are_recognised_by_their_text() {
+        assert!(is_libjpeg_warning(
+            "Corrupt JPEG data: 7 extraneous bytes before marker 0xd9"
+        ));
+        assert!(is_libjpeg_warning("Premature end of JPEG file"));
+        assert!(!is_libjpeg_warning("Unsupported marker type 0x12"));
     }
 
     #[test]

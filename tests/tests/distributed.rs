@@ -44,6 +44,29 @@ fn predictions(run: &Path) -> Predictions {
     out
 }
 
+/// Everything in the report that must not depend on how the run got there (kills, restarts).
+fn assert_same_report(clean: &Path, other: &Path, what: &str) {
+    let (a, b) = (summary(clean), summary(other));
+    for field in [
+        "samples",
+        "correct1",
+        "correct5",
+        "bad_samples",
+        "failed_samples",
+        "top1",
+        "top5",
+        "nll",
+        "ece",
+    ] {
+        assert_eq!(a[field], b[field], "{what}: {field} differs");
+    }
+    assert_eq!(
+        predictions(clean),
+        predictions(other),
+        "{what}: predictions differ"
+    );
+}
+
 fn run_ok(mut cmd: Command) -> std::process::Output {
     let out = cmd.output().unwrap();
     assert!(
@@ -224,28 +247,7 @@ fn killed_workers_change_nothing_in_the_report() {
             killed >= 1,
             "round {round}: the run ended before any worker could be killed"
         );
-        let (a, b) = (summary(&clean), summary(&run));
-        for field in [
-            "samples",
-            "correct1",
-            "correct5",
-            "bad_samples",
-            "failed_samples",
-            "top1",
-            "top5",
-            "nll",
-            "ece",
-        ] {
-            assert_eq!(
-                a[field], b[field],
-                "round {round}: {field} differs after {killed} kills"
-            );
-        }
-        assert_eq!(
-            predictions(&clean),
-            predictions(&run),
-            "round {round}: predictions differ"
-        );
+        assert_same_report(&clean, &run, &format!("round {round}, {killed} kills"));
     }
 }
 
@@ -481,21 +483,7 @@ fn coordinator_killed_and_restarted_resumes_to_the_same_report() {
         }
     }
     assert!(done_before >= 3);
-    let (a, b) = (summary(&clean), summary(&run));
-    for field in [
-        "samples",
-        "correct1",
-        "correct5",
-        "bad_samples",
-        "failed_samples",
-        "top1",
-        "top5",
-        "nll",
-        "ece",
-    ] {
-        assert_eq!(a[field], b[field], "{field} differs after resume");
-    }
-    assert_eq!(predictions(&clean), predictions(&run));
+    assert_same_report(&clean, &run, "after resume");
     // A different job on the same directory is refused, naming what differs.
     let out = coordinator_run(&run, &["--local-workers", "1", "--top-k", "3"])
         .output()

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod dataset;
 pub mod ids;
 pub mod job;
+pub mod logging;
 pub mod npy;
 pub mod preprocess;
 pub mod protocol;

@@ -8,7 +8,7 @@ use tresnet_coordinator::run;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_json);
+    tresnet_common::logging::init(cli.log_json);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -22,19 +22,6 @@ fn main() -> ExitCode {
             eprintln!("tresnet-coordinator: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
     }
 }
 

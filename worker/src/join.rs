@@ -8,7 +8,7 @@ use crate::agent::{self, AgentConfig};
 use crate::cli::JoinArgs;
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
-    init_tracing(args.log_json);
+    tresnet_common::logging::init(args.log_json);
     let url = args.coordinator.context(
         "nothing to do: give --coordinator URL to join a coordinator, or a subcommand (see --help)",
     )?;
@@ -39,17 +39,4 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     let done = rt.block_on(agent::run(cfg))?;
     tracing::info!(samples = done, "job done");
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        b.json().init();
-    } else {
-        b.init();
-    }
 }

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/env.sh
 source ops/fixtures.sh
-# s3s-fs for the storage tests (common/tests/storage_s3.rs), which start their own servers from it.
+# s3s-fs for the storage tests (tests/tests/{storage_s3,object_store}.rs), which start their own servers from it.
 source ops/s3.sh
 # The cross-process tests run the real binaries; `cargo test` only builds a package's binaries for that
 # package's own integration tests, so build them all first (also keeps them from going stale).

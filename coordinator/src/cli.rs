@@ -164,6 +164,10 @@ pub struct RunArgs {
     /// File holding the shared token every worker must present (else $TRESNET_TOKEN; none = open).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Where completed shards are journaled: a path or an object-store URL (s3://bucket/runs/x/journal),
+    /// so a run can resume on another machine after losing the coordinator's disk. Default OUT/journal.
+    #[arg(long, value_name = "URL")]
+    pub journal: Option<String>,
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     pub worker_arg: Vec<String>,
@@ -230,6 +234,7 @@ impl RunArgs {
             num_classes: self.num_classes,
             token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
                 .map_err(anyhow::Error::msg)?,
+            journal: self.journal,
         })
     }
 }

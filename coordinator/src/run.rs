@@ -55,6 +55,8 @@ pub struct RunConfig {
     pub num_classes: Option<u32>,
     /// Shared token every RPC must carry; `None` leaves the endpoint open (loopback default).
     pub token: Option<String>,
+    /// Journal location (path or object-store URL); `None` is `out/journal`.
+    pub journal: Option<String>,
 }
 
 /// How often the run loop checks leases, child processes and progress.
@@ -90,8 +92,13 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Opens the run directory: a new one gets `job.json`; an existing one must hold the same job, and
-/// its journal's completed shards are not run again.
-fn open_run_dir(out: &Path, job: &JobSpec) -> anyhow::Result<(Journal, Vec<ShardId>)> {
+/// its journal's completed shards are not run again. The journal lives in `out/journal` unless
+/// `journal_url` puts it elsewhere (an object store, so a run survives the coordinator's disk).
+async fn open_run_dir(
+    out: &Path,
+    journal_url: Option<&str>,
+    job: &JobSpec,
+) -> anyhow::Result<(Journal, Vec<ShardId>)> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
     let job_path = out.join("job.json");
@@ -109,8 +116,12 @@ fn open_run_dir(out: &Path, job: &JobSpec) -> anyhow::Result<(Journal, Vec<Shard
     } else {
         std::fs::write(&job_path, serde_json::to_vec_pretty(job)?)?;
     }
-    let journal = Journal::open(out)?;
-    let done = journal.completed()?;
+    let journal = match journal_url {
+        Some(url) => Journal::open_url(url, &StorageOptions::default())?,
+        None => Journal::open(out)?,
+    };
+    journal.bind_job(job).await?;
+    let done = journal.completed().await?;
     Ok((journal, done))
 }
 
@@ -195,7 +206,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         leaky_slope: cfg.leaky_slope,
         synthetic: cfg.synthetic,
     };
-    let (journal, done) = open_run_dir(&cfg.out, &job)?;
+    let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), &job).await?;
     let mut sched = Scheduler::new(
         index.len() as u64,
         cfg.shard_size,
@@ -360,7 +371,7 @@ async fn watch(
             let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
             eprintln!("progress: {done}/{total} samples ({rate:.1}/s)  {msg}");
         }
-        if st.sched.is_finished() {
+        if st.finished() {
             if let Some(b) = &bar {
                 b.finish_and_clear();
             }

@@ -58,6 +58,8 @@ pub struct RunState {
     pub fail_on_bad_sample: bool,
     pub max_shards_per_lease: u32,
     pub lease_timeout: Duration,
+    /// Accepted shards whose journal write is still in flight; the run is not finished until it is 0.
+    pub journal_pending: u32,
     start: Instant,
 }
 
@@ -83,6 +85,7 @@ impl RunState {
             fail_on_bad_sample,
             max_shards_per_lease,
             lease_timeout,
+            journal_pending: 0,
             start: Instant::now(),
         }
     }
@@ -91,8 +94,13 @@ impl RunState {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// Every shard has a result and every result is durably journaled.
+    pub fn finished(&self) -> bool {
+        self.sched.is_finished() && self.journal_pending == 0
+    }
+
     pub fn done(&self) -> bool {
-        self.sched.is_finished() || self.fatal.is_some()
+        self.finished() || self.fatal.is_some()
     }
 }
 
@@ -291,52 +299,62 @@ impl Coordinator for CoordinatorService {
             )));
         }
         results.sort_by_key(|r| r.index);
-        let mut st = self.lock();
-        match st.sched.complete(&id, LeaseId(header.lease_id)) {
-            Completion::Unknown => Err(Status::failed_precondition(format!(
-                "lease {} of {shard} was not granted to worker {id}",
-                header.lease_id
-            ))),
-            Completion::Duplicate => {
-                st.live.duplicates_dropped += 1;
-                Ok(Response::new(pb::SubmitResponse {
-                    accepted: false,
-                    reason: format!("{shard} already has a result; duplicate dropped"),
-                }))
-            }
-            Completion::Accepted => {
-                let bad: Vec<&pb::SampleResult> =
-                    results.iter().filter(|r| !r.error.is_empty()).collect();
-                let n_bad = bad.len() as u64;
-                if st.fail_on_bad_sample
-                    && let Some(b) = bad.first()
-                {
-                    let key = st.index.samples[b.index as usize].key.clone();
-                    st.fatal = Some(format!(
-                        "bad sample {key}: {} (--on-bad-sample=fail)",
-                        b.error
-                    ));
-                }
-                let record = pb::ShardRecord {
-                    shard_id: shard.0,
-                    worker_id: id.0.clone(),
-                    results,
-                };
-                if let Err(e) = st.journal.write(&record) {
-                    st.fatal = Some(format!("cannot record {shard}: {e}"));
-                    return Err(Status::internal(format!(
-                        "coordinator cannot record {shard}"
+        // The scheduler decides first-wins under the lock; the journal write happens outside it (it may
+        // be a PUT to an object store) while `journal_pending` keeps the run from finishing early.
+        let (record, journal, n_bad) = {
+            let mut st = self.lock();
+            match st.sched.complete(&id, LeaseId(header.lease_id)) {
+                Completion::Unknown => {
+                    return Err(Status::failed_precondition(format!(
+                        "lease {} of {shard} was not granted to worker {id}",
+                        header.lease_id
                     )));
                 }
-                st.live.samples_done += expected as u64;
-                st.live.last_accept_ms = Some(st.now());
-                st.live.bad_samples += n_bad;
-                Ok(Response::new(pb::SubmitResponse {
-                    accepted: true,
-                    reason: String::new(),
-                }))
+                Completion::Duplicate => {
+                    st.live.duplicates_dropped += 1;
+                    return Ok(Response::new(pb::SubmitResponse {
+                        accepted: false,
+                        reason: format!("{shard} already has a result; duplicate dropped"),
+                    }));
+                }
+                Completion::Accepted => {}
             }
+            let bad: Vec<&pb::SampleResult> =
+                results.iter().filter(|r| !r.error.is_empty()).collect();
+            let n_bad = bad.len() as u64;
+            if st.fail_on_bad_sample
+                && let Some(b) = bad.first()
+            {
+                let key = st.index.samples[b.index as usize].key.clone();
+                st.fatal = Some(format!(
+                    "bad sample {key}: {} (--on-bad-sample=fail)",
+                    b.error
+                ));
+            }
+            st.journal_pending += 1;
+            let record = pb::ShardRecord {
+                shard_id: shard.0,
+                worker_id: id.0.clone(),
+                results,
+            };
+            (record, st.journal.clone(), n_bad)
+        };
+        let written = journal.write(&record).await;
+        let mut st = self.lock();
+        st.journal_pending -= 1;
+        if let Err(e) = written {
+            st.fatal = Some(format!("cannot record {shard}: {e}"));
+            return Err(Status::internal(format!(
+                "coordinator cannot record {shard}"
+            )));
         }
+        st.live.samples_done += expected as u64;
+        st.live.last_accept_ms = Some(st.now());
+        st.live.bad_samples += n_bad;
+        Ok(Response::new(pb::SubmitResponse {
+            accepted: true,
+            reason: String::new(),
+        }))
     }
 
     async fn release(

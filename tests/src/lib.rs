@@ -1,20 +1,30 @@
 //! Helpers for the cross-process tests: locating the built binaries and generated fixtures, running
 //! the coordinator, and reading its run directory.
 
+pub mod s3;
+
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use polars::prelude::*;
+
 /// A binary of this workspace, built next to the test executable (`cargo test --workspace
-/// --all-targets`, as ops/test.sh runs it, builds them all).
+/// --all-targets`, as ops/test.sh runs it, builds them all), or in `TRESNET_BIN_DIR` when set (to test
+/// release builds, or binaries copied away from a target directory that other checkouts share).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
+    let dir = match std::env::var_os("TRESNET_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target directory")
+            .to_path_buf(),
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -114,4 +124,83 @@ pub fn summary(run: &Path) -> serde_json::Value {
     let p = run.join("summary.json");
     serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .unwrap()
+}
+
+/// Per sample key: index, top-k classes and top-k logits from `predictions.parquet`.
+pub type Predictions = BTreeMap<String, (u64, Vec<u32>, Vec<f32>)>;
+
+pub fn predictions(run: &Path) -> Predictions {
+    let f = std::fs::File::open(run.join("predictions.parquet")).unwrap();
+    let df = ParquetReader::new(f).finish().unwrap();
+    let index = df.column("index").unwrap().u64().unwrap().clone();
+    let key = df.column("key").unwrap().str().unwrap().clone();
+    let ti = df.column("topk_indices").unwrap().list().unwrap().clone();
+    let tl = df.column("topk_logits").unwrap().list().unwrap().clone();
+    let mut out = BTreeMap::new();
+    for i in 0..df.height() {
+        let classes: Vec<u32> = ti
+            .get_as_series(i)
+            .unwrap()
+            .u32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        let logits: Vec<f32> = tl
+            .get_as_series(i)
+            .unwrap()
+            .f32()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        out.insert(
+            key.get(i).unwrap().to_string(),
+            (index.get(i).unwrap(), classes, logits),
+        );
+    }
+    out
+}
+
+/// Everything in the report that must not depend on how the run got there (kills, restarts).
+pub fn assert_same_report(clean: &Path, other: &Path, what: &str) {
+    let (a, b) = (summary(clean), summary(other));
+    for field in [
+        "samples",
+        "correct1",
+        "correct5",
+        "bad_samples",
+        "failed_samples",
+        "top1",
+        "top5",
+        "nll",
+        "ece",
+    ] {
+        assert_eq!(a[field], b[field], "{what}: {field} differs");
+    }
+    assert_eq!(
+        predictions(clean),
+        predictions(other),
+        "{what}: predictions differ"
+    );
+}
+
+pub fn run_ok(mut cmd: Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "coordinator failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }

@@ -6,78 +6,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use polars::prelude::*;
 use tresnet_common::npy;
-use tresnet_tests::{bin, coordinator_run, spawn_listening, summary};
+use tresnet_tests::{
+    assert_same_report, bin, children_of, coordinator_run, predictions, run_ok, spawn_listening,
+    summary,
+};
 
 /// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.
-type Predictions = BTreeMap<String, (u64, Vec<u32>, Vec<f32>)>;
-
-fn predictions(run: &Path) -> Predictions {
-    let f = std::fs::File::open(run.join("predictions.parquet")).unwrap();
-    let df = ParquetReader::new(f).finish().unwrap();
-    let index = df.column("index").unwrap().u64().unwrap().clone();
-    let key = df.column("key").unwrap().str().unwrap().clone();
-    let ti = df.column("topk_indices").unwrap().list().unwrap().clone();
-    let tl = df.column("topk_logits").unwrap().list().unwrap().clone();
-    let mut out = BTreeMap::new();
-    for i in 0..df.height() {
-        let classes: Vec<u32> = ti
-            .get_as_series(i)
-            .unwrap()
-            .u32()
-            .unwrap()
-            .into_no_null_iter()
-            .collect();
-        let logits: Vec<f32> = tl
-            .get_as_series(i)
-            .unwrap()
-            .f32()
-            .unwrap()
-            .into_no_null_iter()
-            .collect();
-        out.insert(
-            key.get(i).unwrap().to_string(),
-            (index.get(i).unwrap(), classes, logits),
-        );
-    }
-    out
-}
-
-/// Everything in the report that must not depend on how the run got there (kills, restarts).
-fn assert_same_report(clean: &Path, other: &Path, what: &str) {
-    let (a, b) = (summary(clean), summary(other));
-    for field in [
-        "samples",
-        "correct1",
-        "correct5",
-        "bad_samples",
-        "failed_samples",
-        "top1",
-        "top5",
-        "nll",
-        "ece",
-    ] {
-        assert_eq!(a[field], b[field], "{what}: {field} differs");
-    }
-    assert_eq!(
-        predictions(clean),
-        predictions(other),
-        "{what}: predictions differ"
-    );
-}
-
-fn run_ok(mut cmd: Command) -> std::process::Output {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "coordinator failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 fn dataset_size() -> u64 {
     walk(&tresnet_tests::sample_images())
 }
@@ -173,17 +108,6 @@ fn clean_run_matches_single_process_infer() {
             );
         }
     }
-}
-
-fn children_of(pid: u32) -> Vec<u32> {
-    let out = Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
 }
 
 #[test]

@@ -10,6 +10,7 @@ use tresnet_common::job::SaveLogits;
 use tresnet_common::protocol::convert::WorkerJob;
 use tresnet_common::protocol::pb::SampleResult;
 
+use crate::collective::Collective;
 use crate::model::{BuildOptions, ModelName, TResNet, load_model};
 use crate::scoring::{loss_and_confidence, top_k};
 
@@ -82,7 +83,8 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
     Ok(Engine::Model(Box::new(loaded.model)))
 }
 
-/// Starts one executor thread per device; returns once every model is loaded, or the first error.
+/// Starts one executor thread per device; returns once every model is loaded and the executors have
+/// met at a barrier (NCCL across GPUs when available), so they start work together; or the first error.
 pub fn start(
     cfg: &ExecutorConfig,
     devices: &[Device],
@@ -90,30 +92,48 @@ pub fn start(
 ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    for &device in devices {
+    let collective = Arc::new(Collective::for_devices(devices));
+    tracing::debug!(
+        backend = collective.backend(),
+        world = collective.world_size(),
+        "node-local collective"
+    );
+    for (rank, &device) in devices.iter().enumerate() {
         let cfg = cfg.clone();
         let queue = queue.clone();
         let ready = ready_tx.clone();
+        let collective = collective.clone();
         let h = std::thread::Builder::new()
             .name(format!("executor-{device:?}"))
             .spawn(move || {
                 let engine = match engine(&cfg, device) {
-                    Ok(e) => {
-                        let _ = ready.send(Ok(()));
-                        e
-                    }
+                    Ok(e) => e,
                     Err(e) => {
-                        let _ = ready.send(Err(format!("{device:?}: {e}")));
+                        let e = format!("{device:?}: {e}");
+                        collective.abort(&e);
+                        let _ = ready.send(Err(e));
                         return;
                     }
                 };
+                if let Err(e) = collective.barrier(rank) {
+                    let _ = ready.send(Err(format!("{device:?}: {e}")));
+                    return;
+                }
+                let _ = ready.send(Ok(()));
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(batch) = next else { return };
                     if !cfg.debug_batch_delay.is_zero() {
                         std::thread::sleep(cfg.debug_batch_delay);
                     }
-                    let out = run_batch(&engine, &cfg.job, device, &batch);
+                    // libtorch reports some failures by panicking inside tch; one bad batch must fail
+                    // its shard (which is then retried) rather than kill this device's executor.
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run_batch(&engine, &cfg.job, device, &batch)
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))
+                    });
                     let _ = batch.reply.send(out);
                 }
             })
@@ -130,6 +150,14 @@ pub fn start(
 }
 
 pub type BatchSender = SyncSender<Batch>;
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .map(|s| s.lines().next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "panic".to_string())
+}
 
 fn run_batch(
     engine: &Engine,

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod collective;
 pub mod device;
 pub mod executor;
 pub mod infer;

@@ -2,118 +2,16 @@
 //! started on loopback by each test from the binary in `TRESNET_S3S_FS` (installed and exported by
 //! `ops/s3.sh`, which `ops/test.sh` sources).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use object_store::{BackoffConfig, RetryConfig};
 use tresnet_common::dataset::tar::pack_dataset;
 use tresnet_common::dataset::{DatasetFormat, DatasetIndex, list_dataset};
 use tresnet_common::storage::{
     FetchRequest, StorageError, StorageLocation, StorageOptions, fetch_many,
 };
 
-const BUCKET: &str = "datasets";
-const ACCESS_KEY: &str = "tresnet-test-key";
-const SECRET_KEY: &str = "tresnet-test-secret";
-/// How long s3s-fs may take to accept connections; it starts in milliseconds, the margin is for a
-/// loaded CI machine.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// One s3s-fs process with its own root folder; killed (by its pid) when dropped.
-struct S3Server {
-    child: Child,
-    endpoint: String,
-    /// The buckets' folder; held so it outlives the server.
-    _root: tempfile::TempDir,
-}
-
-impl S3Server {
-    fn start() -> Self {
-        let binary = std::env::var_os("TRESNET_S3S_FS").unwrap_or_else(|| {
-            panic!(
-                "TRESNET_S3S_FS is not set: run the tests through ops/test.sh, which installs s3s-fs \
-                 (ops/s3.sh) and exports the path of its binary"
-            )
-        });
-        assert!(
-            Path::new(&binary).is_file(),
-            "TRESNET_S3S_FS={} does not exist: run `source ops/env.sh && source ops/s3.sh` to install it",
-            binary.to_string_lossy()
-        );
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        // The port is free when asked; another process could take it before s3s-fs binds, so retry.
-        for _ in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(&binary)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(root.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.to_string_lossy()));
-            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let deadline = Instant::now() + STARTUP_TIMEOUT;
-            loop {
-                if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                    return Self {
-                        child,
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        _root: root,
-                    };
-                }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        panic!("s3s-fs did not start (binary {})", binary.to_string_lossy());
-    }
-
-    fn options(&self, secret: &str) -> StorageOptions {
-        StorageOptions {
-            s3_endpoint: Some(self.endpoint.clone()),
-            s3_region: Some("us-east-1".into()),
-            s3_allow_http: Some(true),
-            s3_path_style: Some(true),
-            s3_access_key_id: Some(ACCESS_KEY.into()),
-            s3_secret_access_key: Some(secret.into()),
-            s3_session_token: None,
-            // A broken server should fail the test in seconds, not after object_store's 3 minutes.
-            retry: RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(50),
-                    max_backoff: Duration::from_millis(500),
-                    base: 2.0,
-                },
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(10),
-            },
-        }
-    }
-
-    fn location(&self, url: &str) -> StorageLocation {
-        StorageLocation::parse(url, &self.options(SECRET_KEY)).unwrap()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use tresnet_tests::s3::{BUCKET, S3Server};
 
 /// A small ImageFolder tree on disk: three classes, a nested folder, a non-image file, odd names.
 fn write_image_folder(root: &Path) -> Vec<PathBuf> {

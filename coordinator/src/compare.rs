@@ -28,16 +28,12 @@ pub const EXACT_BELOW: u64 = 25;
 pub enum CompareError {
     #[error(transparent)]
     RunDir(#[from] RunDirError),
-    #[error(
-        "{a} and {b} are over different datasets ({url_a}, fingerprint {fp_a} vs {url_b}, fingerprint {fp_b}); samples cannot be paired"
-    )]
+    #[error("{a} and {b} are over different datasets ({datasets}); samples cannot be paired")]
     DifferentDatasets {
         a: PathBuf,
         b: PathBuf,
-        url_a: String,
-        fp_a: String,
-        url_b: String,
-        fp_b: String,
+        /// Both URLs and fingerprints.
+        datasets: String,
     },
     #[error(
         "{a} and {b} did not evaluate the same samples: {only_a} only in the first (e.g. {example_a:?}), {only_b} only in the second (e.g. {example_b:?}); compare needs every sample in both"
@@ -196,10 +192,13 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, CompareError> {
         return Err(CompareError::DifferentDatasets {
             a: a.to_path_buf(),
             b: b.to_path_buf(),
-            url_a: sa.job.data_url.clone(),
-            fp_a: sa.job.dataset_fingerprint.clone(),
-            url_b: sb.job.data_url.clone(),
-            fp_b: sb.job.dataset_fingerprint.clone(),
+            datasets: format!(
+                "{}, fingerprint {} vs {}, fingerprint {}",
+                sa.job.data_url,
+                sa.job.dataset_fingerprint,
+                sb.job.data_url,
+                sb.job.dataset_fingerprint
+            ),
         });
     }
     let (pa, pb) = (

@@ -288,11 +288,11 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
     }
     if b.preprocess != s.job.preprocess {
         r.notes.push(format!(
-            "preprocessing differs from the baseline's ({} px {:?} vs {} px {:?})",
+            "preprocessing differs from the baseline's ({} px {} vs {} px {})",
             b.preprocess.resolution,
-            b.preprocess.crop_mode,
+            format!("{:?}", b.preprocess.crop_mode).to_lowercase(),
             s.job.preprocess.resolution,
-            s.job.preprocess.crop_mode
+            format!("{:?}", s.job.preprocess.crop_mode).to_lowercase()
         ));
     }
     if b.precision != s.job.precision {

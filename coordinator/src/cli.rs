@@ -32,6 +32,102 @@ pub enum Command {
     /// Rewrite a dataset as WebDataset-style tar shards with member indexes (few large ranged reads
     /// instead of one GET per image on object stores).
     Pack(PackArgs),
+    /// Check a finished run against a baseline: exit 0 within bounds, 1 with a table of every
+    /// violation, 2 on bad input. `--write-baseline` writes the baseline from the run instead.
+    Gate(GateArgs),
+    /// Overall and per-class differences between two runs over the same dataset, with McNemar's test
+    /// on the paired per-sample correctness.
+    Compare(CompareArgs),
+    /// Run a matrix of evaluations from a TOML file, one run directory per cell, and tabulate them
+    /// (sweep.parquet, sweep.csv, sweep.md); finished cells are skipped on a rerun.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("checks").multiple(true).args(
+    ["max_top1_drop", "max_top5_drop", "max_class_drop", "require_samples"]
+)))]
+pub struct GateArgs {
+    /// Run directory to check (summary.json, predictions.parquet, per_class.csv).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Baseline JSON file (format in the README, written by --write-baseline).
+    #[arg(long)]
+    pub baseline: PathBuf,
+    /// Write --baseline from --run (overwriting it) instead of checking.
+    #[arg(long, conflicts_with = "checks")]
+    pub write_baseline: bool,
+    /// Largest allowed overall top-1 drop, in percentage points.
+    #[arg(long, value_parser = parse_pp)]
+    pub max_top1_drop: Option<f64>,
+    /// Largest allowed overall top-5 drop, in percentage points.
+    #[arg(long, value_parser = parse_pp)]
+    pub max_top5_drop: Option<f64>,
+    /// Largest allowed top-1 drop of any class, in percentage points.
+    #[arg(long, value_parser = parse_pp)]
+    pub max_class_drop: Option<f64>,
+    /// Classes with fewer samples (in the baseline or the run) are not checked by --max-class-drop.
+    #[arg(long, default_value_t = 1, requires = "max_class_drop")]
+    pub min_class_support: u64,
+    /// Fail unless at least this many samples were evaluated.
+    #[arg(long)]
+    pub require_samples: Option<u64>,
+}
+
+fn parse_pp(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a non-negative number of percentage points"
+        )),
+    }
+}
+
+impl GateArgs {
+    pub fn into_config(self) -> anyhow::Result<crate::gate::GateConfig> {
+        if !self.write_baseline
+            && self.max_top1_drop.is_none()
+            && self.max_top5_drop.is_none()
+            && self.max_class_drop.is_none()
+            && self.require_samples.is_none()
+        {
+            anyhow::bail!(
+                "nothing to check: give --max-top1-drop, --max-top5-drop, --max-class-drop or --require-samples (or --write-baseline)"
+            );
+        }
+        Ok(crate::gate::GateConfig {
+            run: self.run,
+            baseline: self.baseline,
+            max_top1_drop: self.max_top1_drop,
+            max_top5_drop: self.max_top5_drop,
+            max_class_drop: self.max_class_drop,
+            min_class_support: self.min_class_support,
+            require_samples: self.require_samples,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// Run directory A (the reference).
+    pub run_a: PathBuf,
+    /// Run directory B (deltas are B - A).
+    pub run_b: PathBuf,
+    /// Print the comparison as JSON (every class) instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Classes shown at each end of the per-class table (largest drops and gains); 0 shows all.
+    #[arg(long, default_value_t = 15)]
+    pub classes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Sweep file (TOML; format in the README and ops/sweeps/).
+    pub file: PathBuf,
+    /// Folder for the cell run directories and sweep tables (default: the file's `out`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

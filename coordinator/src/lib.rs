@@ -1,9 +1,14 @@
 //! The tresnet-eval coordinator: leases shards to workers, accounts every sample exactly once, reports.
 
 pub mod cli;
+pub mod compare;
+pub mod finished_run;
+pub mod gate;
 pub mod journal;
 pub mod report;
 pub mod run;
 pub mod scheduler;
 pub mod service;
+pub mod sweep;
+pub mod table;
 pub mod tally;

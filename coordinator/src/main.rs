@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tresnet_coordinator::cli::GateArgs;
 use tresnet_coordinator::cli::{Cli, Command};
-use tresnet_coordinator::run;
+use tresnet_coordinator::{compare, gate, run, sweep};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -17,7 +18,7 @@ fn main() -> ExitCode {
         }
     };
     match rt.block_on(dispatch(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("tresnet-coordinator: error: {e:#}");
             ExitCode::FAILURE
@@ -25,7 +26,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+/// Exit status of `gate` on bad input (missing or invalid baseline or run files), as clap's usage errors.
+const GATE_INPUT_ERROR: u8 = 2;
+
+async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Run(args) => {
             let out = args.out.clone();
@@ -44,7 +48,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 summary.dataset_size
             );
             println!("report: {}", out.join("summary.json").display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Pack(a) => {
             use tresnet_common::storage::{StorageLocation, StorageOptions};
@@ -67,7 +71,67 @@ async fn dispatch(cmd: Command) -> anyhow::Result<()> {
                 s.bytes,
                 dst.url()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gate(a) => Ok(gate_command(a)),
+        Command::Compare(a) => {
+            let c = compare::compare(&a.run_a, &a.run_b)?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", c.render(a.classes));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sweep(a) => {
+            let o = sweep::sweep(&sweep::SweepConfig {
+                file: a.file,
+                out: a.out,
+            })
+            .await?;
+            print!("{}", sweep::markdown(&o));
+            println!("tables: {}", o.out.join("sweep.md").display());
+            if o.failed() > 0 {
+                anyhow::bail!("{} of {} cells failed", o.failed(), o.cells.len());
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// 0 within bounds, 1 with the violations, 2 when the inputs cannot be checked.
+fn gate_command(a: GateArgs) -> ExitCode {
+    let result = if a.write_baseline {
+        gate::write_baseline(&a.run, &a.baseline).map(|b| {
+            println!(
+                "wrote baseline {} (top-1 {:.3}%, top-{} {:.3}%, {} samples, {} classes)",
+                a.baseline.display(),
+                b.top1,
+                b.top5_k,
+                b.top5,
+                b.samples,
+                b.classes.len()
+            );
+            ExitCode::SUCCESS
+        })
+    } else {
+        match a.into_config() {
+            Ok(cfg) => gate::gate(&cfg).map(|r| {
+                print!("{}", r.render());
+                if r.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }),
+            Err(e) => {
+                eprintln!("tresnet-coordinator: error: {e:#}");
+                return ExitCode::from(GATE_INPUT_ERROR);
+            }
+        }
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("tresnet-coordinator: error: {e}");
+        ExitCode::from(GATE_INPUT_ERROR)
+    })
 }

@@ -157,6 +157,13 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
 
 /// Runs the job; returns the summary once every shard is accounted for.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
+    let (job, index) = plan(&cfg).await?;
+    run_planned(cfg, job, index).await
+}
+
+/// Lists the dataset and builds the job spec a run of `cfg` would have (what `sweep` compares with a
+/// finished cell's summary to skip it).
+pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
     let location = StorageLocation::parse(&cfg.data, &StorageOptions::default())?;
     tracing::info!(data = %location.url(), format = cfg.format.name(), "listing dataset");
     let index: DatasetIndex = list_dataset(&location, &cfg.format).await?;
@@ -206,6 +213,15 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         leaky_slope: cfg.leaky_slope,
         synthetic: cfg.synthetic,
     };
+    Ok((job, index))
+}
+
+/// Runs a job made by [`plan`] from the same `cfg`.
+pub async fn run_planned(
+    cfg: RunConfig,
+    job: JobSpec,
+    index: DatasetIndex,
+) -> anyhow::Result<Summary> {
     let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), &job).await?;
     let mut sched = Scheduler::new(
         index.len() as u64,

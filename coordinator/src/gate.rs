@@ -1,0 +1,388 @@
+//! `gate`: checks a finished run against a checked-in baseline (overall top-1/top-5 drops, per-class
+//! top-1 drops, a minimum sample count) so CI can fail on an accuracy regression, and writes baselines.
+//!
+//! Baseline file (JSON, `format: "tresnet-eval-baseline/1"`), written by `gate --write-baseline`:
+//!
+//! ```json
+//! {
+//!   "format": "tresnet-eval-baseline/1",
+//!   "model": "tresnet_m",
+//!   "weights_sha256": "…",
+//!   "dataset": { "url": "file:///data/imagenet/val", "format": "imagenet",
+//!                "fingerprint": "…", "size": 50000, "num_classes": 1000 },
+//!   "preprocess": { "resolution": 224, "crop_pct": 0.875, "crop_mode": "center", … },
+//!   "precision": "fp32",
+//!   "top1": 80.79, "top5": 95.24, "top5_k": 5, "samples": 50000,
+//!   "classes": [ { "class": 0, "name": "n01440764", "support": 50, "top1": 90.0 }, … ]
+//! }
+//! ```
+//!
+//! Accuracies are percent; `classes` lists the classes with samples. The model name, the dataset
+//! fingerprint (hash of the sample keys and labels) and the class count are the baseline's identity: a
+//! run that differs in any of them is refused (gating a run against another dataset's or model's
+//! numbers would mean nothing). Weights, preprocessing and precision may differ, since checking a new
+//! checkpoint or a faster precision against the old numbers is the point of a gate; differences are
+//! printed as notes.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tresnet_common::preprocess::PreprocessConfig;
+
+use crate::finished_run::{self, RunDirError, RunSummary, percent};
+use crate::table::Table;
+
+pub const BASELINE_FORMAT: &str = "tresnet-eval-baseline/1";
+
+/// Drops below this many percentage points are float noise, not violations.
+const EPS_PP: f64 = 1e-9;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error(transparent)]
+    RunDir(#[from] RunDirError),
+    #[error("baseline {path} is missing")]
+    BaselineMissing { path: PathBuf },
+    #[error("baseline {path} is not a valid baseline file: {reason}")]
+    BaselineInvalid { path: PathBuf, reason: String },
+    #[error(
+        "baseline {path} is for another {what}: baseline {baseline}, run {run}; gating across {what}s means nothing"
+    )]
+    IdentityMismatch {
+        path: PathBuf,
+        what: &'static str,
+        baseline: String,
+        run: String,
+    },
+    #[error("cannot write baseline {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineDataset {
+    pub url: String,
+    pub format: String,
+    pub fingerprint: String,
+    pub size: u64,
+    pub num_classes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineClass {
+    pub class: u32,
+    pub name: String,
+    pub support: u64,
+    pub top1: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    pub format: String,
+    pub model: String,
+    pub weights_sha256: String,
+    pub dataset: BaselineDataset,
+    pub preprocess: PreprocessConfig,
+    pub precision: String,
+    pub top1: f64,
+    pub top5: f64,
+    pub top5_k: usize,
+    pub samples: u64,
+    pub classes: Vec<BaselineClass>,
+}
+
+/// Bounds to check; `None` skips a check.
+#[derive(Debug, Clone, Default)]
+pub struct GateConfig {
+    pub run: PathBuf,
+    pub baseline: PathBuf,
+    /// Percentage points.
+    pub max_top1_drop: Option<f64>,
+    pub max_top5_drop: Option<f64>,
+    pub max_class_drop: Option<f64>,
+    /// Classes with fewer samples (in the baseline or the run) are not checked: one image of a
+    /// two-image class is a 50-point swing.
+    pub min_class_support: u64,
+    pub require_samples: Option<u64>,
+}
+
+/// One bound the run broke.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub check: &'static str,
+    pub subject: String,
+    pub baseline: String,
+    pub run: String,
+    pub allowed: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GateReport {
+    pub checked: Vec<String>,
+    pub violations: Vec<Violation>,
+    pub notes: Vec<String>,
+}
+
+impl GateReport {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for n in &self.notes {
+            out += &format!("note: {n}\n");
+        }
+        if self.passed() {
+            out += &format!("gate passed: {}\n", self.checked.join("; "));
+            return out;
+        }
+        out += &format!(
+            "gate FAILED: {} violation{}\n",
+            self.violations.len(),
+            if self.violations.len() == 1 { "" } else { "s" }
+        );
+        let mut t = Table::new(["check", "subject", "baseline", "run", "allowed"]);
+        for v in &self.violations {
+            t.row([
+                v.check.to_string(),
+                v.subject.clone(),
+                v.baseline.clone(),
+                v.run.clone(),
+                v.allowed.clone(),
+            ]);
+        }
+        out += &t.render();
+        out
+    }
+}
+
+/// The baseline of a finished run.
+pub fn baseline_of(run: &Path) -> Result<Baseline, GateError> {
+    let s = finished_run::read_summary(run)?;
+    let preds = finished_run::read_predictions(run)?;
+    let names = finished_run::read_class_names(run)?;
+    let classes = finished_run::class_counts(&preds, s.top5_k)
+        .into_iter()
+        .filter_map(|(class, c)| {
+            Some(BaselineClass {
+                class,
+                name: names.get(&class).cloned().unwrap_or_default(),
+                support: c.support,
+                top1: percent(c.correct1, c.support)?,
+            })
+        })
+        .collect();
+    Ok(Baseline {
+        format: BASELINE_FORMAT.into(),
+        model: s.job.model.clone(),
+        weights_sha256: s.job.weights_sha256.clone(),
+        dataset: BaselineDataset {
+            url: s.job.data_url.clone(),
+            format: s.job.format.name().to_string(),
+            fingerprint: s.job.dataset_fingerprint.clone(),
+            size: s.dataset_size,
+            num_classes: s.job.num_classes,
+        },
+        preprocess: s.job.preprocess.clone(),
+        precision: s.job.precision.clone(),
+        top1: s.top1,
+        top5: s.top5,
+        top5_k: s.top5_k,
+        samples: s.samples,
+        classes,
+    })
+}
+
+pub fn write_baseline(run: &Path, path: &Path) -> Result<Baseline, GateError> {
+    let b = baseline_of(run)?;
+    let werr = |e: &dyn std::fmt::Display| GateError::Write {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&b).map_err(|e| werr(&e))?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).map_err(|e| werr(&e))?;
+    Ok(b)
+}
+
+pub fn read_baseline(path: &Path) -> Result<Baseline, GateError> {
+    if !path.is_file() {
+        return Err(GateError::BaselineMissing {
+            path: path.to_path_buf(),
+        });
+    }
+    let invalid = |reason: String| GateError::BaselineInvalid {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let b: Baseline = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    if b.format != BASELINE_FORMAT {
+        return Err(invalid(format!(
+            "format is {:?}, expected {BASELINE_FORMAT:?}",
+            b.format
+        )));
+    }
+    let pct_ok = |v: f64| (0.0..=100.0).contains(&v);
+    if !pct_ok(b.top1) || !pct_ok(b.top5) || b.classes.iter().any(|c| !pct_ok(c.top1)) {
+        return Err(invalid("an accuracy is outside 0..=100 percent".into()));
+    }
+    Ok(b)
+}
+
+fn check_identity(path: &Path, b: &Baseline, s: &RunSummary) -> Result<(), GateError> {
+    let mismatch = |what, baseline: String, run: String| {
+        Err(GateError::IdentityMismatch {
+            path: path.to_path_buf(),
+            what,
+            baseline,
+            run,
+        })
+    };
+    if b.model != s.job.model {
+        return mismatch("model", b.model.clone(), s.job.model.clone());
+    }
+    if b.dataset.fingerprint != s.job.dataset_fingerprint {
+        return mismatch(
+            "dataset",
+            format!("{} (fingerprint {})", b.dataset.url, b.dataset.fingerprint),
+            format!(
+                "{} (fingerprint {})",
+                s.job.data_url, s.job.dataset_fingerprint
+            ),
+        );
+    }
+    if b.dataset.num_classes != s.job.num_classes {
+        return mismatch(
+            "class count",
+            b.dataset.num_classes.to_string(),
+            s.job.num_classes.to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn pp(v: f64) -> String {
+    format!("{v:.3}")
+}
+
+/// Checks the run against the baseline; every violated bound is reported, not only the first.
+pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
+    let b = read_baseline(&cfg.baseline)?;
+    let s = finished_run::read_summary(&cfg.run)?;
+    check_identity(&cfg.baseline, &b, &s)?;
+    let mut r = GateReport {
+        checked: Vec::new(),
+        violations: Vec::new(),
+        notes: Vec::new(),
+    };
+    if b.weights_sha256 != s.job.weights_sha256 {
+        r.notes.push(format!(
+            "weights differ from the baseline's (sha256 {} vs {})",
+            short(&b.weights_sha256),
+            short(&s.job.weights_sha256)
+        ));
+    }
+    if b.preprocess != s.job.preprocess {
+        r.notes.push(format!(
+            "preprocessing differs from the baseline's ({} px {} vs {} px {})",
+            b.preprocess.resolution,
+            format!("{:?}", b.preprocess.crop_mode).to_lowercase(),
+            s.job.preprocess.resolution,
+            format!("{:?}", s.job.preprocess.crop_mode).to_lowercase()
+        ));
+    }
+    if b.precision != s.job.precision {
+        r.notes.push(format!(
+            "precision differs from the baseline's ({} vs {})",
+            b.precision, s.job.precision
+        ));
+    }
+    let mut overall = |name: &'static str, base: f64, run: f64, max: Option<f64>| {
+        let Some(max) = max else { return };
+        let drop = base - run;
+        r.checked.push(format!(
+            "{name} {} (baseline {}, drop {} <= {})",
+            pp(run),
+            pp(base),
+            pp(drop),
+            pp(max)
+        ));
+        if drop > max + EPS_PP {
+            r.violations.push(Violation {
+                check: name,
+                subject: "overall".into(),
+                baseline: pp(base),
+                run: pp(run),
+                allowed: format!("drop <= {} pp (was {})", pp(max), pp(drop)),
+            });
+        }
+    };
+    overall("top-1", b.top1, s.top1, cfg.max_top1_drop);
+    overall("top-5", b.top5, s.top5, cfg.max_top5_drop);
+    if let Some(need) = cfg.require_samples {
+        r.checked
+            .push(format!("samples {} (required {need})", s.samples));
+        if s.samples < need {
+            r.violations.push(Violation {
+                check: "samples",
+                subject: "evaluated".into(),
+                baseline: b.samples.to_string(),
+                run: s.samples.to_string(),
+                allowed: format!(">= {need}"),
+            });
+        }
+    }
+    if let Some(max) = cfg.max_class_drop {
+        let preds = finished_run::read_predictions(&cfg.run)?;
+        let counts = finished_run::class_counts(&preds, s.top5_k);
+        let mut checked = 0usize;
+        let mut worst = Vec::new();
+        for c in &b.classes {
+            let run = counts.get(&c.class).cloned().unwrap_or_default();
+            if c.support < cfg.min_class_support || run.support < cfg.min_class_support {
+                continue;
+            }
+            let Some(acc) = percent(run.correct1, run.support) else {
+                continue;
+            };
+            checked += 1;
+            let drop = c.top1 - acc;
+            if drop > max + EPS_PP {
+                worst.push((drop, c, acc, run.support));
+            }
+        }
+        // Worst regressions first, so a long table starts with what matters.
+        worst.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.class.cmp(&b.1.class)));
+        for (drop, c, acc, support) in worst {
+            r.violations.push(Violation {
+                check: "class top-1",
+                subject: if c.name.is_empty() {
+                    format!("class {}", c.class)
+                } else {
+                    format!("class {} ({})", c.class, c.name)
+                },
+                baseline: format!("{} (n={})", pp(c.top1), c.support),
+                run: format!("{} (n={support})", pp(acc)),
+                allowed: format!("drop <= {} pp (was {})", pp(max), pp(drop)),
+            });
+        }
+        r.checked.push(format!(
+            "{checked} classes with >= {} samples within {} pp",
+            cfg.min_class_support,
+            pp(max)
+        ));
+    }
+    Ok(r)
+}
+
+fn short(sha: &str) -> &str {
+    if sha.is_empty() {
+        "none"
+    } else {
+        &sha[..12.min(sha.len())]
+    }
+}

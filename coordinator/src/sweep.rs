@@ -1,0 +1,651 @@
+//! `sweep`: a matrix of evaluations (models × weights × datasets × resolutions × crop modes ×
+//! precisions) run one after another, one run directory per cell, and the table of all of them
+//! (`sweep.parquet`, `sweep.csv`, `sweep.md`).
+//!
+//! Each cell is exactly a `run` command line: the matrix fills in `--model --weights --data --format
+//! --resolution --crop-mode --precision --out`, and the `[run]` table of the sweep file adds any other
+//! `run` flag by its long name (`batch-size = 64`, `no-fold-bn = true`, `worker-arg = ["…"]`), so
+//! defaults and validation are the same as for a single run. Cells run one after another through the
+//! same code as `run` (local workers are spawned per cell and load that cell's model; with `listen`
+//! remote workers must be started once per cell).
+//!
+//! A cell is finished when its run directory holds a `summary.json` that accounts for every sample with
+//! no failed shard and whose job identity (model, weights hash, dataset fingerprint, preprocessing,
+//! precision, ...) equals the job the cell would run now; a rerun skips finished cells and resumes the
+//! others from their journals. A cell whose directory holds a different job fails with the differing
+//! fields instead of being overwritten.
+//!
+//! ```toml
+//! out = "runs/imagenet"                 # relative paths are relative to this file's folder
+//! resolutions = [224, 448]
+//! crop_modes = ["center", "squish"]     # default ["center"]
+//! precisions = ["fp32"]                 # default ["fp32"]
+//!
+//! [[model]]
+//! name = "tresnet_m"
+//! weights = ["weights/tresnet_m.pth", { path = "weights/m_v2.safetensors", label = "v2" }]
+//!
+//! [[dataset]]
+//! name = "imagenet"
+//! data = "/data/imagenet/val"           # path or URL, as for `run --data`
+//! format = "imagenet"                   # default imagefolder
+//! num_classes = 1000                    # optional, as `run --num-classes`
+//!
+//! [run]
+//! local-workers = 1
+//! devices = "cuda:0"
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use polars::prelude::*;
+use serde::Deserialize;
+use tresnet_common::preprocess::CropMode;
+
+use crate::cli::{Cli, Command};
+use crate::finished_run::{self, RunSummary};
+use crate::run;
+use crate::table::Table;
+
+/// `run` flags the matrix sets itself; the `[run]` table may not.
+const MATRIX_FLAGS: &[&str] = &[
+    "model",
+    "weights",
+    "data",
+    "format",
+    "resolution",
+    "crop-mode",
+    "precision",
+    "out",
+    "num-classes",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepFile {
+    /// Folder of the cell run directories and the sweep tables.
+    pub out: Option<PathBuf>,
+    #[serde(rename = "model")]
+    pub models: Vec<ModelEntry>,
+    #[serde(rename = "dataset")]
+    pub datasets: Vec<DatasetEntry>,
+    pub resolutions: Vec<u32>,
+    #[serde(default = "default_crop_modes")]
+    pub crop_modes: Vec<CropMode>,
+    #[serde(default = "default_precisions")]
+    pub precisions: Vec<String>,
+    /// Any other `run` flag, by its long name without dashes in front.
+    #[serde(default)]
+    pub run: BTreeMap<String, toml::Value>,
+}
+
+fn default_crop_modes() -> Vec<CropMode> {
+    vec![CropMode::Center]
+}
+
+fn default_precisions() -> Vec<String> {
+    vec!["fp32".into()]
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// timm name, as `run --model`.
+    pub name: String,
+    pub weights: Vec<WeightsEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum WeightsEntry {
+    /// A checkpoint path; its file stem labels the cell.
+    Path(PathBuf),
+    Labeled {
+        path: PathBuf,
+        label: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetEntry {
+    pub name: String,
+    pub data: String,
+    #[serde(default = "default_format")]
+    pub format: String,
+    pub num_classes: Option<u32>,
+}
+
+fn default_format() -> String {
+    "imagefolder".into()
+}
+
+/// One point of the matrix.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cell {
+    /// Deterministic from the cell's coordinates; the run directory's name.
+    pub name: String,
+    pub model: String,
+    pub weights_label: String,
+    pub weights: PathBuf,
+    pub dataset: String,
+    pub data: String,
+    pub format: String,
+    pub num_classes: Option<u32>,
+    pub resolution: u32,
+    pub crop_mode: CropMode,
+    pub precision: String,
+}
+
+fn crop_name(c: CropMode) -> &'static str {
+    match c {
+        CropMode::Center => "center",
+        CropMode::Squish => "squish",
+    }
+}
+
+/// Keeps names usable as directory names everywhere: anything but `[A-Za-z0-9._-]` becomes `_`.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Relative local paths in a sweep file are relative to the file's folder; URLs stay as they are.
+fn resolve(base: &Path, p: &str) -> String {
+    if p.contains("://") || Path::new(p).is_absolute() {
+        p.to_string()
+    } else {
+        base.join(p).display().to_string()
+    }
+}
+
+impl SweepFile {
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read sweep file {}", path.display()))?;
+        let f: SweepFile = toml::from_str(&text)
+            .with_context(|| format!("sweep file {} is not valid", path.display()))?;
+        if f.models.is_empty()
+            || f.datasets.is_empty()
+            || f.resolutions.is_empty()
+            || f.crop_modes.is_empty()
+            || f.precisions.is_empty()
+            || f.models.iter().any(|m| m.weights.is_empty())
+        {
+            bail!(
+                "sweep file {} has an empty dimension (every [[model]] needs weights, and [[dataset]], resolutions, crop_modes, precisions need one entry at least)",
+                path.display()
+            );
+        }
+        for key in f.run.keys() {
+            if MATRIX_FLAGS.contains(&key.as_str()) {
+                bail!(
+                    "sweep file {}: [run] sets {key:?}, which the matrix sets per cell",
+                    path.display()
+                );
+            }
+        }
+        Ok(f)
+    }
+
+    /// Every cell, in a fixed order (models, weights, datasets, resolutions, crop modes, precisions);
+    /// `base` is the folder relative paths are resolved against.
+    pub fn cells(&self, base: &Path) -> anyhow::Result<Vec<Cell>> {
+        let mut cells = Vec::new();
+        for m in &self.models {
+            for w in &m.weights {
+                let (path, label) = match w {
+                    WeightsEntry::Path(p) => (
+                        p.clone(),
+                        p.file_stem()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                    ),
+                    WeightsEntry::Labeled { path, label } => (path.clone(), label.clone()),
+                };
+                let weights = PathBuf::from(resolve(base, &path.display().to_string()));
+                for d in &self.datasets {
+                    for &resolution in &self.resolutions {
+                        for &crop_mode in &self.crop_modes {
+                            for precision in &self.precisions {
+                                let name = sanitize(&format!(
+                                    "{}-{}-{}-{}-{}-{}",
+                                    m.name,
+                                    label,
+                                    d.name,
+                                    resolution,
+                                    crop_name(crop_mode),
+                                    precision
+                                ));
+                                cells.push(Cell {
+                                    name,
+                                    model: m.name.clone(),
+                                    weights_label: label.clone(),
+                                    weights: weights.clone(),
+                                    dataset: d.name.clone(),
+                                    data: resolve(base, &d.data),
+                                    format: d.format.clone(),
+                                    num_classes: d.num_classes,
+                                    resolution,
+                                    crop_mode,
+                                    precision: precision.clone(),
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut seen = BTreeMap::new();
+        for c in &cells {
+            if let Some(prev) = seen.insert(c.name.clone(), c) {
+                bail!(
+                    "two cells are both named {}: {} and {} (give the weights distinct labels)",
+                    c.name,
+                    prev.weights.display(),
+                    c.weights.display()
+                );
+            }
+        }
+        Ok(cells)
+    }
+
+    /// The `run` flags of the `[run]` table.
+    fn run_flags(&self) -> anyhow::Result<Vec<String>> {
+        let mut out = Vec::new();
+        for (key, v) in &self.run {
+            let flag = format!("--{key}");
+            match v {
+                toml::Value::Boolean(true) => out.push(flag),
+                toml::Value::Boolean(false) => {}
+                toml::Value::String(s) => out.extend([flag, s.clone()]),
+                toml::Value::Integer(i) => out.extend([flag, i.to_string()]),
+                toml::Value::Float(x) => out.extend([flag, x.to_string()]),
+                toml::Value::Array(items) => {
+                    for item in items {
+                        let s = match item {
+                            toml::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        out.extend([flag.clone(), s]);
+                    }
+                }
+                other => bail!("[run] {key} = {other}: expected a string, number, boolean or list"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Cell {
+    /// The `run` command line of this cell.
+    pub fn run_args(&self, dir: &Path, flags: &[String]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "tresnet-coordinator".into(),
+            "run".into(),
+            "--model".into(),
+            self.model.clone(),
+            "--weights".into(),
+            self.weights.display().to_string(),
+            "--data".into(),
+            self.data.clone(),
+            "--format".into(),
+            self.format.clone(),
+            "--resolution".into(),
+            self.resolution.to_string(),
+            "--crop-mode".into(),
+            crop_name(self.crop_mode).into(),
+            "--precision".into(),
+            self.precision.clone(),
+            "--out".into(),
+            dir.display().to_string(),
+        ];
+        if let Some(n) = self.num_classes {
+            a.extend(["--num-classes".into(), n.to_string()]);
+        }
+        a.extend(flags.iter().cloned());
+        a
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    pub file: PathBuf,
+    /// Overrides the file's `out`.
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CellStatus {
+    /// Evaluated (or resumed) by this invocation.
+    Ran,
+    /// Finished by an earlier invocation.
+    Skipped,
+    Failed,
+}
+
+impl CellStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CellStatus::Ran => "ran",
+            CellStatus::Skipped => "skipped",
+            CellStatus::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CellResult {
+    pub cell: Cell,
+    pub dir: PathBuf,
+    pub status: CellStatus,
+    pub summary: Option<RunSummary>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepOutcome {
+    pub out: PathBuf,
+    pub cells: Vec<CellResult>,
+}
+
+impl SweepOutcome {
+    pub fn failed(&self) -> usize {
+        self.cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Failed)
+            .count()
+    }
+}
+
+/// Whether `dir` already holds the finished result of `job`.
+fn finished(dir: &Path, job: &tresnet_common::job::JobSpec) -> Option<RunSummary> {
+    let s = finished_run::read_summary(dir).ok()?;
+    (s.is_complete() && s.job.differences(job).is_empty()).then_some(s)
+}
+
+/// Runs every unfinished cell, then writes the sweep tables; a failed cell is recorded and the sweep
+/// goes on, so one bad checkpoint does not cost the rest of the matrix.
+pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
+    let file = SweepFile::read(&cfg.file)?;
+    let base = cfg.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let out = match (&cfg.out, &file.out) {
+        (Some(o), _) => o.clone(),
+        (None, Some(o)) => PathBuf::from(resolve(&base, &o.display().to_string())),
+        (None, None) => bail!(
+            "sweep file {} names no `out` folder; add one or give --out",
+            cfg.file.display()
+        ),
+    };
+    let cells = file.cells(&base)?;
+    let flags = file.run_flags()?;
+    std::fs::create_dir_all(&out)
+        .with_context(|| format!("cannot create sweep folder {}", out.display()))?;
+    let total = cells.len();
+    let mut results = Vec::with_capacity(total);
+    for (i, cell) in cells.into_iter().enumerate() {
+        let dir = out.join(&cell.name);
+        let tag = format!("sweep: cell {}/{total} {}", i + 1, cell.name);
+        let (status, summary, error) = match run_cell(&cell, &dir, &flags, &tag).await {
+            Ok((status, s)) => (status, Some(s), None),
+            Err(e) => {
+                eprintln!("{tag}: FAILED: {e:#}");
+                (CellStatus::Failed, None, Some(format!("{e:#}")))
+            }
+        };
+        results.push(CellResult {
+            cell,
+            dir,
+            status,
+            summary,
+            error,
+        });
+    }
+    let outcome = SweepOutcome {
+        out: out.clone(),
+        cells: results,
+    };
+    write_tables(&outcome)?;
+    Ok(outcome)
+}
+
+async fn run_cell(
+    cell: &Cell,
+    dir: &Path,
+    flags: &[String],
+    tag: &str,
+) -> anyhow::Result<(CellStatus, RunSummary)> {
+    let args = cell.run_args(dir, flags);
+    let run_cfg = match Cli::try_parse_from(&args) {
+        Ok(Cli {
+            command: Command::Run(a),
+            ..
+        }) => a.into_config()?,
+        Ok(_) => bail!("internal: a sweep cell did not parse as `run`"),
+        // clap's message names the offending flag, which comes from the sweep file's [run] table.
+        Err(e) => bail!("invalid run flags for this cell: {e}"),
+    };
+    let (job, index) = run::plan(&run_cfg).await?;
+    if let Some(s) = finished(dir, &job) {
+        eprintln!("{tag}: finished earlier, skipping");
+        return Ok((CellStatus::Skipped, s));
+    }
+    eprintln!("{tag}: running");
+    run::run_planned(run_cfg, job, index).await?;
+    let s = finished_run::read_summary(dir)?;
+    Ok((CellStatus::Ran, s))
+}
+
+fn opt_f64(r: &CellResult, f: impl Fn(&RunSummary) -> f64) -> Option<f64> {
+    r.summary.as_ref().map(f)
+}
+
+fn opt_u64(r: &CellResult, f: impl Fn(&RunSummary) -> u64) -> Option<u64> {
+    r.summary.as_ref().map(f)
+}
+
+fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
+    let c = &o.cells;
+    let s = |f: &dyn Fn(&CellResult) -> String| c.iter().map(f).collect::<Vec<_>>();
+    DataFrame::new_infer_height(vec![
+        Column::new("cell".into(), s(&|r| r.cell.name.clone())),
+        Column::new("model".into(), s(&|r| r.cell.model.clone())),
+        Column::new("weights".into(), s(&|r| r.cell.weights_label.clone())),
+        Column::new("dataset".into(), s(&|r| r.cell.dataset.clone())),
+        Column::new(
+            "resolution".into(),
+            c.iter().map(|r| r.cell.resolution).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "crop_mode".into(),
+            s(&|r| crop_name(r.cell.crop_mode).to_string()),
+        ),
+        Column::new("precision".into(), s(&|r| r.cell.precision.clone())),
+        Column::new("status".into(), s(&|r| r.status.as_str().to_string())),
+        Column::new(
+            "top1".into(),
+            c.iter().map(|r| opt_f64(r, |s| s.top1)).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "top5".into(),
+            c.iter().map(|r| opt_f64(r, |s| s.top5)).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "samples".into(),
+            c.iter()
+                .map(|r| opt_u64(r, |s| s.samples))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "bad_samples".into(),
+            c.iter()
+                .map(|r| opt_u64(r, |s| s.bad_samples))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "failed_samples".into(),
+            c.iter()
+                .map(|r| opt_u64(r, |s| s.failed_samples))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "throughput".into(),
+            c.iter()
+                .map(|r| opt_f64(r, |s| s.throughput))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new("run_dir".into(), s(&|r| r.dir.display().to_string())),
+        Column::new(
+            "error".into(),
+            c.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
+        ),
+    ])
+}
+
+/// The Markdown table: one row per cell, accuracies in percent.
+pub fn markdown(o: &SweepOutcome) -> String {
+    let mut t = Table::new([
+        "model",
+        "weights",
+        "dataset",
+        "resolution",
+        "crop",
+        "precision",
+        "top-1 %",
+        "top-5 %",
+        "samples",
+        "status",
+    ]);
+    for r in &o.cells {
+        let c = &r.cell;
+        let num = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+        t.row([
+            c.model.clone(),
+            c.weights_label.clone(),
+            c.dataset.clone(),
+            c.resolution.to_string(),
+            crop_name(c.crop_mode).to_string(),
+            c.precision.clone(),
+            num(opt_f64(r, |s| s.top1)),
+            num(opt_f64(r, |s| s.top5)),
+            opt_u64(r, |s| s.samples)
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+            r.status.as_str().to_string(),
+        ]);
+    }
+    t.markdown()
+}
+
+fn write_tables(o: &SweepOutcome) -> anyhow::Result<()> {
+    let mut df = frame(o).map_err(|e| anyhow::anyhow!("cannot build the sweep table: {e}"))?;
+    let csv = o.out.join("sweep.csv");
+    let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
+    CsvWriter::new(&mut f)
+        .finish(&mut df)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", csv.display()))?;
+    let pq = o.out.join("sweep.parquet");
+    let f = File::create(&pq).with_context(|| format!("cannot write {}", pq.display()))?;
+    ParquetWriter::new(f)
+        .finish(&mut df)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", pq.display()))?;
+    let md = o.out.join("sweep.md");
+    std::fs::write(&md, markdown(o)).with_context(|| format!("cannot write {}", md.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+out = "runs"
+resolutions = [64, 96]
+crop_modes = ["center", "squish"]
+[[model]]
+name = "tresnet_m"
+weights = ["w/a.pth", { path = "/abs/b.pth", label = "b v2" }]
+[[dataset]]
+name = "sample"
+data = "images"
+[run]
+batch-size = 4
+no-fold-bn = true
+worker-arg = ["--x", "--y"]
+"#;
+
+    #[test]
+    fn cells_are_the_full_matrix_with_deterministic_names() {
+        let f: SweepFile = toml::from_str(FILE).unwrap();
+        let cells = f.cells(Path::new("/sweeps")).unwrap();
+        assert_eq!(cells.len(), 2 * 2 * 2);
+        assert_eq!(cells[0].name, "tresnet_m-a-sample-64-center-fp32");
+        assert_eq!(cells[0].weights, PathBuf::from("/sweeps/w/a.pth"));
+        assert_eq!(cells[0].data, "/sweeps/images");
+        assert_eq!(cells[7].name, "tresnet_m-b_v2-sample-96-squish-fp32");
+        assert_eq!(cells[7].weights, PathBuf::from("/abs/b.pth"));
+        let flags = f.run_flags().unwrap();
+        assert_eq!(
+            flags,
+            [
+                "--batch-size",
+                "4",
+                "--no-fold-bn",
+                "--worker-arg",
+                "--x",
+                "--worker-arg",
+                "--y"
+            ]
+        );
+        let args = cells[0].run_args(Path::new("/o/c"), &flags);
+        assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+    }
+
+    #[test]
+    fn duplicate_cell_names_and_matrix_flags_in_run_are_refused() {
+        let dup = FILE.replace(
+            r#"{ path = "/abs/b.pth", label = "b v2" }"#,
+            r#""other/a.pth""#,
+        );
+        let f: SweepFile = toml::from_str(&dup).unwrap();
+        let e = f.cells(Path::new("/s")).unwrap_err().to_string();
+        assert!(e.contains("tresnet_m-a-sample-64-center-fp32"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.toml");
+        std::fs::write(&p, format!("{FILE}resolution = 3\n")).unwrap();
+        let e = format!("{:#}", SweepFile::read(&p).unwrap_err());
+        assert!(e.contains("\"resolution\""), "{e}");
+    }
+
+    #[test]
+    fn example_sweeps_in_ops_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/sweeps");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "toml") {
+                let f = SweepFile::read(&p).unwrap_or_else(|e| panic!("{e:#}"));
+                let cells = f.cells(&dir).unwrap();
+                assert!(!cells.is_empty(), "{}", p.display());
+                let flags = f.run_flags().unwrap();
+                for c in &cells {
+                    let args = c.run_args(Path::new("/o"), &flags);
+                    Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "{n} sweep files in {}", dir.display());
+    }
+}

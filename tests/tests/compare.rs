@@ -1,0 +1,154 @@
+//! `tresnet-coordinator compare` on two real runs whose predictions differ: the paired counts and
+//! McNemar p-values equal an independent scipy computation (tests/tests/mcnemar_reference.py) from the
+//! two predictions.parquet files; runs over different datasets or samples are refused.
+
+mod paired_runs;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use paired_runs::{paired_runs, predictions_json};
+use polars::prelude::*;
+use tresnet_tests::{bin, summary};
+
+fn compare(args: &[&Path], extra: &[&str]) -> Output {
+    Command::new(bin("tresnet-coordinator"))
+        .arg("compare")
+        .args(args)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn close(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
+    let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+    assert!(
+        (x - y).abs() <= 1e-12 * x.abs().max(1e-300) + 1e-15,
+        "{what}: {x} vs {y}"
+    );
+}
+
+#[test]
+fn compare_matches_scipy_mcnemar_and_refuses_unpaired_runs() {
+    let runs = paired_runs();
+    let (a, b) = (runs.a.as_path(), runs.b.as_path());
+
+    let o = compare(&[a, b], &["--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+
+    let (ja, jb) = (
+        runs.dir.path().join("a.json"),
+        runs.dir.path().join("b.json"),
+    );
+    predictions_json(a, &ja);
+    predictions_json(b, &jb);
+    let k5 = c["top5_k"].as_u64().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcnemar_reference.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .args([&ja, &jb])
+        .arg(k5.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+
+    for (ours, theirs) in [("mcnemar_top1", "top1"), ("mcnemar_top5", "top5")] {
+        let (m, x) = (&c[ours], &r[theirs]);
+        for f in ["both", "only_a", "only_b", "neither"] {
+            assert_eq!(m[f], x[f], "{ours}.{f}");
+        }
+        let n = x["only_a"].as_u64().unwrap() + x["only_b"].as_u64().unwrap();
+        if n < 25 {
+            assert_eq!(m["method"], "exact_binomial");
+            close(&m["p_value"], &x["exact_p"], ours);
+        } else {
+            assert_eq!(m["method"], "chi_square_corrected");
+            close(&m["statistic"], &x["chi2_stat"], ours);
+            close(&m["p_value"], &x["chi2_p"], ours);
+        }
+    }
+    // Discordant pairs both ways, so the test is not the trivial p = 1.
+    let m1 = &c["mcnemar_top1"];
+    assert!(m1["only_a"].as_u64().unwrap() > m1["only_b"].as_u64().unwrap());
+    assert!(m1["only_b"].as_u64().unwrap() > 0, "{m1}");
+    assert!(m1["p_value"].as_f64().unwrap() < 1.0);
+
+    // Overall accuracies are the runs' own summaries and the reference's.
+    close(&c["top1"]["a"], &summary(a)["top1"], "top1 a");
+    close(&c["top1"]["b"], &summary(b)["top1"], "top1 b");
+    close(&c["top1"]["a"], &r["top1"]["acc_a"], "top1 a (python)");
+    close(&c["top5"]["b"], &r["top5"]["acc_b"], "top5 b (python)");
+    // Classes come sorted by top-1 delta, largest drop first.
+    let deltas: Vec<f64> = c["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["top1"]["delta"].as_f64().unwrap())
+        .collect();
+    assert!(deltas.windows(2).all(|w| w[0] <= w[1]), "{deltas:?}");
+    assert!(deltas[0] < 0.0);
+
+    // The readable form carries the same counts and names the test.
+    let o = compare(&[a, b], &[]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().find(|l| l.starts_with("top-1")).expect(&text);
+    assert!(line.contains("exact binomial"), "{line}");
+    assert!(
+        line.split_whitespace()
+            .any(|w| w.parse::<u64>().ok() == m1["only_a"].as_u64()),
+        "{line}"
+    );
+    assert!(
+        text.contains("per class, largest top-1 drop first"),
+        "{text}"
+    );
+
+    // Another dataset: refused, naming both.
+    let o = compare(&[&runs.folder_run, a], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let manifest_dir = runs.dir.path().join("data");
+    for named in [manifest_dir, tresnet_tests::sample_images()] {
+        let named = named.display().to_string();
+        assert!(
+            err.contains("different datasets") && err.contains(&named),
+            "{err}"
+        );
+    }
+
+    // Same dataset but a sample missing from one run: refused, naming the sample.
+    let cut = runs.dir.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    for f in ["summary.json", "per_class.csv"] {
+        std::fs::copy(b.join(f), cut.join(f)).unwrap();
+    }
+    let df = ParquetReader::new(std::fs::File::open(b.join("predictions.parquet")).unwrap())
+        .finish()
+        .unwrap();
+    let dropped = df
+        .column("key")
+        .unwrap()
+        .str()
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_string();
+    let mut df = df.slice(1, df.height() - 1);
+    ParquetWriter::new(std::fs::File::create(cut.join("predictions.parquet")).unwrap())
+        .finish(&mut df)
+        .unwrap();
+    let o = compare(&[a, &cut], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not evaluate the same samples") && err.contains(&dropped),
+        "{err}"
+    );
+}

@@ -1,0 +1,275 @@
+//! `tresnet-coordinator gate` on real runs: a run passes its own baseline, a run with lower top-1 and
+//! lower classes fails with every violation listed (exit 1), and bad inputs exit 2 naming the problem.
+
+mod paired_runs;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use paired_runs::{paired_runs, predictions};
+use tresnet_tests::{bin, summary};
+
+fn gate(args: &[&str]) -> Output {
+    Command::new(bin("tresnet-coordinator"))
+        .arg("gate")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Per class: (samples, top-1 correct), recomputed from predictions.parquet.
+fn class_top1(run: &Path) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    for (_, label, top) in predictions(run) {
+        let e = m.entry(label).or_insert((0, 0));
+        e.0 += 1;
+        e.1 += u64::from(top[0] == label);
+    }
+    m
+}
+
+#[test]
+fn gate_passes_fails_and_refuses_bad_input_with_distinct_exit_codes() {
+    let runs = paired_runs();
+    let (a, b) = (&runs.a, &runs.b);
+    let base = runs.dir.path().join("baseline.json");
+
+    // --write-baseline: the baseline of run A, with its identity and numbers.
+    let o = gate(&["--run", p(a), "--baseline", p(&base), "--write-baseline"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let bl: serde_json::Value = serde_json::from_slice(&std::fs::read(&base).unwrap()).unwrap();
+    let sa = summary(a);
+    let sb = summary(b);
+    assert_eq!(bl["format"], "tresnet-eval-baseline/1");
+    assert_eq!(bl["model"], "tresnet_m");
+    assert_eq!(
+        bl["dataset"]["fingerprint"],
+        sa["job"]["dataset_fingerprint"]
+    );
+    assert_eq!(bl["top1"], sa["top1"]);
+    assert_eq!(bl["samples"], sa["samples"]);
+    let a_classes = class_top1(a);
+    assert_eq!(bl["classes"].as_array().unwrap().len(), a_classes.len());
+
+    // The relabelling makes A better than B overall, so the test below means something.
+    let (top1_a, top1_b) = (sa["top1"].as_f64().unwrap(), sb["top1"].as_f64().unwrap());
+    assert!(top1_a > top1_b + 5.0, "A {top1_a} B {top1_b}");
+
+    // Pass: A against its own baseline, with every check on and zero tolerance.
+    let n = sa["samples"].to_string();
+    let o = gate(&[
+        "--run",
+        p(a),
+        "--baseline",
+        p(&base),
+        "--max-top1-drop",
+        "0",
+        "--max-top5-drop",
+        "0",
+        "--max-class-drop",
+        "0",
+        "--require-samples",
+        &n,
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("gate passed"), "{out}");
+
+    // Fail on the top-1 drop: B is below A by more than 1 pp.
+    let o = gate(&[
+        "--run",
+        p(b),
+        "--baseline",
+        p(&base),
+        "--max-top1-drop",
+        "1",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("gate FAILED: 1 violation\n"), "{out}");
+    let line = out.lines().find(|l| l.starts_with("top-1")).expect(&out);
+    assert!(line.contains(&format!("{top1_a:.3}")), "{line}");
+    assert!(line.contains(&format!("{top1_b:.3}")), "{line}");
+    assert!(
+        line.contains(&format!("was {:.3}", top1_a - top1_b)),
+        "{line}"
+    );
+
+    // Fail on class drops: every class where B is below A is listed, and only those.
+    let b_classes = class_top1(b);
+    let dropped: BTreeSet<u32> = a_classes
+        .iter()
+        .filter(|(c, (n, hit))| {
+            let (nb, hit_b) = b_classes[c];
+            assert_eq!(*n, nb);
+            hit_b < *hit
+        })
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(!dropped.is_empty());
+    let o = gate(&[
+        "--run",
+        p(b),
+        "--baseline",
+        p(&base),
+        "--max-top1-drop",
+        "1",
+        "--max-class-drop",
+        "0",
+        "--min-class-support",
+        "1",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains(&format!("gate FAILED: {} violations", dropped.len() + 1)),
+        "{out}"
+    );
+    let listed: BTreeSet<u32> = out
+        .lines()
+        .filter(|l| l.starts_with("class top-1"))
+        .map(|l| {
+            let rest = l.split("class ").nth(2).expect(l);
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(listed, dropped, "{out}");
+    // A support threshold above every class's size checks none of them.
+    let o = gate(&[
+        "--run",
+        p(b),
+        "--baseline",
+        p(&base),
+        "--max-class-drop",
+        "0",
+        "--min-class-support",
+        "1000",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+
+    // Bad baseline files: exit 2, the message names the file and the problem.
+    let junk = runs.dir.path().join("junk.json");
+    std::fs::write(&junk, "{ not json").unwrap();
+    let o = gate(&[
+        "--run",
+        p(a),
+        "--baseline",
+        p(&junk),
+        "--max-top1-drop",
+        "1",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    assert!(
+        err.contains("junk.json") && err.contains("not a valid baseline"),
+        "{err}"
+    );
+
+    let missing = runs.dir.path().join("nope.json");
+    let o = gate(&[
+        "--run",
+        p(a),
+        "--baseline",
+        p(&missing),
+        "--max-top1-drop",
+        "1",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("nope.json") && err.contains("missing"),
+        "{err}"
+    );
+
+    for (field, value, what) in [
+        ("fingerprint", "0000", "another dataset"),
+        ("model", "tresnet_l", "another model"),
+    ] {
+        let mut edited = bl.clone();
+        if field == "model" {
+            edited["model"] = value.into();
+        } else {
+            edited["dataset"]["fingerprint"] = value.into();
+        }
+        let f = runs.dir.path().join(format!("edited-{field}.json"));
+        std::fs::write(&f, serde_json::to_vec(&edited).unwrap()).unwrap();
+        let o = gate(&["--run", p(a), "--baseline", p(&f), "--max-top1-drop", "1"]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(what) && err.contains(value), "{err}");
+    }
+
+    // The baseline of a real run over another dataset (the folder) is refused the same way.
+    let folder_base = runs.dir.path().join("folder-baseline.json");
+    let o = gate(&[
+        "--run",
+        p(&runs.folder_run),
+        "--baseline",
+        p(&folder_base),
+        "--write-baseline",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = gate(&[
+        "--run",
+        p(a),
+        "--baseline",
+        p(&folder_base),
+        "--max-top1-drop",
+        "1",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("another dataset"), "{err}");
+
+    // A run directory without its summary, no checks at all, and clap usage errors: exit 2.
+    let empty = runs.dir.path().join("empty-run");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = gate(&[
+        "--run",
+        p(&empty),
+        "--baseline",
+        p(&base),
+        "--max-top1-drop",
+        "1",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("summary.json") && err.contains("missing"),
+        "{err}"
+    );
+    let o = gate(&["--run", p(a), "--baseline", p(&base)]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(err.contains("nothing to check"), "{err}");
+    let o = gate(&[
+        "--run",
+        p(a),
+        "--baseline",
+        p(&base),
+        "--max-top1-drop",
+        "-1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+    let o = gate(&[
+        "--run",
+        p(a),
+        "--baseline",
+        p(&base),
+        "--min-class-support",
+        "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+}

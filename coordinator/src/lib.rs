@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod journal;
+pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod scheduler;

@@ -58,6 +58,8 @@ pub struct RunState {
     pub fail_on_bad_sample: bool,
     pub max_shards_per_lease: u32,
     pub lease_timeout: Duration,
+    /// Validate + journal time of each accepted submission (exported on /metrics).
+    pub accept_seconds: prometheus_client::metrics::histogram::Histogram,
     start: Instant,
 }
 
@@ -83,6 +85,7 @@ impl RunState {
             fail_on_bad_sample,
             max_shards_per_lease,
             lease_timeout,
+            accept_seconds: crate::metrics::accept_histogram(),
             start: Instant::now(),
         }
     }
@@ -290,6 +293,7 @@ impl Coordinator for CoordinatorService {
                 results.len()
             )));
         }
+        let accept_start = Instant::now();
         results.sort_by_key(|r| r.index);
         let mut st = self.lock();
         match st.sched.complete(&id, LeaseId(header.lease_id)) {
@@ -331,6 +335,8 @@ impl Coordinator for CoordinatorService {
                 st.live.samples_done += expected as u64;
                 st.live.last_accept_ms = Some(st.now());
                 st.live.bad_samples += n_bad;
+                st.accept_seconds
+                    .observe(accept_start.elapsed().as_secs_f64());
                 Ok(Response::new(pb::SubmitResponse {
                     accepted: true,
                     reason: String::new(),

@@ -314,20 +314,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         }
     }
     outcome?;
-    let st = state.lock().unwrap_or_else(|p| p.into_inner());
-    let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
-        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
-        _ => 0.0,
+    let summary = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        report::finalize(
+            &cfg.out,
+            &job,
+            &index,
+            &st.sched,
+            &journal,
+            (window, st.live.samples_done),
+        )?
     };
-    let summary = report::finalize(
-        &cfg.out,
-        &job,
-        &index,
-        &st.sched,
-        &journal,
-        (window, st.live.samples_done),
-    )?;
-    drop(st);
     observed.finished();
     if cfg.metrics_listen.is_some() && !cfg.metrics_linger.is_zero() {
         linger(cfg.metrics_linger).await;

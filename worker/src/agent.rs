@@ -167,12 +167,16 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         .await
         .map_err(|s| AgentError::Register {
             url: url.clone(),
-            // Only a transport failure (no gRPC answer at all) suggests a TLS mismatch.
-            hint: match s.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
-                    connect_hint(&url)
-                }
-                _ => "",
+            // Only a transport failure (no gRPC answer at all: the status wraps a transport error)
+            // suggests a TLS mismatch; the coordinator's own refusals carry no source.
+            hint: if std::error::Error::source(&s).is_some()
+                || matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                ) {
+                connect_hint(&url)
+            } else {
+                ""
             },
             status: status_text(&s),
         })?

@@ -6,6 +6,7 @@ pub mod ids;
 pub mod job;
 pub mod logging;
 pub mod npy;
+pub mod observability;
 pub mod preprocess;
 pub mod protocol;
 pub mod storage;

@@ -264,6 +264,24 @@ pub struct RunArgs {
     /// so a run can resume on another machine after losing the coordinator's disk. Default OUT/journal.
     #[arg(long, value_name = "URL")]
     pub journal: Option<String>,
+    /// Serve /healthz, /readyz and Prometheus /metrics on this address (port 0: any free port; the bound
+    /// address is printed).
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Keep serving /metrics this many seconds after the reports are written, so that the final values
+    /// get scraped (SIGTERM or Ctrl-C ends the wait).
+    #[arg(long, default_value_t = 0, requires = "metrics_listen")]
+    pub metrics_linger_secs: u64,
+    /// Serve gRPC over TLS with this PEM certificate chain (workers then use https:// URLs).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) handed to local workers to verify --tls-cert (default: --tls-cert itself,
+    /// which works for a self-signed certificate or a chain that includes its CA).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     pub worker_arg: Vec<String>,
@@ -303,6 +321,16 @@ impl RunArgs {
         if self.local_workers == 0 && self.listen.is_none() {
             anyhow::bail!("no workers: give --local-workers N or --listen ADDR");
         }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tresnet_common::protocol::tls::ServerTls::load(cert, key)
+                    .map_err(anyhow::Error::new)?,
+            ),
+            _ => None,
+        };
+        if let Some(ca) = &self.tls_ca {
+            tresnet_common::protocol::tls::client_config(Some(ca), None)?;
+        }
         Ok(RunConfig {
             model: self.model,
             weights: self.weights,
@@ -331,6 +359,10 @@ impl RunArgs {
             token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
                 .map_err(anyhow::Error::msg)?,
             journal: self.journal,
+            metrics_listen: self.metrics_listen,
+            metrics_linger: Duration::from_secs(self.metrics_linger_secs),
+            tls,
+            tls_worker_ca: self.tls_ca,
         })
     }
 }

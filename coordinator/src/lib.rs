@@ -5,6 +5,7 @@ pub mod compare;
 pub mod finished_run;
 pub mod gate;
 pub mod journal;
+pub mod metrics;
 pub mod report;
 pub mod run;
 pub mod scheduler;

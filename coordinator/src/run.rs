@@ -19,9 +19,11 @@ use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::MAX_MESSAGE_BYTES;
 use tresnet_common::protocol::auth::{CheckToken, TOKEN_ENV};
 use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
+use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
 use crate::journal::Journal;
+use crate::metrics::Observed;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::service::{CoordinatorService, RunState, Shared};
@@ -57,6 +59,14 @@ pub struct RunConfig {
     pub token: Option<String>,
     /// Journal location (path or object-store URL); `None` is `out/journal`.
     pub journal: Option<String>,
+    /// Where to serve /healthz, /readyz and /metrics (`None`: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long /metrics stays up after the reports are written (SIGTERM/SIGINT ends it sooner).
+    pub metrics_linger: Duration,
+    /// TLS certificate and key of the gRPC endpoint (`None`: plaintext).
+    pub tls: Option<ServerTls>,
+    /// The CA local workers are told to trust (default: the certificate file itself).
+    pub tls_worker_ca: Option<PathBuf>,
 }
 
 /// How often the run loop checks leases, child processes and progress.
@@ -125,6 +135,18 @@ async fn open_run_dir(
     Ok((journal, done))
 }
 
+/// The URL local workers reach the coordinator at: loopback even when it listens on every interface.
+fn local_url(addr: SocketAddr, tls: bool) -> String {
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{}://{addr}", if tls { "https" } else { "http" })
+}
+
 fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(WorkerId, Child)>> {
     let bin = worker_binary()?;
     let mut children = Vec::new();
@@ -132,7 +154,7 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
         let id = WorkerId(format!("local-{i}"));
         let mut cmd = Command::new(&bin);
         cmd.arg("--coordinator")
-            .arg(format!("http://{addr}"))
+            .arg(local_url(addr, cfg.tls.is_some()))
             .arg("--devices")
             .arg(&cfg.worker_devices)
             .arg("--worker-id")
@@ -147,6 +169,10 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
         if let Some(t) = cfg.worker_threads {
             cmd.arg("--threads").arg(t.to_string());
         }
+        if let Some(tls) = &cfg.tls {
+            cmd.arg("--tls-ca")
+                .arg(cfg.tls_worker_ca.as_ref().unwrap_or(&tls.cert_path));
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start local worker {}", bin.display()))?;
@@ -157,8 +183,19 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
 
 /// Runs the job; returns the summary once every shard is accounted for.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
+    // Up before the (possibly long) listing so that liveness probes pass while readiness says why not.
+    let observed = Observed::default();
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = cfg.metrics_listen {
+        tresnet_common::observability::start(addr, observed.endpoint(), async {
+            let _ = metrics_stopped.await;
+        })
+        .await?;
+    }
     let (job, index) = plan(&cfg).await?;
-    run_planned(cfg, job, index).await
+    let summary = run_planned(cfg, job, index, &observed).await;
+    let _ = metrics_stop.send(());
+    summary
 }
 
 /// Lists the dataset and builds the job spec a run of `cfg` would have (what `sweep` compares with a
@@ -216,11 +253,12 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
     Ok((job, index))
 }
 
-/// Runs a job made by [`plan`] from the same `cfg`.
+/// Runs a job made by [`plan`] from the same `cfg`, reporting its state to `observed`.
 pub async fn run_planned(
     cfg: RunConfig,
     job: JobSpec,
     index: DatasetIndex,
+    observed: &Observed,
 ) -> anyhow::Result<Summary> {
     let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), &job).await?;
     let mut sched = Scheduler::new(
@@ -260,15 +298,40 @@ pub async fn run_planned(
         .await
         .with_context(|| format!("cannot listen on {bind}"))?;
     let addr = listener.local_addr()?;
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     if cfg.listen.is_some() {
+        let ca = if cfg.tls.is_some() {
+            " --tls-ca CA.pem"
+        } else {
+            ""
+        };
         eprintln!(
-            "coordinator listening on {addr}; start workers with: tresnet-worker --coordinator http://{addr} --devices ..."
+            "coordinator listening on {addr}; start workers with: tresnet-worker --coordinator {scheme}://{addr}{ca} --devices ..."
+        );
+        if !addr.ip().is_loopback() && cfg.tls.is_none() {
+            tracing::warn!(
+                %addr,
+                "gRPC is plaintext on a non-loopback address; use --tls-cert/--tls-key (and --token-file) on untrusted networks"
+            );
+        }
+    } else {
+        tracing::info!(
+            %addr,
+            tls = cfg.tls.is_some(),
+            "coordinator listening on loopback only, for local workers (--listen ADDR accepts remote ones)"
         );
     }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state.clone(), cfg.token.clone(), async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(serve(
+        listener,
+        state.clone(),
+        cfg.token.clone(),
+        cfg.tls.as_ref().map(ServerTls::server_config),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    observed.serving(state.clone());
     let mut children = spawn_workers(&cfg, addr)?;
     let outcome = watch(&state, &mut children, index.len() as u64).await;
     // Workers learn that the job is done from their next lease or heartbeat, then exit on their own.
@@ -280,30 +343,62 @@ pub async fn run_planned(
             let _ = child.kill().await;
         }
     }
+    outcome?;
+    let summary = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        report::finalize(
+            &cfg.out,
+            &job,
+            &index,
+            &st.sched,
+            &journal,
+            (window, st.live.samples_done),
+        )?
+    };
+    observed.finished();
+    if cfg.metrics_listen.is_some() && !cfg.metrics_linger.is_zero() {
+        linger(cfg.metrics_linger).await;
+    }
+    // gRPC stays up through the report and the linger, so remote workers polling meanwhile hear
+    // "job done" instead of finding no server.
     let _ = stop_tx.send(());
     let _ = server.await;
-    outcome?;
-    let st = state.lock().unwrap_or_else(|p| p.into_inner());
-    let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
-        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
-        _ => 0.0,
-    };
-    let summary = report::finalize(
-        &cfg.out,
-        &job,
-        &index,
-        &st.sched,
-        &journal,
-        (window, st.live.samples_done),
-    )?;
     Ok(summary)
 }
 
-/// Serves the coordinator protocol on `listener` until `shutdown` resolves.
+/// Keeps the process (and so /metrics) up after the reports, so a scraper sees the final values; a
+/// SIGTERM or SIGINT ends the wait early.
+async fn linger(how_long: Duration) {
+    tracing::info!(
+        seconds = how_long.as_secs_f64(),
+        "reports written; serving final metrics (SIGTERM ends this)"
+    );
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(how_long) => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Serves the coordinator protocol on `listener` (over TLS when `tls` is given) until `shutdown`
+/// resolves.
 pub async fn serve(
     listener: TcpListener,
     state: Shared,
     token: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let svc = CoordinatorServer::new(CoordinatorService::new(state))
@@ -311,7 +406,13 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let svc =
         tonic::service::interceptor::InterceptedService::new(svc, CheckToken { expected: token });
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server
+            .tls_config(tls)
+            .context("cannot set up TLS on the coordinator endpoint")?;
+    }
+    server
         .add_service(svc)
         .serve_with_incoming_shutdown(tokio_stream_from(listener), shutdown)
         .await

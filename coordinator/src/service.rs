@@ -60,6 +60,8 @@ pub struct RunState {
     pub lease_timeout: Duration,
     /// Accepted shards whose journal write is still in flight; the run is not finished until it is 0.
     pub journal_pending: u32,
+    /// Validate + journal time of each accepted submission (exported on /metrics).
+    pub accept_seconds: prometheus_client::metrics::histogram::Histogram,
     start: Instant,
 }
 
@@ -86,6 +88,7 @@ impl RunState {
             max_shards_per_lease,
             lease_timeout,
             journal_pending: 0,
+            accept_seconds: crate::metrics::accept_histogram(),
             start: Instant::now(),
         }
     }
@@ -298,6 +301,7 @@ impl Coordinator for CoordinatorService {
                 results.len()
             )));
         }
+        let accept_start = Instant::now();
         results.sort_by_key(|r| r.index);
         // The scheduler decides first-wins under the lock; the journal write happens outside it (it may
         // be a PUT to an object store) while `journal_pending` keeps the run from finishing early.
@@ -351,6 +355,8 @@ impl Coordinator for CoordinatorService {
         st.live.samples_done += expected as u64;
         st.live.last_accept_ms = Some(st.now());
         st.live.bad_samples += n_bad;
+        st.accept_seconds
+            .observe(accept_start.elapsed().as_secs_f64());
         Ok(Response::new(pb::SubmitResponse {
             accepted: true,
             reason: String::new(),

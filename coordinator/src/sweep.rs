@@ -442,7 +442,7 @@ async fn run_cell(
         return Ok((CellStatus::Skipped, s));
     }
     eprintln!("{tag}: running");
-    run::run_planned(run_cfg, job, index).await?;
+    run::run_planned(run_cfg, job, index, &crate::metrics::Observed::default()).await?;
     let s = finished_run::read_summary(dir)?;
     Ok((CellStatus::Ran, s))
 }

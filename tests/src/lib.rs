@@ -16,6 +16,10 @@ use polars::prelude::*;
 /// --all-targets`, as ops/test.sh runs it, builds them all), or in `TRESNET_BIN_DIR` when set (to test
 /// release builds, or binaries copied away from a target directory that other checkouts share).
 pub fn bin(name: &str) -> PathBuf {
+    // Checkouts sharing one target directory overwrite each other's binaries; this pins a copy.
+    if let Some(dir) = std::env::var_os("TRESNET_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     let exe = std::env::current_exe().expect("test executable path");
     let dir = match std::env::var_os("TRESNET_BIN_DIR") {
         Some(d) => PathBuf::from(d),
@@ -203,4 +207,96 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().parse().ok())
         .collect()
+}
+
+/// A child process whose stderr is echoed (prefixed with its name) and remembered, so a test can wait
+/// for a line it prints (a bound address, say).
+pub struct Watched {
+    pub child: Child,
+    seen: std::sync::Mutex<(Vec<String>, mpsc::Receiver<String>)>,
+}
+
+impl Watched {
+    pub fn spawn(mut cmd: Command, name: &str) -> Watched {
+        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let name = name.to_string();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        Watched {
+            child,
+            seen: std::sync::Mutex::new((Vec::new(), rx)),
+        }
+    }
+
+    /// The rest of the first stderr line that starts with `prefix`, waiting up to a minute for it.
+    pub fn wait_for(&self, prefix: &str) -> String {
+        let mut g = self.seen.lock().unwrap();
+        let (seen, rx) = &mut *g;
+        if let Some(l) = seen.iter().find(|l| l.starts_with(prefix)) {
+            return l[prefix.len()..].to_string();
+        }
+        loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no line starting with {prefix:?}"));
+            seen.push(line.clone());
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.to_string();
+            }
+        }
+    }
+
+    /// The `host:port` printed by a `--metrics-listen` listener.
+    pub fn metrics_addr(&self) -> String {
+        self.wait_for(tresnet_common::observability::LISTENING_PREFIX)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `GET path` over plain HTTP/1.1: (status code, body), or `None` if nothing answers.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    // axum answers small bodies with Content-Length, never chunked, so the body is the rest.
+    Some((code, body.to_string()))
+}
+
+/// The value of `series` (a metric name with its `{labels}`, if any) in a Prometheus text exposition.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }

@@ -24,6 +24,7 @@ use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
 use crate::executor::{self, Batch, BatchSender, ExecutorConfig};
+use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::decode::RgbImage;
 use crate::preprocess::{PreprocessedImage, Preprocessor, crop};
 
@@ -45,18 +46,30 @@ pub struct AgentConfig {
     pub debug_batch_delay: Duration,
     /// Shared token presented on every RPC.
     pub token: Option<String>,
+    /// For `https://` coordinators: the CA to trust (else the system roots) and the name to verify
+    /// (else the URL's host).
+    pub tls_ca: Option<std::path::PathBuf>,
+    pub tls_domain: Option<String>,
+    pub metrics: WorkerMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("cannot reach coordinator {url}: {source}")]
+    #[error("cannot reach coordinator {url}{hint}: {reason}")]
     Connect {
         url: String,
-        #[source]
-        source: tonic::transport::Error,
+        hint: &'static str,
+        /// The transport error's whole source chain (TLS reasons sit at its bottom), repeats removed.
+        reason: String,
     },
-    #[error("coordinator {url} refused registration: {status}")]
-    Register { url: String, status: String },
+    #[error("coordinator {url} refused registration{hint}: {status}")]
+    Register {
+        url: String,
+        hint: &'static str,
+        status: String,
+    },
+    #[error(transparent)]
+    Tls(#[from] tresnet_common::protocol::tls::TlsError),
     #[error("coordinator sent a malformed job: {0}")]
     Job(String),
     #[error("cannot start executors: {0}")]
@@ -81,6 +94,17 @@ struct Shared {
     draining: Arc<std::sync::atomic::AtomicBool>,
     /// Live leases and the tasks running them, so a cancelled lease can be stopped.
     active: Mutex<HashMap<u64, JoinHandle<()>>>,
+    metrics: WorkerMetrics,
+}
+
+/// What a failed connection most likely means, given the URL's scheme: a plaintext client talking to a
+/// TLS endpoint sees only a closed connection, and a TLS client gets a handshake error.
+fn connect_hint(url: &str) -> &'static str {
+    if tresnet_common::protocol::tls::is_https(url) {
+        " over TLS (check --tls-ca and that the certificate names this host)"
+    } else {
+        " (if the coordinator serves TLS, use an https:// URL and --tls-ca)"
+    }
 }
 
 /// Connects, registers, runs shards until the coordinator says the job is done; returns samples done.
@@ -89,6 +113,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let drain = {
         let draining = draining.clone();
+        let metrics = cfg.metrics.clone();
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         tokio::spawn(async move {
             if let Ok(mut term) = term {
@@ -97,22 +122,33 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
                     "SIGTERM: draining (finishing the batch in hand, handing leases back)"
                 );
                 draining.store(true, Ordering::SeqCst);
+                metrics.set_draining();
             }
         })
     };
     let url = cfg.coordinator.clone();
-    let channel = Channel::from_shared(url.clone())
+    let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|e| AgentError::Rpc {
             url: url.clone(),
             status: e.to_string(),
         })?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .map_err(|source| AgentError::Connect {
+        .connect_timeout(Duration::from_secs(10));
+    if tresnet_common::protocol::tls::is_https(&url) {
+        let tls = tresnet_common::protocol::tls::client_config(
+            cfg.tls_ca.as_deref(),
+            cfg.tls_domain.as_deref(),
+        )?;
+        endpoint = endpoint.tls_config(tls).map_err(|e| AgentError::Connect {
             url: url.clone(),
-            source,
+            hint: connect_hint(&url),
+            reason: chain_text(e.to_string(), std::error::Error::source(&e)),
         })?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| AgentError::Connect {
+        url: url.clone(),
+        hint: connect_hint(&url),
+        reason: chain_text(e.to_string(), std::error::Error::source(&e)),
+    })?;
     let attach = AttachToken::new(cfg.token.as_deref()).map_err(|e| AgentError::Rpc {
         url: url.clone(),
         status: e,
@@ -131,7 +167,18 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         .await
         .map_err(|s| AgentError::Register {
             url: url.clone(),
-            status: s.message().to_string(),
+            // Only a transport failure (no gRPC answer at all: the status wraps a transport error)
+            // suggests a TLS mismatch; the coordinator's own refusals carry no source.
+            hint: if std::error::Error::source(&s).is_some()
+                || matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                ) {
+                connect_hint(&url)
+            } else {
+                ""
+            },
+            status: status_text(&s),
         })?
         .into_inner();
     let job: WorkerJob = reg
@@ -155,6 +202,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
         channels_last: None,
         debug_batch_delay: cfg.debug_batch_delay,
+        metrics: cfg.metrics.clone(),
     };
     let devices = cfg.devices.clone();
     let rx = Arc::new(Mutex::new(rx));
@@ -172,7 +220,9 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         samples_done: AtomicU64::new(0),
         draining: draining.clone(),
         active: Mutex::new(HashMap::new()),
+        metrics: cfg.metrics.clone(),
     });
+    cfg.metrics.set_ready();
     let heartbeat = tokio::spawn(heartbeat_loop(
         shared.clone(),
         Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
@@ -188,8 +238,34 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
     {
         h.abort();
     }
+    cfg.metrics.set_done();
     result?;
     Ok(shared.samples_done.load(Ordering::Relaxed))
+}
+
+/// A status's message, or its code when the message is empty (transport failures often have none).
+fn status_text(s: &tonic::Status) -> String {
+    let text = if s.message().is_empty() {
+        format!("{:?}", s.code())
+    } else {
+        s.message().to_string()
+    };
+    chain_text(text, std::error::Error::source(s))
+}
+
+/// `text` followed by each error of the source chain that it does not already say: transport failures
+/// carry the real reason (reset, handshake, certificate) deep in the chain, and repeat themselves.
+fn chain_text(mut text: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut src = source;
+    while let Some(e) = src {
+        let t = e.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        src = e.source();
+    }
+    text
 }
 
 pub fn hostname() -> String {
@@ -206,6 +282,7 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
             a.retain(|_, h| !h.is_finished());
             a.len() as u32
         };
+        shared.metrics.leases_in_flight.set(i64::from(active));
         if shared.draining.load(Ordering::SeqCst) {
             if active == 0 {
                 return Ok(());
@@ -225,7 +302,7 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
             .await
             .map_err(|s| AgentError::Rpc {
                 url: url.to_string(),
-                status: s.message().to_string(),
+                status: status_text(&s),
             })?
             .into_inner();
         if resp.job_done {
@@ -293,6 +370,7 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
         let e = if e == DRAINING { String::new() } else { e };
         if !e.is_empty() {
             tracing::warn!(lease = lease_id, error = %e, "shard failed");
+            shared.metrics.shards_failed.inc();
         }
         let mut client = shared.client.clone();
         let _ = client
@@ -363,11 +441,16 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
         }
     }
     drop(tx);
+    let submit_start = std::time::Instant::now();
     let resp = submit
         .await
         .map_err(|e| e.to_string())?
         .map_err(|s| format!("submit refused: {}", s.message()))?
         .into_inner();
+    shared
+        .metrics
+        .observe(Stage::Submit, submit_start.elapsed());
+    shared.metrics.shards_submitted.inc();
     if !resp.accepted {
         tracing::debug!(shard = lease.shard_id, reason = %resp.reason, "result not used");
     }
@@ -391,11 +474,14 @@ async fn run_batch(
                 labels.push(label);
                 pixels.extend_from_slice(&img.data);
             }
-            Err(e) => out.push(SampleResult {
-                index: i.0,
-                error: e,
-                ..Default::default()
-            }),
+            Err(e) => {
+                shared.metrics.bad_samples.inc();
+                out.push(SampleResult {
+                    index: i.0,
+                    error: e,
+                    ..Default::default()
+                })
+            }
         }
     }
     if !indices.is_empty() {
@@ -435,11 +521,14 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
     }
     let loc = &shared.location;
     let path = s.source.path();
+    let fetch_start = std::time::Instant::now();
     let bytes = match s.source.byte_range() {
         None => loc.get(path).await,
         Some(r) => loc.get_range(path, r).await,
     }
     .map_err(|e| e.to_string())?;
+    shared.metrics.observe(Stage::Fetch, fetch_start.elapsed());
+    let metrics = shared.metrics.clone();
     let permit = shared
         .decode
         .clone()
@@ -450,11 +539,14 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
     let cifar = matches!(s.source, SampleSource::CifarRecord { .. });
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        if cifar {
+        let decode_start = std::time::Instant::now();
+        let r = if cifar {
             cifar_image(&bytes, &cfg)
         } else {
             with_preprocessor(&cfg, |p| p.run(&bytes).map_err(|e| e.to_string()))
-        }
+        };
+        metrics.observe(Stage::Decode, decode_start.elapsed());
+        r
     })
     .await
     .map_err(|e| e.to_string())?

@@ -53,6 +53,17 @@ pub struct JoinArgs {
     /// File holding the coordinator's shared token (else $TRESNET_TOKEN).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// PEM CA certificate that the coordinator's TLS certificate must chain to (https:// URLs; default:
+    /// the system's roots).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// Name to verify the coordinator's certificate against (default: the URL's host).
+    #[arg(long)]
+    pub tls_domain: Option<String>,
+    /// Serve /healthz, /readyz and Prometheus /metrics on this address (port 0: any free port; the bound
+    /// address is printed).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,

@@ -41,6 +41,7 @@ pub struct ExecutorConfig {
     pub channels_last: Option<bool>,
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
+    pub metrics: crate::metrics::WorkerMetrics,
 }
 
 /// Loads the job's model on `device` (or nothing, in synthetic mode).
@@ -120,9 +121,12 @@ pub fn start(
                     return;
                 }
                 let _ = ready.send(Ok(()));
+                let label = crate::metrics::device_label(device);
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let Ok(batch) = next else { return };
+                    // The simulated slowness counts as device time: it stands for a slow device.
+                    let start = std::time::Instant::now();
                     if !cfg.debug_batch_delay.is_zero() {
                         std::thread::sleep(cfg.debug_batch_delay);
                     }
@@ -134,6 +138,10 @@ pub fn start(
                     .unwrap_or_else(|p| {
                         Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))
                     });
+                    if out.is_ok() {
+                        cfg.metrics
+                            .batch_done(&label, batch.indices.len(), start.elapsed());
+                    }
                     let _ = batch.reply.send(out);
                 }
             })

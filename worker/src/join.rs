@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::agent::{self, AgentConfig};
 use crate::cli::JoinArgs;
+use crate::metrics::WorkerMetrics;
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     tresnet_common::logging::init(args.log_json);
@@ -20,6 +21,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| d.resolve().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let metrics = WorkerMetrics::default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = AgentConfig {
         coordinator: url,
@@ -34,9 +36,30 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         debug_batch_delay: Duration::from_millis(args.debug_batch_delay_ms),
         token: tresnet_common::protocol::auth::load_token(args.token_file.as_deref())
             .map_err(anyhow::Error::msg)?,
+        tls_ca: args.tls_ca,
+        tls_domain: args.tls_domain,
+        metrics: metrics.clone(),
     };
+    if cfg.tls_ca.is_some() && !tresnet_common::protocol::tls::is_https(&cfg.coordinator) {
+        anyhow::bail!(
+            "--tls-ca is given but --coordinator {} is not an https:// URL",
+            cfg.coordinator
+        );
+    }
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let done = rt.block_on(agent::run(cfg))?;
+    let done = rt.block_on(async {
+        // Up before registration and model loading, so liveness passes while readiness says why not.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(addr) = args.metrics_listen {
+            tresnet_common::observability::start(addr, metrics.endpoint(), async {
+                let _ = stopped.await;
+            })
+            .await?;
+        }
+        let done = agent::run(cfg).await;
+        let _ = stop.send(());
+        anyhow::Ok(done?)
+    })?;
     tracing::info!(samples = done, "job done");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod device;
 pub mod executor;
 pub mod infer;
 pub mod join;
+pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod scoring;

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod tls;
 
 /// Generated from common/proto/tresnet.proto.
 #[allow(clippy::all, missing_docs, unreachable_pub)]

@@ -1,0 +1,208 @@
+//! The coordinator's Prometheus metrics and readiness. Counters and gauges are read from the run state at
+//! scrape time, so they can never drift from the accounting the report is made of; only the
+//! accept-latency histogram is recorded as it happens (in the service).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use tresnet_common::ids::ShardId;
+use tresnet_common::observability::{Endpoint, Readiness};
+
+use crate::scheduler::ShardState;
+use crate::service::Shared;
+
+/// Prefix of every coordinator metric.
+pub const PREFIX: &str = "tresnet_coordinator";
+
+/// Accepting a shard is validation plus one journal write: ~0.1 ms on a local disk, up to seconds on a
+/// slow object store; 16 doublings from 0.1 ms reach 3.3 s.
+pub fn accept_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-4, 2.0, 16))
+}
+
+/// What the metrics listener needs to know about the run; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Set once the job is loaded and the gRPC server is serving it.
+    state: Arc<OnceLock<Shared>>,
+    finished: Arc<AtomicBool>,
+}
+
+impl Observed {
+    pub fn serving(&self, state: Shared) {
+        let _ = self.state.set(state);
+    }
+
+    /// The reports are written: nothing more to serve.
+    pub fn finished(&self) {
+        self.finished.store(true, Ordering::SeqCst);
+    }
+
+    /// `/readyz`: ready while the job is loaded and served, not while listing nor once finished.
+    pub fn readiness(&self) -> Result<String, String> {
+        if self.finished.load(Ordering::SeqCst) {
+            return Err("job finished; reports written".into());
+        }
+        match self.state.get() {
+            None => Err("loading the job (listing the dataset)".into()),
+            Some(s) => {
+                let st = s.lock().unwrap_or_else(|p| p.into_inner());
+                match &st.fatal {
+                    Some(f) => Err(format!("job failed: {f}")),
+                    None => Ok(format!("serving job {}", st.pb_job.job_id)),
+                }
+            }
+        }
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(self.clone()));
+        let me = self.clone();
+        let ready: Readiness = Arc::new(move || me.readiness());
+        Endpoint { registry, ready }
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Observed {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let Some(state) = self.state.get() else {
+            return Ok(());
+        };
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = st.now();
+        let listed_bad = st.index.bad_samples.len() as u64;
+        let live = &st.live;
+        let stats = st.sched.stats();
+        counter(
+            &mut e,
+            "samples_accounted",
+            "Samples accounted by this process (evaluated + bad, from accepted shards and listing); \
+             rate() is the evaluation throughput",
+            live.samples_done + listed_bad,
+        )?;
+        counter(
+            &mut e,
+            "samples_evaluated",
+            "Samples with a prediction in accepted shards (the report's `samples`)",
+            live.samples_done - live.bad_samples,
+        )?;
+        counter(
+            &mut e,
+            "bad_samples",
+            "Undecodable, missing or unlistable samples (the report's `bad_samples`)",
+            live.bad_samples + listed_bad,
+        )?;
+        counter(
+            &mut e,
+            "duplicates_dropped",
+            "Complete results for shards that already had one (speculation, late leases)",
+            live.duplicates_dropped,
+        )?;
+        counter(
+            &mut e,
+            "submissions_rejected",
+            "Submissions refused for missing samples",
+            live.submissions_rejected,
+        )?;
+        counter(
+            &mut e,
+            "leases_granted",
+            "Shard leases granted",
+            stats.leases_granted,
+        )?;
+        counter(
+            &mut e,
+            "speculative_leases",
+            "Leases duplicating an in-flight shard",
+            stats.speculative_leases,
+        )?;
+        counter(
+            &mut e,
+            "lease_expiries",
+            "Leases not renewed by heartbeats in time",
+            stats.expiries,
+        )?;
+        counter(
+            &mut e,
+            "retries",
+            "Shards requeued after an unsuccessful lease",
+            stats.retries,
+        )?;
+        gauge(
+            &mut e,
+            "queue_depth",
+            "Shards waiting for a lease",
+            st.sched.pending_count() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "leases_in_flight",
+            "Live leases",
+            st.sched.leases_in_flight() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "workers_registered",
+            "Workers that registered",
+            st.workers.len() as i64,
+        )?;
+        let timeout = st.lease_timeout.as_millis() as u64;
+        let alive = st
+            .workers
+            .values()
+            .filter(|w| now.saturating_sub(w.last_seen) <= timeout)
+            .count();
+        gauge(
+            &mut e,
+            "workers_alive",
+            "Workers heard from within the lease timeout",
+            alive as i64,
+        )?;
+        gauge(
+            &mut e,
+            "dataset_samples",
+            "Samples in the dataset, bad ones included",
+            st.index.len() as i64 + listed_bad as i64,
+        )?;
+        let mut by_state = [0i64; 4];
+        for i in 0..st.sched.shard_count() {
+            by_state[match st.sched.state_of(ShardId(i as u64)) {
+                ShardState::Pending => 0,
+                ShardState::InFlight => 1,
+                ShardState::Done => 2,
+                ShardState::Failed => 3,
+            }] += 1;
+        }
+        let shards = ConstGauge::new(0i64);
+        let mut m = e.encode_descriptor("shards", "Shards by state", None, shards.metric_type())?;
+        for (label, n) in ["pending", "in_flight", "done", "failed"]
+            .into_iter()
+            .zip(by_state)
+        {
+            ConstGauge::new(n).encode(m.encode_family(&[("state", label)])?)?;
+        }
+        st.accept_seconds.encode(e.encode_descriptor(
+            "accept",
+            "Time to validate and journal a complete shard submission",
+            Some(&Unit::Seconds),
+            st.accept_seconds.metric_type(),
+        )?)
+    }
+}

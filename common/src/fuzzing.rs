@@ -72,7 +72,7 @@ pub fn safetensors(data: &[u8]) {
     }
 }
 
-fn walk_mat(value: &MatValue, depth: usize) {
+fn walk_mat(value: &MatValue) {
     let _ = (
         value.describe(),
         value.numel(),
@@ -82,12 +82,12 @@ fn walk_mat(value: &MatValue, depth: usize) {
     let _ = value.field(0, "class");
     if let Some(cells) = value.cells() {
         for cell in cells.iter().take(64) {
-            walk_mat(cell, depth + 1);
+            walk_mat(cell);
         }
     }
     if let MatValue::Struct { values, .. } = value {
         for v in values.iter().take(64) {
-            walk_mat(v, depth + 1);
+            walk_mat(v);
         }
     }
 }
@@ -96,7 +96,7 @@ fn walk_mat(value: &MatValue, depth: usize) {
 pub fn mat(data: &[u8]) {
     if let Ok(file) = MatFile::parse(data) {
         for (name, value) in &file.variables {
-            walk_mat(value, 0);
+            walk_mat(value);
             let _ = file.integers(name);
             let _ = file.require(name);
         }
@@ -247,8 +247,11 @@ pub fn protocol(data: &[u8]) {
     }
 }
 
-/// Every entry point by target name, for the corpus replay test and for `ops/fuzz.sh`'s list.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+/// Every entry point by target name, for the corpus replay test.
+pub const TARGETS: &[(&str, Target)] = &[
     ("checkpoint", checkpoint),
     ("pickle", pickle),
     ("safetensors", safetensors),

@@ -51,7 +51,7 @@ pub fn image_decode(data: &[u8]) {
 }
 
 /// Every entry point by target name, for the corpus replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, tresnet_common::fuzzing::Target)] = &[
     ("image_header", image_header),
     ("image_decode", image_decode),
 ];

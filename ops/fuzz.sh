@@ -29,17 +29,19 @@ for t in "${targets[@]}"; do
   log="$TRESNET_CACHE_DIR/fuzz-logs/$t.log"
   mkdir -p "$corpus" "$(dirname "$log")" "fuzz/artifacts/$t"
   before=$(find "fuzz/artifacts/$t" -type f | wc -l)
-  start=$(date +%s)
   # -rss_limit_mb: an input that makes a parser allocate > 2 GiB is a finding (OOM), not a pass.
   (cd fuzz && cargo +nightly fuzz run --target-dir "$fuzz_target_dir" "$t" "$corpus" "seeds/$t" -- \
       -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1) >"$log" 2>&1
   rc=$?
-  secs_run=$(( $(date +%s) - start ))
-  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)
-  cov=$(grep -oE '(#[0-9]+ +(DONE|pulse|NEW|REDUCE|INITED).* cov: [0-9]+ ft: [0-9]+)' "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+)/\1 \2/')
+  # libFuzzer's own figures: "Done N runs in S second(s)" and the last status line's cov/ft
+  # (edges and features of instrumented Rust code; the vendored C libjpeg-turbo is not instrumented).
+  runs=$(grep -aoE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | awk '{print $2}')
+  secs_run=$(grep -aoE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | awk '{print $5}')
+  [ -z "$runs" ] && runs=$(grep -aoE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -1)
+  cov=$(grep -aoE 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -1 | awk '{print $2, $4}')
   crashes=$(( $(find "fuzz/artifacts/$t" -type f | wc -l) - before ))
   [ "$rc" -ne 0 ] && status=1
-  printf '%-14s %10s %6s %8s %8s %s\n' "$t" "${runs:-?}" "$secs_run" ${cov:-? ?} "$crashes$([ "$rc" -ne 0 ] && echo " (exit $rc, see $log)")" | tee -a "$summary"
+  printf '%-14s %10s %6s %8s %8s %s\n' "$t" "${runs:-?}" "${secs_run:-?}" ${cov:-? ?} "$crashes$([ "$rc" -ne 0 ] && echo " (exit $rc, see $log)")" | tee -a "$summary"
 done
 echo "summary: $summary"
 exit $status

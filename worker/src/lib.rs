@@ -1,13 +1,23 @@
 //! The tresnet-eval worker: the TResNet port on libtorch, device selection and the single-process tools.
 
+#[cfg(feature = "torch")]
 pub mod agent;
+#[cfg(feature = "torch")]
 pub mod cli;
+#[cfg(feature = "torch")]
 pub mod collective;
+#[cfg(feature = "torch")]
 pub mod device;
+#[cfg(feature = "torch")]
 pub mod executor;
+pub mod fuzzing;
+#[cfg(feature = "torch")]
 pub mod infer;
+#[cfg(feature = "torch")]
 pub mod join;
+#[cfg(feature = "torch")]
 pub mod metrics;
+#[cfg(feature = "torch")]
 pub mod model;
 pub mod preprocess;
 pub mod scoring;

@@ -163,3 +163,16 @@ pub fn load_state_dict_from_bytes(path: &Path, bytes: &[u8]) -> Result<StateDict
         })
     }
 }
+
+/// [`crate::fuzzing`]'s way into the pickle VM: one pickle with opaque persistent ids; the bytes consumed.
+pub(crate) fn fuzz_unpickle(bytes: &[u8]) -> Result<usize, String> {
+    let (value, consumed) =
+        pickle::unpickle(bytes, &mut pickle::OpaquePersistentIds).map_err(|e| e.to_string())?;
+    let _ = (value.describe(), value.dict_get("state_dict"));
+    Ok(consumed)
+}
+
+/// [`crate::fuzzing`]'s way into the safetensors reader without the sniffing.
+pub(crate) fn fuzz_safetensors(bytes: &[u8]) -> Result<StateDict, CheckpointError> {
+    safetensors_file::read(Path::new("fuzz.safetensors"), bytes)
+}

@@ -34,10 +34,10 @@ pub enum DatasetFormat {
         /// Folder of the test images, relative to the folder of `cars_test_annos_withlabels.mat`.
         images_dir: String,
     },
-    /// CSV manifest `path,label[,class_name]`: see [`super::manifest`].
+    /// CSV or Parquet manifest `path,label[,class_name]`: see [`super::manifest`].
     Manifest {
-        /// The manifest relative to the prefix; `None` means the prefix is the `.csv` object itself
-        /// when it ends in `.csv`, else `manifest.csv` under it.
+        /// The manifest relative to the prefix; `None` means the prefix is the manifest itself when it
+        /// ends in `.csv` or `.parquet`, else `manifest.csv` under it.
         file: Option<String>,
     },
     /// WebDataset-style tar shards with offset indexes: see [`super::tar`].

@@ -1,6 +1,13 @@
-//! CSV manifests: one sample per row, `path,label[,class_name]`, for datasets in no other format.
+//! Manifests: one sample per row, `path,label[,class_name]`, for datasets in no other format, as CSV
+//! or (with the `parquet-manifest` feature, which the coordinator enables) Parquet.
 //!
-//! - An optional header row is recognised by its second field not being a number (it must then name the
+//! - A manifest is Parquet when its name ends in `.parquet` or its bytes start and end with the
+//!   Parquet magic `PAR1`; otherwise CSV.
+//! - Parquet: columns `path` (string), `label` (any integer type) and optionally `class_name`
+//!   (string); other columns are ignored (they are named, so nothing is ambiguous). A missing column,
+//!   another type, a null `path` or `label`, or a negative label is an error naming the column (and
+//!   row, counted from 1). A null or empty `class_name` leaves the label unnamed.
+//! - CSV: an optional header row is recognised by its second field not being a number (it must then name the
 //!   columns `path,label[,class_name]`).
 //! - `path` is relative to the manifest's folder (`images/001.jpg`), absolute within the manifest's store
 //!   when it starts with `/`, or a full URL of the same store (`s3://bucket/images/001.jpg`); a URL of
@@ -15,9 +22,6 @@
 //! error naming the manifest and the line: a manifest is written by a program, and a broken row means
 //! the program is wrong, so guessing which samples were meant would hide it.
 //!
-//! Parquet manifests are not read here (this crate does not link polars); the coordinator reads them
-//! and builds the same samples.
-
 use std::collections::BTreeMap;
 
 use object_store::path::Path;
@@ -37,10 +41,10 @@ pub(crate) async fn list(
 ) -> Result<DatasetIndex, DatasetError> {
     let manifest = match file {
         Some(rel) => location.path_of(rel)?,
-        None if location
-            .prefix()
-            .filename()
-            .is_some_and(|f| f.to_ascii_lowercase().ends_with(".csv")) =>
+        None if location.prefix().filename().is_some_and(|f| {
+            let f = f.to_ascii_lowercase();
+            f.ends_with(".csv") || f.ends_with(".parquet")
+        }) =>
         {
             location.prefix().clone()
         }
@@ -49,7 +53,11 @@ pub(crate) async fn list(
     let url = location.object_url(&manifest);
     let bytes = location.get(&manifest).await?;
     let base = manifest.parent().unwrap_or_default();
-    let (class_names, samples) = parse(location, &url, &base, &bytes)?;
+    let (class_names, samples) = if is_parquet(&manifest, &bytes) {
+        parse_parquet(location, &url, &base, &bytes)?
+    } else {
+        parse(location, &url, &base, &bytes)?
+    };
     DatasetIndex::new(
         &url,
         DatasetFormat::Manifest {
@@ -61,7 +69,95 @@ pub(crate) async fn list(
     )
 }
 
-/// Parses a manifest whose relative paths resolve against `base`; `url` names it in errors.
+/// Parquet's magic number, at both ends of every Parquet file.
+const PARQUET_MAGIC: &[u8] = b"PAR1";
+
+fn is_parquet(manifest: &Path, bytes: &[u8]) -> bool {
+    manifest
+        .filename()
+        .is_some_and(|f| f.to_ascii_lowercase().ends_with(".parquet"))
+        || (bytes.len() >= 2 * PARQUET_MAGIC.len()
+            && bytes.starts_with(PARQUET_MAGIC)
+            && bytes.ends_with(PARQUET_MAGIC))
+}
+
+/// Rows as they are read, checked and turned into samples the same way for CSV and Parquet.
+struct Rows<'a> {
+    location: &'a StorageLocation,
+    base: &'a Path,
+    /// What a position is called in messages: `line` (CSV) or `row` (Parquet).
+    unit: &'static str,
+    samples: Vec<Sample>,
+    names: BTreeMap<u32, (String, u64)>,
+    max_label: Option<u32>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(location: &'a StorageLocation, base: &'a Path, unit: &'static str) -> Self {
+        Self {
+            location,
+            base,
+            unit,
+            samples: Vec::new(),
+            names: BTreeMap::new(),
+            max_label: None,
+        }
+    }
+
+    /// One row at position `at`; the reason it is wrong otherwise.
+    fn push(
+        &mut self,
+        at: u64,
+        path_field: &str,
+        label: u32,
+        name: Option<&str>,
+    ) -> Result<(), String> {
+        if label >= MAX_CLASSES {
+            return Err(format!("label {label} is not below {MAX_CLASSES}"));
+        }
+        if let Some(name) = name.filter(|n| !n.is_empty()) {
+            match self.names.get(&label) {
+                Some((existing, first)) if existing != name => {
+                    return Err(format!(
+                        "label {label} is named {name:?} here but {existing:?} on {} {first}",
+                        self.unit
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.names.insert(label, (name.to_string(), at));
+                }
+            }
+        }
+        let path = resolve(self.location, self.base, path_field)?;
+        self.max_label = self.max_label.max(Some(label));
+        self.samples.push(Sample {
+            key: path_field.to_string().into(),
+            label,
+            source: SampleSource::Object { path, size: None },
+        });
+        Ok(())
+    }
+
+    fn finish(mut self, url: &str) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
+        let Some(max_label) = self.max_label else {
+            return Err(DatasetError::NotFound {
+                url: url.to_string(),
+                what: "rows".into(),
+            });
+        };
+        let class_names = (0..=max_label)
+            .map(|label| {
+                self.names
+                    .remove(&label)
+                    .map_or_else(|| label.to_string(), |(name, _)| name)
+            })
+            .collect();
+        Ok((class_names, self.samples))
+    }
+}
+
+/// Parses a CSV manifest whose relative paths resolve against `base`; `url` names it in errors.
 pub(crate) fn parse(
     location: &StorageLocation,
     url: &str,
@@ -73,9 +169,7 @@ pub(crate) fn parse(
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(bytes);
-    let mut samples = Vec::new();
-    let mut names: BTreeMap<u32, (String, u64)> = BTreeMap::new();
-    let mut max_label = None;
+    let mut rows = Rows::new(location, base, "line");
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
@@ -113,7 +207,6 @@ pub(crate) fn parse(
             }
             continue;
         }
-        let path_field = &record[0];
         let label: u32 = record[1]
             .parse()
             .ok()
@@ -124,41 +217,117 @@ pub(crate) fn parse(
                     &record[1]
                 ))
             })?;
-        if let Some(name) = record.get(2).filter(|n| !n.is_empty()) {
-            match names.get(&label) {
-                Some((existing, first_line)) if existing != name => {
-                    return Err(bad(format!(
-                        "label {label} is named {name:?} here but {existing:?} on line {first_line}"
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    names.insert(label, (name.to_string(), line));
-                }
-            }
-        }
-        let path = resolve(location, base, path_field).map_err(bad)?;
-        max_label = max_label.max(Some(label));
-        samples.push(Sample {
-            key: path_field.to_string().into(),
-            label,
-            source: SampleSource::Object { path, size: None },
-        });
+        rows.push(line, &record[0], label, record.get(2))
+            .map_err(bad)?;
     }
-    let Some(max_label) = max_label else {
-        return Err(DatasetError::NotFound {
-            url: url.to_string(),
-            what: "rows".into(),
-        });
+    rows.finish(url)
+}
+
+/// Parses a Parquet manifest (see the module doc for its columns).
+#[cfg(feature = "parquet-manifest")]
+pub(crate) fn parse_parquet(
+    location: &StorageLocation,
+    url: &str,
+    base: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
+    use polars::prelude::{DataType, ParquetReader, SerReader};
+
+    let invalid = |reason: String| DatasetError::invalid(url, reason);
+    let unreadable = |e: polars::error::PolarsError| invalid(format!("unreadable Parquet: {e}"));
+    let mut reader = ParquetReader::new(std::io::Cursor::new(bytes));
+    let schema = reader.schema().map_err(unreadable)?;
+    let has = |name: &str| schema.iter_names().any(|n| n.as_str() == name);
+    let mut columns = vec!["path".to_string(), "label".to_string()];
+    for required in &columns {
+        if !has(required) {
+            return Err(invalid(format!(
+                "no {required:?} column (columns: {}); expected path,label[,class_name]",
+                schema
+                    .iter_names()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )));
+        }
+    }
+    let with_names = has("class_name");
+    if with_names {
+        columns.push("class_name".into());
+    }
+    let df = reader
+        .with_columns(Some(columns))
+        .finish()
+        .map_err(unreadable)?;
+    let column = |name: &str| df.column(name).map_err(unreadable);
+    let wrong_type = |name: &str, dtype: &DataType, expected: &str| {
+        invalid(format!(
+            "column {name:?} has type {dtype}, expected {expected}"
+        ))
     };
-    let class_names = (0..=max_label)
-        .map(|label| {
-            names
-                .remove(&label)
-                .map_or_else(|| label.to_string(), |(name, _)| name)
-        })
-        .collect();
-    Ok((class_names, samples))
+    let path_col = column("path")?;
+    let paths = path_col
+        .str()
+        .map_err(|_| wrong_type("path", path_col.dtype(), "a string"))?;
+    let label_col = column("label")?;
+    if !label_col.dtype().is_integer() {
+        return Err(wrong_type("label", label_col.dtype(), "an integer"));
+    }
+    // Non-strict: the only values that do not fit i64 (u64 above i64::MAX) become nulls, told apart
+    // from real nulls below.
+    let labels_i64 = label_col.cast(&DataType::Int64).map_err(unreadable)?;
+    let labels = labels_i64.i64().map_err(unreadable)?;
+    let names = if with_names {
+        let c = column("class_name")?;
+        Some(
+            c.str()
+                .map_err(|_| wrong_type("class_name", c.dtype(), "a string"))?,
+        )
+    } else {
+        None
+    };
+    let mut rows = Rows::new(location, base, "row");
+    for i in 0..df.height() {
+        let row = i as u64 + 1;
+        let bad = |reason: String| invalid(format!("row {row}: {reason}"));
+        let path = paths.get(i).ok_or_else(|| bad("path is null".into()))?;
+        let label = match labels.get(i) {
+            Some(label) => label,
+            None => {
+                let original = label_col.get(i).map_err(unreadable)?;
+                return Err(bad(if original.is_null() {
+                    "label is null".into()
+                } else {
+                    format!("label {original} is not below {MAX_CLASSES}")
+                }));
+            }
+        };
+        if label < 0 {
+            return Err(bad(format!("label {label} is negative")));
+        }
+        let label = u32::try_from(label)
+            .ok()
+            .filter(|&l| l < MAX_CLASSES)
+            .ok_or_else(|| bad(format!("label {label} is not below {MAX_CLASSES}")))?;
+        rows.push(row, path, label, names.and_then(|n| n.get(i)))
+            .map_err(bad)?;
+    }
+    rows.finish(url)
+}
+
+/// Without the `parquet-manifest` feature a Parquet manifest is refused by name.
+#[cfg(not(feature = "parquet-manifest"))]
+pub(crate) fn parse_parquet(
+    _location: &StorageLocation,
+    url: &str,
+    _base: &Path,
+    _bytes: &[u8],
+) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
+    Err(DatasetError::invalid(
+        url,
+        "is a Parquet manifest, but this build reads CSV manifests only \
+         (build tresnet-common with the parquet-manifest feature)",
+    ))
 }
 
 /// A manifest `path` field → object path (see the module doc for the three forms).
@@ -301,6 +470,199 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// `columns` written as a Parquet file by polars.
+    #[cfg(feature = "parquet-manifest")]
+    fn parquet(columns: Vec<polars::prelude::Column>) -> Bytes {
+        use polars::prelude::{DataFrame, ParquetWriter};
+        let mut df = DataFrame::new_infer_height(columns).unwrap();
+        let mut buf = Vec::new();
+        ParquetWriter::new(&mut buf).finish(&mut df).unwrap();
+        Bytes::from(buf)
+    }
+
+    #[cfg(feature = "parquet-manifest")]
+    async fn parquet_at(bucket: &str, name: &str, bytes: Bytes) -> StorageLocation {
+        let location = StorageLocation::parse(
+            &format!("memory://{bucket}/sets"),
+            &StorageOptions::default(),
+        )
+        .unwrap();
+        location
+            .put(&location.path_of(name).unwrap(), bytes)
+            .await
+            .unwrap();
+        location
+    }
+
+    #[cfg(feature = "parquet-manifest")]
+    #[tokio::test]
+    async fn parquet_manifests_read_like_csv() {
+        use polars::prelude::Column;
+        let text = "path,label,class_name\n\
+                    img/a.jpg,2,dog\n\
+                    /elsewhere/b.png,0,\n\
+                    memory://pq-ok/x/c.jpg,2,dog\n";
+        let csv = manifest("pq-ok", text).await;
+        let from_csv = list(&csv, Some("mine/manifest.csv")).await.unwrap();
+        let bytes = parquet(vec![
+            Column::new(
+                "path".into(),
+                ["img/a.jpg", "/elsewhere/b.png", "memory://pq-ok/x/c.jpg"],
+            ),
+            // Any integer type; extra columns are ignored.
+            Column::new("label".into(), [2i32, 0, 2]),
+            Column::new("class_name".into(), [Some("dog"), None, Some("dog")]),
+            Column::new("width".into(), [1.5f64, 2.0, 3.0]),
+        ]);
+        assert!(bytes.starts_with(b"PAR1"));
+        let location = parquet_at("pq-ok", "mine/manifest.parquet", bytes.clone()).await;
+        let index = list(&location.sub("mine/manifest.parquet").unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(index.class_names, from_csv.class_names);
+        assert_eq!(index.samples, from_csv.samples);
+        // Recognised by its bytes under any name, and through the `file` option.
+        let location = parquet_at("pq-ok", "mine/manifest.data", bytes).await;
+        let by_magic = list(&location, Some("mine/manifest.data")).await.unwrap();
+        assert_eq!(by_magic.samples, from_csv.samples);
+        // Without class names, labels are named by their decimal form, as in CSV.
+        let bytes = parquet(vec![
+            Column::new("path".into(), ["a.jpg", "b.jpg"]),
+            Column::new("label".into(), [1u64, 0]),
+        ]);
+        let location = parquet_at("pq-ok", "plain.parquet", bytes).await;
+        let index = list(&location, Some("plain.parquet")).await.unwrap();
+        assert_eq!(index.class_names, ["0", "1"]);
+        assert_eq!(index.samples[0].source.path().as_ref(), "sets/a.jpg");
+    }
+
+    #[cfg(feature = "parquet-manifest")]
+    #[tokio::test]
+    async fn parquet_errors_name_the_column_and_row() {
+        use polars::prelude::Column;
+        let paths = || Column::new("path".into(), ["a.jpg", "b.jpg"]);
+        for (columns, expected) in [
+            (
+                vec![paths()],
+                "no \"label\" column (columns: path); expected path,label[,class_name]",
+            ),
+            (
+                vec![
+                    Column::new("file".into(), ["a.jpg"]),
+                    Column::new("label".into(), [0i64]),
+                ],
+                "no \"path\" column (columns: file,label)",
+            ),
+            (
+                vec![paths(), Column::new("label".into(), [0.0f64, 1.0])],
+                "column \"label\" has type f64, expected an integer",
+            ),
+            (
+                vec![paths(), Column::new("label".into(), ["0", "1"])],
+                "column \"label\" has type str, expected an integer",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), [1i64, 2]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "column \"path\" has type i64, expected a string",
+            ),
+            (
+                vec![paths(), Column::new("label".into(), [Some(0i64), None])],
+                "row 2: label is null",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), [Some("a.jpg"), None]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "row 2: path is null",
+            ),
+            (
+                vec![paths(), Column::new("label".into(), [0i64, -3])],
+                "row 2: label -3 is negative",
+            ),
+            (
+                vec![paths(), Column::new("label".into(), [0u64, u64::MAX])],
+                "row 2: label 18446744073709551615 is not below 1048576",
+            ),
+            (
+                vec![paths(), Column::new("label".into(), [0i64, 1 << 20])],
+                "row 2: label 1048576 is not below 1048576",
+            ),
+            (
+                vec![
+                    paths(),
+                    Column::new("label".into(), [1i64, 1]),
+                    Column::new("class_name".into(), ["cat", "dog"]),
+                ],
+                "row 2: label 1 is named \"dog\" here but \"cat\" on row 1",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), ["a.jpg", "../b.jpg"]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "row 2: path \"../b.jpg\" has an empty, `.` or `..` segment",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), ["a.jpg", "a.jpg"]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "duplicate sample key \"a.jpg\"",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), Vec::<&str>::new()),
+                    Column::new("label".into(), Vec::<i64>::new()),
+                ],
+                "no rows found",
+            ),
+        ] {
+            let location = parquet_at("pq-bad", "m.parquet", parquet(columns)).await;
+            let err = list(&location, Some("m.parquet"))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "expected {expected:?} in: {err}");
+            assert!(err.contains("memory://pq-bad/sets/m.parquet"), "{err}");
+        }
+        // A file named .parquet that is not Parquet.
+        let location = parquet_at("pq-bad", "text.parquet", Bytes::from_static(b"a.jpg,1\n")).await;
+        let err = list(&location, Some("text.parquet"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("memory://pq-bad/sets/text.parquet: unreadable Parquet"),
+            "{err}"
+        );
+    }
+
+    #[cfg(not(feature = "parquet-manifest"))]
+    #[tokio::test]
+    async fn parquet_without_the_feature_is_refused_by_name() {
+        let location =
+            StorageLocation::parse("memory://pq-off/sets", &StorageOptions::default()).unwrap();
+        let path = location.path_of("m.parquet").unwrap();
+        location
+            .put(&path, Bytes::from_static(b"PAR1....PAR1"))
+            .await
+            .unwrap();
+        let err = list(&location, Some("m.parquet"))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "m.parquet: is a Parquet manifest, but this build reads CSV manifests only"
+            ),
+            "{err}"
+        );
     }
 
     proptest! {

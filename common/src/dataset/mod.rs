@@ -9,13 +9,13 @@
 //! | CIFAR-10/100 | [`cifar`] | the record's label byte (fine label for CIFAR-100) |
 //! | Flowers-102 | [`flowers`] | `imagelabels.mat` label − 1 |
 //! | Stanford Cars | [`cars`] | annotation `class` − 1, names from `cars_meta.mat` |
-//! | CSV manifest | [`manifest`] | the `label` column as written |
+//! | CSV / Parquet manifest | [`manifest`] | the `label` column as written |
 //! | tar shards | [`tar`] | the `.cls` member as written |
 //!
 //! Errors: metadata that cannot be read or is inconsistent fails the listing with a [`DatasetError`]
 //! naming the object (and line); a problem confined to one sample becomes a [`BadSample`]. See
-//! [`error`] for the rule. Parquet manifests are read by the coordinator (which links polars) and
-//! turned into the same [`Sample`]s; this crate reads CSV only.
+//! [`error`] for the rule. Parquet manifests need the `parquet-manifest` feature (polars), which the
+//! coordinator enables.
 
 pub mod cars;
 pub mod cifar;

@@ -172,6 +172,17 @@ pub fn sample_from_pb(r: pb::SampleRef) -> Result<(SampleIndex, Sample), Convert
     use pb::sample_ref::Source;
     let path =
         Path::parse(&r.path).map_err(|e| bad("SampleRef", format!("path {:?}: {e}", r.path)))?;
+    // `Path::parse` drops leading and trailing `/`; the coordinator never sends them, so a path that
+    // does not come back as sent is refused rather than quietly read as another object's name.
+    if path.as_ref() != r.path {
+        return Err(bad(
+            "SampleRef",
+            format!(
+                "path {:?} is not canonical (leading or trailing '/')",
+                r.path
+            ),
+        ));
+    }
     let source = match r.source.ok_or_else(|| bad("SampleRef", "no source"))? {
         Source::Whole(w) => SampleSource::Object { path, size: w.size },
         Source::Range(b) => {
@@ -235,6 +246,25 @@ mod tests {
         for (i, s) in samples.iter().enumerate() {
             let back = sample_from_pb(sample_to_pb(SampleIndex(i as u64), s)).unwrap();
             assert_eq!(back, (SampleIndex(i as u64), s.clone()));
+        }
+    }
+
+    /// Found by the `protocol` fuzz target (fuzz/regressions/protocol/): `/a/b` was accepted as `a/b`.
+    #[test]
+    fn non_canonical_sample_paths_are_refused() {
+        for path in ["/val/a.JPEG", "val/a.JPEG/", "/"] {
+            let r = pb::SampleRef {
+                index: 0,
+                key: "a".into(),
+                label: 0,
+                path: path.into(),
+                source: Some(pb::sample_ref::Source::Whole(pb::Whole { size: None })),
+            };
+            let err = sample_from_pb(r).unwrap_err().to_string();
+            assert!(
+                err.starts_with("malformed SampleRef: path"),
+                "{path}: {err}"
+            );
         }
     }
 

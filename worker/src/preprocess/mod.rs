@@ -5,6 +5,7 @@
 //! `ToTensor`'s `/255` happens on the device, so the host ships a quarter of the bytes; [`to_f32`] is
 //! the same division on the host for tools and tests. Every failure is a [`PreprocessError`] value.
 
+#[cfg(feature = "torch")]
 pub mod command;
 pub mod crop;
 pub mod decode;

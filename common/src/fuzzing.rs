@@ -1,0 +1,265 @@
+//! Fuzz entry points: one function per parser of untrusted bytes, shared by the libFuzzer targets in
+//! `fuzz/` and by `common/tests/fuzz_corpus.rs`, which replays the checked-in corpora on stable.
+//!
+//! Each function takes arbitrary bytes and must return without panicking, hanging or allocating
+//! without bound, whatever the bytes; an `Err` from the parser is a normal outcome. Where a parser
+//! promises more than "no panic" (a tensor's bytes match its shape, a streamed tar scan equals the
+//! one-shot scan, a protocol message converts back to itself), the function asserts it, so a broken
+//! promise is a crash the fuzzer reports.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use prost::Message;
+
+use crate::checkpoint::{self, RawTensor};
+use crate::dataset::cifar::{self, CifarVariant};
+use crate::dataset::manifest;
+use crate::dataset::mat::{MatFile, MatValue};
+use crate::dataset::tar::{self, ShardIndex, TarScanner};
+use crate::npy;
+use crate::protocol::convert::{WorkerJob, sample_from_pb, sample_to_pb};
+use crate::protocol::pb;
+use crate::storage::{StorageLocation, StorageOptions};
+
+fn check_tensor(name: &str, t: &RawTensor) {
+    let expected = t
+        .shape
+        .iter()
+        .try_fold(t.dtype.size_bytes(), |acc, &d| acc.checked_mul(d));
+    assert_eq!(
+        expected,
+        Some(t.data.len()),
+        "tensor {name}: {} bytes for shape {:?} of {:?}",
+        t.data.len(),
+        t.shape,
+        t.dtype
+    );
+}
+
+/// Any checkpoint, dispatched on its leading bytes as `load_state_dict` does (`.pth` zip, legacy
+/// pickle stream, safetensors), then the MIIL → timm remap that loading applies.
+pub fn checkpoint(data: &[u8]) {
+    if let Ok(sd) = checkpoint::load_state_dict_from_bytes(Path::new("fuzz.pth"), data) {
+        for (name, t) in &sd {
+            check_tensor(name, t);
+        }
+        let (remapped, _) = checkpoint::to_timm_layout(sd);
+        for (name, t) in &remapped {
+            check_tensor(name, t);
+        }
+    }
+}
+
+/// The pickle VM alone on one pickle (persistent ids kept opaque), so that the fuzzer does not have to
+/// find a zip or the legacy magic first.
+pub fn pickle(data: &[u8]) {
+    if let Ok(consumed) = checkpoint::fuzz_unpickle(data) {
+        assert!(
+            consumed <= data.len(),
+            "consumed {consumed} of {}",
+            data.len()
+        );
+    }
+}
+
+/// A `.safetensors` file, without the sniffing that `checkpoint` does first.
+pub fn safetensors(data: &[u8]) {
+    if let Ok(sd) = checkpoint::fuzz_safetensors(data) {
+        for (name, t) in &sd {
+            check_tensor(name, t);
+        }
+    }
+}
+
+fn walk_mat(value: &MatValue) {
+    let _ = (
+        value.describe(),
+        value.numel(),
+        value.numbers(),
+        value.text(),
+    );
+    let _ = value.field(0, "class");
+    if let Some(cells) = value.cells() {
+        for cell in cells.iter().take(64) {
+            walk_mat(cell);
+        }
+    }
+    if let MatValue::Struct { values, .. } = value {
+        for v in values.iter().take(64) {
+            walk_mat(v);
+        }
+    }
+}
+
+/// A MATLAB v5 `.mat` file, then every accessor the Flowers/Cars readers use on what it holds.
+pub fn mat(data: &[u8]) {
+    if let Ok(file) = MatFile::parse(data) {
+        for (name, value) in &file.variables {
+            walk_mat(value);
+            let _ = file.integers(name);
+            let _ = file.require(name);
+        }
+    }
+}
+
+/// A tar shard: the one-shot scan, the same scan fed in two pieces (split where the first byte says)
+/// which must agree, and the WebDataset grouping of the members into samples.
+pub fn tar(data: &[u8]) {
+    let whole = tar::scan_tar(data, tar::is_cls);
+    let split = data
+        .first()
+        .map_or(0, |&b| usize::from(b) * 7 % (data.len() + 1));
+    let mut scanner = TarScanner::new(tar::is_cls);
+    let pieces = scanner
+        .feed(&data[..split])
+        .and_then(|()| scanner.feed(&data[split..]))
+        .and_then(|()| scanner.finish());
+    assert_eq!(whole, pieces, "scan in one piece vs split at {split}");
+    if let Ok(members) = whole {
+        let index = ShardIndex::from_members(data.len() as u64, &members);
+        for s in &index.samples {
+            assert!(
+                s.offset + s.size <= data.len() as u64,
+                "sample {} outside the shard",
+                s.key
+            );
+        }
+        // What the packer writes, the lister must read back.
+        assert_eq!(ShardIndex::from_json(&index.to_json()).as_ref(), Ok(&index));
+    }
+}
+
+/// A shard's `.index.json`, as the lister reads it from the store.
+pub fn tar_index(data: &[u8]) {
+    if let Ok(index) = ShardIndex::from_json(data) {
+        for s in &index.samples {
+            assert!(
+                s.offset
+                    .checked_add(s.size)
+                    .is_some_and(|e| e <= index.shard_size)
+            );
+        }
+    }
+}
+
+/// A CIFAR-10/100 binary batch (as either variant) and a class-names file.
+pub fn cifar(data: &[u8]) {
+    let path = object_store::path::Path::from("fuzz/data_batch_1.bin");
+    for variant in [CifarVariant::Cifar10, CifarVariant::Cifar100] {
+        if let Ok((samples, bad)) = cifar::parse_records("data_batch_1.bin", &path, data, variant) {
+            assert_eq!(
+                (samples.len() + bad.len()) as u64 * variant.record_size(),
+                data.len() as u64
+            );
+            assert!(
+                samples
+                    .iter()
+                    .all(|s| (s.label as usize) < variant.classes())
+            );
+        }
+        let _ = cifar::parse_names(data, variant.classes());
+    }
+}
+
+/// A float32 `.npy` array (`tresnet-worker infer`'s input).
+pub fn npy(data: &[u8]) {
+    if let Ok(array) = npy::parse_f32(Path::new("fuzz.npy"), data) {
+        assert_eq!(
+            array
+                .shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d)),
+            Some(array.data.len())
+        );
+    }
+}
+
+/// A CSV manifest in a `memory://` store; every accepted sample's label must have a class name.
+pub fn manifest(data: &[u8]) {
+    static LOCATION: OnceLock<StorageLocation> = OnceLock::new();
+    let location = LOCATION.get_or_init(|| {
+        StorageLocation::parse("memory://fuzz/sets", &StorageOptions::default())
+            .expect("a memory:// URL parses")
+    });
+    let base = location.path_of("mine").expect("a plain relative path");
+    if let Ok((names, samples)) =
+        manifest::parse(location, "memory://fuzz/sets/mine/m.csv", &base, data)
+    {
+        assert!(samples.iter().all(|s| (s.label as usize) < names.len()));
+    }
+}
+
+fn sample_round_trip(r: pb::SampleRef) {
+    if let Ok((index, sample)) = sample_from_pb(r.clone()) {
+        assert_eq!(sample_to_pb(index, &sample), r, "SampleRef round trip");
+    }
+}
+
+/// Protocol frames: the first byte picks a message type, the rest is decoded as that message (as
+/// tonic would) and converted into our types wherever a conversion exists.
+pub fn protocol(data: &[u8]) {
+    let Some((&kind, body)) = data.split_first() else {
+        return;
+    };
+    match kind % 9 {
+        0 => {
+            let _ = pb::RegisterRequest::decode(body);
+        }
+        1 => {
+            if let Ok(resp) = pb::RegisterResponse::decode(body)
+                && let Some(job) = resp.job
+            {
+                let _ = WorkerJob::try_from(job);
+            }
+        }
+        2 => {
+            let _ = pb::LeaseRequest::decode(body);
+        }
+        3 => {
+            if let Ok(resp) = pb::LeaseResponse::decode(body) {
+                for lease in resp.leases {
+                    lease.samples.into_iter().for_each(sample_round_trip);
+                }
+            }
+        }
+        4 => {
+            let _ = pb::HeartbeatRequest::decode(body);
+        }
+        5 => {
+            let _ = pb::SubmitRequest::decode(body);
+        }
+        6 => {
+            let _ = pb::ReleaseRequest::decode(body);
+        }
+        7 => {
+            // The journal's record, read back from disk on resume.
+            let _ = pb::ShardRecord::decode(body);
+        }
+        _ => {
+            if let Ok(job) = pb::JobSpec::decode(body) {
+                let _ = WorkerJob::try_from(job);
+            }
+            if let Ok(r) = pb::SampleRef::decode(body) {
+                sample_round_trip(r);
+            }
+        }
+    }
+}
+
+/// A fuzz entry point.
+pub type Target = fn(&[u8]);
+
+/// Every entry point by target name, for the corpus replay test.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("checkpoint", checkpoint),
+    ("pickle", pickle),
+    ("safetensors", safetensors),
+    ("mat", mat),
+    ("tar", tar),
+    ("tar_index", tar_index),
+    ("cifar", cifar),
+    ("npy", npy),
+    ("manifest", manifest),
+    ("protocol", protocol),
+];

@@ -1,0 +1,4 @@
+//! libFuzzer target: `tresnet_worker::fuzzing::image_header`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_worker::fuzzing::image_header(data));

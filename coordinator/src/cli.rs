@@ -32,6 +32,15 @@ pub enum Command {
     /// Rewrite a dataset as WebDataset-style tar shards with member indexes (few large ranged reads
     /// instead of one GET per image on object stores).
     Pack(PackArgs),
+    /// Re-render a finished run's derived files (summary.json, per_class.{parquet,csv},
+    /// confusion.parquet, report.html) from its predictions.parquet, job.json and outcome.json.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run directory.
+    pub run: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! The tresnet-eval coordinator: leases shards to workers, accounts every sample exactly once, reports.
 
 pub mod cli;
+pub mod html;
 pub mod journal;
 pub mod report;
 pub mod run;

@@ -146,6 +146,7 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
 
 /// Runs the job; returns the summary once every shard is accounted for.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
+    let started = Instant::now();
     let location = StorageLocation::parse(&cfg.data, &StorageOptions::default())?;
     tracing::info!(data = %location.url(), format = cfg.format.name(), "listing dataset");
     let index: DatasetIndex = list_dataset(&location, &cfg.format).await?;
@@ -261,14 +262,30 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
         _ => 0.0,
     };
-    let summary = report::finalize(
-        &cfg.out,
-        &job,
-        &index,
-        &st.sched,
-        &journal,
-        (window, st.live.samples_done),
-    )?;
+    let workers = st
+        .workers
+        .iter()
+        .map(|(id, w)| report::WorkerSummary {
+            id: id.0.clone(),
+            hostname: w.hostname.clone(),
+            devices: w.devices.clone(),
+            accepted_samples: st
+                .live
+                .timeline
+                .iter()
+                .filter(|e| e.worker == id.0)
+                .map(|e| e.samples)
+                .sum(),
+        })
+        .collect();
+    let facts = report::RunFacts {
+        eval_seconds: window,
+        samples_timed: st.live.samples_done,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        workers,
+        timeline: st.live.timeline.clone(),
+    };
+    let summary = report::finalize(&cfg.out, &job, &index, &st.sched, &journal, facts)?;
     Ok(summary)
 }
 

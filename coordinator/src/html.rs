@@ -314,18 +314,28 @@ fn reliability_chart(h: &mut String, s: &Summary) {
     for (i, b) in s.reliability.iter().enumerate() {
         let x = PAD_L + slot * i as f64;
         if let (Some(acc), Some(conf)) = (b.accuracy, b.confidence) {
+            // Outline: mean confidence; filled: accuracy; the difference is the bin's ECE share.
             let _ = write!(
                 h,
                 "<g><title>{}</title><rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" height=\"{:.2}\" \
-                 fill=\"#08519c\" fill-opacity=\"0.8\"/></g>",
+                 fill=\"#fdd0a2\" stroke=\"#d94801\"/><rect x=\"{:.2}\" y=\"{:.2}\" width=\"{:.2}\" \
+                 height=\"{:.2}\" fill=\"#08519c\" fill-opacity=\"0.8\"/>\
+                 <text x=\"{:.2}\" y=\"{:.2}\" font-size=\"10\" text-anchor=\"middle\">n={}</text></g>",
                 escape(&format!(
                     "({:.3}, {:.3}]: {} samples, accuracy {:.3}, mean confidence {:.3}",
                     b.lower, b.upper, b.count, acc, conf
                 )),
-                x + 1.0,
+                x + 3.0,
+                PAD_T + H - H * conf,
+                slot - 6.0,
+                H * conf,
+                x + 6.0,
                 PAD_T + H - H * acc,
-                slot - 2.0,
-                H * acc
+                slot - 12.0,
+                H * acc,
+                x + slot / 2.0,
+                PAD_T + H - H * acc.max(conf) - 3.0,
+                b.count
             );
         }
         let _ = write!(
@@ -339,8 +349,8 @@ fn reliability_chart(h: &mut String, s: &Summary) {
     let _ = write!(
         h,
         "<line x1=\"{PAD_L}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{PAD_T}\" stroke=\"#c00\" \
-         stroke-dasharray=\"5,4\"/></svg>\n<p class=\"muted\">bars: accuracy of each confidence \
-         bin; dashed: perfect calibration; ECE {:.4}</p>\n",
+         stroke-dasharray=\"5,4\"/></svg>\n<p class=\"muted\">blue: accuracy of each confidence \
+         bin; orange outline: its mean confidence; dashed: perfect calibration; ECE {:.4}</p>\n",
         PAD_T + H,
         PAD_L + W,
         s.ece
@@ -423,8 +433,16 @@ fn throughput_chart(h: &mut String, timeline: &[TimelineEvent]) {
         h.push_str("<p class=\"muted\">no results were accepted by this coordinator process</p>\n");
         return;
     };
-    // Buckets of whole milliseconds, at least 100 ms, covering t0..=t1.
-    let bucket_ms = ((t1 - t0) / TIMELINE_BUCKETS + 1).max(100);
+    // Events are whole shards, so a bucket should hold about one per worker to show a rate rather than
+    // a spike per shard; long runs get TIMELINE_BUCKETS buckets (whole milliseconds, at least 100),
+    // short ones at least two so there is a line to draw.
+    let workers = timeline
+        .iter()
+        .map(|e| e.worker.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as u64;
+    let target = (timeline.len() as u64 / workers).clamp(2, TIMELINE_BUCKETS);
+    let bucket_ms = ((t1 - t0) / target + 1).max(100);
     let buckets = ((t1 - t0) / bucket_ms + 1) as usize;
     let mut per_worker: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
     for e in timeline {

@@ -28,41 +28,87 @@ struct Fixture {
     run: PathBuf,
 }
 
-/// One run shared by the tests of this file (they only read it or copy it).
+const RUN_ARGS: [&str; 8] = [
+    "--local-workers",
+    "2",
+    "--save-logits",
+    "fp32",
+    "--shard-size",
+    "4",
+    "--batch-size",
+    "4",
+];
+
+/// One run shared by the tests of this file (they only read it or copy it). The seeded model's top-1
+/// is never one of the sample folders' classes, which would leave every score 0; so a first run's
+/// predictions relabel the images (a CSV manifest): a third get their top-1 class, a third their
+/// third-ranked class (a top-5 hit), a third keep their folder's class. One class is named with markup.
 fn run_dir() -> &'static Path {
     static RUN: OnceLock<Fixture> = OnceLock::new();
     &RUN.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         copy_dir(&sample_images(), &data);
+        let probe = dir.path().join("probe");
+        let mut cmd = coordinator_run_on(&data, "imagefolder", &probe, &RUN_ARGS[..2]);
+        ok(cmd.output().unwrap(), "coordinator run (probe)");
+        let df = frame(&probe.join("predictions.parquet"));
+        let keys = df.column("key").unwrap().str().unwrap().clone();
+        let labels = df.column("label").unwrap().u32().unwrap().clone();
+        let topk = df.column("topk_indices").unwrap().list().unwrap().clone();
+        let folders: Vec<String> = {
+            let mut f: Vec<String> = std::fs::read_dir(&data)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            f.sort();
+            f
+        };
+        let mut names: BTreeMap<u32, String> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for i in 0..df.height() {
+            let ranked: Vec<u32> = topk
+                .get_as_series(i)
+                .unwrap()
+                .u32()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
+            let own = labels.get(i).unwrap();
+            let label = match i % 3 {
+                0 => ranked[0],
+                1 => ranked[2],
+                _ => own,
+            };
+            names
+                .entry(own)
+                .or_insert_with(|| folders[own as usize].clone());
+            rows.push((keys.get(i).unwrap().to_string(), label));
+        }
+        for (_, label) in &rows {
+            let n = names.len();
+            names.entry(*label).or_insert_with(|| {
+                if n == folders.len() {
+                    MARKUP_CLASS.to_string()
+                } else {
+                    format!("class{label}")
+                }
+            });
+        }
+        assert!(names.values().any(|n| n == MARKUP_CLASS));
         std::fs::write(
             data.join("coffee").join("zz_broken.jpg"),
             b"\xff\xd8\xff\xe0 not really a jpeg",
         )
         .unwrap();
-        let odd = data.join(MARKUP_CLASS);
-        std::fs::create_dir(&odd).unwrap();
-        std::fs::copy(
-            data.join("rocket").join("rocket_000.jpg"),
-            odd.join("x.jpg"),
-        )
-        .unwrap();
+        rows.push(("coffee/zz_broken.jpg".into(), 0));
+        let mut csv = String::from("path,label,class_name\n");
+        for (key, label) in &rows {
+            csv.push_str(&format!("{key},{label},{}\n", names[label]));
+        }
+        std::fs::write(data.join("manifest.csv"), csv).unwrap();
         let run = dir.path().join("run");
-        let mut cmd = coordinator_run_on(
-            &data,
-            "imagefolder",
-            &run,
-            &[
-                "--local-workers",
-                "2",
-                "--save-logits",
-                "fp32",
-                "--shard-size",
-                "4",
-                "--batch-size",
-                "4",
-            ],
-        );
+        let mut cmd = coordinator_run_on(&data, "manifest", &run, &RUN_ARGS);
         ok(cmd.output().unwrap(), "coordinator run");
         Fixture { _dir: dir, run }
     })

@@ -475,6 +475,17 @@ fn throughput_chart(h: &mut String, timeline: &[TimelineEvent]) {
             PAD_L + W * i as f64 / (buckets - 1) as f64
         }
     };
+    // Time labels under at most 7 evenly spaced buckets (bucket start, seconds since the first event).
+    let step = buckets.div_ceil(7).max(1);
+    for i in (0..buckets).step_by(step) {
+        let _ = write!(
+            h,
+            "<text x=\"{:.2}\" y=\"{:.2}\" font-size=\"10\" text-anchor=\"middle\">{:.1}</text>",
+            x_of(i),
+            PAD_T + H + 12.0,
+            i as f64 * secs
+        );
+    }
     for (wi, (worker, counts)) in per_worker.iter().enumerate() {
         let colour = PALETTE[wi % PALETTE.len()];
         let points: Vec<String> = counts

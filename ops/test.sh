@@ -6,6 +6,8 @@ source ops/env.sh
 source ops/fixtures.sh
 # s3s-fs for the storage tests (tests/tests/{storage_s3,object_store}.rs), which start their own servers from it.
 source ops/s3.sh
+# chromium (report.html rendering) and pyarrow (check_metrics.py) for tests/tests/reports.rs.
+source ops/report_tools.sh
 # The cross-process tests run the real binaries; `cargo test` only builds a package's binaries for that
 # package's own integration tests, so build them all first (also keeps them from going stale).
 cargo build --workspace --bins

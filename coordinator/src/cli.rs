@@ -41,6 +41,9 @@ pub enum Command {
     /// Run a matrix of evaluations from a TOML file, one run directory per cell, and tabulate them
     /// (sweep.parquet, sweep.csv, sweep.md); finished cells are skipped on a rerun.
     Sweep(SweepArgs),
+    /// Re-render a finished run's derived files (summary.json, per_class.{parquet,csv},
+    /// confusion.parquet, report.html) from its predictions.parquet, job.json and outcome.json.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +131,12 @@ pub struct SweepArgs {
     /// Folder for the cell run directories and sweep tables (default: the file's `out`).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The run directory.
+    pub run: PathBuf,
 }
 
 #[derive(Debug, Args)]

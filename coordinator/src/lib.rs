@@ -4,6 +4,7 @@ pub mod cli;
 pub mod compare;
 pub mod finished_run;
 pub mod gate;
+pub mod html;
 pub mod journal;
 pub mod metrics;
 pub mod report;

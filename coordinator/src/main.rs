@@ -34,20 +34,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => {
             let out = args.out.clone();
             let summary = run::run(args.into_config()?).await?;
-            if summary.synthetic {
-                println!("SYNTHETIC run (no model): accuracy numbers are meaningless");
-            }
-            println!(
-                "top-1 {:.3}%  top-{} {:.3}%  samples {}  bad {}  failed {}  (dataset {})",
-                summary.top1,
-                summary.top5_k,
-                summary.top5,
-                summary.samples,
-                summary.bad_samples,
-                summary.failed_samples,
-                summary.dataset_size
-            );
+            print_headline(&summary);
             println!("report: {}", out.join("summary.json").display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(a) => {
+            let summary = tresnet_coordinator::report::rerender(&a.run)?;
+            print_headline(&summary);
+            println!("report: {}", a.run.join("report.html").display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Pack(a) => {
@@ -134,4 +128,20 @@ fn gate_command(a: GateArgs) -> ExitCode {
         eprintln!("tresnet-coordinator: error: {e}");
         ExitCode::from(GATE_INPUT_ERROR)
     })
+}
+
+fn print_headline(summary: &tresnet_coordinator::report::Summary) {
+    if summary.synthetic {
+        println!("SYNTHETIC run (no model): accuracy numbers are meaningless");
+    }
+    println!(
+        "top-1 {:.3}%  top-{} {:.3}%  samples {}  bad {}  failed {}  (dataset {})",
+        summary.top1,
+        summary.top5_k,
+        summary.top5,
+        summary.samples,
+        summary.bad_samples,
+        summary.failed_samples,
+        summary.dataset_size
+    );
 }

@@ -1,20 +1,26 @@
-//! Turns the journal into the run directory's outputs: predictions.parquet (streamed shard by shard),
-//! summary.json and per_class.csv. Replays in shard order so a resumed run reports identically.
+//! Turns the journal into the run directory: the stored files (predictions.parquet, streamed shard by
+//! shard, outcome.json, logits.npy) and the derived ones (summary.json, per_class.{parquet,csv},
+//! confusion.parquet, report.html). Replays in shard order so a resumed run reports identically, and
+//! [`rerender`] rebuilds every derived file from the stored ones with the same code path.
+//! docs/run-directory.md is the schema.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tresnet_common::dataset::DatasetIndex;
 use tresnet_common::ids::ShardId;
 use tresnet_common::job::JobSpec;
+use tresnet_common::preprocess::PreprocessConfig;
+use tresnet_common::protocol::pb::SampleResult;
 
 use crate::journal::{Journal, JournalError};
 use crate::scheduler::{Scheduler, ShardState};
-use crate::tally::{BadSample, Tally};
+use crate::tally::{Averages, BadSample, ECE_BINS, ReliabilityBin, Tally};
 
-/// Rows buffered before a parquet row group is written; bounds memory whatever the dataset size.
+/// Rows buffered before a parquet row group is written (and read back by [`rerender`]); bounds memory
+/// whatever the dataset size.
 const ROWS_PER_ROW_GROUP: usize = 65_536;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +29,8 @@ pub enum ReportError {
     Journal(#[from] JournalError),
     #[error("writing {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error("reading {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
     #[error("accounting mismatch: {0}")]
     Accounting(String),
 }
@@ -34,21 +42,102 @@ fn write_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
     }
 }
 
+fn read_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
+    ReportError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
 /// A shard that failed every attempt, with its samples.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FailedShard {
     pub shard: u64,
     pub samples: Vec<String>,
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One accepted shard result: when (coordinator clock, ms since the coordinator started), from which
+/// worker, how many samples. The report's throughput-over-time chart is drawn from these.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimelineEvent {
+    pub t_ms: u64,
+    pub worker: String,
+    pub shard: u64,
+    pub samples: u64,
+}
+
+/// A worker that contributed results in this coordinator process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerSummary {
+    pub id: String,
+    pub hostname: String,
+    pub devices: Vec<String>,
+    /// Samples of the shards accepted from it (first complete result wins; duplicates not counted).
+    pub accepted_samples: u64,
+}
+
+/// Versions of the software that produced the numbers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Software {
+    pub tresnet_eval: String,
+    pub protocol_version: u32,
+    /// libtorch version of the workers: null, because the protocol does not carry it yet.
+    pub libtorch: Option<String>,
+}
+
+impl Software {
+    pub fn current() -> Self {
+        Software {
+            tresnet_eval: env!("CARGO_PKG_VERSION").to_string(),
+            protocol_version: tresnet_common::protocol::PROTOCOL_VERSION,
+            libtorch: None,
+        }
+    }
+}
+
+/// What the coordinator observed while running, handed to [`finalize`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFacts {
+    /// Seconds from the first lease to the last accepted result of this process, and the samples
+    /// accepted in that window.
+    pub eval_seconds: f64,
+    pub samples_timed: u64,
+    /// Seconds from the coordinator's start to the final report.
+    pub wall_seconds: f64,
+    pub workers: Vec<WorkerSummary>,
+    pub timeline: Vec<TimelineEvent>,
+}
+
+/// `outcome.json`: everything a run recorded besides its predictions. With job.json and
+/// predictions.parquet it is all [`rerender`] needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub dataset_size: u64,
+    pub class_names: Vec<String>,
+    pub bad: Vec<BadSample>,
+    pub failed_shards: Vec<FailedShard>,
+    pub eval_seconds: f64,
+    pub samples_timed: u64,
+    pub wall_seconds: f64,
+    pub software: Software,
+    pub workers: Vec<WorkerSummary>,
+    pub timeline: Vec<TimelineEvent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub top1: f64,
     pub top5: f64,
     pub top5_k: usize,
     pub nll: f64,
     pub ece: f64,
+    pub ece_bins: usize,
+    pub reliability: Vec<ReliabilityBin>,
+    #[serde(rename = "macro")]
+    pub macro_avg: Averages,
+    #[serde(rename = "weighted")]
+    pub weighted_avg: Averages,
     pub dataset_size: u64,
     pub samples: u64,
     pub correct1: u64,
@@ -62,6 +151,13 @@ pub struct Summary {
     /// with nothing left), and samples evaluated per second over that window.
     pub eval_seconds: f64,
     pub throughput: f64,
+    pub wall_seconds: f64,
+    pub model: String,
+    pub weights_sha256: String,
+    pub dataset_fingerprint: String,
+    pub preprocess: PreprocessConfig,
+    pub software: Software,
+    pub workers: Vec<WorkerSummary>,
     pub job: JobSpec,
 }
 
@@ -73,6 +169,7 @@ struct PredictionColumns {
     topk_indices: Vec<Series>,
     topk_logits: Vec<Series>,
     loss: Vec<f64>,
+    confidence: Vec<f64>,
     correct1: Vec<bool>,
     correct5: Vec<bool>,
 }
@@ -80,6 +177,21 @@ struct PredictionColumns {
 impl PredictionColumns {
     fn len(&self) -> usize {
         self.index.len()
+    }
+
+    fn push(&mut self, index: u64, key: &str, label: u32, r: &SampleResult, k5: usize) {
+        self.index.push(index);
+        self.key.push(key.to_string());
+        self.label.push(label);
+        self.topk_indices
+            .push(Series::new("".into(), r.topk_indices.clone()));
+        self.topk_logits
+            .push(Series::new("".into(), r.topk_logits.clone()));
+        self.loss.push(r.loss);
+        self.confidence.push(r.confidence);
+        self.correct1.push(r.topk_indices.first() == Some(&label));
+        self.correct5
+            .push(r.topk_indices.iter().take(k5).any(|&c| c == label));
     }
 
     fn take_frame(&mut self) -> PolarsResult<DataFrame> {
@@ -101,46 +213,78 @@ impl PredictionColumns {
             list("topk_indices", c.topk_indices, DataType::UInt32)?,
             list("topk_logits", c.topk_logits, DataType::Float32)?,
             Column::new("loss".into(), c.loss),
+            Column::new("confidence".into(), c.confidence),
             Column::new("correct1".into(), c.correct1),
             Column::new("correct5".into(), c.correct5),
         ])
     }
 }
 
-/// Replays every completed shard and writes the run directory's reports; returns the summary.
+/// Writes predictions.parquet a row group at a time.
+struct PredictionWriter {
+    path: PathBuf,
+    cols: PredictionColumns,
+    writer: Option<polars::io::parquet::write::BatchedWriter<File>>,
+}
+
+impl PredictionWriter {
+    fn new(run_dir: &Path) -> Self {
+        PredictionWriter {
+            path: run_dir.join("predictions.parquet"),
+            cols: PredictionColumns::default(),
+            writer: None,
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ReportError> {
+        let path = &self.path;
+        let df = self.cols.take_frame().map_err(|e| write_err(path, e))?;
+        let w = match &mut self.writer {
+            Some(w) => w,
+            None => {
+                let f = File::create(path).map_err(|e| write_err(path, e))?;
+                self.writer.insert(
+                    ParquetWriter::new(f)
+                        .batched(df.schema())
+                        .map_err(|e| write_err(path, e))?,
+                )
+            }
+        };
+        w.write_batch(&df).map_err(|e| write_err(path, e))
+    }
+
+    fn maybe_flush(&mut self) -> Result<(), ReportError> {
+        if self.cols.len() >= ROWS_PER_ROW_GROUP {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), ReportError> {
+        if self.cols.len() > 0 || self.writer.is_none() {
+            self.flush()?;
+        }
+        if let Some(w) = self.writer.take() {
+            w.finish().map_err(|e| write_err(&self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Replays every completed shard, writes the stored files and then every derived one; returns the
+/// summary.
 pub fn finalize(
     run_dir: &Path,
     job: &JobSpec,
     index: &DatasetIndex,
     sched: &Scheduler,
     journal: &Journal,
-    timing: (f64, u64),
+    facts: RunFacts,
 ) -> Result<Summary, ReportError> {
     let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
-    let pred_path = run_dir.join("predictions.parquet");
-    let mut writer: Option<polars::io::parquet::write::BatchedWriter<File>> = None;
-    let mut cols = PredictionColumns::default();
-    let flush =
-        |cols: &mut PredictionColumns,
-         writer: &mut Option<polars::io::parquet::write::BatchedWriter<File>>| {
-            let df = cols.take_frame().map_err(|e| write_err(&pred_path, e))?;
-            if writer.is_none() {
-                let f = File::create(&pred_path).map_err(|e| write_err(&pred_path, e))?;
-                *writer = Some(
-                    ParquetWriter::new(f)
-                        .batched(df.schema())
-                        .map_err(|e| write_err(&pred_path, e))?,
-                );
-            }
-            writer
-                .as_mut()
-                .unwrap()
-                .write_batch(&df)
-                .map_err(|e| write_err(&pred_path, e))
-        };
+    let mut preds = PredictionWriter::new(run_dir);
     let mut logits = LogitsWriter::new(run_dir, job, index.len())?;
     let mut failed_shards = Vec::new();
-    let mut failed_samples = 0u64;
     for i in 0..sched.shard_count() as u64 {
         let shard = ShardId(i);
         let range = sched.samples_of(shard);
@@ -157,54 +301,30 @@ pub fn finalize(
                 for r in &rec.results {
                     logits.row(r)?;
                     let sample = &index.samples[r.index as usize];
-                    tally.add(r.index, &sample.key.0, sample.label, r);
-                    if r.error.is_empty() && !r.topk_indices.is_empty() {
-                        let hit1 = r.topk_indices[0] == sample.label;
-                        let hit5 = r
-                            .topk_indices
-                            .iter()
-                            .take(tally.k5)
-                            .any(|&c| c == sample.label);
-                        cols.index.push(r.index);
-                        cols.key.push(sample.key.0.clone());
-                        cols.label.push(sample.label);
-                        cols.topk_indices
-                            .push(Series::new("".into(), r.topk_indices.clone()));
-                        cols.topk_logits
-                            .push(Series::new("".into(), r.topk_logits.clone()));
-                        cols.loss.push(r.loss);
-                        cols.correct1.push(hit1);
-                        cols.correct5.push(hit5);
+                    if tally.add(r.index, &sample.key.0, sample.label, r) {
+                        preds
+                            .cols
+                            .push(r.index, &sample.key.0, sample.label, r, tally.k5);
                     }
                 }
-                if cols.len() >= ROWS_PER_ROW_GROUP {
-                    flush(&mut cols, &mut writer)?;
-                }
+                preds.maybe_flush()?;
             }
             _ => {
                 for _ in range.clone() {
                     logits.missing_row()?;
                 }
-                let samples: Vec<String> = range
-                    .clone()
-                    .map(|s| index.samples[s as usize].key.0.clone())
-                    .collect();
-                failed_samples += samples.len() as u64;
                 failed_shards.push(FailedShard {
                     shard: i,
-                    samples,
+                    samples: range
+                        .clone()
+                        .map(|s| index.samples[s as usize].key.0.clone())
+                        .collect(),
                     reasons: sched.failures_of(shard).to_vec(),
                 });
             }
         }
     }
-    if cols.len() > 0 || writer.is_none() {
-        flush(&mut cols, &mut writer)?;
-    }
-    writer
-        .unwrap()
-        .finish()
-        .map_err(|e| write_err(&pred_path, e))?;
+    preds.finish()?;
     logits.finish()?;
     // Samples the listing itself found unusable are part of the dataset too.
     for b in &index.bad_samples {
@@ -214,35 +334,155 @@ pub fn finalize(
             reason: b.reason.clone(),
         });
     }
-    let dataset_size = (index.samples.len() + index.bad_samples.len()) as u64;
-    let bad_samples = tally.bad.len() as u64;
-    if tally.evaluated + bad_samples + failed_samples != dataset_size {
+    let outcome = Outcome {
+        dataset_size: (index.samples.len() + index.bad_samples.len()) as u64,
+        class_names: index.class_names.clone(),
+        bad: tally.bad.clone(),
+        failed_shards,
+        eval_seconds: facts.eval_seconds,
+        samples_timed: facts.samples_timed,
+        wall_seconds: facts.wall_seconds,
+        software: Software::current(),
+        workers: facts.workers,
+        timeline: facts.timeline,
+    };
+    check_accounting(&tally, &outcome)?;
+    let path = run_dir.join("outcome.json");
+    std::fs::write(
+        &path,
+        serde_json::to_vec_pretty(&outcome).map_err(|e| write_err(&path, e))?,
+    )
+    .map_err(|e| write_err(&path, e))?;
+    write_derived(run_dir, job, &tally, &outcome)
+}
+
+fn check_accounting(tally: &Tally, outcome: &Outcome) -> Result<(), ReportError> {
+    let bad = tally.bad.len() as u64;
+    let failed: u64 = outcome
+        .failed_shards
+        .iter()
+        .map(|f| f.samples.len() as u64)
+        .sum();
+    if tally.evaluated + bad + failed != outcome.dataset_size {
         return Err(ReportError::Accounting(format!(
-            "{} evaluated + {bad_samples} bad + {failed_samples} failed != {dataset_size} samples",
-            tally.evaluated
+            "{} evaluated + {bad} bad + {failed} failed != {} samples",
+            tally.evaluated, outcome.dataset_size
         )));
     }
+    Ok(())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    let bytes = std::fs::read(path).map_err(|e| read_err(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| read_err(path, e))
+}
+
+/// `tresnet-coordinator report RUN`: rebuilds every derived file of a finished run from job.json,
+/// outcome.json and predictions.parquet (read a row group's worth at a time), through the same tally
+/// and writers as [`finalize`], so the numbers are identical.
+pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
+    let job: JobSpec = read_json(&run_dir.join("job.json"))?;
+    let outcome: Outcome = read_json(&run_dir.join("outcome.json"))?;
+    let path = run_dir.join("predictions.parquet");
+    let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
+    let open = || File::open(&path).map_err(|e| read_err(&path, e));
+    let rows = ParquetReader::new(open()?)
+        .num_rows()
+        .map_err(|e| read_err(&path, e))?;
+    let mut offset = 0;
+    while offset < rows {
+        let df = ParquetReader::new(open()?)
+            .with_slice(Some((offset, ROWS_PER_ROW_GROUP)))
+            .finish()
+            .map_err(|e| read_err(&path, e))?;
+        offset += df.height();
+        replay_rows(&df, &mut tally).map_err(|e| read_err(&path, e))?;
+        if df.height() == 0 {
+            break;
+        }
+    }
+    tally.bad = outcome.bad.clone();
+    check_accounting(&tally, &outcome)?;
+    write_derived(run_dir, &job, &tally, &outcome)
+}
+
+/// Feeds stored prediction rows back through [`Tally::add`].
+fn replay_rows(df: &DataFrame, tally: &mut Tally) -> PolarsResult<()> {
+    let index = df.column("index")?.u64()?;
+    let key = df.column("key")?.str()?;
+    let label = df.column("label")?.u32()?;
+    let ti = df.column("topk_indices")?.list()?;
+    let loss = df.column("loss")?.f64()?;
+    let conf = df.column("confidence")?.f64()?;
+    for i in 0..df.height() {
+        let missing = || polars_err!(ComputeError: "null in row {i}");
+        let topk: Vec<u32> = ti
+            .get_as_series(i)
+            .ok_or_else(missing)?
+            .u32()?
+            .into_no_null_iter()
+            .collect();
+        let r = SampleResult {
+            index: index.get(i).ok_or_else(missing)?,
+            topk_indices: topk,
+            loss: loss.get(i).ok_or_else(missing)?,
+            confidence: conf.get(i).ok_or_else(missing)?,
+            ..Default::default()
+        };
+        let key = key.get(i).ok_or_else(missing)?;
+        let label = label.get(i).ok_or_else(missing)?;
+        if !tally.add(r.index, key, label, &r) {
+            polars_bail!(ComputeError: "row {i} ({key}) is not a valid prediction for this job");
+        }
+    }
+    Ok(())
+}
+
+/// Writes summary.json, per_class.{parquet,csv}, confusion.parquet and report.html.
+fn write_derived(
+    run_dir: &Path,
+    job: &JobSpec,
+    tally: &Tally,
+    outcome: &Outcome,
+) -> Result<Summary, ReportError> {
+    let (macro_avg, weighted_avg) = tally.averages();
+    let failed_samples = outcome
+        .failed_shards
+        .iter()
+        .map(|f| f.samples.len() as u64)
+        .sum();
     let summary = Summary {
         top1: tally.top1(),
         top5: tally.top5(),
         top5_k: tally.k5,
         nll: tally.nll(),
         ece: tally.ece(),
-        dataset_size,
+        ece_bins: ECE_BINS,
+        reliability: tally.reliability(),
+        macro_avg,
+        weighted_avg,
+        dataset_size: outcome.dataset_size,
         samples: tally.evaluated,
         correct1: tally.correct1,
         correct5: tally.correct5,
-        bad_samples,
+        bad_samples: tally.bad.len() as u64,
         failed_samples,
-        failed_shards,
+        failed_shards: outcome.failed_shards.clone(),
         bad: tally.bad.clone(),
         synthetic: job.synthetic,
-        eval_seconds: timing.0,
-        throughput: if timing.0 > 0.0 {
-            timing.1 as f64 / timing.0
+        eval_seconds: outcome.eval_seconds,
+        throughput: if outcome.eval_seconds > 0.0 {
+            outcome.samples_timed as f64 / outcome.eval_seconds
         } else {
             0.0
         },
+        wall_seconds: outcome.wall_seconds,
+        model: job.model.clone(),
+        weights_sha256: job.weights_sha256.clone(),
+        dataset_fingerprint: job.dataset_fingerprint.clone(),
+        preprocess: job.preprocess.clone(),
+        software: outcome.software.clone(),
+        workers: outcome.workers.clone(),
         job: job.clone(),
     };
     let summary_path = run_dir.join("summary.json");
@@ -251,28 +491,54 @@ pub fn finalize(
         serde_json::to_vec_pretty(&summary).map_err(|e| write_err(&summary_path, e))?,
     )
     .map_err(|e| write_err(&summary_path, e))?;
-    write_per_class(run_dir, &tally, index)?;
+    let per_class = per_class_frame(tally, &outcome.class_names)
+        .map_err(|e| write_err(&run_dir.join("per_class.parquet"), e))?;
+    write_parquet(&run_dir.join("per_class.parquet"), per_class.clone())?;
+    write_csv(&run_dir.join("per_class.csv"), per_class)?;
+    let confusion =
+        confusion_frame(tally).map_err(|e| write_err(&run_dir.join("confusion.parquet"), e))?;
+    write_parquet(&run_dir.join("confusion.parquet"), confusion)?;
+    let html_path = run_dir.join("report.html");
+    let html = crate::html::render(&summary, tally, outcome);
+    std::fs::write(&html_path, html).map_err(|e| write_err(&html_path, e))?;
     Ok(summary)
 }
 
-fn write_per_class(run_dir: &Path, t: &Tally, index: &DatasetIndex) -> Result<(), ReportError> {
-    let path = run_dir.join("per_class.csv");
+fn write_parquet(path: &Path, mut df: DataFrame) -> Result<(), ReportError> {
+    let f = File::create(path).map_err(|e| write_err(path, e))?;
+    ParquetWriter::new(f)
+        .finish(&mut df)
+        .map_err(|e| write_err(path, e))?;
+    Ok(())
+}
+
+fn write_csv(path: &Path, mut df: DataFrame) -> Result<(), ReportError> {
+    let mut f = File::create(path).map_err(|e| write_err(path, e))?;
+    CsvWriter::new(&mut f)
+        .finish(&mut df)
+        .map_err(|e| write_err(path, e))?;
+    Ok(())
+}
+
+/// One row per class of the model: support, top-1/top-5 accuracy (percent; null without support),
+/// precision/recall/F1 (fractions; null where undefined) and the class it is most confused with.
+fn per_class_frame(t: &Tally, names: &[String]) -> PolarsResult<DataFrame> {
     let n = t.num_classes;
-    let name = |c: usize| index.class_names.get(c).cloned().unwrap_or_default();
+    let name = |c: usize| names.get(c).cloned().unwrap_or_default();
     let pc = &t.per_class;
-    let acc = |num: u64, den: u64| {
-        if den == 0 {
-            None
-        } else {
-            Some(100.0 * num as f64 / den as f64)
-        }
-    };
-    let mut df = DataFrame::new_infer_height(vec![
+    let acc = |num: u64, den: u64| (den > 0).then(|| 100.0 * num as f64 / den as f64);
+    let scores: Vec<_> = (0..n).map(|c| t.class_scores(c)).collect();
+    let confused = t.most_confused();
+    DataFrame::new_infer_height(vec![
         Column::new("class".into(), (0..n as u32).collect::<Vec<_>>()),
         Column::new("name".into(), (0..n).map(name).collect::<Vec<_>>()),
         Column::new(
             "support".into(),
             pc.iter().map(|c| c.support).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "predicted".into(),
+            pc.iter().map(|c| c.predicted).collect::<Vec<_>>(),
         ),
         Column::new(
             "top1".into(),
@@ -287,16 +553,51 @@ fn write_per_class(run_dir: &Path, t: &Tally, index: &DatasetIndex) -> Result<()
                 .collect::<Vec<_>>(),
         ),
         Column::new(
-            "predicted".into(),
-            pc.iter().map(|c| c.predicted).collect::<Vec<_>>(),
+            "precision".into(),
+            scores.iter().map(|s| s.precision).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "recall".into(),
+            scores.iter().map(|s| s.recall).collect::<Vec<_>>(),
+        ),
+        Column::new("f1".into(), scores.iter().map(|s| s.f1).collect::<Vec<_>>()),
+        Column::new(
+            "most_confused_with".into(),
+            confused
+                .iter()
+                .map(|m| m.map(|(c, _)| c))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "most_confused_name".into(),
+            confused
+                .iter()
+                .map(|m| m.map(|(c, _)| name(c as usize)))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "most_confused_count".into(),
+            confused
+                .iter()
+                .map(|m| m.map_or(0, |(_, k)| k))
+                .collect::<Vec<_>>(),
         ),
     ])
-    .map_err(|e| write_err(&path, e))?;
-    let mut f = File::create(&path).map_err(|e| write_err(&path, e))?;
-    CsvWriter::new(&mut f)
-        .finish(&mut df)
-        .map_err(|e| write_err(&path, e))?;
-    Ok(())
+}
+
+/// The sparse confusion matrix: one row per (true, predicted top-1) pair that occurred.
+fn confusion_frame(t: &Tally) -> PolarsResult<DataFrame> {
+    let (mut tr, mut pr, mut n) = (Vec::new(), Vec::new(), Vec::new());
+    for (&(a, b), &c) in &t.confusion {
+        tr.push(a);
+        pr.push(b);
+        n.push(c);
+    }
+    DataFrame::new_infer_height(vec![
+        Column::new("true".into(), tr),
+        Column::new("predicted".into(), pr),
+        Column::new("count".into(), n),
+    ])
 }
 
 /// Streams `logits.npy` (float32 `[samples, classes]`, dataset order) when the job saved logits; rows of

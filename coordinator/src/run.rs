@@ -183,6 +183,7 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
 
 /// Runs the job; returns the summary once every shard is accounted for.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
+    let started = Instant::now();
     // Up before the (possibly long) listing so that liveness probes pass while readiness says why not.
     let observed = Observed::default();
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -193,7 +194,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         .await?;
     }
     let (job, index) = plan(&cfg).await?;
-    let summary = run_planned(cfg, job, index, &observed).await;
+    let summary = run_planned(cfg, job, index, &observed, started).await;
     let _ = metrics_stop.send(());
     summary
 }
@@ -259,6 +260,7 @@ pub async fn run_planned(
     job: JobSpec,
     index: DatasetIndex,
     observed: &Observed,
+    started: Instant,
 ) -> anyhow::Result<Summary> {
     let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), &job).await?;
     let mut sched = Scheduler::new(
@@ -350,14 +352,30 @@ pub async fn run_planned(
             (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
             _ => 0.0,
         };
-        report::finalize(
-            &cfg.out,
-            &job,
-            &index,
-            &st.sched,
-            &journal,
-            (window, st.live.samples_done),
-        )?
+        let workers = st
+            .workers
+            .iter()
+            .map(|(id, w)| report::WorkerSummary {
+                id: id.0.clone(),
+                hostname: w.hostname.clone(),
+                devices: w.devices.clone(),
+                accepted_samples: st
+                    .live
+                    .timeline
+                    .iter()
+                    .filter(|e| e.worker == id.0)
+                    .map(|e| e.samples)
+                    .sum(),
+            })
+            .collect();
+        let facts = report::RunFacts {
+            eval_seconds: window,
+            samples_timed: st.live.samples_done,
+            wall_seconds: started.elapsed().as_secs_f64(),
+            workers,
+            timeline: st.live.timeline.clone(),
+        };
+        report::finalize(&cfg.out, &job, &index, &st.sched, &journal, facts)?
     };
     observed.finished();
     if cfg.metrics_listen.is_some() && !cfg.metrics_linger.is_zero() {

@@ -42,6 +42,9 @@ pub struct LiveStats {
     pub bad_samples: u64,
     pub duplicates_dropped: u64,
     pub submissions_rejected: u64,
+    /// Every accepted shard (one entry per shard, so bounded by the shard count): the report's
+    /// throughput-over-time chart.
+    pub timeline: Vec<crate::report::TimelineEvent>,
 }
 
 /// Everything the RPC handlers and the run loop share.
@@ -353,7 +356,14 @@ impl Coordinator for CoordinatorService {
             )));
         }
         st.live.samples_done += expected as u64;
-        st.live.last_accept_ms = Some(st.now());
+        let now = st.now();
+        st.live.last_accept_ms = Some(now);
+        st.live.timeline.push(crate::report::TimelineEvent {
+            t_ms: now,
+            worker: id.0.clone(),
+            shard: shard.0,
+            samples: expected as u64,
+        });
         st.live.bad_samples += n_bad;
         st.accept_seconds
             .observe(accept_start.elapsed().as_secs_f64());

@@ -436,13 +436,21 @@ async fn run_cell(
         // clap's message names the offending flag, which comes from the sweep file's [run] table.
         Err(e) => bail!("invalid run flags for this cell: {e}"),
     };
+    let started = std::time::Instant::now();
     let (job, index) = run::plan(&run_cfg).await?;
     if let Some(s) = finished(dir, &job) {
         eprintln!("{tag}: finished earlier, skipping");
         return Ok((CellStatus::Skipped, s));
     }
     eprintln!("{tag}: running");
-    run::run_planned(run_cfg, job, index, &crate::metrics::Observed::default()).await?;
+    run::run_planned(
+        run_cfg,
+        job,
+        index,
+        &crate::metrics::Observed::default(),
+        started,
+    )
+    .await?;
     let s = finished_run::read_summary(dir)?;
     Ok((CellStatus::Ran, s))
 }

@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Recomputes every number of a tresnet-eval run directory independently and compares.
+
+The reference is the run's full logits (logits.npy, written by `run --save-logits fp32|fp16`) and the
+labels in predictions.parquet; from them numpy, scipy and scikit-learn (top_k_accuracy_score,
+log_loss, confusion_matrix, precision_recall_fscore_support) recompute top-1/top-5, NLL, ECE, the
+reliability bins, the confusion matrix, per-class and macro/weighted precision/recall/F1, and every
+per-sample column. Counts must match exactly, floats within 1e-9. Exit status 1 lists every mismatch.
+
+Top-k ties: tresnet-eval ranks equal logits by the lower class index first (worker/src/scoring.rs).
+scikit-learn's top_k_accuracy_score sorts with a stable argsort and reverses it, which ranks the
+*higher* index first; feeding it the class axis reversed (column j -> C-1-j, labels likewise) turns
+that into exactly our rule, so the sklearn figure is comparable on tied rows too. The script also ranks
+with its own stable sort and reports how many rows had a tie at the top-k boundary.
+
+Run by tests/tests/reports.rs (with the venv's python): check_metrics.py RUN_DIR
+"""
+
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from scipy.special import logsumexp, softmax
+from sklearn.metrics import (
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+TOL = 1e-9
+ECE_BINS = 15
+
+errors: list[str] = []
+checked = 0
+
+
+def close(what, got, want, tol=TOL):
+    global checked
+    checked += 1
+    if got is None or want is None:
+        if got is not want:
+            errors.append(f"{what}: file has {got!r}, reference {want!r}")
+        return
+    if not abs(float(got) - float(want)) <= tol:
+        errors.append(f"{what}: file has {got!r}, reference {want!r} (|diff| {abs(float(got) - float(want)):.3g})")
+
+
+def equal(what, got, want):
+    global checked
+    checked += 1
+    if got != want:
+        errors.append(f"{what}: file has {got!r}, reference {want!r}")
+
+
+def ranked(logits32: np.ndarray) -> np.ndarray:
+    """Class indices by descending logit, equal logits lower index first (a stable sort of -logits).
+    -0.0 and 0.0 compare equal here, while Rust's total_cmp orders them; logits of exactly zero with
+    both signs in one row are not a case real models produce."""
+    return np.argsort(-logits32, axis=1, kind="stable")
+
+
+def main(run: Path) -> int:
+    summary = json.loads((run / "summary.json").read_text())
+    job = json.loads((run / "job.json").read_text())
+    outcome = json.loads((run / "outcome.json").read_text())
+    C = job["num_classes"]
+    k5 = summary["top5_k"]
+    equal("summary.job", summary["job"], job)
+    equal("top5_k", k5, min(5, job["top_k"], C))
+
+    # --- the reference inputs ---------------------------------------------------------------------
+    preds = pq.read_table(run / "predictions.parquet").to_pydict()
+    idx = np.asarray(preds["index"], dtype=np.int64)
+    y = np.asarray(preds["label"], dtype=np.int64)
+    n = len(idx)
+    all_logits = np.load(run / "logits.npy")
+    equal("logits.npy shape", all_logits.shape, (job["dataset_samples"], C))
+    nan_rows = np.isnan(all_logits).any(axis=1)
+    equal("rows with logits", sorted(np.flatnonzero(~nan_rows).tolist()), sorted(idx.tolist()))
+    L32 = all_logits[idx].astype(np.float32)
+    L = L32.astype(np.float64)
+
+    # --- top-k and per-sample columns ---------------------------------------------------------------
+    order = ranked(L32)
+    pred1 = order[:, 0]
+    top_k = job["top_k"]
+    equal("predictions.topk_indices", [list(r) for r in preds["topk_indices"]], order[:, :top_k].tolist())
+    want_vals = np.take_along_axis(L32, order[:, :top_k], axis=1)
+    equal("predictions.topk_logits", [list(np.float32(v) for v in r) for r in preds["topk_logits"]],
+          [list(r) for r in want_vals])
+    hit1 = pred1 == y
+    hit5 = (order[:, :k5] == y[:, None]).any(axis=1)
+    equal("predictions.correct1", preds["correct1"], hit1.tolist())
+    equal("predictions.correct5", preds["correct5"], hit5.tolist())
+    ties = sum(
+        1 for r in range(n) for k in {1, k5} if k < C and L32[r, order[r, k - 1]] == L32[r, order[r, k]]
+    )
+    rev = dict(labels=np.arange(C), normalize=False)
+    sk1 = top_k_accuracy_score(C - 1 - y, L[:, ::-1], k=1, **rev)
+    sk5 = top_k_accuracy_score(C - 1 - y, L[:, ::-1], k=k5, **rev)
+    equal("correct1 (sklearn top_k_accuracy_score, class axis reversed)", summary["correct1"], int(sk1))
+    equal("correct5 (sklearn top_k_accuracy_score, class axis reversed)", summary["correct5"], int(sk5))
+    equal("correct1 (stable sort)", summary["correct1"], int(hit1.sum()))
+    equal("correct5 (stable sort)", summary["correct5"], int(hit5.sum()))
+    equal("samples", summary["samples"], n)
+    close("top1", summary["top1"], 100.0 * sk1 / n if n else 0.0)
+    close("top5", summary["top5"], 100.0 * sk5 / n if n else 0.0)
+
+    loss = logsumexp(L, axis=1) - L[np.arange(n), y]
+    conf = np.exp(L.max(axis=1) - logsumexp(L, axis=1))
+    for r in range(n):
+        close(f"predictions.loss[{preds['key'][r]}]", preds["loss"][r], loss[r])
+        close(f"predictions.confidence[{preds['key'][r]}]", preds["confidence"][r], conf[r])
+    close("nll (by definition)", summary["nll"], loss.mean() if n else 0.0)
+    # sklearn's log_loss clips probabilities to [eps, 1-eps] (eps of float64), which caps a sample's loss
+    # at ~36: samples whose true-class probability falls below eps are compared by definition instead,
+    # the rest through log_loss, and the two parts recombined into the mean.
+    probs = softmax(L, axis=1)
+    p_true = probs[np.arange(n), y]
+    eps = np.finfo(np.float64).eps
+    ok = (p_true >= eps) & (p_true <= 1 - eps)
+    sk_sum = log_loss(y[ok], probs[ok], labels=np.arange(C)) * ok.sum() if ok.any() else 0.0
+    clipped = int((~ok).sum())
+    close("nll (sklearn log_loss + clipped samples by definition)", summary["nll"],
+          (sk_sum + loss[~ok].sum()) / n if n else 0.0)
+
+    # --- calibration, by definition: bin b holds confidences in (b/B, (b+1)/B], 0 in the first ------
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    ece = 0.0
+    equal("ece_bins", summary["ece_bins"], ECE_BINS)
+    for b in range(ECE_BINS):
+        m = (conf > edges[b]) & (conf <= edges[b + 1])
+        if b == 0:
+            m |= conf == 0.0
+        rb = summary["reliability"][b]
+        equal(f"reliability[{b}].count", rb["count"], int(m.sum()))
+        close(f"reliability[{b}].lower", rb["lower"], edges[b])
+        close(f"reliability[{b}].upper", rb["upper"], edges[b + 1])
+        if m.any():
+            acc, mc = hit1[m].mean(), conf[m].mean()
+            close(f"reliability[{b}].accuracy", rb["accuracy"], acc)
+            close(f"reliability[{b}].confidence", rb["confidence"], mc)
+            ece += m.sum() / n * abs(acc - mc)
+        else:
+            equal(f"reliability[{b}].accuracy", rb["accuracy"], None)
+    close("ece", summary["ece"], ece)
+
+    # --- confusion matrix ---------------------------------------------------------------------------
+    cm = confusion_matrix(y, pred1, labels=np.arange(C))
+    conf_file = pq.read_table(run / "confusion.parquet").to_pydict()
+    sparse = {(t, p): c for t, p, c in zip(conf_file["true"], conf_file["predicted"], conf_file["count"])}
+    want_sparse = {(int(t), int(p)): int(cm[t, p]) for t, p in zip(*np.nonzero(cm))}
+    equal("confusion.parquet", sparse, want_sparse)
+    equal("confusion.parquet order", list(zip(conf_file["true"], conf_file["predicted"])), sorted(want_sparse))
+
+    # --- per class ----------------------------------------------------------------------------------
+    p, r, f, support = precision_recall_fscore_support(
+        y, pred1, labels=np.arange(C), average=None, zero_division=0
+    )
+    predicted = cm.sum(axis=0)
+    pc = pq.read_table(run / "per_class.parquet").to_pydict()
+    names = outcome["class_names"]
+    names = names + [""] * (C - len(names))  # classes of the model past the dataset's have no name
+    equal("per_class.class", pc["class"], list(range(C)))
+    equal("per_class.name", pc["name"], names[:C])
+    equal("per_class.support", pc["support"], support.tolist())
+    equal("per_class.predicted", pc["predicted"], predicted.tolist())
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    for c in range(C):
+        s = int(support[c])
+        close(f"per_class.top1[{c}]", pc["top1"][c], 100.0 * cm[c, c] / s if s else None)
+        close(f"per_class.top5[{c}]", pc["top5"][c], 100.0 * hit5[y == c].sum() / s if s else None)
+        # Undefined scores are null in the file and 0 in sklearn (zero_division=0).
+        for name, arr, defined in (
+            ("precision", p, predicted[c] > 0),
+            ("recall", r, s > 0),
+            ("f1", f, s + predicted[c] > 0),
+        ):
+            close(f"per_class.{name}[{c}]", pc[name][c], float(arr[c]) if defined else None)
+        worst = int(np.argmax(off[c]))  # first maximum: the lower class index wins ties
+        if off[c, worst] > 0:
+            equal(f"per_class.most_confused_with[{c}]", pc["most_confused_with"][c], worst)
+            equal(f"per_class.most_confused_name[{c}]", pc["most_confused_name"][c], names[worst])
+            equal(f"per_class.most_confused_count[{c}]", pc["most_confused_count"][c], int(off[c, worst]))
+        else:
+            equal(f"per_class.most_confused_with[{c}]", pc["most_confused_with"][c], None)
+            equal(f"per_class.most_confused_count[{c}]", pc["most_confused_count"][c], 0)
+    for avg, key in (("macro", "macro"), ("weighted", "weighted")):
+        ap, ar, af, _ = precision_recall_fscore_support(y, pred1, average=avg, zero_division=0)
+        close(f"{key}.precision", summary[key]["precision"], ap)
+        close(f"{key}.recall", summary[key]["recall"], ar)
+        close(f"{key}.f1", summary[key]["f1"], af)
+
+    # per_class.csv carries the same table as per_class.parquet.
+    with open(run / "per_class.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    equal("per_class.csv columns", list(rows[0].keys()) if rows else [], list(pc.keys()))
+    for c, row in enumerate(rows):
+        for col, v in row.items():
+            want = pc[col][c]
+            if isinstance(want, float) or (want is None and v == ""):
+                close(f"per_class.csv {col}[{c}]", None if v == "" else float(v), want)
+            else:
+                equal(f"per_class.csv {col}[{c}]", v, str(want) if want is not None else "")
+
+    # --- accounting and provenance ------------------------------------------------------------------
+    failed = sum(len(s["samples"]) for s in summary["failed_shards"])
+    equal("bad_samples", summary["bad_samples"], len(summary["bad"]))
+    equal("bad", summary["bad"], outcome["bad"])
+    equal("failed_samples", summary["failed_samples"], failed)
+    equal("dataset_size", summary["dataset_size"], outcome["dataset_size"])
+    equal("samples + bad + failed", n + len(summary["bad"]) + failed, summary["dataset_size"])
+    equal("model", summary["model"], job["model"])
+    equal("weights_sha256", summary["weights_sha256"], job["weights_sha256"])
+    if job["weights"] and Path(job["weights"]).is_file():
+        equal("weights_sha256 (file)", summary["weights_sha256"],
+              hashlib.sha256(Path(job["weights"]).read_bytes()).hexdigest())
+    equal("dataset_fingerprint", summary["dataset_fingerprint"], job["dataset_fingerprint"])
+    equal("preprocess", summary["preprocess"], job["preprocess"])
+    equal("software", summary["software"], outcome["software"])
+    close("throughput", summary["throughput"],
+          outcome["samples_timed"] / outcome["eval_seconds"] if outcome["eval_seconds"] > 0 else 0.0)
+
+    if errors:
+        print(f"check_metrics: {len(errors)} of {checked} checks FAILED in {run}:", file=sys.stderr)
+        for e in errors[:50]:
+            print(f"  {e}", file=sys.stderr)
+        return 1
+    print(f"check_metrics: {checked} checks passed ({n} samples, {C} classes, "
+          f"{ties} rows tied at a top-k boundary, {clipped} below log_loss's clip) in {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: check_metrics.py RUN_DIR")
+    sys.exit(main(Path(sys.argv[1])))

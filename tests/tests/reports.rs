@@ -1,0 +1,407 @@
+//! The run directory's reports, end to end on one small real run (seeded TResNet-M at 64 px, 2 workers,
+//! a corrupt image and a class whose name needs HTML escaping): every number agrees with scikit-learn
+//! (ops/reference/check_metrics.py), `report RUN` re-renders identical files, report.html renders in
+//! headless Chromium, and each file's schema matches its snapshot in tests/snapshots/.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use polars::prelude::*;
+use tresnet_tests::{bin, coordinator_run_on, sample_images, summary};
+
+/// A class folder whose name is markup: it must come out escaped in report.html.
+const MARKUP_CLASS: &str = "tag<b>&amp";
+
+/// The derived files `report` rewrites.
+const DERIVED: [&str; 5] = [
+    "summary.json",
+    "per_class.parquet",
+    "per_class.csv",
+    "confusion.parquet",
+    "report.html",
+];
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    run: PathBuf,
+}
+
+const RUN_ARGS: [&str; 8] = [
+    "--local-workers",
+    "2",
+    "--save-logits",
+    "fp32",
+    "--shard-size",
+    "4",
+    "--batch-size",
+    "4",
+];
+
+/// One run shared by the tests of this file (they only read it or copy it). The seeded model's top-1
+/// is never one of the sample folders' classes, which would leave every score 0; so a first run's
+/// predictions relabel the images (a CSV manifest): a third get their top-1 class, a third their
+/// third-ranked class (a top-5 hit), a third keep their folder's class. One class is named with markup.
+fn run_dir() -> &'static Path {
+    static RUN: OnceLock<Fixture> = OnceLock::new();
+    &RUN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        copy_dir(&sample_images(), &data);
+        let probe = dir.path().join("probe");
+        let mut cmd = coordinator_run_on(&data, "imagefolder", &probe, &RUN_ARGS[..2]);
+        ok(cmd.output().unwrap(), "coordinator run (probe)");
+        let df = frame(&probe.join("predictions.parquet"));
+        let keys = df.column("key").unwrap().str().unwrap().clone();
+        let labels = df.column("label").unwrap().u32().unwrap().clone();
+        let topk = df.column("topk_indices").unwrap().list().unwrap().clone();
+        let folders: Vec<String> = {
+            let mut f: Vec<String> = std::fs::read_dir(&data)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            f.sort();
+            f
+        };
+        let mut names: BTreeMap<u32, String> = BTreeMap::new();
+        let mut rows = Vec::new();
+        for i in 0..df.height() {
+            let ranked: Vec<u32> = topk
+                .get_as_series(i)
+                .unwrap()
+                .u32()
+                .unwrap()
+                .into_no_null_iter()
+                .collect();
+            let own = labels.get(i).unwrap();
+            let label = match i % 3 {
+                0 => ranked[0],
+                1 => ranked[2],
+                _ => own,
+            };
+            names
+                .entry(own)
+                .or_insert_with(|| folders[own as usize].clone());
+            rows.push((keys.get(i).unwrap().to_string(), label));
+        }
+        for (_, label) in &rows {
+            let n = names.len();
+            names.entry(*label).or_insert_with(|| {
+                if n == folders.len() {
+                    MARKUP_CLASS.to_string()
+                } else {
+                    format!("class{label}")
+                }
+            });
+        }
+        assert!(names.values().any(|n| n == MARKUP_CLASS));
+        std::fs::write(
+            data.join("coffee").join("zz_broken.jpg"),
+            b"\xff\xd8\xff\xe0 not really a jpeg",
+        )
+        .unwrap();
+        rows.push(("coffee/zz_broken.jpg".into(), 0));
+        let mut csv = String::from("path,label,class_name\n");
+        for (key, label) in &rows {
+            csv.push_str(&format!("{key},{label},{}\n", names[label]));
+        }
+        std::fs::write(data.join("manifest.csv"), csv).unwrap();
+        let run = dir.path().join("run");
+        let mut cmd = coordinator_run_on(&data, "manifest", &run, &RUN_ARGS);
+        ok(cmd.output().unwrap(), "coordinator run");
+        Fixture { _dir: dir, run }
+    })
+    .run
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+fn ok(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn check_metrics(run: &Path) -> Output {
+    let python = std::env::var_os("TRESNET_VENV")
+        .map(|v| PathBuf::from(v).join("bin").join("python"))
+        .expect("TRESNET_VENV is not set: run the tests through ops/test.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/reference/check_metrics.py");
+    Command::new(python).arg(script).arg(run).output().unwrap()
+}
+
+#[test]
+fn every_number_agrees_with_scikit_learn() {
+    let run = run_dir();
+    let s = summary(run);
+    assert_eq!(s["bad_samples"], 1, "the corrupt image is a bad sample");
+    assert!(s["samples"].as_u64().unwrap() >= 20);
+    let out = ok(check_metrics(run), "check_metrics.py");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+
+    // Negative control: the script must catch a number that is off by far less than it prints.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("run");
+    copy_dir(run, &bad);
+    let mut s = s;
+    s["top1"] = (s["top1"].as_f64().unwrap() + 1e-7).into();
+    s["macro"]["f1"] = (s["macro"]["f1"].as_f64().unwrap() + 1e-7).into();
+    std::fs::write(bad.join("summary.json"), serde_json::to_vec(&s).unwrap()).unwrap();
+    let out = check_metrics(&bad);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "tampered summary passed: {err}");
+    assert!(err.contains("top1:") && err.contains("macro.f1:"), "{err}");
+}
+
+fn frame(path: &Path) -> DataFrame {
+    ParquetReader::new(std::fs::File::open(path).unwrap())
+        .finish()
+        .unwrap()
+}
+
+#[test]
+fn report_rerenders_identical_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    copy_dir(run_dir(), &run);
+    let before: BTreeMap<&str, Vec<u8>> = DERIVED
+        .iter()
+        .map(|f| (*f, std::fs::read(run.join(f)).unwrap()))
+        .collect();
+    let frames: BTreeMap<&str, DataFrame> = DERIVED
+        .iter()
+        .filter(|f| f.ends_with(".parquet"))
+        .map(|f| (*f, frame(&run.join(f))))
+        .collect();
+    for f in DERIVED {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
+    let out = ok(
+        Command::new(bin("tresnet-coordinator"))
+            .arg("report")
+            .arg(&run)
+            .output()
+            .unwrap(),
+        "report",
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("top-1"));
+    for f in DERIVED {
+        let after = std::fs::read(run.join(f)).unwrap();
+        if let Some(df) = frames.get(f) {
+            assert!(*df == frame(&run.join(f)), "{f} differs after report");
+        } else {
+            assert!(before[f] == after, "{f} differs after report");
+        }
+    }
+
+    // A run directory without the stored outcome cannot be re-rendered, and says which file is missing.
+    std::fs::remove_file(run.join("outcome.json")).unwrap();
+    let out = Command::new(bin("tresnet-coordinator"))
+        .arg("report")
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outcome.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("TRESNET_CHROMIUM")
+        .map(PathBuf::from)
+        .expect(
+            "TRESNET_CHROMIUM is not set: run the tests through ops/test.sh (ops/report_tools.sh)",
+        )
+}
+
+fn headless(args: &[&str], page: &Path) -> Output {
+    let profile = tempfile::tempdir().unwrap();
+    let out = Command::new(chromium())
+        .args(["--headless", "--no-sandbox", "--disable-gpu"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    ok(out, "chromium")
+}
+
+#[test]
+fn report_html_renders_in_headless_chromium() {
+    let run = run_dir();
+    let s = summary(run);
+    let page = run.join("report.html");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(!html.contains(MARKUP_CLASS), "class name not escaped");
+    // Self-contained: nothing to load, nothing to run.
+    for needle in ["<script", "<link", "src=", "href=", "url(", "@import"] {
+        assert!(!html.contains(needle), "report.html contains {needle}");
+    }
+
+    let dom = String::from_utf8(headless(&["--dump-dom"], &page).stdout).unwrap();
+    let top1 = format!("id=\"top1\">{:.3}%<", s["top1"].as_f64().unwrap());
+    let top5 = format!("id=\"top5\">{:.3}%<", s["top5"].as_f64().unwrap());
+    assert!(dom.contains(&top1), "rendered page lacks {top1}");
+    assert!(dom.contains(&top5), "rendered page lacks {top5}");
+    for chart in ["per-class-chart", "reliability-chart", "throughput-chart"] {
+        assert!(dom.contains(&format!("<svg id=\"{chart}\"")), "no {chart}");
+    }
+    // Both workers drew a line; the markup class name reads literally once the browser parsed it.
+    assert!(dom.matches("<polyline").count() >= 2);
+    assert!(dom.contains("tag&lt;b&gt;&amp;amp"));
+    assert!(dom.contains("zz_broken.jpg"));
+
+    let shot_dir = tempfile::tempdir().unwrap();
+    let shot = shot_dir.path().join("report.png");
+    headless(
+        &[
+            &format!("--screenshot={}", shot.display()),
+            "--window-size=1000,2600",
+            "--hide-scrollbars",
+        ],
+        &page,
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "screenshot is empty"
+    );
+}
+
+// ---- schema snapshots ----------------------------------------------------------------------------
+
+fn snapshot_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots")
+}
+
+fn parquet_schema(path: &Path) -> String {
+    frame(path)
+        .schema()
+        .iter()
+        .map(|(name, dtype)| format!("{name}: {dtype}\n"))
+        .collect()
+}
+
+fn csv_schema(path: &Path) -> String {
+    let df = CsvReadOptions::default()
+        .with_infer_schema_length(None)
+        .try_into_reader_with_file_path(Some(path.to_path_buf()))
+        .unwrap()
+        .finish()
+        .unwrap();
+    df.schema()
+        .iter()
+        .map(|(name, dtype)| format!("{name}: {dtype}\n"))
+        .collect()
+}
+
+/// Every key path with the JSON types seen there (array elements merged under `[]`).
+fn json_tree(
+    v: &serde_json::Value,
+    path: &str,
+    out: &mut BTreeMap<String, BTreeSet<&'static str>>,
+) {
+    use serde_json::Value;
+    let ty = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(a) if a.is_empty() => "array (empty here)",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    out.entry(path.to_string()).or_default().insert(ty);
+    match v {
+        Value::Array(a) => a
+            .iter()
+            .for_each(|e| json_tree(e, &format!("{path}[]"), out)),
+        Value::Object(m) => m.iter().for_each(|(k, e)| {
+            json_tree(
+                e,
+                &if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                },
+                out,
+            )
+        }),
+        _ => {}
+    }
+}
+
+fn json_schema(path: &Path) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut tree = BTreeMap::new();
+    json_tree(&v, "", &mut tree);
+    tree.iter()
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, t)| {
+            format!(
+                "{k}: {}\n",
+                t.iter().copied().collect::<Vec<_>>().join(" | ")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn file_schemas_match_their_snapshots() {
+    let run = run_dir();
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let mut diffs = Vec::new();
+    for (file, schema) in [
+        ("summary.json", json_schema(&run.join("summary.json"))),
+        ("outcome.json", json_schema(&run.join("outcome.json"))),
+        (
+            "predictions.parquet",
+            parquet_schema(&run.join("predictions.parquet")),
+        ),
+        (
+            "per_class.parquet",
+            parquet_schema(&run.join("per_class.parquet")),
+        ),
+        (
+            "confusion.parquet",
+            parquet_schema(&run.join("confusion.parquet")),
+        ),
+        ("per_class.csv", csv_schema(&run.join("per_class.csv"))),
+    ] {
+        let snap = snapshot_dir().join(format!("{file}.schema.txt"));
+        if update {
+            std::fs::create_dir_all(snapshot_dir()).unwrap();
+            std::fs::write(&snap, &schema).unwrap();
+            continue;
+        }
+        let want = std::fs::read_to_string(&snap)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_SNAPSHOTS=1 writes it)", snap.display()));
+        if want != schema {
+            diffs.push(format!(
+                "{file} schema changed; review, update docs/run-directory.md and rerun with \
+                 UPDATE_SNAPSHOTS=1\n--- snapshot\n{want}--- now\n{schema}"
+            ));
+        }
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+}

@@ -59,6 +59,24 @@ fn shard_of_name(name: &str) -> Option<ShardId> {
         .map(ShardId)
 }
 
+/// Writes `dir/name` whole: temporary file, fsync, rename, so a crash leaves all of it or none.
+fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), JournalError> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |source| JournalError::Io {
+        path: path.clone(),
+        source,
+    };
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(())
+}
+
 impl Journal {
     /// The journal in `run_dir/journal`.
     pub fn open(run_dir: &Path) -> Result<Self, JournalError> {
@@ -141,20 +159,14 @@ impl Journal {
     async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), JournalError> {
         match &self.backend {
             Backend::Local(dir) => {
-                let path = dir.join(name);
-                let tmp = dir.join(format!("{name}.tmp"));
-                let io = |source| JournalError::Io {
-                    path: path.clone(),
-                    source,
-                };
-                {
-                    use std::io::Write;
-                    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-                    f.write_all(&bytes).map_err(io)?;
-                    f.sync_all().map_err(io)?;
-                }
-                std::fs::rename(&tmp, &path).map_err(io)?;
-                Ok(())
+                let (dir, name) = (dir.clone(), name.to_string());
+                // fsync takes milliseconds: keep it off the runtime threads that serve the RPCs.
+                tokio::task::spawn_blocking(move || write_local(&dir, &name, &bytes))
+                    .await
+                    .map_err(|e| JournalError::Io {
+                        path: PathBuf::from(self.url()),
+                        source: std::io::Error::other(e),
+                    })?
             }
             Backend::Store(loc) => {
                 let path = loc.path_of(name)?;

@@ -107,6 +107,18 @@ pub struct RunFacts {
     pub wall_seconds: f64,
     pub workers: Vec<WorkerSummary>,
     pub timeline: Vec<TimelineEvent>,
+    pub scheduling: Scheduling,
+}
+
+/// How the exactly-once accounting got there: leases, speculation, expiries, retries and the duplicate
+/// results that were dropped (counted, never added to the numbers). This coordinator process only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Scheduling {
+    pub leases_granted: u64,
+    pub speculative_leases: u64,
+    pub lease_expiries: u64,
+    pub retries: u64,
+    pub duplicates_dropped: u64,
 }
 
 /// `outcome.json`: everything a run recorded besides its predictions. With job.json and
@@ -123,6 +135,9 @@ pub struct Outcome {
     pub software: Software,
     pub workers: Vec<WorkerSummary>,
     pub timeline: Vec<TimelineEvent>,
+    /// Absent in run directories written before it existed.
+    #[serde(default)]
+    pub scheduling: Scheduling,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +173,7 @@ pub struct Summary {
     pub preprocess: PreprocessConfig,
     pub software: Software,
     pub workers: Vec<WorkerSummary>,
+    pub scheduling: Scheduling,
     pub job: JobSpec,
 }
 
@@ -345,6 +361,7 @@ pub fn finalize(
         software: Software::current(),
         workers: facts.workers,
         timeline: facts.timeline,
+        scheduling: facts.scheduling,
     };
     check_accounting(&tally, &outcome)?;
     let path = run_dir.join("outcome.json");
@@ -483,6 +500,7 @@ fn write_derived(
         preprocess: job.preprocess.clone(),
         software: outcome.software.clone(),
         workers: outcome.workers.clone(),
+        scheduling: outcome.scheduling.clone(),
         job: job.clone(),
     };
     let summary_path = run_dir.join("summary.json");

@@ -374,6 +374,16 @@ pub async fn run_planned(
             wall_seconds: started.elapsed().as_secs_f64(),
             workers,
             timeline: st.live.timeline.clone(),
+            scheduling: {
+                let stats = st.sched.stats();
+                report::Scheduling {
+                    leases_granted: stats.leases_granted,
+                    speculative_leases: stats.speculative_leases,
+                    lease_expiries: stats.expiries,
+                    retries: stats.retries,
+                    duplicates_dropped: st.live.duplicates_dropped,
+                }
+            },
         };
         report::finalize(&cfg.out, &job, &index, &st.sched, &journal, facts)?
     };

@@ -11,8 +11,11 @@ cd "$(dirname "$0")/../.."
 source ops/env.sh
 cap_n="${1:-400000}"
 cap_w="${2:-4}"
-cargo build -q --release -p tresnet-coordinator -p tresnet-worker
-bin="$CARGO_TARGET_DIR/release"
+# TRESNET_BIN_DIR: benchmark binaries built elsewhere (e.g. copied from another machine) as they are.
+if [ -z "${TRESNET_BIN_DIR:-}" ]; then
+  cargo build -q --release -p tresnet-coordinator -p tresnet-worker
+fi
+bin="${TRESNET_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 manifest() { # dir n
@@ -40,12 +43,13 @@ echo "host: $(nproc) cores; release build; synthetic workers (no model, no data)
 manifest "$work/cap" "$cap_n"
 secs=$(run "$work/cap" "$cap_w" 4096 1024 0)
 echo "capacity: $cap_n samples with top-5 records, $cap_w workers, shard 4096: ${secs}s = $(python -c "print(f'{$cap_n/$secs:.0f}')") samples/s (first lease to last accepted result)"
-# Scaling: each worker does batches of 64 in 100 ms = 640 samples/s; 30 s of work at 32 workers.
+# Scaling: each worker does batches of 64 in 100 ms = 640 samples/s, for ~30 s (start-up and the last
+# shard are then a few % of the window, as they would be in a real run of minutes).
 per_worker=640
 echo
 printf "%8s %10s %12s %12s %10s\n" workers seconds samples/s ideal efficiency
 for w in 1 2 4 8 16 32; do
-  n=$(( w * per_worker * 6 ))
+  n=$(( w * per_worker * 30 ))
   manifest "$work/s$w" "$n"
   secs=$(run "$work/s$w" "$w" 256 64 100)
   python -c "

@@ -49,7 +49,8 @@ run() { # name slow_worker(0|1) extra-coordinator-args... -> prints eval_seconds
   python - "$work/$name/summary.json" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))
-print(f"{s['eval_seconds']:.3f} {s.get('duplicates_dropped', '?')}")
+sc = s["scheduling"]
+print(f"{s['eval_seconds']:.3f} {sc['speculative_leases']}/{sc['duplicates_dropped']}")
 PY
 }
 echo "host: $(nproc) cores, $profile build; synthetic workers: 3 at ${fast_ms} ms/batch, 1 at ${slow_ms} ms/batch; $n samples, shard 64, batch 16"
@@ -60,6 +61,6 @@ python - "$ideal" "$spec" "$nospec" "$dups" <<'PY'
 import sys
 ideal, spec, nospec = map(float, sys.argv[1:4])
 print(f"ideal (3 normal workers, no straggler): {ideal:8.2f} s")
-print(f"with the 5x straggler, speculation on:  {spec:8.2f} s = {spec/ideal:.3f} x ideal (goal <= 1.1); duplicates dropped: {sys.argv[4]}")
+print(f"with the 5x straggler, speculation on:  {spec:8.2f} s = {spec/ideal:.3f} x ideal (goal <= 1.1); speculative leases/duplicates dropped: {sys.argv[4]}")
 print(f"with the 5x straggler, speculation off: {nospec:8.2f} s = {nospec/ideal:.3f} x ideal")
 PY

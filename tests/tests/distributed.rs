@@ -213,6 +213,10 @@ fn a_slow_worker_is_absorbed_by_the_others() {
     // Who produced each accepted shard: the journal records it.
     let mut by_worker: BTreeMap<String, u32> = BTreeMap::new();
     for e in std::fs::read_dir(run.join("journal")).unwrap().flatten() {
+        // The journal also holds job.json; shard records are the .pb files.
+        if e.path().extension().is_none_or(|x| x != "pb") {
+            continue;
+        }
         let bytes = std::fs::read(e.path()).unwrap();
         let rec = <tresnet_common::protocol::pb::ShardRecord as prost_decode::Message>::decode(
             bytes.as_slice(),

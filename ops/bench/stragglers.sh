@@ -4,13 +4,14 @@
 #! Three normal workers plus one 5x slower; makespan (the coordinator's own window, first lease to last
 #! accepted result) is compared with the ideal: the same job on the three normal workers alone.
 #! Goal: with speculation (the default) makespan <= 1.1 x ideal; without it, for contrast.
-#! Usage: ops/bench/stragglers.sh [fast_ms_per_batch=40] [samples=11520] [profile=debug|release]
+release]|release]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source ops/env.sh >/dev/null
 fast_ms="${1:-40}"
 n="${2:-11520}"
 profile="${3:-debug}"
+shard="${4:-256}"
 slow_ms=$(( fast_ms * 5 ))
 if [ "$profile" = release ]; then
   cargo build -q --release -p tresnet-coordinator -p tresnet-worker
@@ -34,7 +35,7 @@ run() { # name slow_worker(0|1) extra-coordinator-args... -> prints eval_seconds
   local name="$1" slow="$2"; shift 2
   local port; port=$(free_port)
   "$bin/tresnet-coordinator" run --synthetic --model tresnet_m --data "$work/data" --format manifest \
-    --num-classes 1000 --local-workers 3 --shard-size 64 --batch-size 16 --out "$work/$name" \
+    --num-classes 1000 --local-workers 3 --shard-size "$shard" --batch-size 16 --out "$work/$name" \
     --listen "127.0.0.1:$port" --worker-threads 1 --worker-arg="--debug-batch-delay-ms=$fast_ms" \
     "$@" >/dev/null 2>"$work/$name.log" &
   local coord=$!
@@ -53,7 +54,7 @@ sc = s["scheduling"]
 print(f"{s['eval_seconds']:.3f} {sc['speculative_leases']}/{sc['duplicates_dropped']}")
 PY
 }
-echo "host: $(nproc) cores, $profile build; synthetic workers: 3 at ${fast_ms} ms/batch, 1 at ${slow_ms} ms/batch; $n samples, shard 64, batch 16"
+echo "host: $(nproc) cores, $profile build; synthetic workers: 3 at ${fast_ms} ms/batch, 1 at ${slow_ms} ms/batch; $n samples, shard $shard, batch 16"
 read -r ideal _ < <(run ideal 0)
 read -r spec dups < <(run spec 1)
 read -r nospec _ < <(run nospec 1 --no-speculation)

@@ -4,7 +4,7 @@
 #! Three normal workers plus one 5x slower; makespan (the coordinator's own window, first lease to last
 #! accepted result) is compared with the ideal: the same job on the three normal workers alone.
 #! Goal: with speculation (the default) makespan <= 1.1 x ideal; without it, for contrast.
-release]|release]
+#! Usage: ops/bench/stragglers.sh [fast_ms_per_batch=40] [samples=11520] [debug|release] [shard=256]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source ops/env.sh >/dev/null

@@ -20,6 +20,6 @@ rm -rf "$out/run"
   --weights "$out/weights/tresnet_m_224/miil.pth" --data "$out/images" --format imagefolder \
   --num-classes 1000 --local-workers 2 --shard-size 4 --out "$out/run"
 echo
-echo "run directory: $out/run (summary.json, per_class.csv, predictions.parquet, journal/)"
+echo "run directory: $out/run (report.html, summary.json, per_class.csv/.parquet, confusion.parquet, predictions.parquet, journal/)"
 echo "NOTE: seeded random weights - the accuracy above means nothing. Point --weights at a real"
 echo "      checkpoint (timm model.safetensors / pytorch_model.bin, or the official MIIL tresnet_m.pth)."

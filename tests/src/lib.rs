@@ -50,6 +50,27 @@ fn env_dir(var: &str) -> PathBuf {
     dir
 }
 
+/// Every file below `root`, recursively.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .flatten()
+    {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Samples in the sample ImageFolder (every file is one image).
+pub fn sample_dataset_size() -> u64 {
+    files_under(&sample_images()).len() as u64
+}
+
 /// Seeded model fixtures (ops/reference/gen_model_fixtures.py).
 pub fn model_fixtures() -> PathBuf {
     env_dir("TRESNET_FIXTURES")

@@ -8,29 +8,11 @@ use std::time::{Duration, Instant};
 
 use tresnet_common::npy;
 use tresnet_tests::{
-    assert_same_report, bin, children_of, coordinator_run, predictions, run_ok, spawn_listening,
-    summary,
+    Watched, assert_same_report, bin, children_of, coordinator_run, http_get, predictions, run_ok,
+    sample_dataset_size, spawn_listening, summary,
 };
 
 /// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.
-fn dataset_size() -> u64 {
-    walk(&tresnet_tests::sample_images())
-}
-
-fn walk(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                walk(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
-}
-
 #[test]
 fn clean_run_matches_single_process_infer() {
     let dir = tempfile::tempdir().unwrap();
@@ -52,7 +34,7 @@ fn clean_run_matches_single_process_infer() {
         "{stdout}"
     );
     let s = summary(&run);
-    let n = dataset_size();
+    let n = sample_dataset_size();
     assert_eq!(s["samples"], n, "{s}");
     assert_eq!(s["bad_samples"], 0);
     assert_eq!(s["failed_samples"], 0);
@@ -209,7 +191,7 @@ fn a_slow_worker_is_absorbed_by_the_others() {
     assert!(status.success());
     let _ = slow.wait();
     let s = summary(&run);
-    assert_eq!(s["samples"], dataset_size());
+    assert_eq!(s["samples"], sample_dataset_size());
     // Who produced each accepted shard: the journal records it.
     let mut by_worker: BTreeMap<String, u32> = BTreeMap::new();
     for e in std::fs::read_dir(run.join("journal")).unwrap().flatten() {
@@ -482,7 +464,7 @@ fn token_is_required_on_every_rpc_when_configured() {
         coord.wait().unwrap().success(),
         "the tokened run did not complete"
     );
-    assert_eq!(summary(&run)["samples"], dataset_size());
+    assert_eq!(summary(&run)["samples"], sample_dataset_size());
 }
 
 /// SIGTERM makes a worker finish the batch in hand, hand its leases back and exit 0; the others finish.
@@ -502,27 +484,39 @@ fn sigterm_drains_a_worker_cleanly() {
         ],
     );
     let (mut coord, addr) = spawn_listening(cmd);
-    let mut worker = Command::new(bin("tresnet-worker"))
-        .args([
-            "--coordinator",
-            &format!("http://{addr}"),
-            "--worker-id",
-            "drained",
-            "--threads",
-            "1",
-        ])
-        .args(["--debug-batch-delay-ms", "400"])
-        .env_remove("TRESNET_TOKEN")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(4));
+    let mut cmd = Command::new(bin("tresnet-worker"));
+    cmd.args([
+        "--coordinator",
+        &format!("http://{addr}"),
+        "--worker-id",
+        "drained",
+        "--threads",
+        "1",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--debug-batch-delay-ms", "400"])
+    .env_remove("TRESNET_TOKEN")
+    .stdin(Stdio::null());
+    let mut worker = Watched::spawn(cmd, "drained");
+    // Signal only once it is registered with its model loaded (its /readyz), however loaded the
+    // machine is, and after it has had time to take leases.
+    let metrics = worker.metrics_addr();
+    let start = Instant::now();
+    while http_get(&metrics, "/readyz").map(|(code, _)| code) != Some(200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "worker never became ready"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let _ = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
+        .args(["-TERM", &worker.child.id().to_string()])
         .status();
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = worker.try_wait().unwrap() {
+        if let Some(s) = worker.child.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -534,6 +528,6 @@ fn sigterm_drains_a_worker_cleanly() {
     assert!(status.success(), "drained worker exited with {status}");
     assert!(coord.wait().unwrap().success());
     let s = summary(&run);
-    assert_eq!(s["samples"], dataset_size());
+    assert_eq!(s["samples"], sample_dataset_size());
     assert_eq!(s["failed_samples"], 0);
 }

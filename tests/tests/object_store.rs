@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 
 use tresnet_tests::s3::{BUCKET, S3Server};
 use tresnet_tests::{
-    assert_same_report, children_of, coordinator_run, coordinator_run_on, run_ok, sample_images,
+    assert_same_report, children_of, coordinator_run, coordinator_run_on, files_under, run_ok,
+    sample_images,
 };
-
-fn files_under(root: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(root).unwrap().flatten() {
-        if e.path().is_dir() {
-            out.extend(files_under(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
-}
 
 /// Uploads the sample ImageFolder to `s3://BUCKET/prefix` through the S3 API (not by copying into the
 /// server's folder), so the objects carry whatever metadata a real upload would.

@@ -42,22 +42,8 @@ fn dataset_with_bad_samples(dir: &Path) -> (std::path::PathBuf, u64) {
         b"\xff\xd8\xffnot a jpeg at all",
     )
     .unwrap();
-    let total = walk(&data);
+    let total = tresnet_tests::files_under(&data).len() as u64;
     (data, total)
-}
-
-fn walk(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            if e.path().is_dir() {
-                walk(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
 }
 
 /// Asserts `values` never decrease and took more than two distinct values (the run was seen moving).

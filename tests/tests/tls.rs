@@ -59,23 +59,6 @@ fn tls_args<'a>(cmd: &'a mut Command, pki: &Pki) -> &'a mut Command {
         .arg(&pki.key)
 }
 
-fn dataset_size() -> u64 {
-    fn walk(p: &Path) -> u64 {
-        std::fs::read_dir(p)
-            .unwrap()
-            .flatten()
-            .map(|e| {
-                if e.path().is_dir() {
-                    walk(&e.path())
-                } else {
-                    1
-                }
-            })
-            .sum()
-    }
-    walk(&tresnet_tests::sample_images())
-}
-
 fn worker(url: &str, extra: &[&str]) -> Output {
     Command::new(bin("tresnet-worker"))
         .args(["--coordinator", url, "--threads", "1"])
@@ -106,7 +89,7 @@ fn local_workers_get_the_ca_and_the_https_url() {
         String::from_utf8_lossy(&out.stderr)
     );
     let s = summary(&run);
-    assert_eq!(s["samples"], dataset_size(), "{s}");
+    assert_eq!(s["samples"], tresnet_tests::sample_dataset_size(), "{s}");
     assert_eq!(s["bad_samples"], 0);
 }
 
@@ -177,7 +160,7 @@ fn remote_workers_need_https_and_the_right_ca() {
     assert!(coord.child.wait().unwrap().success());
     let _ = ok.wait();
     let s = summary(&run);
-    assert_eq!(s["samples"], dataset_size(), "{s}");
+    assert_eq!(s["samples"], tresnet_tests::sample_dataset_size(), "{s}");
     assert_eq!(s["failed_samples"], 0);
 }
 

@@ -80,7 +80,10 @@ fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), JournalError>
 impl Journal {
     /// The journal in `run_dir/journal`.
     pub fn open(run_dir: &Path) -> Result<Self, JournalError> {
-        let dir = run_dir.join("journal");
+        Self::local(run_dir.join("journal"))
+    }
+
+    fn local(dir: PathBuf) -> Result<Self, JournalError> {
         std::fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
             path: dir.clone(),
             source,
@@ -95,14 +98,7 @@ impl Journal {
     pub fn open_url(url: &str, options: &StorageOptions) -> Result<Self, JournalError> {
         let location = StorageLocation::parse(url, options)?;
         if location.root_url() == "file://" {
-            let dir = PathBuf::from(format!("/{}", location.prefix()));
-            std::fs::create_dir_all(&dir).map_err(|source| JournalError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            return Ok(Journal {
-                backend: Backend::Local(dir),
-            });
+            return Self::local(PathBuf::from(format!("/{}", location.prefix())));
         }
         Ok(Journal {
             backend: Backend::Store(location),

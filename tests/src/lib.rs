@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use polars::prelude::*;
 
@@ -320,4 +320,33 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// Waits until `progress()` (journaled shards, say) reaches `at_least` while the run is still going,
+/// then SIGKILLs the coordinator `child` and its worker processes: a crash in the middle of a run.
+/// Returns the progress seen at the kill.
+pub fn kill_run_midway(child: &mut Child, at_least: usize, progress: impl Fn() -> usize) -> usize {
+    let start = Instant::now();
+    let seen = loop {
+        let n = progress();
+        if n >= at_least {
+            break n;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no progress before the kill"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let workers = children_of(child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for w in workers {
+        let _ = Command::new("kill").args(["-9", &w.to_string()]).status();
+    }
+    seen
 }

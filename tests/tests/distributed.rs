@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tresnet_common::npy;
 use tresnet_tests::{
-    Watched, assert_same_report, bin, children_of, coordinator_run, http_get, predictions, run_ok,
-    sample_dataset_size, spawn_listening, summary,
+    Watched, assert_same_report, bin, children_of, coordinator_run, http_get, kill_run_midway,
+    predictions, run_ok, sample_dataset_size, spawn_listening, summary,
 };
 
 /// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.
@@ -336,34 +336,15 @@ fn coordinator_killed_and_restarted_resumes_to_the_same_report() {
         .spawn()
         .unwrap();
     let journal = run.join("journal");
-    let start = Instant::now();
-    let done_before = loop {
-        let n = std::fs::read_dir(&journal)
+    let done_before = kill_run_midway(&mut child, 3, || {
+        std::fs::read_dir(&journal)
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.path().extension().is_some_and(|x| x == "pb"))
                     .count()
             })
-            .unwrap_or(0);
-        if n >= 3 {
-            break n;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no progress before the kill"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run finished before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let workers = children_of(child.id());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for w in workers {
-        let _ = Command::new("kill").args(["-9", &w.to_string()]).status();
-    }
+            .unwrap_or(0)
+    });
     assert!(!run.join("summary.json").exists());
     let records_before: Vec<_> = std::fs::read_dir(&journal)
         .unwrap()

@@ -4,11 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use tresnet_tests::s3::{BUCKET, S3Server};
 use tresnet_tests::{
-    assert_same_report, children_of, coordinator_run, coordinator_run_on, files_under, run_ok,
+    assert_same_report, coordinator_run, coordinator_run_on, files_under, kill_run_midway, run_ok,
     sample_images,
 };
 
@@ -94,26 +93,7 @@ fn a_run_journaled_on_s3_resumes_after_losing_the_coordinator_and_its_disk() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut child = cmd.spawn().unwrap();
-    let start = Instant::now();
-    while s3_records(&server, prefix).len() < 3 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no progress before the kill"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run finished before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let workers = children_of(child.id());
-    child.kill().unwrap();
-    child.wait().unwrap();
-    for w in workers {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &w.to_string()])
-            .status();
-    }
+    kill_run_midway(&mut child, 3, || s3_records(&server, prefix).len());
     let before = s3_records(&server, prefix);
     assert!(before.len() >= 3);
     // The coordinator's disk is gone: a new run directory, the same journal on S3.

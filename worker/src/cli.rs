@@ -75,6 +75,11 @@ pub enum Command {
     Infer(InferArgs),
     /// Decode and preprocess one image as timm's eval transform does; write float32 [1, 3, H, W] .npy.
     Preprocess(PreprocessArgs),
+    /// Forward-pass throughput on one or more devices (synthetic input, no data loading), as JSON.
+    Bench(BenchArgs),
+    /// Run the node-local collectives (barrier, all-reduce, gather) on the devices and check every
+    /// result exactly; prints which backend ran (nccl or local) and its timings as JSON.
+    CollectiveCheck(CollectiveCheckArgs),
 }
 
 /// How conv weights and activations are laid out in memory.
@@ -147,6 +152,59 @@ pub struct PreprocessArgs {
     /// Where to write float32 [1, 3, H, W] in [0, 1] as `.npy`.
     #[arg(long)]
     pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Model variant (timm name).
+    #[arg(long, value_parser = parse_model)]
+    pub model: ModelName,
+    /// Checkpoint to load (any layout `infer` reads); its class count sets the head.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Devices measured together, one thread each: cpu, or cuda:0,cuda:1,...
+    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_device)]
+    pub devices: Vec<DeviceSpec>,
+    /// Input side (a multiple of 32).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=4096))]
+    pub resolution: u32,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Precision of weights and activations (fp16 needs CUDA).
+    #[arg(long, value_enum, default_value = "fp32")]
+    pub precision: Precision,
+    /// Memory layout of activations and conv weights.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub memory_format: MemoryFormat,
+    /// Keep BatchNorm separate instead of folding it into the convolutions.
+    #[arg(long)]
+    pub no_fold_bn: bool,
+    /// Untimed passes first (cuDNN autotuning, allocator warm-up).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Length of the timed window.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// CPU threads for libtorch's intra-op pool (default: libtorch's choice).
+    #[arg(long)]
+    pub threads: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CollectiveCheckArgs {
+    /// Devices, one rank each: cpu, or cuda:0,cuda:1,...
+    #[arg(long, default_value = "cpu", value_delimiter = ',', value_parser = parse_device)]
+    pub devices: Vec<DeviceSpec>,
+    /// auto (NCCL where possible), local, or nccl (an error, not a fallback, when NCCL is unavailable).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: crate::collective::Backend,
+    /// Rounds of all-reduce and gather.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Classes of the confusion matrix all-reduced each round.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=4096))]
+    pub classes: i64,
 }
 
 fn parse_crop_mode(s: &str) -> Result<CropMode, String> {

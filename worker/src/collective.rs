@@ -42,6 +42,17 @@ pub enum CollectiveError {
     Failed { op: &'static str, reason: String },
 }
 
+/// Which implementation runs the collectives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// NCCL when built in, every device is CUDA and libnccl loads; otherwise local.
+    Auto,
+    /// Host memory, on any devices.
+    Local,
+    /// NCCL or an error saying why not.
+    Nccl,
+}
+
 /// The arithmetic of each collective over all ranks' tensors at once (index = rank).
 pub trait Ops: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
@@ -166,6 +177,27 @@ impl Collective {
         Collective::new(world, Box::new(LocalOps), DEFAULT_TIMEOUT)
     }
 
+    /// A collective over `devices` with the backend asked for: `Nccl` fails (with the reason) where
+    /// NCCL cannot be had instead of falling back, so a check can prove which one ran.
+    pub fn with_backend(devices: &[Device], backend: Backend) -> Result<Self, String> {
+        let world = devices.len();
+        match backend {
+            Backend::Auto => Ok(Collective::for_devices(devices)),
+            Backend::Local => Ok(Collective::new(world, Box::new(LocalOps), DEFAULT_TIMEOUT)),
+            Backend::Nccl => {
+                #[cfg(feature = "nccl")]
+                {
+                    nccl::NcclOps::new(devices)
+                        .map(|ops| Collective::new(world, Box::new(ops), DEFAULT_TIMEOUT))
+                }
+                #[cfg(not(feature = "nccl"))]
+                {
+                    Err("this tresnet-worker was built without the `nccl` cargo feature".into())
+                }
+            }
+        }
+    }
+
     pub fn world_size(&self) -> usize {
         self.world
     }
@@ -182,7 +214,7 @@ impl Collective {
         self.changed.notify_all();
     }
 
-    /// Returns when every rank has called it.
+    /// Returns when every rank has called it; touches no device.
     pub fn barrier(&self, rank: usize) -> Result<(), CollectiveError> {
         let t = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
         self.run("barrier", rank, t).map(drop)
@@ -237,6 +269,10 @@ impl Collective {
         if r.slots.iter().all(Option::is_some) {
             let mut tensors: Vec<Tensor> = r.slots.iter_mut().filter_map(Option::take).collect();
             let result = match op {
+                // All ranks are threads of this process, so the rendezvous itself is the barrier;
+                // sending its token through the device backend would only add a placement rule
+                // (NCCL needs CUDA tensors) and a launch.
+                "barrier" => Ok(None),
                 "gather" => self.ops.gather(&tensors).map(Some),
                 _ => self.ops.all_reduce_sum(&mut tensors).map(|()| None),
             }
@@ -374,6 +410,39 @@ mod tests {
             arrived.load(std::sync::atomic::Ordering::SeqCst)
         });
         assert_eq!(out, [3, 3, 3]);
+    }
+
+    /// A backend that refuses every operation, as NCCL refuses the host tensors a barrier carries.
+    #[derive(Debug)]
+    struct RefusingOps;
+
+    impl Ops for RefusingOps {
+        fn name(&self) -> &'static str {
+            "refusing"
+        }
+        fn all_reduce_sum(&self, _: &mut [Tensor]) -> Result<(), String> {
+            Err("refused".into())
+        }
+        fn gather(&self, _: &[Tensor]) -> Result<Tensor, String> {
+            Err("refused".into())
+        }
+    }
+
+    #[test]
+    fn barrier_never_reaches_the_device_backend() {
+        let c = Arc::new(Collective::new(2, Box::new(RefusingOps), DEFAULT_TIMEOUT));
+        let cc = c.clone();
+        let out = on_ranks(2, move |rank| cc.barrier(rank));
+        assert!(out.iter().all(Result::is_ok), "{out:?}");
+        // The backend is still consulted for real collectives.
+        let out = on_ranks(2, move |rank| {
+            let mut t = Tensor::zeros([1], (Kind::Int64, Device::Cpu));
+            c.all_reduce_sum(rank, &mut t)
+        });
+        assert!(
+            out.iter()
+                .all(|r| r.as_ref().unwrap_err().to_string().contains("refused"))
+        );
     }
 
     #[test]

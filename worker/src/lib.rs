@@ -3,9 +3,13 @@
 #[cfg(feature = "torch")]
 pub mod agent;
 #[cfg(feature = "torch")]
+pub mod bench;
+#[cfg(feature = "torch")]
 pub mod cli;
 #[cfg(feature = "torch")]
 pub mod collective;
+#[cfg(feature = "torch")]
+pub mod collective_check;
 #[cfg(feature = "torch")]
 pub mod device;
 #[cfg(feature = "torch")]

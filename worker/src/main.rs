@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tresnet_worker::cli::{Cli, Command};
 use tresnet_worker::preprocess::command::PreprocessCommand;
-use tresnet_worker::{infer, join};
+use tresnet_worker::{bench, collective_check, infer, join};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -34,6 +34,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.layout,
                 s.device
             );
+            Ok(())
+        }
+        Command::Bench(args) => {
+            let cfg = bench::BenchConfig::from_args(&args).map_err(anyhow::Error::msg)?;
+            let report = bench::run(&cfg).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::CollectiveCheck(args) => {
+            let devices = args
+                .devices
+                .iter()
+                .map(|d| d.resolve())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let cfg = collective_check::CheckConfig {
+                devices,
+                backend: args.backend,
+                rounds: args.rounds as usize,
+                classes: args.classes,
+            };
+            let report = collective_check::run(&cfg).map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::Preprocess(args) => {

@@ -149,3 +149,105 @@ fn help_documents_every_infer_flag() {
         );
     }
 }
+
+fn json_of(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn bench_times_every_device_and_reports_json() {
+    let case = common::case("tresnet_m_64");
+    let out = worker()
+        .args(["bench", "--model", "tresnet_m", "--devices", "cpu,cpu"])
+        .args(["--resolution", "64", "--batch-size", "2", "--warmup", "1"])
+        .args(["--seconds", "0.2", "--threads", "1", "--weights"])
+        .arg(case.weights_dir.join("timm.pth"))
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    assert_eq!(r["model"], "tresnet_m");
+    assert_eq!(r["collective"], "local");
+    assert_eq!(r["channels_last"], false);
+    let devices = r["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2);
+    let mut total = 0.0;
+    for d in devices {
+        let passes = d["passes"].as_u64().unwrap();
+        assert!(passes >= 1);
+        assert_eq!(d["images"].as_u64().unwrap(), 2 * passes);
+        let rate = d["images_per_second"].as_f64().unwrap();
+        let secs = d["seconds"].as_f64().unwrap();
+        assert!((rate * secs - (2 * passes) as f64).abs() < 1e-6 * rate.max(1.0));
+        assert!(d["median_pass_ms"].as_f64().unwrap() > 0.0);
+        total += d["images"].as_f64().unwrap();
+    }
+    let window = devices
+        .iter()
+        .map(|d| d["seconds"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!((r["images_per_second"].as_f64().unwrap() - total / window).abs() < 1e-6);
+}
+
+#[test]
+fn bench_and_collective_check_refuse_bad_flags_naming_them() {
+    let case = common::case("tresnet_m_64");
+    let weights = case.weights_dir.join("timm.pth");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--resolution", "100"], "multiple of 32"),
+        (&["--seconds", "0"], "--seconds"),
+        (&["--precision", "fp16"], "fp16 needs a CUDA device"),
+        (&["--devices", "cuda:0"], "cuda:0"),
+    ];
+    for (flags, needle) in cases {
+        if flags[1] == "cuda:0" && tch::Cuda::device_count() > 0 {
+            continue;
+        }
+        let out = worker()
+            .args(["bench", "--model", "tresnet_m", "--weights"])
+            .arg(&weights)
+            .args(flags)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{flags:?}: {err}");
+        assert!(err.contains(needle), "{flags:?}: {err}");
+    }
+    let missing = worker()
+        .args([
+            "bench",
+            "--model",
+            "tresnet_m",
+            "--weights",
+            "/nonexistent/w.pth",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/w.pth"));
+    assert!(!missing.status.success());
+}
+
+#[test]
+fn collective_check_verifies_every_result_and_names_the_backend() {
+    let out = worker()
+        .args(["collective-check", "--devices", "cpu,cpu,cpu"])
+        .args(["--rounds", "3", "--classes", "50"])
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    assert_eq!(r["backend"], "local");
+    assert_eq!(r["world"], 3);
+    assert_eq!(r["all_reduce_bytes"], (2 + 50 * 50) * 8);
+    // Without NCCL the explicit backend is an error, never a silent fallback.
+    let out = worker()
+        .args(["collective-check", "--backend", "nccl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nccl") || err.contains("CUDA"), "{err}");
+}

@@ -100,8 +100,15 @@ impl BasicBlock {
         if let Some(se) = &self.se {
             out = se.forward(&out);
         }
-        (out + shortcut).relu()
+        residual_relu(out, &shortcut)
     }
+}
+
+/// `relu(out + shortcut)` in place on `out` (a fresh tensor the block owns), as timm's
+/// `out += shortcut; out = act(out)` with an inplace ReLU: no temporaries.
+fn residual_relu(mut out: Tensor, shortcut: &Tensor) -> Tensor {
+    out += shortcut;
+    out.relu_()
 }
 
 #[derive(Debug)]
@@ -176,7 +183,7 @@ impl Bottleneck {
         if let Some(se) = &self.se {
             out = se.forward(&out);
         }
-        (self.conv3.forward(&out) + shortcut).relu()
+        residual_relu(self.conv3.forward(&out), &shortcut)
     }
 }
 

@@ -17,15 +17,16 @@ pub enum Act {
 }
 
 impl Act {
+    /// Applies the activation in place on `x`, which the caller owns (a fresh conv or BN output),
+    /// as timm's `inplace=True` activations do: one kernel, no new allocation.
     pub fn forward(self, x: Tensor) -> Tensor {
         match self {
-            // tch binds leaky_relu only with the default 0.01 slope. For 0 <= slope <= 1,
-            // max(x, slope*x) is x for x >= 0 and the same product libtorch computes otherwise.
-            Act::LeakyRelu(slope) => {
-                debug_assert!((0.0..=1.0).contains(&slope));
-                let neg = &x * slope;
-                x.maximum(&neg)
-            }
+            // tch binds leaky_relu only with the default 0.01 slope; the one binding that takes the
+            // slope is leaky_relu's backward, whose kernel is `self > 0 ? grad : grad * slope` with the
+            // slope in the same opmath type as leaky_relu's `x > 0 ? x : x * slope`. With self = grad
+            // = x it *is* leaky_relu, bit for bit (worker/tests/parity.rs and the unit test below),
+            // and writing into x makes it in place.
+            Act::LeakyRelu(slope) => x.leaky_relu_backward_grad_input(&x, &x, slope, false),
             Act::Identity => x,
         }
     }
@@ -129,5 +130,48 @@ impl ConvNormAct {
             Some(aa) => aa.forward(&y),
             None => y,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The definition timm computes: x for x > 0, slope * x otherwise (slope applied in opmath).
+    fn reference(x: &Tensor, slope: f64) -> Tensor {
+        let neg = x * slope;
+        x.where_self(&x.gt(0.0), &neg)
+    }
+
+    #[test]
+    fn in_place_leaky_relu_is_bit_identical_to_the_definition() {
+        let mut v: Vec<f32> = (-500..500).map(|i| i as f32 * 0.37).collect();
+        v.extend([0.0, -0.0, 1e-30, -1e-30, f32::MAX, f32::MIN, f32::NAN]);
+        for kind in [Kind::Float, Kind::BFloat16, Kind::Double] {
+            for slope in [1e-3, 0.01, 0.0, 1.0] {
+                let x = Tensor::from_slice(&v).to_kind(kind);
+                let want = reference(&x, slope);
+                let got = Act::LeakyRelu(slope).forward(x.copy());
+                // Compare bit patterns (NaN == NaN, -0 != +0).
+                let bits = |t: &Tensor| {
+                    Vec::<f64>::try_from(t.to_kind(Kind::Double))
+                        .unwrap()
+                        .iter()
+                        .map(|f| f.to_bits())
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(bits(&got), bits(&want), "{kind:?} slope {slope}");
+                assert_eq!(got.device(), Device::Cpu);
+            }
+        }
+    }
+
+    #[test]
+    fn the_activation_writes_into_its_input() {
+        let x = Tensor::from_slice(&[-2.0f32, 3.0]);
+        let y = Act::LeakyRelu(0.5).forward(x.shallow_clone());
+        assert_eq!(Vec::<f32>::try_from(&x).unwrap(), [-1.0, 3.0]);
+        assert_eq!(y.data_ptr(), x.data_ptr());
     }
 }

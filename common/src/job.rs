@@ -67,6 +67,9 @@ pub struct JobSpec {
     pub leaky_slope: Option<f64>,
     /// Benchmark mode: workers produce logits without a network. Never usable for accuracy.
     pub synthetic: bool,
+    /// Workers ship reduced per-shard counts, not per-sample results: no predictions.parquet.
+    #[serde(default)]
+    pub counts_only: bool,
 }
 
 impl JobSpec {
@@ -86,6 +89,7 @@ impl JobSpec {
             ("fold_bn", self.fold_bn.to_string()),
             ("leaky_slope", format!("{:?}", self.leaky_slope)),
             ("synthetic", self.synthetic.to_string()),
+            ("counts_only", self.counts_only.to_string()),
         ]
     }
 

@@ -143,6 +143,7 @@ fn protocol_seeds() {
         num_classes: 1000,
         synthetic: false,
         leaky_slope: Some(0.01),
+        counts_only: false,
     };
     let result = pb::SampleResult {
         index: 1,
@@ -249,6 +250,7 @@ fn protocol_seeds() {
                 shard_id: 4,
                 worker_id: "w-1".into(),
                 results: vec![result],
+                counts: None,
             }
             .encode_to_vec(),
         ),

@@ -263,6 +263,11 @@ pub struct RunArgs {
     /// Benchmark mode: workers return synthetic logits without loading data or a model. Never accuracy.
     #[arg(long)]
     pub synthetic: bool,
+    /// Workers reduce correct@1/@5, the confusion matrix, loss and calibration sums on their devices
+    /// (all-reduced across a worker's GPUs) and ship only those per shard: every metric and per-class
+    /// report, but no predictions.parquet (so no `compare`) and no logits.
+    #[arg(long, conflicts_with = "save_logits")]
+    pub counts_only: bool,
     /// Number of model outputs (default: the dataset's class count).
     #[arg(long)]
     pub num_classes: Option<u32>,
@@ -355,6 +360,7 @@ impl RunArgs {
             shard_size: self.shard_size,
             leaky_slope: self.leaky_slope,
             synthetic: self.synthetic,
+            counts_only: self.counts_only,
             local_workers: self.local_workers,
             listen: self.listen,
             worker_devices: self.devices,

@@ -28,6 +28,10 @@ pub const EXACT_BELOW: u64 = 25;
 pub enum CompareError {
     #[error(transparent)]
     RunDir(#[from] RunDirError),
+    #[error(
+        "{run} was evaluated with --counts-only: it has no per-sample predictions, which McNemar's test pairs; rerun it without --counts-only to compare"
+    )]
+    CountsOnly { run: PathBuf },
     #[error("{a} and {b} are over different datasets ({datasets}); samples cannot be paired")]
     DifferentDatasets {
         a: PathBuf,
@@ -200,6 +204,13 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, CompareError> {
                 sb.job.dataset_fingerprint
             ),
         });
+    }
+    for (run, s) in [(a, &sa), (b, &sb)] {
+        if s.job.counts_only {
+            return Err(CompareError::CountsOnly {
+                run: run.to_path_buf(),
+            });
+        }
     }
     let (pa, pb) = (
         finished_run::read_predictions(a)?,

@@ -192,3 +192,31 @@ pub fn class_counts(preds: &[Prediction], k5: usize) -> BTreeMap<u32, ClassCount
     }
     out
 }
+
+/// Per-class counts of a finished run: from predictions.parquet, or for a counts-only run (no
+/// per-sample rows) from its stored counts, which hold the same numbers.
+pub fn run_class_counts(
+    run: &Path,
+    summary: &RunSummary,
+) -> Result<BTreeMap<u32, ClassCounts>, RunDirError> {
+    if !summary.job.counts_only {
+        return Ok(class_counts(&read_predictions(run)?, summary.top5_k));
+    }
+    use prost::Message;
+    let path = existing(run, crate::report::COUNTS_FILE)?;
+    let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e))?;
+    let c = tresnet_common::protocol::pb::ShardCounts::decode(bytes.as_slice())
+        .map_err(|e| read_err(&path, e))?;
+    let mut out: BTreeMap<u32, ClassCounts> = BTreeMap::new();
+    for cell in &c.confusion {
+        let e = out.entry(cell.label).or_default();
+        e.support += cell.count;
+        if cell.label == cell.predicted {
+            e.correct1 += cell.count;
+        }
+    }
+    for cc in &c.correct5_by_class {
+        out.entry(cc.class_index).or_default().correct5 += cc.count;
+    }
+    Ok(out)
+}

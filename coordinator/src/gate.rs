@@ -162,9 +162,8 @@ impl GateReport {
 /// The baseline of a finished run.
 pub fn baseline_of(run: &Path) -> Result<Baseline, GateError> {
     let s = finished_run::read_summary(run)?;
-    let preds = finished_run::read_predictions(run)?;
     let names = finished_run::read_class_names(run)?;
-    let classes = finished_run::class_counts(&preds, s.top5_k)
+    let classes = finished_run::run_class_counts(run, &s)?
         .into_iter()
         .filter_map(|(class, c)| {
             Some(BaselineClass {
@@ -337,8 +336,7 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
         }
     }
     if let Some(max) = cfg.max_class_drop {
-        let preds = finished_run::read_predictions(&cfg.run)?;
-        let counts = finished_run::class_counts(&preds, s.top5_k);
+        let counts = finished_run::run_class_counts(&cfg.run, &s)?;
         let mut checked = 0usize;
         let mut worst = Vec::new();
         for c in &b.classes {

@@ -287,6 +287,7 @@ mod tests {
                 topk_indices: vec![1, 2],
                 ..Default::default()
             }],
+            counts: None,
         }
     }
 
@@ -363,6 +364,7 @@ mod tests {
             shard_size: 2,
             leaky_slope: None,
             synthetic: false,
+            counts_only: false,
         };
         j.bind_job(&job).await.unwrap();
         j.bind_job(&job).await.unwrap();

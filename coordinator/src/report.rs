@@ -298,7 +298,9 @@ pub fn finalize(
     facts: RunFacts,
 ) -> Result<Summary, ReportError> {
     let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
-    let mut preds = PredictionWriter::new(run_dir);
+    // Counts-only runs have no per-sample rows to store: no predictions.parquet at all (an empty
+    // one would read as "zero predictions"), their counts go to counts.pb instead.
+    let mut preds = (!job.counts_only).then(|| PredictionWriter::new(run_dir));
     let mut logits = LogitsWriter::new(run_dir, job, index.len())?;
     let mut failed_shards = Vec::new();
     for i in 0..sched.shard_count() as u64 {
@@ -307,23 +309,40 @@ pub fn finalize(
         match sched.state_of(shard) {
             ShardState::Done => {
                 let rec = journal.read(shard)?;
-                if rec.results.len() as u64 != range.end - range.start {
+                let counted = match (&rec.counts, job.counts_only) {
+                    (Some(c), true) => {
+                        crate::tally::check_counts(c, tally.num_classes, tally.k5)
+                            .map_err(|e| ReportError::Accounting(format!("{shard} counts: {e}")))?;
+                        tally.add_counts(c);
+                        c.evaluated
+                    }
+                    (None, false) => 0,
+                    _ => {
+                        return Err(ReportError::Accounting(format!(
+                            "{shard}'s journal record does not match the job's counts-only setting"
+                        )));
+                    }
+                };
+                if rec.results.len() as u64 + counted != range.end - range.start {
                     return Err(ReportError::Accounting(format!(
                         "{shard} has {} results for {} samples",
-                        rec.results.len(),
+                        rec.results.len() as u64 + counted,
                         range.end - range.start
                     )));
                 }
                 for r in &rec.results {
                     logits.row(r)?;
                     let sample = &index.samples[r.index as usize];
-                    if tally.add(r.index, &sample.key.0, sample.label, r) {
-                        preds
-                            .cols
+                    if tally.add(r.index, &sample.key.0, sample.label, r)
+                        && let Some(p) = &mut preds
+                    {
+                        p.cols
                             .push(r.index, &sample.key.0, sample.label, r, tally.k5);
                     }
                 }
-                preds.maybe_flush()?;
+                if let Some(p) = &mut preds {
+                    p.maybe_flush()?;
+                }
             }
             _ => {
                 for _ in range.clone() {
@@ -340,7 +359,10 @@ pub fn finalize(
             }
         }
     }
-    preds.finish()?;
+    match preds {
+        Some(p) => p.finish()?,
+        None => write_counts(run_dir, &tally)?,
+    }
     logits.finish()?;
     // Samples the listing itself found unusable are part of the dataset too.
     for b in &index.bad_samples {
@@ -400,8 +422,17 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportErr
 pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
     let job: JobSpec = read_json(&run_dir.join("job.json"))?;
     let outcome: Outcome = read_json(&run_dir.join("outcome.json"))?;
-    let path = run_dir.join("predictions.parquet");
     let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
+    if job.counts_only {
+        let counts = read_counts(run_dir)?;
+        crate::tally::check_counts(&counts, tally.num_classes, tally.k5)
+            .map_err(|e| read_err(&run_dir.join(COUNTS_FILE), e))?;
+        tally.add_counts(&counts);
+        tally.bad = outcome.bad.clone();
+        check_accounting(&tally, &outcome)?;
+        return write_derived(run_dir, &job, &tally, &outcome);
+    }
+    let path = run_dir.join("predictions.parquet");
     let open = || File::open(&path).map_err(|e| read_err(&path, e));
     let rows = ParquetReader::new(open()?)
         .num_rows()
@@ -421,6 +452,23 @@ pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
     tally.bad = outcome.bad.clone();
     check_accounting(&tally, &outcome)?;
     write_derived(run_dir, &job, &tally, &outcome)
+}
+
+/// Where a counts-only run stores its summed counts (protobuf `ShardCounts`, the message workers send).
+pub const COUNTS_FILE: &str = "counts.pb";
+
+fn write_counts(run_dir: &Path, tally: &Tally) -> Result<(), ReportError> {
+    use prost::Message;
+    let path = run_dir.join(COUNTS_FILE);
+    std::fs::write(&path, tally.as_counts().encode_to_vec()).map_err(|e| write_err(&path, e))
+}
+
+fn read_counts(run_dir: &Path) -> Result<tresnet_common::protocol::pb::ShardCounts, ReportError> {
+    use prost::Message;
+    let path = run_dir.join(COUNTS_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e))?;
+    tresnet_common::protocol::pb::ShardCounts::decode(bytes.as_slice())
+        .map_err(|e| read_err(&path, e))
 }
 
 /// Feeds stored prediction rows back through [`Tally::add`].

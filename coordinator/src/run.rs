@@ -45,6 +45,7 @@ pub struct RunConfig {
     pub shard_size: u64,
     pub leaky_slope: Option<f64>,
     pub synthetic: bool,
+    pub counts_only: bool,
     pub local_workers: u32,
     pub listen: Option<SocketAddr>,
     pub worker_devices: String,
@@ -250,6 +251,7 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         shard_size: cfg.shard_size,
         leaky_slope: cfg.leaky_slope,
         synthetic: cfg.synthetic,
+        counts_only: cfg.counts_only,
     };
     Ok((job, index))
 }

@@ -260,27 +260,51 @@ impl Coordinator for CoordinatorService {
         };
         let id = worker_id(&header.worker_id)?;
         let shard = ShardId(header.shard_id);
-        let range = {
+        let (range, counts_only, num_classes, k5) = {
             let st = self.lock();
             if header.shard_id >= st.sched.shard_count() as u64 {
                 return Err(Status::invalid_argument(format!("unknown {shard}")));
             }
-            st.sched.samples_of(shard)
+            let j = &st.pb_job;
+            let k5 = (crate::tally::TOP5 as u32).min(j.top_k).min(j.num_classes) as usize;
+            (
+                st.sched.samples_of(shard),
+                j.counts_only,
+                j.num_classes as usize,
+                k5,
+            )
         };
         // Collect the shard's results, refusing anything that would break exactly-once accounting.
         let expected = (range.end - range.start) as usize;
         let mut seen = BTreeSet::new();
-        let mut results = Vec::with_capacity(expected);
+        let mut results = Vec::with_capacity(if counts_only { 0 } else { expected });
+        let mut counts: Option<pb::ShardCounts> = None;
         while let Some(item) = stream.next().await {
             let batch = match item?.item {
-                Some(pb::submit_request::Item::Batch(b)) => b,
+                Some(pb::submit_request::Item::Batch(b)) if counts.is_none() => b,
+                Some(pb::submit_request::Item::Counts(c)) if counts_only && counts.is_none() => {
+                    counts = Some(c);
+                    continue;
+                }
+                Some(pb::submit_request::Item::Counts(_)) if !counts_only => {
+                    return Err(Status::invalid_argument(
+                        "shard counts sent for a job that is not counts-only",
+                    ));
+                }
                 _ => {
                     return Err(Status::invalid_argument(
-                        "only result batches may follow the header",
+                        "only result batches, then (counts-only jobs) one shard-counts message, \
+                         may follow the header",
                     ));
                 }
             };
             for r in batch.results {
+                if counts_only && r.error.is_empty() {
+                    return Err(Status::invalid_argument(format!(
+                        "sample {} of counts-only {shard} sent as a result without an error",
+                        r.index
+                    )));
+                }
                 if !range.contains(&r.index) {
                     return Err(Status::invalid_argument(format!(
                         "sample {} is not in {shard} ({}..{})",
@@ -296,12 +320,30 @@ impl Coordinator for CoordinatorService {
                 results.push(r);
             }
         }
-        if results.len() != expected {
+        let evaluated = match (&counts, counts_only) {
+            (Some(c), _) => {
+                if let Err(e) = crate::tally::check_counts(c, num_classes, k5) {
+                    self.lock().live.submissions_rejected += 1;
+                    return Err(Status::invalid_argument(format!(
+                        "{shard} counts are inconsistent: {e}"
+                    )));
+                }
+                c.evaluated as usize
+            }
+            (None, true) => {
+                self.lock().live.submissions_rejected += 1;
+                return Err(Status::invalid_argument(format!(
+                    "counts-only {shard} submission has no shard counts"
+                )));
+            }
+            (None, false) => 0,
+        };
+        if results.len() + evaluated != expected {
             let mut st = self.lock();
             st.live.submissions_rejected += 1;
             return Err(Status::invalid_argument(format!(
                 "{shard} submission has {} of {expected} samples",
-                results.len()
+                results.len() + evaluated
             )));
         }
         let accept_start = Instant::now();
@@ -343,6 +385,7 @@ impl Coordinator for CoordinatorService {
                 shard_id: shard.0,
                 worker_id: id.0.clone(),
                 results,
+                counts,
             };
             (record, st.journal.clone(), n_bad)
         };

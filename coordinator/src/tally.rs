@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tresnet_common::protocol::pb::SampleResult;
+use tresnet_common::protocol::pb::{ClassCount, ConfusionCell, SampleResult, ShardCounts};
 
 /// Calibration bins for ECE, as torchmetrics and most papers use.
 pub const ECE_BINS: usize = 15;
@@ -264,6 +264,152 @@ impl Tally {
     }
 }
 
+/// Checks a counts-only shard's counts against the job before they are accepted or merged: every
+/// class in range, the calibration bins complete, and the totals consistent with one another (a
+/// worker bug or a forged message must not skew the report).
+pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<(), String> {
+    let nc = num_classes as u32;
+    if c.bin_count.len() != ECE_BINS
+        || c.bin_confidence_sum.len() != ECE_BINS
+        || c.bin_correct.len() != ECE_BINS
+    {
+        return Err(format!("calibration bins must number {ECE_BINS}"));
+    }
+    let mut confusion_total = 0u64;
+    let mut diagonal = 0u64;
+    let mut support = vec![0u64; num_classes];
+    let mut seen = std::collections::BTreeSet::new();
+    for cell in &c.confusion {
+        if cell.label >= nc || cell.predicted >= nc {
+            return Err(format!(
+                "confusion cell ({}, {}) outside {nc} classes",
+                cell.label, cell.predicted
+            ));
+        }
+        if !seen.insert((cell.label, cell.predicted)) {
+            return Err(format!(
+                "confusion cell ({}, {}) given twice",
+                cell.label, cell.predicted
+            ));
+        }
+        confusion_total = confusion_total.saturating_add(cell.count);
+        support[cell.label as usize] = support[cell.label as usize].saturating_add(cell.count);
+        if cell.label == cell.predicted {
+            diagonal += cell.count;
+        }
+    }
+    let mut top5_total = 0u64;
+    let mut seen = std::collections::BTreeSet::new();
+    for cc in &c.correct5_by_class {
+        if cc.class_index >= nc || !seen.insert(cc.class_index) {
+            return Err(format!(
+                "top-5 count for class {} is out of range or repeated",
+                cc.class_index
+            ));
+        }
+        if cc.count > support[cc.class_index as usize] {
+            return Err(format!(
+                "class {} has {} top-5 hits but {} samples",
+                cc.class_index, cc.count, support[cc.class_index as usize]
+            ));
+        }
+        top5_total += cc.count;
+    }
+    let bins_total: u64 = c.bin_count.iter().sum();
+    let bins_correct: u64 = c.bin_correct.iter().sum();
+    let checks = [
+        ("confusion total", confusion_total, c.evaluated),
+        ("confusion diagonal", diagonal, c.correct1),
+        ("per-class top-5 hits", top5_total, c.correct5),
+        ("calibration bin counts", bins_total, c.evaluated),
+        ("calibration bin hits", bins_correct, c.correct1),
+    ];
+    for (what, got, want) in checks {
+        if got != want {
+            return Err(format!("{what} is {got}, expected {want}"));
+        }
+    }
+    if c.correct1 > c.correct5 && k5 >= 1 {
+        return Err(format!(
+            "{} top-1 hits exceed {} top-{k5} hits",
+            c.correct1, c.correct5
+        ));
+    }
+    let floats_ok = c.loss_sum.is_finite()
+        && c.loss_sum >= 0.0
+        && c.bin_confidence_sum
+            .iter()
+            .zip(&c.bin_count)
+            .all(|(s, &n)| s.is_finite() && *s >= 0.0 && *s <= n as f64 * (1.0 + 1e-9));
+    if !floats_ok {
+        return Err("loss or confidence sums are not finite and in range".into());
+    }
+    Ok(())
+}
+
+impl Tally {
+    /// Adds a counts-only shard (already checked with [`check_counts`]).
+    pub fn add_counts(&mut self, c: &ShardCounts) {
+        self.evaluated += c.evaluated;
+        self.correct1 += c.correct1;
+        self.correct5 += c.correct5;
+        self.loss_sum += c.loss_sum;
+        for (i, b) in self.bins.iter_mut().enumerate() {
+            b.count += c.bin_count[i];
+            b.confidence_sum += c.bin_confidence_sum[i];
+            b.correct += c.bin_correct[i];
+        }
+        for cell in &c.confusion {
+            let t = &mut self.per_class[cell.label as usize];
+            t.support += cell.count;
+            if cell.label == cell.predicted {
+                t.correct1 += cell.count;
+            }
+            self.per_class[cell.predicted as usize].predicted += cell.count;
+            *self
+                .confusion
+                .entry((cell.label, cell.predicted))
+                .or_default() += cell.count;
+        }
+        for cc in &c.correct5_by_class {
+            self.per_class[cc.class_index as usize].correct5 += cc.count;
+        }
+    }
+
+    /// Everything but the bad samples, as one [`ShardCounts`]: what a counts-only run stores in
+    /// `counts.json` so that `report` can re-render it without per-sample predictions.
+    pub fn as_counts(&self) -> ShardCounts {
+        ShardCounts {
+            evaluated: self.evaluated,
+            correct1: self.correct1,
+            correct5: self.correct5,
+            loss_sum: self.loss_sum,
+            bin_count: self.bins.iter().map(|b| b.count).collect(),
+            bin_confidence_sum: self.bins.iter().map(|b| b.confidence_sum).collect(),
+            bin_correct: self.bins.iter().map(|b| b.correct).collect(),
+            confusion: self
+                .confusion
+                .iter()
+                .map(|(&(label, predicted), &count)| ConfusionCell {
+                    label,
+                    predicted,
+                    count,
+                })
+                .collect(),
+            correct5_by_class: self
+                .per_class
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.correct5 > 0)
+                .map(|(c, t)| ClassCount {
+                    class_index: c as u32,
+                    count: t.correct5,
+                })
+                .collect(),
+        }
+    }
+}
+
 pub fn percent(n: u64, d: u64) -> f64 {
     if d == 0 {
         0.0
@@ -352,5 +498,72 @@ mod tests {
     fn top5_degrades_to_available_classes() {
         let t = Tally::new(3, 5);
         assert_eq!(t.k5, 3);
+    }
+
+    fn tally_of(rows: &[(u32, &[u32], f64, f64)], classes: usize) -> Tally {
+        let mut t = Tally::new(classes, 5);
+        for (i, (label, topk, loss, conf)) in rows.iter().enumerate() {
+            assert!(t.add(i as u64, "k", *label, &res(topk, *loss, *conf)));
+        }
+        t
+    }
+
+    #[test]
+    fn counts_merge_to_the_same_tally_as_the_samples() {
+        let rows: [(u32, &[u32], f64, f64); 5] = [
+            (1, &[1, 2, 3, 4, 5], 0.5, 0.9),
+            (2, &[1, 2, 3, 4, 5], 1.5, 0.6),
+            (6, &[1, 2, 3, 4, 5], 2.5, 0.3),
+            (6, &[6, 2, 3, 4, 5], 0.1, 1.0),
+            (0, &[3, 4, 5, 6, 7], 3.0, 0.0),
+        ];
+        let per_sample = tally_of(&rows, 8);
+        // Two shards' counts merged give the tally of all their samples.
+        let a = tally_of(&rows[..2], 8).as_counts();
+        let b = tally_of(&rows[2..], 8).as_counts();
+        let mut merged = Tally::new(8, 5);
+        for c in [&a, &b] {
+            check_counts(c, 8, 5).unwrap();
+            merged.add_counts(c);
+        }
+        assert_eq!(merged.as_counts(), per_sample.as_counts());
+        assert_eq!(merged.per_class, per_sample.per_class);
+        assert_eq!(merged.confusion, per_sample.confusion);
+        assert_eq!(merged.bins, per_sample.bins);
+        assert_eq!(merged.ece(), per_sample.ece());
+    }
+
+    #[test]
+    fn inconsistent_counts_are_refused_naming_the_problem() {
+        let rows: [(u32, &[u32], f64, f64); 2] =
+            [(1, &[1, 2, 3, 4, 5], 0.5, 0.9), (2, &[1, 2], 1.5, 0.6)];
+        let good = tally_of(&rows, 8).as_counts();
+        let bad = |f: &dyn Fn(&mut ShardCounts), needle: &str| {
+            let mut c = good.clone();
+            f(&mut c);
+            let e = check_counts(&c, 8, 5).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        };
+        bad(&|c| c.evaluated += 1, "confusion total");
+        bad(&|c| c.correct1 += 1, "confusion diagonal");
+        bad(
+            &|c| c.bin_count.pop().map(drop).unwrap_or(()),
+            "bins must number",
+        );
+        bad(&|c| c.confusion[0].predicted = 8, "outside 8 classes");
+        bad(
+            &|c| {
+                let dup = c.confusion[0];
+                c.confusion.push(dup)
+            },
+            "given twice",
+        );
+        bad(&|c| c.correct5_by_class[0].count = 9, "top-5 hits but");
+        bad(&|c| c.loss_sum = f64::NAN, "not finite");
+        bad(
+            &|c| c.bin_confidence_sum[13] = 5.0,
+            "not finite and in range",
+        );
+        check_counts(&good, 8, 5).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 #! GPU checks of a node: CUDA logits against timm (fp32/fp16/bf16), a full run on cuda:0 against timm's own
-#! transform and forward, the node-local collectives over NCCL, and forward throughput against timm.
+#! transform and forward, the same run in --counts-only mode, the node-local collectives over NCCL, and
+#! forward throughput against timm.
 #
 # Needs: an NVIDIA GPU, python3 with torch (CUDA build, the version tch was built for), timm,
 # safetensors, pyarrow, scikit-image, scikit-learn; release binaries built with `--features nccl`:
@@ -64,6 +65,13 @@ step parity "$py" ops/gpu/timm_reference.py logits --weights "$w" --input "$fx/i
   || { echo "FAILED: run" >&2; tail -20 "$out/run.log" >&2; failed+=("run"); }
 cp "$work/run/summary.json" "$out/run-summary.json" 2>/dev/null
 step dataset "$py" ops/gpu/timm_reference.py dataset --weights "$w" --run "$work/run" --images "$work/images"
+
+# 2b. The same job in --counts-only mode: counts reduced on the GPU (through NCCL), same numbers.
+"$bin/tresnet-coordinator" run --model tresnet_m --weights "$w" --data "$work/images" \
+  --format imagefolder --num-classes 1000 --local-workers 1 --devices cuda:0 --batch-size 16 \
+  --shard-size 8 --counts-only --out "$work/run-counts" >"$out/run-counts.log" 2>&1 \
+  || { echo "FAILED: counts-only run" >&2; tail -20 "$out/run-counts.log" >&2; failed+=("run-counts"); }
+step counts-only "$py" ops/gpu/timm_reference.py summaries --run "$work/run" --counts-run "$work/run-counts"
 
 # 3. NCCL: barrier, count all-reduce (1000x1000 int64), float all-reduce and gather, every element checked.
 step collective "$bin/tresnet-worker" collective-check --devices cuda:0 --backend nccl --rounds 20

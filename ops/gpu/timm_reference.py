@@ -90,6 +90,23 @@ def cmd_dataset(a):
     print(json.dumps(out, indent=1))
 
 
+def cmd_summaries(a):
+    """A counts-only run against the per-sample run of the same job: counts equal, floats close."""
+    sa, sb = (json.load(open(os.path.join(r, "summary.json"))) for r in (a.run, a.counts_run))
+    exact = ["samples", "correct1", "correct5", "bad_samples", "top1", "top5", "macro", "weighted"]
+    out = {
+        "counts_only": sb["job"].get("counts_only"),
+        "differing": [k for k in exact if sa[k] != sb[k]],
+        "nll_abs_diff": abs(sa["nll"] - sb["nll"]),
+        "ece_abs_diff": abs(sa["ece"] - sb["ece"]),
+        "predictions_parquet_absent": not os.path.exists(os.path.join(a.counts_run, "predictions.parquet")),
+    }
+    print(json.dumps(out, indent=1))
+    ok = out["counts_only"] and not out["differing"] and out["nll_abs_diff"] < 1e-6 \
+        and out["ece_abs_diff"] < 1e-6 and out["predictions_parquet_absent"]
+    sys.exit(0 if ok else 1)
+
+
 def cmd_bench(a):
     """timm forward throughput with the same settings as `tresnet-worker bench`."""
     model = load(a.model, a.weights, "cuda", a.precision)
@@ -127,6 +144,9 @@ def cmd_bench(a):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("summaries")
+    s.add_argument("--run", required=True)
+    s.add_argument("--counts-run", required=True)
     for name in ("logits", "dataset", "bench"):
         p = sub.add_parser(name)
         p.add_argument("--model", default="tresnet_m")
@@ -147,9 +167,9 @@ def main():
             p.add_argument("--warmup", type=int, default=3)
             p.add_argument("--seconds", type=float, default=8.0)
     a = ap.parse_args()
-    if DEVICE == "cuda" and not torch.cuda.is_available():
+    if a.cmd != "summaries" and DEVICE == "cuda" and not torch.cuda.is_available():
         sys.exit("timm_reference.py: torch sees no CUDA device")
-    {"logits": cmd_logits, "dataset": cmd_dataset, "bench": cmd_bench}[a.cmd](a)
+    {"logits": cmd_logits, "dataset": cmd_dataset, "bench": cmd_bench, "summaries": cmd_summaries}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -21,14 +21,10 @@ pub fn bin(name: &str) -> PathBuf {
         return PathBuf::from(dir).join(name);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = match std::env::var_os("TRESNET_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target directory")
-            .to_path_buf(),
-    };
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -405,3 +405,146 @@ fn file_schemas_match_their_snapshots() {
     }
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
 }
+
+/// `--counts-only` on the same data: two workers of two executors each, so every shard's counts are
+/// all-reduced across two ranks before they are shipped. Every number must equal the per-sample run's
+/// (floats to rounding), with no per-sample file, and `report`, `gate` and `compare` must handle it.
+#[test]
+fn counts_only_reports_the_same_numbers_without_per_sample_data() {
+    let full = run_dir();
+    let data = full.parent().unwrap().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("counts");
+    let args = [
+        "--local-workers",
+        "2",
+        "--devices",
+        "cpu,cpu",
+        "--counts-only",
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "2",
+    ];
+    ok(
+        coordinator_run_on(&data, "manifest", &run, &args)
+            .output()
+            .unwrap(),
+        "counts-only run",
+    );
+    let (a, b) = (summary(full), summary(&run));
+    assert_eq!(b["job"]["counts_only"], true);
+    assert!(a["correct1"].as_u64().unwrap() > 0 && a["bad_samples"] == 1);
+    for f in [
+        "dataset_size",
+        "samples",
+        "correct1",
+        "correct5",
+        "bad_samples",
+        "failed_samples",
+        "bad",
+        "top1",
+        "top5",
+        "macro",
+        "weighted",
+    ] {
+        assert_eq!(a[f], b[f], "{f}");
+    }
+    for f in ["nll", "ece"] {
+        let (x, y) = (a[f].as_f64().unwrap(), b[f].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{f}: {x} vs {y}");
+    }
+    for (x, y) in a["reliability"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(b["reliability"].as_array().unwrap())
+    {
+        assert_eq!(x["count"], y["count"]);
+    }
+    let text = |p: &Path| std::fs::read_to_string(p).unwrap();
+    assert_eq!(
+        text(&full.join("per_class.csv")),
+        text(&run.join("per_class.csv"))
+    );
+    assert_eq!(
+        frame(&full.join("confusion.parquet")),
+        frame(&run.join("confusion.parquet"))
+    );
+    assert!(!run.join("predictions.parquet").exists());
+    assert!(!run.join("logits.npy").exists());
+    assert!(run.join("counts.pb").is_file());
+
+    // `report` re-renders a counts-only run from counts.pb.
+    let before = text(&run.join("per_class.csv"));
+    let top1 = b["top1"].clone();
+    for f in DERIVED {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
+    ok(
+        Command::new(bin("tresnet-coordinator"))
+            .arg("report")
+            .arg(&run)
+            .output()
+            .unwrap(),
+        "report",
+    );
+    assert_eq!(text(&run.join("per_class.csv")), before);
+    assert_eq!(summary(&run)["top1"], top1);
+
+    // gate: the per-sample run's baseline holds for the counts-only run, class by class.
+    let base = dir.path().join("baseline.json");
+    let gate = |args: &[&std::ffi::OsStr]| {
+        Command::new(bin("tresnet-coordinator"))
+            .arg("gate")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let os = |p: &Path| p.as_os_str().to_owned();
+    ok(
+        gate(&[
+            "--run".as_ref(),
+            &os(full),
+            "--baseline".as_ref(),
+            &os(&base),
+            "--write-baseline".as_ref(),
+        ]),
+        "gate --write-baseline",
+    );
+    ok(
+        gate(&[
+            "--run".as_ref(),
+            &os(&run),
+            "--baseline".as_ref(),
+            &os(&base),
+            "--max-top1-drop".as_ref(),
+            "0".as_ref(),
+            "--max-class-drop".as_ref(),
+            "0".as_ref(),
+        ]),
+        "gate of the counts-only run",
+    );
+
+    // compare pairs samples, which a counts-only run does not have: a clear refusal naming the flag.
+    let o = Command::new(bin("tresnet-coordinator"))
+        .arg("compare")
+        .arg(full)
+        .arg(&run)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--counts-only"), "{err}");
+
+    // Full logits are per-sample data: asking for both is a usage error.
+    let o = coordinator_run_on(
+        &data,
+        "manifest",
+        &dir.path().join("both"),
+        &["--counts-only", "--save-logits", "fp32"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--counts-only"));
+}

@@ -23,7 +23,7 @@ use tresnet_common::protocol::pb::{self, SampleResult};
 use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
-use crate::executor::{self, Batch, BatchSender, ExecutorConfig};
+use crate::executor::{self, Batch, ExecutorConfig, Work, WorkSender};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::decode::RgbImage;
 use crate::preprocess::{PreprocessedImage, Preprocessor, crop};
@@ -82,12 +82,71 @@ pub enum AgentError {
 
 type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
 
+/// How work reaches the executors: one shared queue (normal jobs), or one queue per executor with
+/// batches dealt round-robin and per-lease reductions broadcast to all (counts-only jobs).
+struct Dispatch {
+    queues: Vec<WorkSender>,
+    next: AtomicU64,
+    /// Serializes broadcasts, so every executor sees every lease's reduction in the same order.
+    broadcast: Arc<std::sync::Mutex<()>>,
+}
+
+impl Dispatch {
+    async fn send_batch(&self, batch: Batch) -> Result<(), String> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.queues.len();
+        let sender = self.queues[i].clone();
+        // The queue is bounded: waiting here is the backpressure that keeps host memory bounded.
+        tokio::task::spawn_blocking(move || sender.send(Work::Batch(batch)))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "executors stopped".to_string())
+    }
+
+    /// Sends one message made by `make` to every executor, all under one lock.
+    async fn broadcast(&self, make: impl Fn() -> Work + Send + 'static) -> Result<(), String> {
+        let queues = self.queues.clone();
+        let lock = self.broadcast.clone();
+        tokio::task::spawn_blocking(move || {
+            let _order = lock.lock().unwrap_or_else(|p| p.into_inner());
+            queues
+                .iter()
+                .try_for_each(|q| q.send(make()).map_err(|_| "executors stopped".to_string()))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// The lease's counts, all-reduced across the executors (each of which has answered every batch
+    /// of it already).
+    async fn reduce(&self, lease: u64) -> Result<pb::ShardCounts, String> {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..self.queues.len())
+            .map(|_| tokio::sync::oneshot::channel())
+            .unzip();
+        let txs = Arc::new(std::sync::Mutex::new(txs));
+        self.broadcast(move || Work::Reduce {
+            lease,
+            reply: txs.lock().unwrap_or_else(|p| p.into_inner()).remove(0),
+        })
+        .await?;
+        let mut counts = None;
+        for rx in rxs {
+            if let Some(c) = rx
+                .await
+                .map_err(|_| "an executor dropped a reduction".to_string())??
+            {
+                counts = Some(c);
+            }
+        }
+        counts.ok_or_else(|| "no executor returned the reduced counts".into())
+    }
+}
+
 struct Shared {
     client: Client,
     worker_id: String,
     job: WorkerJob,
     location: StorageLocation,
-    batches: BatchSender,
+    dispatch: Dispatch,
     decode: Arc<Semaphore>,
     samples_done: AtomicU64,
     /// Set by SIGTERM: finish the batch in hand, hand every lease back, exit cleanly.
@@ -195,8 +254,19 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
                 reason: e.to_string(),
             }
         })?;
-    let (tx, rx) =
-        std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * cfg.devices.len().max(1));
+    let n_dev = cfg.devices.len().max(1);
+    let (senders, queues): (Vec<WorkSender>, Vec<_>) = if job.counts_only {
+        (0..n_dev)
+            .map(|_| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE);
+                (tx, Arc::new(Mutex::new(rx)))
+            })
+            .unzip()
+    } else {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * n_dev);
+        let rx = Arc::new(Mutex::new(rx));
+        (vec![tx], vec![rx; n_dev])
+    };
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
         fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
@@ -205,8 +275,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         metrics: cfg.metrics.clone(),
     };
     let devices = cfg.devices.clone();
-    let rx = Arc::new(Mutex::new(rx));
-    tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, rx))
+    tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, &queues))
         .await
         .map_err(|e| AgentError::Executor(e.to_string()))?
         .map_err(AgentError::Executor)?;
@@ -215,7 +284,11 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         worker_id: cfg.worker_id.clone(),
         job,
         location,
-        batches: tx,
+        dispatch: Dispatch {
+            queues: senders,
+            next: AtomicU64::new(0),
+            broadcast: Arc::new(std::sync::Mutex::new(())),
+        },
         decode: Arc::new(Semaphore::new(cfg.decode_threads.max(1))),
         samples_done: AtomicU64::new(0),
         draining: draining.clone(),
@@ -367,6 +440,13 @@ const DRAINING: &str = "worker draining";
 async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
     let lease_id = lease.lease_id;
     if let Err(e) = process_shard(&shared, lease).await {
+        if shared.job.counts_only {
+            // Whatever the executors counted for this lease is void; free it.
+            let _ = shared
+                .dispatch
+                .broadcast(move || Work::Discard { lease: lease_id })
+                .await;
+        }
         let e = if e == DRAINING { String::new() } else { e };
         if !e.is_empty() {
             tracing::warn!(lease = lease_id, error = %e, "shard failed");
@@ -429,16 +509,27 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
             done = true;
         }
         if pending.len() >= batch_size || (done && !pending.is_empty()) {
-            let results = run_batch(shared, std::mem::take(&mut pending), side).await?;
-            shared
-                .samples_done
-                .fetch_add(results.len() as u64, Ordering::Relaxed);
+            let items = std::mem::take(&mut pending);
+            let n = items.len() as u64;
+            let results = run_batch(shared, lease.lease_id, items, side).await?;
+            shared.samples_done.fetch_add(n, Ordering::Relaxed);
+            if results.is_empty() {
+                continue;
+            }
             tx.send(pb::SubmitRequest {
                 item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
             })
             .await
             .map_err(|_| "submit stream closed".to_string())?;
         }
+    }
+    if shared.job.counts_only {
+        let counts = shared.dispatch.reduce(lease.lease_id).await?;
+        tx.send(pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Counts(counts)),
+        })
+        .await
+        .map_err(|_| "submit stream closed".to_string())?;
     }
     drop(tx);
     let submit_start = std::time::Instant::now();
@@ -460,6 +551,7 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
 /// Sends the good images of a group to an executor; bad ones become error results right away.
 async fn run_batch(
     shared: &Arc<Shared>,
+    lease: u64,
     items: Vec<(SampleIndex, u32, Result<PreprocessedImage, String>)>,
     side: i64,
 ) -> Result<Vec<SampleResult>, String> {
@@ -487,18 +579,14 @@ async fn run_batch(
     if !indices.is_empty() {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let batch = Batch {
+            lease,
             indices,
             labels,
             pixels,
             side,
             reply,
         };
-        let sender = shared.batches.clone();
-        // The queue is bounded: waiting here is the backpressure that keeps host memory bounded.
-        tokio::task::spawn_blocking(move || sender.send(batch))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|_| "executors stopped".to_string())?;
+        shared.dispatch.send_batch(batch).await?;
         out.extend(
             rx.await
                 .map_err(|_| "executor dropped the batch".to_string())??,

@@ -1,6 +1,8 @@
 //! Device executors: one thread per device owns a model copy and turns uint8 batches into per-sample
-//! results. Batches arrive through one shared queue, so a faster device simply takes more of them.
+//! results (or, in counts-only jobs, per-lease counts kept on the device). Batches arrive through one
+//! shared queue, so a faster device simply takes more of them; counts-only jobs use one queue each.
 
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,21 +10,45 @@ use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 use tresnet_common::job::SaveLogits;
 use tresnet_common::protocol::convert::WorkerJob;
-use tresnet_common::protocol::pb::SampleResult;
+use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 
 use crate::collective::Collective;
+use crate::counts::DeviceCounts;
 use crate::model::{BuildOptions, ModelName, TResNet, load_model};
 use crate::scoring::{loss_and_confidence, top_k};
 
 /// One batch of preprocessed images of one shard.
 #[derive(Debug)]
 pub struct Batch {
+    /// The lease the batch belongs to: counts-only executors accumulate per lease.
+    pub lease: u64,
     pub indices: Vec<u64>,
     pub labels: Vec<u32>,
     /// `n × 3 × side × side` bytes, CHW per image.
     pub pixels: Vec<u8>,
     pub side: i64,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, String>>,
+}
+
+/// Reply to a [`Work::Reduce`]: the lease's counts summed over every executor (rank 0), or `None`
+/// (the other ranks).
+pub type ReduceReply = tokio::sync::oneshot::Sender<Result<Option<ShardCounts>, String>>;
+
+/// What an executor's queue carries. Normal jobs share one queue of batches among the executors (a
+/// faster device takes more); counts-only jobs give each executor its own queue, so that `Reduce` and
+/// `Discard`, sent to every executor in the same order, meet in the collective in that order.
+#[derive(Debug)]
+pub enum Work {
+    Batch(Batch),
+    /// All-reduce the lease's counts across executors (its batches have all been answered).
+    Reduce {
+        lease: u64,
+        reply: ReduceReply,
+    },
+    /// Forget the lease's counts (the shard failed or was handed back).
+    Discard {
+        lease: u64,
+    },
 }
 
 /// What an executor runs: the real network, or the benchmark's stand-in.
@@ -89,8 +115,15 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
 pub fn start(
     cfg: &ExecutorConfig,
     devices: &[Device],
-    queue: Arc<Mutex<Receiver<Batch>>>,
+    queues: &[Arc<Mutex<Receiver<Work>>>],
 ) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+    if queues.len() != devices.len() {
+        return Err(format!(
+            "{} queues for {} devices",
+            queues.len(),
+            devices.len()
+        ));
+    }
     let mut handles = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let collective = Arc::new(Collective::for_devices(devices));
@@ -101,7 +134,7 @@ pub fn start(
     );
     for (rank, &device) in devices.iter().enumerate() {
         let cfg = cfg.clone();
-        let queue = queue.clone();
+        let queue = queues[rank].clone();
         let ready = ready_tx.clone();
         let collective = collective.clone();
         let h = std::thread::Builder::new()
@@ -122,9 +155,24 @@ pub fn start(
                 }
                 let _ = ready.send(Ok(()));
                 let label = crate::metrics::device_label(device);
+                let mut counts: HashMap<u64, DeviceCounts> = HashMap::new();
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(batch) = next else { return };
+                    let batch = match next {
+                        Err(_) => return,
+                        Ok(Work::Batch(b)) => b,
+                        Ok(Work::Discard { lease }) => {
+                            counts.remove(&lease);
+                            continue;
+                        }
+                        Ok(Work::Reduce { lease, reply }) => {
+                            let mine = counts.remove(&lease).unwrap_or_else(|| {
+                                DeviceCounts::zeros(i64::from(cfg.job.num_classes), device)
+                            });
+                            let _ = reply.send(reduce(&collective, rank, mine));
+                            continue;
+                        }
+                    };
                     // The simulated slowness counts as device time: it stands for a slow device.
                     let start = std::time::Instant::now();
                     if !cfg.debug_batch_delay.is_zero() {
@@ -133,7 +181,12 @@ pub fn start(
                     // libtorch reports some failures by panicking inside tch; one bad batch must fail
                     // its shard (which is then retried) rather than kill this device's executor.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_batch(&engine, &cfg.job, device, &batch)
+                        let acc = cfg.job.counts_only.then(|| {
+                            counts.entry(batch.lease).or_insert_with(|| {
+                                DeviceCounts::zeros(i64::from(cfg.job.num_classes), device)
+                            })
+                        });
+                        run_batch(&engine, &cfg.job, device, &batch, acc)
                     }))
                     .unwrap_or_else(|p| {
                         Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))
@@ -157,7 +210,26 @@ pub fn start(
     Ok(handles)
 }
 
-pub type BatchSender = SyncSender<Batch>;
+pub type WorkSender = SyncSender<Work>;
+
+/// Sums this executor's counts of a lease with every other executor's; rank 0 gets the message.
+fn reduce(
+    collective: &Collective,
+    rank: usize,
+    mut c: DeviceCounts,
+) -> Result<Option<ShardCounts>, String> {
+    collective
+        .all_reduce_sum(rank, &mut c.ints)
+        .map_err(|e| e.to_string())?;
+    collective
+        .all_reduce_sum(rank, &mut c.floats)
+        .map_err(|e| e.to_string())?;
+    if rank == 0 {
+        c.to_pb().map(Some)
+    } else {
+        Ok(None)
+    }
+}
 
 pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<String>()
@@ -199,23 +271,16 @@ fn synthetic_record(index: u64, classes: usize, k: usize) -> SampleResult {
     }
 }
 
-fn run_batch(
+/// The batch's logits `[n, classes]` on `device`, in the model's kind (synthetic: deterministic
+/// pseudo-logits from the sample indices).
+fn device_logits(
     engine: &Engine,
     job: &WorkerJob,
     device: Device,
     b: &Batch,
-) -> Result<Vec<SampleResult>, String> {
+) -> Result<Tensor, String> {
     let n = b.indices.len();
-    if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.save_logits) {
-        // Capacity benchmarks measure the coordinator: O(k) work per sample keeps the simulated
-        // workers from being the bottleneck on the same few cores.
-        return Ok(b
-            .indices
-            .iter()
-            .map(|&i| synthetic_record(i, *classes, job.top_k as usize))
-            .collect());
-    }
-    let (logits, classes): (Vec<f32>, usize) = match engine {
+    match engine {
         Engine::Synthetic { classes } => {
             let mut v = Vec::with_capacity(n * classes);
             for &i in &b.indices {
@@ -227,7 +292,9 @@ fn run_batch(
                     v.push((s >> 40) as f32 / (1u64 << 24) as f32 * 8.0);
                 }
             }
-            (v, *classes)
+            Ok(Tensor::from_slice(&v)
+                .view([n as i64, *classes as i64])
+                .to_device(device))
         }
         Engine::Model(model) => {
             let _guard = tch::no_grad_guard();
@@ -247,13 +314,47 @@ fn run_batch(
                     .to_device(device);
                 x = (x - mean) / std;
             }
-            let y = model.forward(&x).map_err(|e| e.to_string())?;
-            let y = y.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
-            let classes = y.size()[1] as usize;
-            let v = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
-            (v, classes)
+            model.forward(&x).map_err(|e| e.to_string())
         }
-    };
+    }
+}
+
+/// Per-sample results of a batch; or, with `counts` (counts-only jobs), the batch added to them on the
+/// device and no per-sample results at all.
+fn run_batch(
+    engine: &Engine,
+    job: &WorkerJob,
+    device: Device,
+    b: &Batch,
+    counts: Option<&mut DeviceCounts>,
+) -> Result<Vec<SampleResult>, String> {
+    let n = b.indices.len();
+    if let Some(acc) = counts {
+        let y = device_logits(engine, job, device, b)?;
+        let labels =
+            Tensor::from_slice(&b.labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>())
+                .to_device(y.device());
+        let classes = y.size()[1];
+        if let Some(bad) = b.labels.iter().find(|&&l| i64::from(l) >= classes) {
+            return Err(format!("label {bad} outside the model's {classes} classes"));
+        }
+        let k = (crate::counts::TOP5.min(i64::from(job.top_k))).min(classes);
+        acc.add_batch(&y, &labels, k);
+        return Ok(Vec::new());
+    }
+    if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.save_logits) {
+        // Capacity benchmarks measure the coordinator: O(k) work per sample keeps the simulated
+        // workers from being the bottleneck on the same few cores.
+        return Ok(b
+            .indices
+            .iter()
+            .map(|&i| synthetic_record(i, *classes, job.top_k as usize))
+            .collect());
+    }
+    let y = device_logits(engine, job, device, b)?;
+    let y = y.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+    let classes = y.size()[1] as usize;
+    let logits = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(n);
     for (j, row) in logits.chunks(classes).enumerate() {
         let (topk_indices, topk_logits) = top_k(row, job.top_k as usize);

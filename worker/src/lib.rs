@@ -11,6 +11,8 @@ pub mod collective;
 #[cfg(feature = "torch")]
 pub mod collective_check;
 #[cfg(feature = "torch")]
+pub mod counts;
+#[cfg(feature = "torch")]
 pub mod device;
 #[cfg(feature = "torch")]
 pub mod executor;

@@ -86,6 +86,7 @@ impl From<&JobSpec> for pb::JobSpec {
             num_classes: j.num_classes,
             synthetic: j.synthetic,
             leaky_slope: j.leaky_slope,
+            counts_only: j.counts_only,
         }
     }
 }
@@ -107,6 +108,7 @@ pub struct WorkerJob {
     pub num_classes: u32,
     pub synthetic: bool,
     pub leaky_slope: Option<f64>,
+    pub counts_only: bool,
 }
 
 impl TryFrom<pb::JobSpec> for WorkerJob {
@@ -123,6 +125,12 @@ impl TryFrom<pb::JobSpec> for WorkerJob {
             return Err(bad(
                 "JobSpec",
                 format!("top_k {} with {} classes", j.top_k, j.num_classes),
+            ));
+        }
+        if j.counts_only && j.save_logits != "none" && !j.save_logits.is_empty() {
+            return Err(bad(
+                "JobSpec",
+                "counts_only jobs ship no per-sample data, so save_logits must be none",
             ));
         }
         Ok(WorkerJob {
@@ -143,6 +151,7 @@ impl TryFrom<pb::JobSpec> for WorkerJob {
             num_classes: j.num_classes,
             synthetic: j.synthetic,
             leaky_slope: j.leaky_slope,
+            counts_only: j.counts_only,
         })
     }
 }

@@ -180,12 +180,23 @@ impl Decoder {
     ) -> Result<Decoded, PreprocessError> {
         match sniff(bytes)? {
             ImageFormat::Jpeg => {
-                let result = self.decode_jpeg(bytes, opts);
+                let reused = self.jpeg.is_some();
+                let mut result = self.decode_jpeg(bytes, opts);
                 if result.is_err() {
                     // TurboJPEG leaves libjpeg mid-state after an error (its header reader returns
                     // without jpeg_abort), and the next image then fails with a stale message; a
                     // fresh handle on the (rare) error path is the simple cure.
                     self.jpeg = None;
+                    if reused {
+                        // A used handle's history also changes what a bad file fails with (a
+                        // header reader that saw earlier images reports a bogus size instead of
+                        // "no image"). A sample's reason must depend on its bytes alone, whichever
+                        // thread decoded what before, so errors are reported from a fresh handle.
+                        result = self.decode_jpeg(bytes, opts);
+                        if result.is_err() {
+                            self.jpeg = None;
+                        }
+                    }
                 }
                 result
             }
@@ -623,6 +634,21 @@ mod tests {
         ));
         // And the decoder is still good afterwards.
         assert_eq!(dec.decode(&clean, &opts()).unwrap().image, want);
+    }
+
+    #[test]
+    fn a_bad_file_fails_the_same_way_whatever_the_decoder_saw_before() {
+        let img = turbojpeg::Image::mandelbrot(48, 32, PixelFormat::RGB);
+        let good = turbojpeg::compress(img.as_deref(), 90, turbojpeg::Subsamp::Sub2x2).unwrap();
+        let bad: &[u8] = b"\xff\xd8\xff\xe0 not really a jpeg";
+        let fresh = Decoder::default().decode(bad, &opts()).unwrap_err().to_string();
+        let mut used = Decoder::default();
+        used.decode(&good, &opts()).unwrap();
+        let after_good = used.decode(bad, &opts()).unwrap_err().to_string();
+        assert_eq!(after_good, fresh);
+        assert!(fresh.contains("no end-of-image marker"), "{fresh}");
+        // Still decodes good files afterwards.
+        used.decode(&good, &opts()).unwrap();
     }
 
     #[test]

@@ -1,0 +1,250 @@
+//! Counts-only scoring: a shard's correct@1/@5, confusion matrix, loss and calibration sums
+//! accumulated on the device that computed the logits, so no per-sample data leaves it, then summed
+//! across the node's executors by the collective and shipped as one `ShardCounts`.
+//!
+//! The arithmetic mirrors the per-sample path (`scoring.rs`): ties rank the lower class first, loss and
+//! confidence come from a log-sum-exp in f64, and a confidence lands in bin `ceil(15·c) - 1` (0 in the
+//! first), the coordinator's rule. Integer counts are therefore identical to a per-sample run's; the
+//! float sums agree to rounding (the reduction order differs).
+
+use tch::{Device, Kind, Tensor};
+use tresnet_common::protocol::pb::{ClassCount, ConfusionCell, ShardCounts};
+
+/// The report's "top-5" k before capping by `top_k` and the class count.
+pub const TOP5: i64 = 5;
+/// Calibration bins, as the coordinator's report uses.
+pub const ECE_BINS: i64 = 15;
+/// Leading integer counters: evaluated, correct@1, correct@k.
+const HEAD: i64 = 3;
+
+/// One shard's running counts on one device: `ints` = [evaluated, correct1, correct5,
+/// bin_count[15], bin_correct[15], correct5_by_class[C], confusion[C·C] (row = label)], `floats` =
+/// [loss_sum, bin_confidence_sum[15]]. Two flat tensors, so each needs one all-reduce.
+#[derive(Debug)]
+pub struct DeviceCounts {
+    pub ints: Tensor,
+    pub floats: Tensor,
+    classes: i64,
+}
+
+impl DeviceCounts {
+    pub fn zeros(classes: i64, device: Device) -> Self {
+        let n = HEAD + 2 * ECE_BINS + classes + classes * classes;
+        DeviceCounts {
+            ints: Tensor::zeros([n], (Kind::Int64, device)),
+            floats: Tensor::zeros([1 + ECE_BINS], (Kind::Double, device)),
+            classes,
+        }
+    }
+
+    /// Adds a batch: `logits` `[n, classes]` (any float kind) and `labels` `[n]` int64, both on this
+    /// device; `k` is the report's top-5 k.
+    pub fn add_batch(&mut self, logits: &Tensor, labels: &Tensor, k: i64) {
+        let dev = logits.device();
+        let c = self.classes;
+        let y = logits.to_kind(Kind::Double);
+        let lab = labels.unsqueeze(1);
+        let ly = y.gather(1, &lab, false);
+        let cls = Tensor::arange(c, (Kind::Int64, dev)).unsqueeze(0);
+        // A sample's rank is the number of classes ordered before its label under the tie rule.
+        let before = y
+            .gt_tensor(&ly)
+            .logical_or(&y.eq_tensor(&ly).logical_and(&cls.lt_tensor(&lab)));
+        let rank = before.sum_dim_intlist(Some([1i64].as_slice()), false, Kind::Int64);
+        let hit1 = rank.eq(0);
+        let hitk = rank.lt(k);
+        let (max, _) = y.max_dim(1, true);
+        // The predicted class is the lowest index holding the maximum (not argmax's tie order).
+        let pred = cls
+            .expand_as(&y)
+            .where_self(
+                &y.eq_tensor(&max),
+                &Tensor::full_like(&cls.expand_as(&y), c),
+            )
+            .amin(1, false);
+        let lse = &max
+            + (&y - &max)
+                .exp()
+                .sum_dim_intlist(Some([1i64].as_slice()), true, Kind::Double)
+                .log();
+        let loss = (&lse - &ly).squeeze_dim(1);
+        let conf = (&max - &lse).exp().squeeze_dim(1);
+        let bin = ((&conf * ECE_BINS as f64).ceil().clamp(1.0, ECE_BINS as f64) - 1.0)
+            .to_kind(Kind::Int64);
+        let n = Tensor::from_slice(&[labels.size()[0]]).to_device(dev);
+        let as_f64 = |t: &Tensor| t.to_kind(Kind::Double);
+        let ints = Tensor::cat(
+            &[
+                n,
+                hit1.sum(Kind::Int64).view([1]),
+                hitk.sum(Kind::Int64).view([1]),
+                bin.bincount(None::<Tensor>, ECE_BINS),
+                // Weighted bincounts come back as f64; the weights are 0/1, so the sums are exact.
+                bin.bincount(Some(as_f64(&hit1)), ECE_BINS)
+                    .to_kind(Kind::Int64),
+                labels.bincount(Some(as_f64(&hitk)), c).to_kind(Kind::Int64),
+                (labels * c + &pred).bincount(None::<Tensor>, c * c),
+            ],
+            0,
+        );
+        self.ints += ints;
+        let floats = Tensor::cat(
+            &[
+                loss.sum(Kind::Double).view([1]),
+                bin.bincount(Some(&conf), ECE_BINS),
+            ],
+            0,
+        );
+        self.floats += floats;
+    }
+
+    /// The counts as the protocol message (sparse confusion and per-class hits).
+    pub fn to_pb(&self) -> Result<ShardCounts, String> {
+        let ints =
+            Vec::<i64>::try_from(self.ints.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        let floats =
+            Vec::<f64>::try_from(self.floats.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+        let u = |v: i64| v.max(0) as u64;
+        let b = ECE_BINS as usize;
+        let c = self.classes as usize;
+        let (head, rest) = ints.split_at(HEAD as usize);
+        let (bin_count, rest) = rest.split_at(b);
+        let (bin_correct, rest) = rest.split_at(b);
+        let (by_class, confusion) = rest.split_at(c);
+        Ok(ShardCounts {
+            evaluated: u(head[0]),
+            correct1: u(head[1]),
+            correct5: u(head[2]),
+            loss_sum: floats[0],
+            bin_count: bin_count.iter().map(|&v| u(v)).collect(),
+            bin_confidence_sum: floats[1..].to_vec(),
+            bin_correct: bin_correct.iter().map(|&v| u(v)).collect(),
+            confusion: confusion
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, &n)| ConfusionCell {
+                    label: (i / c) as u32,
+                    predicted: (i % c) as u32,
+                    count: u(n),
+                })
+                .collect(),
+            correct5_by_class: by_class
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, &n)| ClassCount {
+                    class_index: i as u32,
+                    count: u(n),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scoring::{loss_and_confidence, top_k};
+
+    /// What the coordinator's per-sample tally would count, from the host scoring functions.
+    fn host_counts(logits: &[Vec<f32>], labels: &[u32], k: usize) -> ShardCounts {
+        let c = logits[0].len();
+        let mut out = ShardCounts {
+            bin_count: vec![0; 15],
+            bin_confidence_sum: vec![0.0; 15],
+            bin_correct: vec![0; 15],
+            ..Default::default()
+        };
+        let mut confusion = std::collections::BTreeMap::new();
+        let mut by_class = vec![0u64; c];
+        for (row, &label) in logits.iter().zip(labels) {
+            let (top, _) = top_k(row, k);
+            let (loss, conf) = loss_and_confidence(row, label);
+            let hit1 = top[0] == label;
+            let hitk = top.contains(&label);
+            out.evaluated += 1;
+            out.correct1 += u64::from(hit1);
+            out.correct5 += u64::from(hitk);
+            out.loss_sum += loss;
+            let bin = ((conf * 15.0).ceil() as usize).clamp(1, 15) - 1;
+            out.bin_count[bin] += 1;
+            out.bin_confidence_sum[bin] += conf;
+            out.bin_correct[bin] += u64::from(hit1);
+            *confusion.entry((label, top[0])).or_insert(0u64) += 1;
+            by_class[label as usize] += u64::from(hitk);
+        }
+        out.confusion = confusion
+            .into_iter()
+            .map(|((label, predicted), count)| ConfusionCell {
+                label,
+                predicted,
+                count,
+            })
+            .collect();
+        out.correct5_by_class = by_class
+            .into_iter()
+            .enumerate()
+            .filter(|(_, n)| *n > 0)
+            .map(|(i, count)| ClassCount {
+                class_index: i as u32,
+                count,
+            })
+            .collect();
+        out
+    }
+
+    #[test]
+    fn device_counts_equal_the_per_sample_tally_including_ties() {
+        let classes = 7usize;
+        let mut s = 12345u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut logits = Vec::new();
+        let mut labels = Vec::new();
+        for i in 0..300 {
+            // Coarse values make ties (also with the label) common; some rows are all equal.
+            let row: Vec<f32> = (0..classes)
+                .map(|_| {
+                    if i % 17 == 0 {
+                        1.0
+                    } else {
+                        (next() % 5) as f32 * 0.5
+                    }
+                })
+                .collect();
+            logits.push(row);
+            labels.push((next() % classes as u64) as u32);
+        }
+        let k = 3;
+        let want = host_counts(&logits, &labels, k);
+        let mut counts = DeviceCounts::zeros(classes as i64, Device::Cpu);
+        // Two batches, as a shard's would arrive.
+        for (rows, labs) in [
+            (&logits[..128], &labels[..128]),
+            (&logits[128..], &labels[128..]),
+        ] {
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let y = Tensor::from_slice(&flat).view([rows.len() as i64, classes as i64]);
+            let l = Tensor::from_slice(&labs.iter().map(|&v| v as i64).collect::<Vec<_>>());
+            counts.add_batch(&y, &l, k as i64);
+        }
+        let got = counts.to_pb().unwrap();
+        assert_eq!(
+            (got.evaluated, got.correct1, got.correct5),
+            (want.evaluated, want.correct1, want.correct5)
+        );
+        assert_eq!(got.confusion, want.confusion);
+        assert_eq!(got.correct5_by_class, want.correct5_by_class);
+        assert_eq!(got.bin_count, want.bin_count);
+        assert_eq!(got.bin_correct, want.bin_correct);
+        assert!((got.loss_sum - want.loss_sum).abs() < 1e-9 * want.loss_sum.max(1.0));
+        for (g, w) in got.bin_confidence_sum.iter().zip(&want.bin_confidence_sum) {
+            assert!((g - w).abs() < 1e-9, "{g} vs {w}");
+        }
+    }
+}

@@ -169,6 +169,21 @@ fn every_number_agrees_with_scikit_learn() {
     assert!(err.contains("top1:") && err.contains("macro.f1:"), "{err}");
 }
 
+/// Deletes every derived file of `run` and rebuilds them with `tresnet-coordinator report`.
+fn rerender_from_scratch(run: &Path) -> Output {
+    for f in DERIVED {
+        std::fs::remove_file(run.join(f)).unwrap();
+    }
+    ok(
+        Command::new(bin("tresnet-coordinator"))
+            .arg("report")
+            .arg(run)
+            .output()
+            .unwrap(),
+        "report",
+    )
+}
+
 fn frame(path: &Path) -> DataFrame {
     ParquetReader::new(std::fs::File::open(path).unwrap())
         .finish()
@@ -189,17 +204,7 @@ fn report_rerenders_identical_files() {
         .filter(|f| f.ends_with(".parquet"))
         .map(|f| (*f, frame(&run.join(f))))
         .collect();
-    for f in DERIVED {
-        std::fs::remove_file(run.join(f)).unwrap();
-    }
-    let out = ok(
-        Command::new(bin("tresnet-coordinator"))
-            .arg("report")
-            .arg(&run)
-            .output()
-            .unwrap(),
-        "report",
-    );
+    let out = rerender_from_scratch(&run);
     assert!(String::from_utf8_lossy(&out.stdout).contains("top-1"));
     for f in DERIVED {
         let after = std::fs::read(run.join(f)).unwrap();
@@ -478,17 +483,7 @@ fn counts_only_reports_the_same_numbers_without_per_sample_data() {
     // `report` re-renders a counts-only run from counts.pb.
     let before = text(&run.join("per_class.csv"));
     let top1 = b["top1"].clone();
-    for f in DERIVED {
-        std::fs::remove_file(run.join(f)).unwrap();
-    }
-    ok(
-        Command::new(bin("tresnet-coordinator"))
-            .arg("report")
-            .arg(&run)
-            .output()
-            .unwrap(),
-        "report",
-    );
+    rerender_from_scratch(&run);
     assert_eq!(text(&run.join("per_class.csv")), before);
     assert_eq!(summary(&run)["top1"], top1);
 

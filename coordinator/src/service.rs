@@ -1,5 +1,12 @@
 //! The gRPC service workers talk to. All shared state sits behind one mutex that is never held across
 //! an await, so every RPC sees the scheduler, journal and live counters consistently.
+//!
+//! The service outlives a job: `sweep` swaps the next cell's [`RunState`] in under the same mutex
+//! ([`RunState::succeed`]) and the registered workers carry over. Shard and lease ids restart with every
+//! job, so each job-scoped request names its job; one naming a job that is over is answered "job done"
+//! (lease, heartbeat), dropped (submit) or ignored (release), and never touches the current job. A
+//! worker whose job is over asks `NextJob`, which hands out the current job, "retry" while the
+//! coordinator is between jobs, or "finished" after the last one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -12,6 +19,7 @@ use tresnet_common::ids::{LeaseId, SampleIndex, ShardId, WorkerId};
 use tresnet_common::protocol::PROTOCOL_VERSION;
 use tresnet_common::protocol::convert::sample_to_pb;
 use tresnet_common::protocol::pb::{self, coordinator_server::Coordinator};
+use tresnet_common::software::WorkerSoftware;
 
 use crate::journal::Journal;
 use crate::scheduler::{Completion, Millis, Scheduler};
@@ -23,6 +31,9 @@ pub fn heartbeat_interval(lease_timeout: Duration) -> Duration {
 
 /// When a worker asks for work and none is pending, it waits this long before asking again.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Between the jobs of a sweep the coordinator writes one cell's reports and lists the next cell's
+/// dataset (seconds); idle workers poll this often, a negligible load that keeps the switch prompt.
+const NEXT_JOB_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Default)]
 pub struct WorkerInfo {
@@ -30,6 +41,9 @@ pub struct WorkerInfo {
     pub devices: Vec<String>,
     pub last_seen: Millis,
     pub samples_done: u64,
+    pub pid: u32,
+    /// `None` when the worker did not say (it is not optional in the protocol, but may be empty).
+    pub software: Option<WorkerSoftware>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,6 +79,10 @@ pub struct RunState {
     pub journal_pending: u32,
     /// Validate + journal time of each accepted submission (exported on /metrics).
     pub accept_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Workers that cannot run this job at all, with their reasons.
+    pub refusals: BTreeMap<WorkerId, String>,
+    /// No job follows this one: `NextJob` answers "finished" once it is done.
+    pub last_job: bool,
     start: Instant,
 }
 
@@ -92,8 +110,26 @@ impl RunState {
             lease_timeout,
             journal_pending: 0,
             accept_seconds: crate::metrics::accept_histogram(),
+            refusals: BTreeMap::new(),
+            last_job: true,
             start: Instant::now(),
         }
+    }
+
+    /// Replaces the finished job with `next` (a job id of its own), keeping the registered workers
+    /// and the accept histogram, which describe the process rather than one job.
+    pub fn succeed(&mut self, mut next: RunState) {
+        next.workers = std::mem::take(&mut self.workers);
+        for w in next.workers.values_mut() {
+            w.last_seen = 0;
+            w.samples_done = 0;
+        }
+        next.accept_seconds = self.accept_seconds.clone();
+        *self = next;
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.pb_job.job_id
     }
 
     pub fn now(&self) -> Millis {
@@ -153,7 +189,8 @@ impl Coordinator for CoordinatorService {
         let id = worker_id(&r.worker_id)?;
         let mut st = self.lock();
         let now = st.now();
-        tracing::info!(worker = %id, host = %r.hostname, devices = ?r.devices, "worker registered");
+        let software = r.software.map(WorkerSoftware::from);
+        tracing::info!(worker = %id, host = %r.hostname, devices = ?r.devices, ?software, "worker registered");
         st.workers.insert(
             id,
             WorkerInfo {
@@ -161,10 +198,12 @@ impl Coordinator for CoordinatorService {
                 devices: r.devices,
                 last_seen: now,
                 samples_done: 0,
+                pid: r.pid,
+                software,
             },
         );
         Ok(Response::new(pb::RegisterResponse {
-            job: Some(st.pb_job.clone()),
+            job: (!st.done()).then(|| st.pb_job.clone()),
             heartbeat_interval_ms: heartbeat_interval(st.lease_timeout).as_millis() as u32,
             lease_timeout_ms: st.lease_timeout.as_millis() as u32,
         }))
@@ -186,7 +225,7 @@ impl Coordinator for CoordinatorService {
         if let Some(w) = st.workers.get_mut(&id) {
             w.last_seen = now;
         }
-        if st.done() {
+        if st.done() || r.job_id != st.job_id() {
             return Ok(Response::new(pb::LeaseResponse {
                 job_done: true,
                 ..Default::default()
@@ -230,10 +269,19 @@ impl Coordinator for CoordinatorService {
         let id = worker_id(&r.worker_id)?;
         let mut st = self.lock();
         let now = st.now();
+        if let Some(w) = st.workers.get_mut(&id) {
+            w.last_seen = now;
+        }
+        if r.job_id != st.job_id() {
+            // Its lease ids mean nothing to this job's scheduler (they may even collide with live ones).
+            return Ok(Response::new(pb::HeartbeatResponse {
+                cancelled_lease_ids: r.lease_ids,
+                job_done: true,
+            }));
+        }
         let leases: Vec<LeaseId> = r.lease_ids.iter().map(|&l| LeaseId(l)).collect();
         let cancelled = st.sched.heartbeat(&id, &leases, now);
         if let Some(w) = st.workers.get_mut(&id) {
-            w.last_seen = now;
             w.samples_done = r.samples_done;
         }
         Ok(Response::new(pb::HeartbeatResponse {
@@ -262,6 +310,13 @@ impl Coordinator for CoordinatorService {
         let shard = ShardId(header.shard_id);
         let range = {
             let st = self.lock();
+            if header.job_id != st.job_id() {
+                // A late result of an earlier job: that job already accounted every shard.
+                return Ok(Response::new(pb::SubmitResponse {
+                    accepted: false,
+                    reason: format!("job {:?} is over; result dropped", header.job_id),
+                }));
+            }
             if header.shard_id >= st.sched.shard_count() as u64 {
                 return Err(Status::invalid_argument(format!("unknown {shard}")));
             }
@@ -383,7 +438,58 @@ impl Coordinator for CoordinatorService {
         if let Some(e) = &error {
             tracing::warn!(worker = %id, lease = r.lease_id, error = %e, "worker failed a shard");
         }
-        self.lock().sched.release(&id, LeaseId(r.lease_id), error);
+        let mut st = self.lock();
+        if r.job_id == st.job_id() {
+            st.sched.release(&id, LeaseId(r.lease_id), error);
+        }
         Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn next_job(
+        &self,
+        req: Request<pb::NextJobRequest>,
+    ) -> Result<Response<pb::NextJobResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        let now = st.now();
+        let Some(w) = st.workers.get_mut(&id) else {
+            return Err(Status::failed_precondition(format!(
+                "worker {id} is not registered"
+            )));
+        };
+        w.last_seen = now;
+        let resp = if !st.done() && r.previous_job_id != st.job_id() {
+            pb::NextJobResponse {
+                job: Some(st.pb_job.clone()),
+                ..Default::default()
+            }
+        } else if st.last_job && st.done() {
+            pb::NextJobResponse {
+                finished: true,
+                ..Default::default()
+            }
+        } else {
+            // Between jobs, or the worker refused the current one (it must not get it again).
+            pb::NextJobResponse {
+                retry_after_ms: NEXT_JOB_RETRY.as_millis() as u32,
+                ..Default::default()
+            }
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn refuse_job(
+        &self,
+        req: Request<pb::RefuseJobRequest>,
+    ) -> Result<Response<pb::RefuseJobResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        if r.job_id == st.job_id() {
+            tracing::warn!(worker = %id, job = %r.job_id, error = %r.error, "worker cannot run the job");
+            st.refusals.insert(id, r.error);
+        }
+        Ok(Response::new(pb::RefuseJobResponse {}))
     }
 }

@@ -5,9 +5,16 @@
 //! Each cell is exactly a `run` command line: the matrix fills in `--model --weights --data --format
 //! --resolution --crop-mode --precision --out`, and the `[run]` table of the sweep file adds any other
 //! `run` flag by its long name (`batch-size = 64`, `no-fold-bn = true`, `worker-arg = ["…"]`), so
-//! defaults and validation are the same as for a single run. Cells run one after another through the
-//! same code as `run` (local workers are spawned per cell and load that cell's model; with `listen`
-//! remote workers must be started once per cell).
+//! defaults and validation are the same as for a single run. Cells run one after another on one
+//! [`WorkerPool`]: the gRPC endpoint stays up for the whole sweep, `local-workers` are spawned once
+//! (with the first cell that runs) and remote workers (`listen`) join once and stay attached. When a
+//! cell is done, its workers ask for the next job and get the next cell; a worker reloads its model
+//! only when the model, weights, precision, BN folding, slope or class count differ, and keeps its
+//! dataset cache (so a second cell on the same object-store dataset fetches nothing again). Every
+//! cell has its own run directory, journal and exactly-once accounting, exactly as a `run` of it;
+//! pool-wide settings (listen address, TLS, token, local workers, devices) come from the `[run]`
+//! table, which every cell shares. A cell that no worker can load (a bad checkpoint) fails with the
+//! workers' reasons once every worker has refused it, and the next cell runs on the same workers.
 //!
 //! A cell is finished when its run directory holds a `summary.json` that accounts for every sample with
 //! no failed shard and whose job identity (model, weights hash, dataset fingerprint, preprocessing,
@@ -48,7 +55,8 @@ use tresnet_common::preprocess::CropMode;
 
 use crate::cli::{Cli, Command};
 use crate::finished_run::{self, RunSummary};
-use crate::run;
+use crate::metrics::Observed;
+use crate::run::{self, WorkerPool};
 use crate::table::Table;
 
 /// `run` flags the matrix sets itself; the `[run]` table may not.
@@ -394,10 +402,13 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         .with_context(|| format!("cannot create sweep folder {}", out.display()))?;
     let total = cells.len();
     let mut results = Vec::with_capacity(total);
+    let mut pool: Option<WorkerPool> = None;
+    let observed = Observed::default();
     for (i, cell) in cells.into_iter().enumerate() {
         let dir = out.join(&cell.name);
         let tag = format!("sweep: cell {}/{total} {}", i + 1, cell.name);
-        let (status, summary, error) = match run_cell(&cell, &dir, &flags, &tag).await {
+        let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed).await;
+        let (status, summary, error) = match ran {
             Ok((status, s)) => (status, Some(s), None),
             Err(e) => {
                 eprintln!("{tag}: FAILED: {e:#}");
@@ -412,6 +423,9 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
             error,
         });
     }
+    if let Some(pool) = pool {
+        pool.close().await;
+    }
     let outcome = SweepOutcome {
         out: out.clone(),
         cells: results,
@@ -425,6 +439,8 @@ async fn run_cell(
     dir: &Path,
     flags: &[String],
     tag: &str,
+    pool: &mut Option<WorkerPool>,
+    observed: &Observed,
 ) -> anyhow::Result<(CellStatus, RunSummary)> {
     let args = cell.run_args(dir, flags);
     let run_cfg = match Cli::try_parse_from(&args) {
@@ -443,14 +459,18 @@ async fn run_cell(
         return Ok((CellStatus::Skipped, s));
     }
     eprintln!("{tag}: running");
-    run::run_planned(
-        run_cfg,
-        job,
-        index,
-        &crate::metrics::Observed::default(),
-        started,
-    )
-    .await?;
+    let mut state = run::job_state(&run_cfg, &job, index).await?;
+    // The pool outlives the cell: its workers wait for the next one instead of exiting.
+    state.last_job = false;
+    let pool = match pool {
+        Some(p) => {
+            p.install(state);
+            p
+        }
+        None => pool.insert(WorkerPool::start(&run_cfg, state, observed).await?),
+    };
+    tracing::info!(cell = %cell.name, local_worker_pids = ?pool.local_pids(), "cell on the worker pool");
+    pool.run_job(&run_cfg, &job, started).await?;
     let s = finished_run::read_summary(dir)?;
     Ok((CellStatus::Ran, s))
 }

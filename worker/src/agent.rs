@@ -23,7 +23,8 @@ use tresnet_common::protocol::pb::{self, SampleResult};
 use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
-use crate::executor::{self, Batch, BatchSender, ExecutorConfig};
+use crate::dataset_cache::{DatasetCache, EntryKey};
+use crate::executor::{self, Batch, BatchSender, ExecutorConfig, ModelKey};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::decode::RgbImage;
 use crate::preprocess::{PreprocessedImage, Preprocessor, crop};
@@ -51,6 +52,8 @@ pub struct AgentConfig {
     pub tls_ca: Option<std::path::PathBuf>,
     pub tls_domain: Option<String>,
     pub metrics: WorkerMetrics,
+    /// Where fetched objects of remote stores are kept (`None`: fetch every time).
+    pub dataset_cache: Option<Arc<DatasetCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,7 @@ type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
 struct Shared {
     client: Client,
     worker_id: String,
-    job: WorkerJob,
+    job: Arc<WorkerJob>,
     location: StorageLocation,
     batches: BatchSender,
     decode: Arc<Semaphore>,
@@ -95,6 +98,8 @@ struct Shared {
     /// Live leases and the tasks running them, so a cancelled lease can be stopped.
     active: Mutex<HashMap<u64, JoinHandle<()>>>,
     metrics: WorkerMetrics,
+    /// Set when the job's objects are worth caching (a remote store, a fingerprinted dataset).
+    cache: Option<Arc<DatasetCache>>,
 }
 
 /// What a failed connection most likely means, given the URL's scheme: a plaintext client talking to a
@@ -107,7 +112,8 @@ fn connect_hint(url: &str) -> &'static str {
     }
 }
 
-/// Connects, registers, runs shards until the coordinator says the job is done; returns samples done.
+/// Connects, registers, then runs the coordinator's jobs one after another (one for `run`, one per cell
+/// for `sweep`) until it has no further job; returns the samples done.
 pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
     // The handler goes in first, so a SIGTERM during connection or model loading also drains cleanly.
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -156,6 +162,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
     let mut client = CoordinatorClient::with_interceptor(channel, attach)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let software = crate::software::report(&cfg.devices);
     let reg = client
         .register(pb::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -163,6 +170,8 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             hostname: hostname(),
             devices: cfg.device_names.clone(),
             capacity: cfg.prefetch_shards,
+            software: Some((&software).into()),
+            pid: std::process::id(),
         })
         .await
         .map_err(|s| AgentError::Register {
@@ -181,22 +190,166 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             status: status_text(&s),
         })?
         .into_inner();
-    let job: WorkerJob = reg
-        .job
-        .ok_or_else(|| AgentError::Job("no job in the registration reply".into()))?
-        .try_into()
-        .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
-            AgentError::Job(e.to_string())
-        })?;
+    let heartbeat_every = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
+    let mut executors: Option<Executors> = None;
+    let mut next = reg.job;
+    let mut previous = String::new();
+    // Why this worker could not run the last job it was given, if it could not: a worker that ends on
+    // a refused job exits with that error, the reason an operator needs.
+    let mut refused: Option<AgentError> = None;
+    let mut samples = 0;
+    let result = loop {
+        if draining.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let pb_job = match next.take() {
+            Some(j) => j,
+            None => match next_job(&mut client, &cfg.worker_id, &previous, &url).await {
+                Ok(Some(j)) => j,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            },
+        };
+        previous = pb_job.job_id.clone();
+        match run_job(
+            &cfg,
+            &client,
+            pb_job,
+            &mut executors,
+            &draining,
+            heartbeat_every,
+        )
+        .await
+        {
+            Ok(n) => {
+                samples += n;
+                refused = None;
+            }
+            Err(JobError::Refused(e)) => {
+                tracing::error!(job = %previous, error = %e, "cannot run this job; telling the coordinator");
+                let refusal = client
+                    .refuse_job(pb::RefuseJobRequest {
+                        worker_id: cfg.worker_id.clone(),
+                        job_id: previous.clone(),
+                        error: e.to_string(),
+                    })
+                    .await;
+                if let Err(s) = refusal {
+                    break Err(AgentError::Rpc {
+                        url: url.clone(),
+                        status: status_text(&s),
+                    });
+                }
+                refused = Some(e);
+            }
+            Err(JobError::Agent(e)) => break Err(e),
+        }
+    };
+    drain.abort();
+    if let Some(ex) = executors.take() {
+        ex.stop().await;
+    }
+    cfg.metrics.set_done();
+    result?;
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(samples),
+    }
+}
+
+/// Asks for the job after `previous`, waiting while the coordinator is between jobs; `None` when it has
+/// no further job.
+async fn next_job(
+    client: &mut Client,
+    worker_id: &str,
+    previous: &str,
+    url: &str,
+) -> Result<Option<pb::JobSpec>, AgentError> {
+    loop {
+        let r = client
+            .next_job(pb::NextJobRequest {
+                worker_id: worker_id.to_string(),
+                previous_job_id: previous.to_string(),
+            })
+            .await
+            .map_err(|s| AgentError::Rpc {
+                url: url.to_string(),
+                status: status_text(&s),
+            })?
+            .into_inner();
+        if r.finished {
+            return Ok(None);
+        }
+        if let Some(job) = r.job {
+            return Ok(Some(job));
+        }
+        tokio::time::sleep(Duration::from_millis(u64::from(r.retry_after_ms.max(10)))).await;
+    }
+}
+
+/// Why a job ended early.
+enum JobError {
+    /// This worker cannot run the job (malformed, model does not load, dataset unreachable); the
+    /// coordinator is told and the worker waits for the next job.
+    Refused(AgentError),
+    /// The coordinator is unreachable or refused the protocol: the worker stops.
+    Agent(AgentError),
+}
+
+/// Executor threads holding one loaded model, kept across jobs with the same [`ModelKey`].
+struct Executors {
+    key: ModelKey,
+    batches: BatchSender,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How long stopping executors may take: they finish the batch in hand (a forward pass) and exit.
+const EXECUTOR_STOP_GRACE: Duration = Duration::from_secs(60);
+
+impl Executors {
+    /// Closes the queue and waits for the threads to exit, so the model's memory is freed before the
+    /// next one loads.
+    async fn stop(self) {
+        drop(self.batches);
+        let threads = self.threads;
+        let join = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(EXECUTOR_STOP_GRACE, join)
+            .await
+            .is_err()
+        {
+            tracing::warn!("executors did not stop in time; loading the next model anyway");
+        }
+    }
+}
+
+/// Runs one job: (re)loads the model when it differs from the loaded one, then leases shards until the
+/// coordinator says the job is done; returns the samples done.
+async fn run_job(
+    cfg: &AgentConfig,
+    client: &Client,
+    pb_job: pb::JobSpec,
+    executors: &mut Option<Executors>,
+    draining: &Arc<std::sync::atomic::AtomicBool>,
+    heartbeat_every: Duration,
+) -> Result<u64, JobError> {
+    let url = &cfg.coordinator;
+    let job: WorkerJob =
+        pb_job
+            .try_into()
+            .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
+                JobError::Refused(AgentError::Job(e.to_string()))
+            })?;
     let location =
         StorageLocation::parse(&job.data_url, &StorageOptions::default()).map_err(|e| {
-            AgentError::Storage {
+            JobError::Refused(AgentError::Storage {
                 url: job.data_url.clone(),
                 reason: e.to_string(),
-            }
+            })
         })?;
-    let (tx, rx) =
-        std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * cfg.devices.len().max(1));
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
         fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
@@ -204,42 +357,77 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         debug_batch_delay: cfg.debug_batch_delay,
         metrics: cfg.metrics.clone(),
     };
-    let devices = cfg.devices.clone();
-    let rx = Arc::new(Mutex::new(rx));
-    tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, rx))
-        .await
-        .map_err(|e| AgentError::Executor(e.to_string()))?
-        .map_err(AgentError::Executor)?;
+    let key = ModelKey::of(&exec_cfg);
+    if executors.as_ref().is_some_and(|e| e.key == key) {
+        tracing::info!(job = %job.job_id, model = %job.model, "same model as the previous job; keeping it loaded");
+    } else {
+        if let Some(old) = executors.take() {
+            old.stop().await;
+        }
+        tracing::info!(job = %job.job_id, model = %job.model, weights = %job.weights, "loading the model");
+        let (tx, rx) =
+            std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * cfg.devices.len().max(1));
+        let devices = cfg.devices.clone();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, rx))
+            .await
+            .map_err(|e| JobError::Refused(AgentError::Executor(e.to_string())))?
+            .map_err(|e| {
+                JobError::Refused(AgentError::Executor(format!(
+                    "model {} with weights {}: {e}",
+                    job.model, job.weights
+                )))
+            })?;
+        *executors = Some(Executors {
+            key,
+            batches: tx,
+            threads,
+        });
+    }
+    // Local files are already on this node; a job without a fingerprint gives no safe key.
+    let remote = !["file://", "memory://"]
+        .iter()
+        .any(|s| location.root_url().starts_with(s));
+    let cache = cfg
+        .dataset_cache
+        .clone()
+        .filter(|_| remote && !job.dataset_fingerprint.is_empty() && !job.synthetic);
+    let batches = executors
+        .as_ref()
+        .map(|e| e.batches.clone())
+        .expect("executors loaded above");
     let shared = Arc::new(Shared {
         client: client.clone(),
         worker_id: cfg.worker_id.clone(),
-        job,
+        job: Arc::new(job),
         location,
-        batches: tx,
+        batches,
         decode: Arc::new(Semaphore::new(cfg.decode_threads.max(1))),
         samples_done: AtomicU64::new(0),
         draining: draining.clone(),
         active: Mutex::new(HashMap::new()),
         metrics: cfg.metrics.clone(),
+        cache,
     });
     cfg.metrics.set_ready();
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        shared.clone(),
-        Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
-    ));
-    let result = lease_loop(&shared, cfg.prefetch_shards.max(1), &url).await;
-    drain.abort();
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_every));
+    let result = lease_loop(&shared, cfg.prefetch_shards.max(1), url).await;
     heartbeat.abort();
-    for (_, h) in shared
+    let _ = heartbeat.await;
+    let tasks: Vec<JoinHandle<()>> = shared
         .active
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain()
-    {
+        .map(|(_, h)| h)
+        .collect();
+    // Aborted and awaited, so nothing of this job (a late submit, a sender of the batch queue) outlives
+    // it into the next one.
+    for h in tasks {
         h.abort();
+        let _ = h.await;
     }
-    cfg.metrics.set_done();
-    result?;
+    result.map_err(JobError::Agent)?;
     Ok(shared.samples_done.load(Ordering::Relaxed))
 }
 
@@ -298,6 +486,7 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
             .lease(pb::LeaseRequest {
                 worker_id: shared.worker_id.clone(),
                 max_shards: capacity - active,
+                job_id: shared.job.job_id.clone(),
             })
             .await
             .map_err(|s| AgentError::Rpc {
@@ -344,6 +533,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
             worker_id: shared.worker_id.clone(),
             lease_ids: ids,
             samples_done: shared.samples_done.load(Ordering::Relaxed),
+            job_id: shared.job.job_id.clone(),
         };
         match client.heartbeat(req).await {
             Ok(r) => {
@@ -378,6 +568,7 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
                 worker_id: shared.worker_id.clone(),
                 lease_id,
                 error: e,
+                job_id: shared.job.job_id.clone(),
             })
             .await;
     }
@@ -396,6 +587,7 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
             worker_id: shared.worker_id.clone(),
             shard_id: lease.shard_id,
             lease_id: lease.lease_id,
+            job_id: shared.job.job_id.clone(),
         })),
     })
     .await
@@ -491,6 +683,7 @@ async fn run_batch(
             labels,
             pixels,
             side,
+            job: shared.job.clone(),
             reply,
         };
         let sender = shared.batches.clone();
@@ -519,14 +712,8 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
             data: Vec::new(),
         });
     }
-    let loc = &shared.location;
-    let path = s.source.path();
     let fetch_start = std::time::Instant::now();
-    let bytes = match s.source.byte_range() {
-        None => loc.get(path).await,
-        Some(r) => loc.get_range(path, r).await,
-    }
-    .map_err(|e| e.to_string())?;
+    let bytes = fetch(shared, s).await?;
     shared.metrics.observe(Stage::Fetch, fetch_start.elapsed());
     let metrics = shared.metrics.clone();
     let permit = shared
@@ -550,6 +737,37 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// The sample's bytes: from the node's dataset cache when it holds them, else from the store (and
+/// then into the cache).
+async fn fetch(shared: &Arc<Shared>, s: &Sample) -> Result<bytes::Bytes, String> {
+    let loc = &shared.location;
+    let path = s.source.path();
+    let range = s.source.byte_range();
+    let url = loc.object_url(path);
+    let key = EntryKey {
+        dataset_fingerprint: &shared.job.dataset_fingerprint,
+        object_url: &url,
+        range: range.clone(),
+        size: s.source.size(),
+    };
+    if let Some(cache) = &shared.cache
+        && let Some(bytes) = cache.get(&key).await
+    {
+        shared.metrics.dataset_cache_hits.inc();
+        return Ok(bytes);
+    }
+    let bytes = match range {
+        None => loc.get(path).await,
+        Some(r) => loc.get_range(path, r).await,
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(cache) = &shared.cache {
+        cache.put(&key, &bytes).await;
+        shared.metrics.dataset_cache_misses.inc();
+    }
+    Ok(bytes)
 }
 
 thread_local! {

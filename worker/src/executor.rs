@@ -1,5 +1,9 @@
 //! Device executors: one thread per device owns a model copy and turns uint8 batches into per-sample
 //! results. Batches arrive through one shared queue, so a faster device simply takes more of them.
+//!
+//! Executors outlive a job: each batch carries the job it belongs to (top-k, logits, normalisation),
+//! and the loaded model is described by a [`ModelKey`]; the agent keeps the executors for the next job
+//! of a sweep when its key is the same, and stops them (freeing the model) before loading another.
 
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -22,6 +26,8 @@ pub struct Batch {
     /// `n × 3 × side × side` bytes, CHW per image.
     pub pixels: Vec<u8>,
     pub side: i64,
+    /// The job the batch belongs to: how to score it and what to send back.
+    pub job: Arc<WorkerJob>,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, String>>,
 }
 
@@ -42,6 +48,38 @@ pub struct ExecutorConfig {
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
     pub metrics: crate::metrics::WorkerMetrics,
+}
+
+/// Everything that decides which network the executors hold; two jobs with equal keys run on the
+/// same loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelKey {
+    model: String,
+    weights: String,
+    weights_sha256: String,
+    precision: String,
+    fold_bn: bool,
+    channels_last: Option<bool>,
+    leaky_slope: Option<f64>,
+    num_classes: u32,
+    synthetic: bool,
+}
+
+impl ModelKey {
+    pub fn of(cfg: &ExecutorConfig) -> Self {
+        let j = &cfg.job;
+        ModelKey {
+            model: j.model.clone(),
+            weights: j.weights.clone(),
+            weights_sha256: j.weights_sha256.clone(),
+            precision: j.precision.clone(),
+            fold_bn: cfg.fold_bn,
+            channels_last: cfg.channels_last,
+            leaky_slope: j.leaky_slope,
+            num_classes: j.num_classes,
+            synthetic: j.synthetic,
+        }
+    }
 }
 
 /// Loads the job's model on `device` (or nothing, in synthetic mode).
@@ -133,7 +171,7 @@ pub fn start(
                     // libtorch reports some failures by panicking inside tch; one bad batch must fail
                     // its shard (which is then retried) rather than kill this device's executor.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_batch(&engine, &cfg.job, device, &batch)
+                        run_batch(&engine, &batch.job, device, &batch)
                     }))
                     .unwrap_or_else(|p| {
                         Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod collective;
 #[cfg(feature = "torch")]
 pub mod collective_check;
+pub mod dataset_cache;
 #[cfg(feature = "torch")]
 pub mod device;
 #[cfg(feature = "torch")]
@@ -25,3 +26,5 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod scoring;
+#[cfg(feature = "torch")]
+pub mod software;

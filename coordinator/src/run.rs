@@ -1,5 +1,8 @@
 //! One evaluation job end to end: list the dataset, open (or resume) the run directory, serve workers
 //! (spawned locally or remote), watch leases and progress, and write the reports.
+//!
+//! The serving half is a [`WorkerPool`], which outlives a job so that `sweep` runs all its cells on the
+//! same endpoint and the same workers; `run` is a pool with a single job.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

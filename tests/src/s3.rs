@@ -53,11 +53,11 @@ impl S3Server {
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
                 .arg(root.path())
-                // s3s logs every request it serves at debug level; tests count them.
+                // s3s logs every request it serves at debug level (to stdout); tests count them.
                 .env("RUST_LOG", "s3s::service=debug")
                 .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(log.reopen().unwrap())
+                .stdout(log.reopen().unwrap())
+                .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.to_string_lossy()));
             let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));

@@ -76,7 +76,8 @@ pub struct RunConfig {
 const TICK: Duration = Duration::from_millis(100);
 /// Progress log interval when stderr is not a terminal (CI logs stay readable).
 const LOG_EVERY: Duration = Duration::from_secs(5);
-/// Time local workers get to notice the job is done and exit before they are killed.
+/// Time workers get to hear that no job follows (and local ones to exit) before the endpoint stops and
+/// local ones are killed; a few of their polls, which come every few hundred milliseconds.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
 
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -510,8 +511,33 @@ impl WorkerPool {
             }
         }
         // Workers learn that the job is done from their next lease or heartbeat, then that nothing
-        // follows from `NextJob`, and exit on their own.
+        // follows from `NextJob`, and exit on their own. Serving stops once every registered worker
+        // (remote ones included) has heard it, so none finds the endpoint gone instead.
         let deadline = Instant::now() + WORKER_EXIT_GRACE;
+        loop {
+            for w in &mut self.workers {
+                if w.alive && matches!(w.child.try_wait(), Ok(Some(_))) {
+                    w.alive = false;
+                }
+            }
+            let waiting: Vec<WorkerId> = {
+                let st = self.lock();
+                st.workers
+                    .keys()
+                    .filter(|id| !st.told_finished.contains(*id))
+                    .filter(|id| !self.workers.iter().any(|w| !w.alive && &w.id == *id))
+                    .cloned()
+                    .collect()
+            };
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(workers = ?waiting, "workers did not ask for a next job; stopping anyway");
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+        }
         for w in &mut self.workers {
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, w.child.wait()).await.is_err() {

@@ -83,6 +83,8 @@ pub struct RunState {
     pub refusals: BTreeMap<WorkerId, String>,
     /// No job follows this one: `NextJob` answers "finished" once it is done.
     pub last_job: bool,
+    /// Workers that heard "finished": the coordinator keeps serving until each registered one has.
+    pub told_finished: BTreeSet<WorkerId>,
     start: Instant,
 }
 
@@ -112,6 +114,7 @@ impl RunState {
             accept_seconds: crate::metrics::accept_histogram(),
             refusals: BTreeMap::new(),
             last_job: true,
+            told_finished: BTreeSet::new(),
             start: Instant::now(),
         }
     }
@@ -465,6 +468,7 @@ impl Coordinator for CoordinatorService {
                 ..Default::default()
             }
         } else if st.last_job && st.done() {
+            st.told_finished.insert(id);
             pb::NextJobResponse {
                 finished: true,
                 ..Default::default()

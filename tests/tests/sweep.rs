@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use polars::prelude::*;
 use tresnet_tests::{
-    assert_same_report, bin, children_of, coordinator_run_with, model_fixtures, run_ok,
+    Watched, assert_same_report, bin, children_of, coordinator_run_with, model_fixtures, run_ok,
     sample_images, summary, tresnet_m_weights,
 };
 
@@ -419,4 +419,51 @@ fn a_cell_no_worker_can_load_fails_by_name_and_the_next_cell_runs_on_the_same_wo
     let status = csv.column("status").unwrap().str().unwrap().clone();
     let status: Vec<&str> = (0..status.len()).map(|i| status.get(i).unwrap()).collect();
     assert_eq!(status, ["failed", "ran"]);
+}
+
+#[test]
+fn a_remote_worker_joins_once_and_runs_every_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pool_sweep_file(
+        dir.path(),
+        &[(&tresnet_m_weights(), "seeded")],
+        r#"["center", "squish"]"#,
+    );
+    // No local workers: the pool is whatever joins the endpoint.
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "local-workers = 2",
+        "local-workers = 0\nlisten = \"127.0.0.1:0\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut cmd = Command::new(bin("tresnet-coordinator"));
+    cmd.arg("sweep")
+        .arg(&file)
+        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        .env_remove("TRESNET_TOKEN");
+    let mut coord = Watched::spawn(cmd, "sweep");
+    let addr = coord.wait_for("coordinator listening on ");
+    let addr = addr.split(';').next().unwrap().trim().to_string();
+    let mut worker = Command::new(bin("tresnet-worker"))
+        .args(["--coordinator", &format!("http://{addr}")])
+        .args(["--worker-id", "remote-0", "--threads", "1", "--no-cache"])
+        .env_remove("TRESNET_TOKEN")
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    assert!(coord.child.wait().unwrap().success(), "sweep failed");
+    // The worker heard that the sweep has no further job and exited by itself, successfully.
+    assert!(worker.wait().unwrap().success());
+    let out = dir.path().join("runs");
+    for c in [
+        "tresnet_m-seeded-sample-64-center-fp32",
+        "tresnet_m-seeded-sample-64-squish-fp32",
+    ] {
+        let run = out.join(c);
+        assert_eq!(summary(&run)["samples"], 24, "{c}");
+        assert_eq!(
+            cell_workers(&run),
+            [("remote-0".to_string(), u64::from(pid), 24)],
+            "{c}"
+        );
+    }
 }

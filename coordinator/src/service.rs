@@ -497,3 +497,214 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(pb::RefuseJobResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+    use tresnet_common::dataset::{DatasetFormat, Sample, SampleSource};
+    use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
+    use tresnet_common::storage::{StorageLocation, StorageOptions};
+
+    use super::*;
+    use crate::scheduler::SchedulerConfig;
+
+    /// A job over `n` samples in shards of 2, journaled under `dir`, with wire id `id`.
+    fn state(dir: &std::path::Path, id: &str, n: u64) -> RunState {
+        let root = StorageLocation::parse("/d", &StorageOptions::default()).unwrap();
+        let samples = (0..n)
+            .map(|i| Sample {
+                key: format!("s{i}.jpg").as_str().into(),
+                label: 0,
+                source: SampleSource::Object {
+                    path: root.path_of(&format!("s{i}.jpg")).unwrap(),
+                    size: Some(10),
+                },
+            })
+            .collect();
+        let index = DatasetIndex::new(
+            "file:///d",
+            DatasetFormat::ImageFolder,
+            vec!["a".into()],
+            samples,
+            Vec::new(),
+        )
+        .unwrap();
+        let sched = Scheduler::new(
+            n,
+            2,
+            SchedulerConfig {
+                lease_timeout: Duration::from_secs(30),
+                max_failures: 3,
+                speculative: false,
+            },
+        );
+        let pb_job = pb::JobSpec {
+            job_id: id.into(),
+            ..Default::default()
+        };
+        let journal = Journal::open(dir).unwrap();
+        let mut st = RunState::new(
+            pb_job,
+            Arc::new(index),
+            sched,
+            journal,
+            false,
+            4,
+            Duration::from_secs(30),
+        );
+        st.last_job = false;
+        st
+    }
+
+    fn results(range: std::ops::Range<u64>) -> Vec<pb::SubmitRequest> {
+        vec![pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Batch(pb::ResultBatch {
+                results: range
+                    .map(|index| pb::SampleResult {
+                        index,
+                        topk_indices: vec![0],
+                        topk_logits: vec![1.0],
+                        confidence: 1.0,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        }]
+    }
+
+    fn header(job: &str, shard: u64, lease: u64) -> pb::SubmitRequest {
+        pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Header(pb::SubmitHeader {
+                worker_id: "w".into(),
+                shard_id: shard,
+                lease_id: lease,
+                job_id: job.into(),
+            })),
+        }
+    }
+
+    /// Shard and lease ids restart with every job: requests naming a job that is over are answered
+    /// "job done" or dropped, and never count towards the job that replaced it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_of_a_finished_job_never_touch_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared: Shared = Arc::new(Mutex::new(state(&dir.path().join("a"), "A#1", 2)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::run::serve(
+            listener,
+            shared.clone(),
+            None,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let reg = c
+            .register(pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "w".into(),
+                pid: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reg.job.unwrap().job_id, "A#1");
+        let lease = |job: &str| pb::LeaseRequest {
+            worker_id: "w".into(),
+            max_shards: 1,
+            job_id: job.into(),
+        };
+        let a = c.lease(lease("A#1")).await.unwrap().into_inner().leases;
+        assert_eq!((a[0].shard_id, a[0].lease_id), (0, 1));
+        let mut submit = vec![header("A#1", 0, 1)];
+        submit.extend(results(0..2));
+        let r = c.submit(futures::stream::iter(submit)).await.unwrap();
+        assert!(r.into_inner().accepted);
+        // Job A is done; another job follows, so the worker is told to wait, not to exit.
+        assert!(c.lease(lease("A#1")).await.unwrap().into_inner().job_done);
+        let next = |previous: &str| pb::NextJobRequest {
+            worker_id: "w".into(),
+            previous_job_id: previous.into(),
+        };
+        let wait = c.next_job(next("A#1")).await.unwrap().into_inner();
+        assert!(wait.job.is_none() && !wait.finished && wait.retry_after_ms > 0);
+
+        shared
+            .lock()
+            .unwrap()
+            .succeed(state(&dir.path().join("b"), "B#2", 4));
+        let b = c.next_job(next("A#1")).await.unwrap().into_inner();
+        assert_eq!(b.job.unwrap().job_id, "B#2");
+        // B's first lease has A's ids again.
+        let b0 = c.lease(lease("B#2")).await.unwrap().into_inner().leases;
+        assert_eq!((b0[0].shard_id, b0[0].lease_id), (0, 1));
+        // A late duplicate of A's shard 0 (same shard and lease id as B's live lease) is dropped.
+        let mut late = vec![header("A#1", 0, 1)];
+        late.extend(results(0..2));
+        let r = c
+            .submit(futures::stream::iter(late))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.accepted && r.reason.contains("A#1"), "{r:?}");
+        // A heartbeat and a release naming A do not extend or free B's lease 1.
+        let hb = c
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: "w".into(),
+                lease_ids: vec![1],
+                samples_done: 2,
+                job_id: "A#1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((hb.cancelled_lease_ids, hb.job_done), (vec![1], true));
+        c.release(pb::ReleaseRequest {
+            worker_id: "w".into(),
+            lease_id: 1,
+            error: "boom".into(),
+            job_id: "A#1".into(),
+        })
+        .await
+        .unwrap();
+        {
+            let st = shared.lock().unwrap();
+            assert_eq!(st.live.samples_done, 0);
+            assert_eq!(st.sched.leases_in_flight(), 1);
+            assert!(st.sched.failures_of(ShardId(0)).is_empty());
+            // The registry carried over.
+            assert_eq!(st.workers[&WorkerId("w".into())].pid, 7);
+        }
+        // A refusal of B is recorded against B; then, with B over and nothing after it, "finished".
+        c.refuse_job(pb::RefuseJobRequest {
+            worker_id: "w".into(),
+            job_id: "B#2".into(),
+            error: "no such model".into(),
+        })
+        .await
+        .unwrap();
+        {
+            let mut st = shared.lock().unwrap();
+            assert_eq!(st.refusals[&WorkerId("w".into())], "no such model");
+            st.fatal = Some("refused".into());
+            st.last_job = true;
+        }
+        let done = c.next_job(next("B#2")).await.unwrap().into_inner();
+        assert!(done.finished && done.job.is_none());
+        assert!(
+            shared
+                .lock()
+                .unwrap()
+                .told_finished
+                .contains(&WorkerId("w".into()))
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
+    }
+}

@@ -15,6 +15,9 @@
 //! pool-wide settings (listen address, TLS, token, local workers, devices) come from the `[run]`
 //! table, which every cell shares. A cell that no worker can load (a bad checkpoint) fails with the
 //! workers' reasons once every worker has refused it, and the next cell runs on the same workers.
+//! Cells run in the matrix order except that those of one checkpoint at one precision run back to
+//! back (precision varies fastest in the matrix), so each worker loads each model once; the tables
+//! keep the matrix order.
 //!
 //! A cell is finished when its run directory holds a `summary.json` that accounts for every sample with
 //! no failed shard and whose job identity (model, weights hash, dataset fingerprint, preprocessing,
@@ -404,9 +407,13 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     let mut results = Vec::with_capacity(total);
     let mut pool: Option<WorkerPool> = None;
     let observed = Observed::default();
-    for (i, cell) in cells.into_iter().enumerate() {
+    let order = run_order(&cells, &file.precisions);
+    let mut slots: Vec<Option<Cell>> = cells.into_iter().map(Some).collect();
+    let mut done: Vec<Option<CellResult>> = vec![None; total];
+    for (n, &i) in order.iter().enumerate() {
+        let cell = slots[i].take().expect("each cell runs once");
         let dir = out.join(&cell.name);
-        let tag = format!("sweep: cell {}/{total} {}", i + 1, cell.name);
+        let tag = format!("sweep: cell {}/{total} {}", n + 1, cell.name);
         let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed).await;
         let (status, summary, error) = match ran {
             Ok((status, s)) => (status, Some(s), None),
@@ -415,7 +422,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
                 (CellStatus::Failed, None, Some(format!("{e:#}")))
             }
         };
-        results.push(CellResult {
+        done[i] = Some(CellResult {
             cell,
             dir,
             status,
@@ -423,6 +430,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
             error,
         });
     }
+    results.extend(done.into_iter().flatten());
     if let Some(pool) = pool {
         pool.close().await;
     }
@@ -432,6 +440,23 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     };
     write_tables(&outcome)?;
     Ok(outcome)
+}
+
+/// The order cells run in: the matrix order, except that the cells of one checkpoint at one precision
+/// run back to back, so that every worker loads each model once. Precision is the only dimension that
+/// decides the loaded model yet varies faster than datasets, resolutions and crop modes in the matrix.
+/// (The tables keep the matrix order.)
+fn run_order(cells: &[Cell], precisions: &[String]) -> Vec<usize> {
+    let checkpoint = |c: &Cell| {
+        cells
+            .iter()
+            .position(|d| d.model == c.model && d.weights == c.weights)
+            .unwrap_or(0)
+    };
+    let precision = |c: &Cell| precisions.iter().position(|p| *p == c.precision);
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by_key(|&i| (checkpoint(&cells[i]), precision(&cells[i])));
+    order
 }
 
 async fn run_cell(
@@ -638,6 +663,38 @@ worker-arg = ["--x", "--y"]
         );
         let args = cells[0].run_args(Path::new("/o/c"), &flags);
         assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+    }
+
+    #[test]
+    fn cells_of_one_checkpoint_and_precision_run_back_to_back() {
+        let f: SweepFile = toml::from_str(&FILE.replace(
+            "crop_modes = [\"center\", \"squish\"]",
+            "crop_modes = [\"center\", \"squish\"]\nprecisions = [\"fp32\", \"fp16\"]",
+        ))
+        .unwrap();
+        let cells = f.cells(Path::new("/s")).unwrap();
+        assert_eq!(cells.len(), 16);
+        let ran: Vec<(String, String)> = run_order(&cells, &f.precisions)
+            .into_iter()
+            .map(|i| (cells[i].weights_label.clone(), cells[i].precision.clone()))
+            .collect();
+        // Four loads in all (two checkpoints × two precisions), each followed by its other cells.
+        let loads = 1 + ran.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(loads, 4, "{ran:?}");
+        // Within a group, the matrix order.
+        let order = run_order(&cells, &f.precisions);
+        assert_eq!(
+            order[..4]
+                .iter()
+                .map(|&i| cells[i].name.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "tresnet_m-a-sample-64-center-fp32",
+                "tresnet_m-a-sample-64-squish-fp32",
+                "tresnet_m-a-sample-96-center-fp32",
+                "tresnet_m-a-sample-96-squish-fp32",
+            ]
+        );
     }
 
     #[test]

@@ -204,10 +204,24 @@ pub fn protocol(data: &[u8]) {
     };
     match kind % 9 {
         0 => {
-            let _ = pb::RegisterRequest::decode(body);
+            if let Ok(req) = pb::RegisterRequest::decode(body)
+                && let Some(software) = req.software
+            {
+                let back = crate::software::WorkerSoftware::from(software.clone());
+                // An empty version means "unknown", so only a non-empty one must come back as sent.
+                if !software.libtorch.is_empty() {
+                    assert_eq!(pb::WorkerSoftware::from(&back), software);
+                }
+            }
         }
         1 => {
+            // The job arrives at registration or, between the cells of a sweep, from NextJob.
             if let Ok(resp) = pb::RegisterResponse::decode(body)
+                && let Some(job) = resp.job
+            {
+                let _ = WorkerJob::try_from(job);
+            }
+            if let Ok(resp) = pb::NextJobResponse::decode(body)
                 && let Some(job) = resp.job
             {
                 let _ = WorkerJob::try_from(job);

@@ -10,4 +10,5 @@ pub mod npy;
 pub mod observability;
 pub mod preprocess;
 pub mod protocol;
+pub mod software;
 pub mod storage;

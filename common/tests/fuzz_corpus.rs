@@ -144,6 +144,7 @@ fn protocol_seeds() {
         synthetic: false,
         leaky_slope: Some(0.01),
         counts_only: false,
+        dataset_fingerprint: "cd".repeat(32),
     };
     let result = pb::SampleResult {
         index: 1,
@@ -164,6 +165,13 @@ fn protocol_seeds() {
                 hostname: "node".into(),
                 devices: vec!["cpu".into(), "cuda:0".into()],
                 capacity: 64,
+                software: Some(pb::WorkerSoftware {
+                    libtorch: "2.11.0+cpu".into(),
+                    cuda_available: false,
+                    cudnn_available: false,
+                    device_names: vec!["cpu".into()],
+                }),
+                pid: 4242,
             }
             .encode_to_vec(),
         ),
@@ -183,6 +191,7 @@ fn protocol_seeds() {
             pb::LeaseRequest {
                 worker_id: "w-1".into(),
                 max_shards: 2,
+                job_id: "job-1".into(),
             }
             .encode_to_vec(),
         ),
@@ -208,6 +217,7 @@ fn protocol_seeds() {
                 worker_id: "w-1".into(),
                 lease_ids: vec![9, 10],
                 samples_done: 77,
+                job_id: "job-1".into(),
             }
             .encode_to_vec(),
         ),
@@ -219,6 +229,7 @@ fn protocol_seeds() {
                     worker_id: "w-1".into(),
                     shard_id: 4,
                     lease_id: 9,
+                    job_id: "job-1".into(),
                 })),
             }
             .encode_to_vec(),
@@ -240,6 +251,7 @@ fn protocol_seeds() {
                 worker_id: "w-1".into(),
                 lease_id: 9,
                 error: "oom".into(),
+                job_id: "job-1".into(),
             }
             .encode_to_vec(),
         ),

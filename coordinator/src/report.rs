@@ -14,6 +14,7 @@ use tresnet_common::ids::ShardId;
 use tresnet_common::job::JobSpec;
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::pb::SampleResult;
+use tresnet_common::software::WorkerSoftware;
 
 use crate::journal::{Journal, JournalError};
 use crate::scheduler::{Scheduler, ShardState};
@@ -75,6 +76,12 @@ pub struct WorkerSummary {
     pub devices: Vec<String>,
     /// Samples of the shards accepted from it (first complete result wins; duplicates not counted).
     pub accepted_samples: u64,
+    /// Process id on its host (0 in run directories written before it was recorded).
+    #[serde(default)]
+    pub pid: u32,
+    /// What it computed with, as it reported at registration.
+    #[serde(default)]
+    pub software: Option<WorkerSoftware>,
 }
 
 /// Versions of the software that produced the numbers.
@@ -82,16 +89,23 @@ pub struct WorkerSummary {
 pub struct Software {
     pub tresnet_eval: String,
     pub protocol_version: u32,
-    /// libtorch version of the workers: null, because the protocol does not carry it yet.
+    /// The libtorch versions the workers reported (distinct, sorted, comma-separated; one when the
+    /// fleet is uniform); null when none reported one.
     pub libtorch: Option<String>,
 }
 
 impl Software {
-    pub fn current() -> Self {
+    /// This coordinator's versions, with the libtorch versions of `workers`.
+    pub fn current(workers: &[WorkerSummary]) -> Self {
+        let versions: std::collections::BTreeSet<&str> = workers
+            .iter()
+            .filter_map(|w| w.software.as_ref()?.libtorch.as_deref())
+            .collect();
         Software {
             tresnet_eval: env!("CARGO_PKG_VERSION").to_string(),
             protocol_version: tresnet_common::protocol::PROTOCOL_VERSION,
-            libtorch: None,
+            libtorch: (!versions.is_empty())
+                .then(|| versions.into_iter().collect::<Vec<_>>().join(", ")),
         }
     }
 }
@@ -380,7 +394,7 @@ pub fn finalize(
         eval_seconds: facts.eval_seconds,
         samples_timed: facts.samples_timed,
         wall_seconds: facts.wall_seconds,
-        software: Software::current(),
+        software: Software::current(&facts.workers),
         workers: facts.workers,
         timeline: facts.timeline,
         scheduling: facts.scheduling,

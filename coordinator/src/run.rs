@@ -1,5 +1,8 @@
 //! One evaluation job end to end: list the dataset, open (or resume) the run directory, serve workers
 //! (spawned locally or remote), watch leases and progress, and write the reports.
+//!
+//! The serving half is a [`WorkerPool`], which outlives a job so that `sweep` runs all its cells on the
+//! same endpoint and the same workers; `run` is a pool with a single job.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -74,7 +77,8 @@ pub struct RunConfig {
 const TICK: Duration = Duration::from_millis(100);
 /// Progress log interval when stderr is not a terminal (CI logs stay readable).
 const LOG_EVERY: Duration = Duration::from_secs(5);
-/// Time local workers get to notice the job is done and exit before they are killed.
+/// Time workers get to hear that no job follows (and local ones to exit) before the endpoint stops and
+/// local ones are killed; a few of their polls, which come every few hundred milliseconds.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
 
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -264,7 +268,29 @@ pub async fn run_planned(
     observed: &Observed,
     started: Instant,
 ) -> anyhow::Result<Summary> {
-    let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), &job).await?;
+    let state = job_state(&cfg, &job, index).await?;
+    let mut pool = WorkerPool::start(&cfg, state, observed).await?;
+    let summary = pool.run_job(&cfg, &job, started).await;
+    if summary.is_ok() {
+        observed.finished();
+        if cfg.metrics_listen.is_some() && !cfg.metrics_linger.is_zero() {
+            linger(cfg.metrics_linger).await;
+        }
+    }
+    // gRPC stays up through the report and the linger, so remote workers polling meanwhile hear
+    // "job done" instead of finding no server.
+    pool.close().await;
+    summary
+}
+
+/// Opens (or resumes) the run directory of `job` and builds the state its service shares; the job is
+/// the last one unless the caller says otherwise.
+pub async fn job_state(
+    cfg: &RunConfig,
+    job: &JobSpec,
+    index: DatasetIndex,
+) -> anyhow::Result<RunState> {
+    let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), job).await?;
     let mut sched = Scheduler::new(
         index.len() as u64,
         cfg.shard_size,
@@ -285,71 +311,146 @@ pub async fn run_planned(
             "resuming: completed shards found in the journal"
         );
     }
-    let index = Arc::new(index);
-    let state: Shared = Arc::new(Mutex::new(RunState::new(
-        (&job).into(),
-        index.clone(),
+    Ok(RunState::new(
+        job.into(),
+        Arc::new(index),
         sched,
-        journal.clone(),
+        journal,
         cfg.fail_on_bad_sample,
         4,
         cfg.lease_timeout,
-    )));
-    let bind = cfg
-        .listen
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot listen on {bind}"))?;
-    let addr = listener.local_addr()?;
-    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
-    if cfg.listen.is_some() {
-        let ca = if cfg.tls.is_some() {
-            " --tls-ca CA.pem"
+    ))
+}
+
+/// A local worker process and whether it is still running.
+struct LocalWorker {
+    id: WorkerId,
+    child: Child,
+    alive: bool,
+}
+
+/// The coordinator's gRPC endpoint and the local workers it spawned, kept up across the jobs run on
+/// it (one for `run`, one per cell for `sweep`): workers register once, stay attached and are handed
+/// each next job through `NextJob`; a worker reloads its model only when the job's model differs.
+pub struct WorkerPool {
+    state: Shared,
+    workers: Vec<LocalWorker>,
+    /// Jobs handed out so far; numbers the wire job ids, which must differ even between cells whose
+    /// [`JobSpec::job_id`] is the same (same model and dataset, another resolution).
+    jobs: u64,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl WorkerPool {
+    /// Binds and serves the protocol with `first` as the current job and spawns the local workers,
+    /// with the listener, TLS, token and local-worker settings of `cfg`.
+    pub async fn start(
+        cfg: &RunConfig,
+        first: RunState,
+        observed: &Observed,
+    ) -> anyhow::Result<Self> {
+        let mut first = first;
+        first.pb_job.job_id = wire_job_id(&first.pb_job.job_id, 1);
+        let state: Shared = Arc::new(Mutex::new(first));
+        let bind = cfg
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind}"))?;
+        let addr = listener.local_addr()?;
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+        if cfg.listen.is_some() {
+            let ca = if cfg.tls.is_some() {
+                " --tls-ca CA.pem"
+            } else {
+                ""
+            };
+            eprintln!(
+                "coordinator listening on {addr}; start workers with: tresnet-worker --coordinator {scheme}://{addr}{ca} --devices ..."
+            );
+            if !addr.ip().is_loopback() && cfg.tls.is_none() {
+                tracing::warn!(
+                    %addr,
+                    "gRPC is plaintext on a non-loopback address; use --tls-cert/--tls-key (and --token-file) on untrusted networks"
+                );
+            }
         } else {
-            ""
-        };
-        eprintln!(
-            "coordinator listening on {addr}; start workers with: tresnet-worker --coordinator {scheme}://{addr}{ca} --devices ..."
-        );
-        if !addr.ip().is_loopback() && cfg.tls.is_none() {
-            tracing::warn!(
+            tracing::info!(
                 %addr,
-                "gRPC is plaintext on a non-loopback address; use --tls-cert/--tls-key (and --token-file) on untrusted networks"
+                tls = cfg.tls.is_some(),
+                "coordinator listening on loopback only, for local workers (--listen ADDR accepts remote ones)"
             );
         }
-    } else {
-        tracing::info!(
-            %addr,
-            tls = cfg.tls.is_some(),
-            "coordinator listening on loopback only, for local workers (--listen ADDR accepts remote ones)"
-        );
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            state.clone(),
+            cfg.token.clone(),
+            cfg.tls.as_ref().map(ServerTls::server_config),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        observed.serving(state.clone());
+        let mut pool = WorkerPool {
+            state,
+            workers: Vec::new(),
+            jobs: 1,
+            stop: Some(stop_tx),
+            server: Some(server),
+        };
+        // Dropping the pool on this error stops the server and kills any worker already spawned.
+        pool.workers = spawn_workers(cfg, addr)?
+            .into_iter()
+            .map(|(id, child)| LocalWorker {
+                id,
+                child,
+                alive: true,
+            })
+            .collect();
+        Ok(pool)
     }
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        state.clone(),
-        cfg.token.clone(),
-        cfg.tls.as_ref().map(ServerTls::server_config),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
-    observed.serving(state.clone());
-    let mut children = spawn_workers(&cfg, addr)?;
-    let outcome = watch(&state, &mut children, index.len() as u64).await;
-    // Workers learn that the job is done from their next lease or heartbeat, then exit on their own.
-    let deadline = Instant::now() + WORKER_EXIT_GRACE;
-    for (id, child) in &mut children {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if tokio::time::timeout(left, child.wait()).await.is_err() {
-            tracing::warn!(worker = %id, "local worker did not exit; killing it");
-            let _ = child.kill().await;
-        }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
-    outcome?;
-    let summary = {
-        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+
+    /// Makes `next` the current job once the previous one is over: workers polling `NextJob` get it,
+    /// and requests still naming the previous job are answered "job done".
+    pub fn install(&mut self, next: RunState) {
+        self.jobs += 1;
+        let mut next = next;
+        next.pb_job.job_id = wire_job_id(&next.pb_job.job_id, self.jobs);
+        self.lock().succeed(next);
+    }
+
+    /// Whether more jobs will follow the current one (workers wait for them instead of exiting).
+    pub fn set_last_job(&self, last: bool) {
+        self.lock().last_job = last;
+    }
+
+    /// The pids of the local workers still running (in spawn order).
+    pub fn local_pids(&self) -> Vec<u32> {
+        self.workers
+            .iter()
+            .filter(|w| w.alive)
+            .filter_map(|w| w.child.id())
+            .collect()
+    }
+
+    /// Watches the current job until every shard is accounted for, then writes its reports into
+    /// `cfg.out`.
+    pub async fn run_job(
+        &mut self,
+        cfg: &RunConfig,
+        job: &JobSpec,
+        started: Instant,
+    ) -> anyhow::Result<Summary> {
+        let total = self.lock().index.len() as u64;
+        watch(&self.state, &mut self.workers, total).await?;
+        let st = self.lock();
         let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
             (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
             _ => 0.0,
@@ -368,6 +469,8 @@ pub async fn run_planned(
                     .filter(|e| e.worker == id.0)
                     .map(|e| e.samples)
                     .sum(),
+                pid: w.pid,
+                software: w.software.clone(),
             })
             .collect();
         let facts = report::RunFacts {
@@ -387,17 +490,84 @@ pub async fn run_planned(
                 }
             },
         };
-        report::finalize(&cfg.out, &job, &index, &st.sched, &journal, facts)?
-    };
-    observed.finished();
-    if cfg.metrics_listen.is_some() && !cfg.metrics_linger.is_zero() {
-        linger(cfg.metrics_linger).await;
+        Ok(report::finalize(
+            &cfg.out,
+            job,
+            &st.index,
+            &st.sched,
+            &st.journal,
+            facts,
+        )?)
     }
-    // gRPC stays up through the report and the linger, so remote workers polling meanwhile hear
-    // "job done" instead of finding no server.
-    let _ = stop_tx.send(());
-    let _ = server.await;
-    Ok(summary)
+
+    /// Tells the workers there is no further job, gives local ones time to exit on their own, then
+    /// stops serving.
+    pub async fn close(mut self) {
+        self.set_last_job(true);
+        // A job that never finished (a failed run) must still end for the workers.
+        {
+            let mut st = self.lock();
+            if !st.done() {
+                st.fatal
+                    .get_or_insert_with(|| "the coordinator is shutting down".into());
+            }
+        }
+        // Workers learn that the job is done from their next lease or heartbeat, then that nothing
+        // follows from `NextJob`, and exit on their own. Serving stops once every registered worker
+        // (remote ones included) has heard it, so none finds the endpoint gone instead.
+        let deadline = Instant::now() + WORKER_EXIT_GRACE;
+        loop {
+            for w in &mut self.workers {
+                if w.alive && matches!(w.child.try_wait(), Ok(Some(_))) {
+                    w.alive = false;
+                }
+            }
+            let waiting: Vec<WorkerId> = {
+                let st = self.lock();
+                st.workers
+                    .keys()
+                    .filter(|id| !st.told_finished.contains(*id))
+                    .filter(|id| !self.workers.iter().any(|w| !w.alive && &w.id == *id))
+                    .cloned()
+                    .collect()
+            };
+            if waiting.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(workers = ?waiting, "workers did not ask for a next job; stopping anyway");
+                break;
+            }
+            tokio::time::sleep(TICK).await;
+        }
+        for w in &mut self.workers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tokio::time::timeout(left, w.child.wait()).await.is_err() {
+                tracing::warn!(worker = %w.id, "local worker did not exit; killing it");
+                let _ = w.child.kill().await;
+            }
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        // Local workers are `kill_on_drop`; the server must not outlive the pool either.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The id a job has on the wire: unique within one coordinator process.
+fn wire_job_id(job_id: &str, n: u64) -> String {
+    format!("{job_id}#{n}")
 }
 
 /// Keeps the process (and so /metrics) up after the reports, so a scraper sees the final values; a
@@ -462,11 +632,7 @@ fn tokio_stream_from(
 }
 
 /// Drives expiry, notices dead local workers and reports progress until the job is finished.
-async fn watch(
-    state: &Shared,
-    children: &mut [(WorkerId, Child)],
-    total: u64,
-) -> anyhow::Result<()> {
+async fn watch(state: &Shared, children: &mut [LocalWorker], total: u64) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(total);
@@ -480,26 +646,27 @@ async fn watch(
     });
     let start = Instant::now();
     let mut last_log = Instant::now();
-    let mut alive: Vec<bool> = vec![true; children.len()];
     loop {
         tokio::time::sleep(TICK).await;
-        for (i, (id, child)) in children.iter_mut().enumerate() {
-            if alive[i]
-                && let Ok(Some(status)) = child.try_wait()
+        for w in children.iter_mut() {
+            if w.alive
+                && let Ok(Some(status)) = w.child.try_wait()
             {
-                alive[i] = false;
+                w.alive = false;
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 if !st.done() {
-                    tracing::warn!(worker = %id, %status, "local worker exited; requeueing its shards");
+                    tracing::warn!(worker = %w.id, %status, "local worker exited; requeueing its shards");
                     st.sched
-                        .worker_lost(id, &format!("process exited with {status}"));
+                        .worker_lost(&w.id, &format!("process exited with {status}"));
                 }
             }
         }
-        let st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut st = st;
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
         let now = st.now();
         st.sched.expire(now);
+        if st.fatal.is_none() {
+            st.fatal = refused_by_all(&st, children);
+        }
         if let Some(f) = &st.fatal {
             bail!("{f}");
         }
@@ -524,8 +691,42 @@ async fn watch(
             }
             return Ok(());
         }
-        if !children.is_empty() && alive.iter().all(|a| !a) {
+        if !children.is_empty() && children.iter().all(|w| !w.alive) {
             bail!("every local worker exited before the job finished; see their errors above");
         }
     }
+}
+
+/// The job's failure when every worker that could still run it has refused it (its model or weights
+/// do not load there, its dataset is unreachable): waiting longer would hang, so the reasons end it.
+fn refused_by_all(st: &RunState, local: &[LocalWorker]) -> Option<String> {
+    if st.refusals.is_empty() {
+        return None;
+    }
+    // A local worker still starting up may yet load the model: wait until each has registered.
+    if local
+        .iter()
+        .any(|w| w.alive && !st.workers.contains_key(&w.id))
+    {
+        return None;
+    }
+    let gone = |id: &WorkerId| local.iter().any(|w| !w.alive && &w.id == id);
+    let all = st
+        .workers
+        .keys()
+        .filter(|id| !gone(id))
+        .all(|id| st.refusals.contains_key(id));
+    all.then(|| {
+        let reasons: Vec<String> = st
+            .refusals
+            .iter()
+            .map(|(id, e)| format!("worker {id}: {e}"))
+            .collect();
+        format!(
+            "no worker can run model {} with weights {}:\n  {}",
+            st.pb_job.model,
+            st.pb_job.weights,
+            reasons.join("\n  ")
+        )
+    })
 }

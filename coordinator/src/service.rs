@@ -1,5 +1,12 @@
 //! The gRPC service workers talk to. All shared state sits behind one mutex that is never held across
 //! an await, so every RPC sees the scheduler, journal and live counters consistently.
+//!
+//! The service outlives a job: `sweep` swaps the next cell's [`RunState`] in under the same mutex
+//! ([`RunState::succeed`]) and the registered workers carry over. Shard and lease ids restart with every
+//! job, so each job-scoped request names its job; one naming a job that is over is answered "job done"
+//! (lease, heartbeat), dropped (submit) or ignored (release), and never touches the current job. A
+//! worker whose job is over asks `NextJob`, which hands out the current job, "retry" while the
+//! coordinator is between jobs, or "finished" after the last one.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -12,6 +19,7 @@ use tresnet_common::ids::{LeaseId, SampleIndex, ShardId, WorkerId};
 use tresnet_common::protocol::PROTOCOL_VERSION;
 use tresnet_common::protocol::convert::sample_to_pb;
 use tresnet_common::protocol::pb::{self, coordinator_server::Coordinator};
+use tresnet_common::software::WorkerSoftware;
 
 use crate::journal::Journal;
 use crate::scheduler::{Completion, Millis, Scheduler};
@@ -23,6 +31,9 @@ pub fn heartbeat_interval(lease_timeout: Duration) -> Duration {
 
 /// When a worker asks for work and none is pending, it waits this long before asking again.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Between the jobs of a sweep the coordinator writes one cell's reports and lists the next cell's
+/// dataset (seconds); idle workers poll this often, a negligible load that keeps the switch prompt.
+const NEXT_JOB_RETRY: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, Default)]
 pub struct WorkerInfo {
@@ -30,6 +41,9 @@ pub struct WorkerInfo {
     pub devices: Vec<String>,
     pub last_seen: Millis,
     pub samples_done: u64,
+    pub pid: u32,
+    /// `None` when the worker did not say (it is not optional in the protocol, but may be empty).
+    pub software: Option<WorkerSoftware>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -65,6 +79,12 @@ pub struct RunState {
     pub journal_pending: u32,
     /// Validate + journal time of each accepted submission (exported on /metrics).
     pub accept_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Workers that cannot run this job at all, with their reasons.
+    pub refusals: BTreeMap<WorkerId, String>,
+    /// No job follows this one: `NextJob` answers "finished" once it is done.
+    pub last_job: bool,
+    /// Workers that heard "finished": the coordinator keeps serving until each registered one has.
+    pub told_finished: BTreeSet<WorkerId>,
     start: Instant,
 }
 
@@ -92,8 +112,27 @@ impl RunState {
             lease_timeout,
             journal_pending: 0,
             accept_seconds: crate::metrics::accept_histogram(),
+            refusals: BTreeMap::new(),
+            last_job: true,
+            told_finished: BTreeSet::new(),
             start: Instant::now(),
         }
+    }
+
+    /// Replaces the finished job with `next` (a job id of its own), keeping the registered workers
+    /// and the accept histogram, which describe the process rather than one job.
+    pub fn succeed(&mut self, mut next: RunState) {
+        next.workers = std::mem::take(&mut self.workers);
+        for w in next.workers.values_mut() {
+            w.last_seen = 0;
+            w.samples_done = 0;
+        }
+        next.accept_seconds = self.accept_seconds.clone();
+        *self = next;
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.pb_job.job_id
     }
 
     pub fn now(&self) -> Millis {
@@ -153,7 +192,8 @@ impl Coordinator for CoordinatorService {
         let id = worker_id(&r.worker_id)?;
         let mut st = self.lock();
         let now = st.now();
-        tracing::info!(worker = %id, host = %r.hostname, devices = ?r.devices, "worker registered");
+        let software = r.software.map(WorkerSoftware::from);
+        tracing::info!(worker = %id, host = %r.hostname, devices = ?r.devices, ?software, "worker registered");
         st.workers.insert(
             id,
             WorkerInfo {
@@ -161,10 +201,12 @@ impl Coordinator for CoordinatorService {
                 devices: r.devices,
                 last_seen: now,
                 samples_done: 0,
+                pid: r.pid,
+                software,
             },
         );
         Ok(Response::new(pb::RegisterResponse {
-            job: Some(st.pb_job.clone()),
+            job: (!st.done()).then(|| st.pb_job.clone()),
             heartbeat_interval_ms: heartbeat_interval(st.lease_timeout).as_millis() as u32,
             lease_timeout_ms: st.lease_timeout.as_millis() as u32,
         }))
@@ -186,7 +228,7 @@ impl Coordinator for CoordinatorService {
         if let Some(w) = st.workers.get_mut(&id) {
             w.last_seen = now;
         }
-        if st.done() {
+        if st.done() || r.job_id != st.job_id() {
             return Ok(Response::new(pb::LeaseResponse {
                 job_done: true,
                 ..Default::default()
@@ -230,10 +272,19 @@ impl Coordinator for CoordinatorService {
         let id = worker_id(&r.worker_id)?;
         let mut st = self.lock();
         let now = st.now();
+        if let Some(w) = st.workers.get_mut(&id) {
+            w.last_seen = now;
+        }
+        if r.job_id != st.job_id() {
+            // Its lease ids mean nothing to this job's scheduler (they may even collide with live ones).
+            return Ok(Response::new(pb::HeartbeatResponse {
+                cancelled_lease_ids: r.lease_ids,
+                job_done: true,
+            }));
+        }
         let leases: Vec<LeaseId> = r.lease_ids.iter().map(|&l| LeaseId(l)).collect();
         let cancelled = st.sched.heartbeat(&id, &leases, now);
         if let Some(w) = st.workers.get_mut(&id) {
-            w.last_seen = now;
             w.samples_done = r.samples_done;
         }
         Ok(Response::new(pb::HeartbeatResponse {
@@ -262,6 +313,13 @@ impl Coordinator for CoordinatorService {
         let shard = ShardId(header.shard_id);
         let (range, counts_only, num_classes, k5) = {
             let st = self.lock();
+            if header.job_id != st.job_id() {
+                // A late result of an earlier job: that job already accounted every shard.
+                return Ok(Response::new(pb::SubmitResponse {
+                    accepted: false,
+                    reason: format!("job {:?} is over; result dropped", header.job_id),
+                }));
+            }
             if header.shard_id >= st.sched.shard_count() as u64 {
                 return Err(Status::invalid_argument(format!("unknown {shard}")));
             }
@@ -426,7 +484,270 @@ impl Coordinator for CoordinatorService {
         if let Some(e) = &error {
             tracing::warn!(worker = %id, lease = r.lease_id, error = %e, "worker failed a shard");
         }
-        self.lock().sched.release(&id, LeaseId(r.lease_id), error);
+        let mut st = self.lock();
+        if r.job_id == st.job_id() {
+            st.sched.release(&id, LeaseId(r.lease_id), error);
+        }
         Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn next_job(
+        &self,
+        req: Request<pb::NextJobRequest>,
+    ) -> Result<Response<pb::NextJobResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        let now = st.now();
+        let Some(w) = st.workers.get_mut(&id) else {
+            return Err(Status::failed_precondition(format!(
+                "worker {id} is not registered"
+            )));
+        };
+        w.last_seen = now;
+        let resp = if !st.done() && r.previous_job_id != st.job_id() {
+            pb::NextJobResponse {
+                job: Some(st.pb_job.clone()),
+                ..Default::default()
+            }
+        } else if st.last_job && st.done() {
+            st.told_finished.insert(id);
+            pb::NextJobResponse {
+                finished: true,
+                ..Default::default()
+            }
+        } else {
+            // Between jobs, or the worker refused the current one (it must not get it again).
+            pb::NextJobResponse {
+                retry_after_ms: NEXT_JOB_RETRY.as_millis() as u32,
+                ..Default::default()
+            }
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn refuse_job(
+        &self,
+        req: Request<pb::RefuseJobRequest>,
+    ) -> Result<Response<pb::RefuseJobResponse>, Status> {
+        let r = req.into_inner();
+        let id = worker_id(&r.worker_id)?;
+        let mut st = self.lock();
+        if r.job_id == st.job_id() {
+            tracing::warn!(worker = %id, job = %r.job_id, error = %r.error, "worker cannot run the job");
+            st.refusals.insert(id, r.error);
+        }
+        Ok(Response::new(pb::RefuseJobResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+    use tresnet_common::dataset::{DatasetFormat, Sample, SampleSource};
+    use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
+    use tresnet_common::storage::{StorageLocation, StorageOptions};
+
+    use super::*;
+    use crate::scheduler::SchedulerConfig;
+
+    /// A job over `n` samples in shards of 2, journaled under `dir`, with wire id `id`.
+    fn state(dir: &std::path::Path, id: &str, n: u64) -> RunState {
+        let root = StorageLocation::parse("/d", &StorageOptions::default()).unwrap();
+        let samples = (0..n)
+            .map(|i| Sample {
+                key: format!("s{i}.jpg").as_str().into(),
+                label: 0,
+                source: SampleSource::Object {
+                    path: root.path_of(&format!("s{i}.jpg")).unwrap(),
+                    size: Some(10),
+                },
+            })
+            .collect();
+        let index = DatasetIndex::new(
+            "file:///d",
+            DatasetFormat::ImageFolder,
+            vec!["a".into()],
+            samples,
+            Vec::new(),
+        )
+        .unwrap();
+        let sched = Scheduler::new(
+            n,
+            2,
+            SchedulerConfig {
+                lease_timeout: Duration::from_secs(30),
+                max_failures: 3,
+                speculative: false,
+            },
+        );
+        let pb_job = pb::JobSpec {
+            job_id: id.into(),
+            ..Default::default()
+        };
+        let journal = Journal::open(dir).unwrap();
+        let mut st = RunState::new(
+            pb_job,
+            Arc::new(index),
+            sched,
+            journal,
+            false,
+            4,
+            Duration::from_secs(30),
+        );
+        st.last_job = false;
+        st
+    }
+
+    fn results(range: std::ops::Range<u64>) -> Vec<pb::SubmitRequest> {
+        vec![pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Batch(pb::ResultBatch {
+                results: range
+                    .map(|index| pb::SampleResult {
+                        index,
+                        topk_indices: vec![0],
+                        topk_logits: vec![1.0],
+                        confidence: 1.0,
+                        ..Default::default()
+                    })
+                    .collect(),
+            })),
+        }]
+    }
+
+    fn header(job: &str, shard: u64, lease: u64) -> pb::SubmitRequest {
+        pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Header(pb::SubmitHeader {
+                worker_id: "w".into(),
+                shard_id: shard,
+                lease_id: lease,
+                job_id: job.into(),
+            })),
+        }
+    }
+
+    /// Shard and lease ids restart with every job: requests naming a job that is over are answered
+    /// "job done" or dropped, and never count towards the job that replaced it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_of_a_finished_job_never_touch_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared: Shared = Arc::new(Mutex::new(state(&dir.path().join("a"), "A#1", 2)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::run::serve(
+            listener,
+            shared.clone(),
+            None,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let reg = c
+            .register(pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "w".into(),
+                pid: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reg.job.unwrap().job_id, "A#1");
+        let lease = |job: &str| pb::LeaseRequest {
+            worker_id: "w".into(),
+            max_shards: 1,
+            job_id: job.into(),
+        };
+        let a = c.lease(lease("A#1")).await.unwrap().into_inner().leases;
+        assert_eq!((a[0].shard_id, a[0].lease_id), (0, 1));
+        let mut submit = vec![header("A#1", 0, 1)];
+        submit.extend(results(0..2));
+        let r = c.submit(futures::stream::iter(submit)).await.unwrap();
+        assert!(r.into_inner().accepted);
+        // Job A is done; another job follows, so the worker is told to wait, not to exit.
+        assert!(c.lease(lease("A#1")).await.unwrap().into_inner().job_done);
+        let next = |previous: &str| pb::NextJobRequest {
+            worker_id: "w".into(),
+            previous_job_id: previous.into(),
+        };
+        let wait = c.next_job(next("A#1")).await.unwrap().into_inner();
+        assert!(wait.job.is_none() && !wait.finished && wait.retry_after_ms > 0);
+
+        shared
+            .lock()
+            .unwrap()
+            .succeed(state(&dir.path().join("b"), "B#2", 4));
+        let b = c.next_job(next("A#1")).await.unwrap().into_inner();
+        assert_eq!(b.job.unwrap().job_id, "B#2");
+        // B's first lease has A's ids again.
+        let b0 = c.lease(lease("B#2")).await.unwrap().into_inner().leases;
+        assert_eq!((b0[0].shard_id, b0[0].lease_id), (0, 1));
+        // A late duplicate of A's shard 0 (same shard and lease id as B's live lease) is dropped.
+        let mut late = vec![header("A#1", 0, 1)];
+        late.extend(results(0..2));
+        let r = c
+            .submit(futures::stream::iter(late))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.accepted && r.reason.contains("A#1"), "{r:?}");
+        // A heartbeat and a release naming A do not extend or free B's lease 1.
+        let hb = c
+            .heartbeat(pb::HeartbeatRequest {
+                worker_id: "w".into(),
+                lease_ids: vec![1],
+                samples_done: 2,
+                job_id: "A#1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((hb.cancelled_lease_ids, hb.job_done), (vec![1], true));
+        c.release(pb::ReleaseRequest {
+            worker_id: "w".into(),
+            lease_id: 1,
+            error: "boom".into(),
+            job_id: "A#1".into(),
+        })
+        .await
+        .unwrap();
+        {
+            let st = shared.lock().unwrap();
+            assert_eq!(st.live.samples_done, 0);
+            assert_eq!(st.sched.leases_in_flight(), 1);
+            assert!(st.sched.failures_of(ShardId(0)).is_empty());
+            // The registry carried over.
+            assert_eq!(st.workers[&WorkerId("w".into())].pid, 7);
+        }
+        // A refusal of B is recorded against B; then, with B over and nothing after it, "finished".
+        c.refuse_job(pb::RefuseJobRequest {
+            worker_id: "w".into(),
+            job_id: "B#2".into(),
+            error: "no such model".into(),
+        })
+        .await
+        .unwrap();
+        {
+            let mut st = shared.lock().unwrap();
+            assert_eq!(st.refusals[&WorkerId("w".into())], "no such model");
+            st.fatal = Some("refused".into());
+            st.last_job = true;
+        }
+        let done = c.next_job(next("B#2")).await.unwrap().into_inner();
+        assert!(done.finished && done.job.is_none());
+        assert!(
+            shared
+                .lock()
+                .unwrap()
+                .told_finished
+                .contains(&WorkerId("w".into()))
+        );
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }

@@ -5,9 +5,19 @@
 //! Each cell is exactly a `run` command line: the matrix fills in `--model --weights --data --format
 //! --resolution --crop-mode --precision --out`, and the `[run]` table of the sweep file adds any other
 //! `run` flag by its long name (`batch-size = 64`, `no-fold-bn = true`, `worker-arg = ["…"]`), so
-//! defaults and validation are the same as for a single run. Cells run one after another through the
-//! same code as `run` (local workers are spawned per cell and load that cell's model; with `listen`
-//! remote workers must be started once per cell).
+//! defaults and validation are the same as for a single run. Cells run one after another on one
+//! [`WorkerPool`]: the gRPC endpoint stays up for the whole sweep, `local-workers` are spawned once
+//! (with the first cell that runs) and remote workers (`listen`) join once and stay attached. When a
+//! cell is done, its workers ask for the next job and get the next cell; a worker reloads its model
+//! only when the model, weights, precision, BN folding, slope or class count differ, and keeps its
+//! dataset cache (so a second cell on the same object-store dataset fetches nothing again). Every
+//! cell has its own run directory, journal and exactly-once accounting, exactly as a `run` of it;
+//! pool-wide settings (listen address, TLS, token, local workers, devices) come from the `[run]`
+//! table, which every cell shares. A cell that no worker can load (a bad checkpoint) fails with the
+//! workers' reasons once every worker has refused it, and the next cell runs on the same workers.
+//! Cells run in the matrix order except that those of one checkpoint at one precision run back to
+//! back (precision varies fastest in the matrix), so each worker loads each model once; the tables
+//! keep the matrix order.
 //!
 //! A cell is finished when its run directory holds a `summary.json` that accounts for every sample with
 //! no failed shard and whose job identity (model, weights hash, dataset fingerprint, preprocessing,
@@ -48,7 +58,8 @@ use tresnet_common::preprocess::CropMode;
 
 use crate::cli::{Cli, Command};
 use crate::finished_run::{self, RunSummary};
-use crate::run;
+use crate::metrics::Observed;
+use crate::run::{self, WorkerPool};
 use crate::table::Table;
 
 /// `run` flags the matrix sets itself; the `[run]` table may not.
@@ -394,23 +405,34 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         .with_context(|| format!("cannot create sweep folder {}", out.display()))?;
     let total = cells.len();
     let mut results = Vec::with_capacity(total);
-    for (i, cell) in cells.into_iter().enumerate() {
+    let mut pool: Option<WorkerPool> = None;
+    let observed = Observed::default();
+    let order = run_order(&cells, &file.precisions);
+    let mut slots: Vec<Option<Cell>> = cells.into_iter().map(Some).collect();
+    let mut done: Vec<Option<CellResult>> = vec![None; total];
+    for (n, &i) in order.iter().enumerate() {
+        let cell = slots[i].take().expect("each cell runs once");
         let dir = out.join(&cell.name);
-        let tag = format!("sweep: cell {}/{total} {}", i + 1, cell.name);
-        let (status, summary, error) = match run_cell(&cell, &dir, &flags, &tag).await {
+        let tag = format!("sweep: cell {}/{total} {}", n + 1, cell.name);
+        let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed).await;
+        let (status, summary, error) = match ran {
             Ok((status, s)) => (status, Some(s), None),
             Err(e) => {
                 eprintln!("{tag}: FAILED: {e:#}");
                 (CellStatus::Failed, None, Some(format!("{e:#}")))
             }
         };
-        results.push(CellResult {
+        done[i] = Some(CellResult {
             cell,
             dir,
             status,
             summary,
             error,
         });
+    }
+    results.extend(done.into_iter().flatten());
+    if let Some(pool) = pool {
+        pool.close().await;
     }
     let outcome = SweepOutcome {
         out: out.clone(),
@@ -420,11 +442,30 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     Ok(outcome)
 }
 
+/// The order cells run in: the matrix order, except that the cells of one checkpoint at one precision
+/// run back to back, so that every worker loads each model once. Precision is the only dimension that
+/// decides the loaded model yet varies faster than datasets, resolutions and crop modes in the matrix.
+/// (The tables keep the matrix order.)
+fn run_order(cells: &[Cell], precisions: &[String]) -> Vec<usize> {
+    let checkpoint = |c: &Cell| {
+        cells
+            .iter()
+            .position(|d| d.model == c.model && d.weights == c.weights)
+            .unwrap_or(0)
+    };
+    let precision = |c: &Cell| precisions.iter().position(|p| *p == c.precision);
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by_key(|&i| (checkpoint(&cells[i]), precision(&cells[i])));
+    order
+}
+
 async fn run_cell(
     cell: &Cell,
     dir: &Path,
     flags: &[String],
     tag: &str,
+    pool: &mut Option<WorkerPool>,
+    observed: &Observed,
 ) -> anyhow::Result<(CellStatus, RunSummary)> {
     let args = cell.run_args(dir, flags);
     let run_cfg = match Cli::try_parse_from(&args) {
@@ -443,14 +484,18 @@ async fn run_cell(
         return Ok((CellStatus::Skipped, s));
     }
     eprintln!("{tag}: running");
-    run::run_planned(
-        run_cfg,
-        job,
-        index,
-        &crate::metrics::Observed::default(),
-        started,
-    )
-    .await?;
+    let mut state = run::job_state(&run_cfg, &job, index).await?;
+    // The pool outlives the cell: its workers wait for the next one instead of exiting.
+    state.last_job = false;
+    let pool = match pool {
+        Some(p) => {
+            p.install(state);
+            p
+        }
+        None => pool.insert(WorkerPool::start(&run_cfg, state, observed).await?),
+    };
+    tracing::info!(cell = %cell.name, local_worker_pids = ?pool.local_pids(), "cell on the worker pool");
+    pool.run_job(&run_cfg, &job, started).await?;
     let s = finished_run::read_summary(dir)?;
     Ok((CellStatus::Ran, s))
 }
@@ -618,6 +663,38 @@ worker-arg = ["--x", "--y"]
         );
         let args = cells[0].run_args(Path::new("/o/c"), &flags);
         assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+    }
+
+    #[test]
+    fn cells_of_one_checkpoint_and_precision_run_back_to_back() {
+        let f: SweepFile = toml::from_str(&FILE.replace(
+            "crop_modes = [\"center\", \"squish\"]",
+            "crop_modes = [\"center\", \"squish\"]\nprecisions = [\"fp32\", \"fp16\"]",
+        ))
+        .unwrap();
+        let cells = f.cells(Path::new("/s")).unwrap();
+        assert_eq!(cells.len(), 16);
+        let ran: Vec<(String, String)> = run_order(&cells, &f.precisions)
+            .into_iter()
+            .map(|i| (cells[i].weights_label.clone(), cells[i].precision.clone()))
+            .collect();
+        // Four loads in all (two checkpoints × two precisions), each followed by its other cells.
+        let loads = 1 + ran.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(loads, 4, "{ran:?}");
+        // Within a group, the matrix order.
+        let order = run_order(&cells, &f.precisions);
+        assert_eq!(
+            order[..4]
+                .iter()
+                .map(|&i| cells[i].name.as_str())
+                .collect::<Vec<_>>(),
+            [
+                "tresnet_m-a-sample-64-center-fp32",
+                "tresnet_m-a-sample-64-squish-fp32",
+                "tresnet_m-a-sample-96-center-fp32",
+                "tresnet_m-a-sample-96-squish-fp32",
+            ]
+        );
     }
 
     #[test]

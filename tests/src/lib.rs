@@ -88,10 +88,21 @@ pub fn coordinator_run(out: &Path, extra: &[&str]) -> Command {
 
 /// Like [`coordinator_run`] on another dataset location and format.
 pub fn coordinator_run_on(data: &Path, format: &str, out: &Path, extra: &[&str]) -> Command {
+    coordinator_run_with(&tresnet_m_weights(), data, format, out, extra)
+}
+
+/// Like [`coordinator_run_on`] with another TResNet-M checkpoint.
+pub fn coordinator_run_with(
+    weights: &Path,
+    data: &Path,
+    format: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Command {
     let mut c = Command::new(bin("tresnet-coordinator"));
     c.arg("run")
         .args(["--model", "tresnet_m", "--weights"])
-        .arg(tresnet_m_weights())
+        .arg(weights)
         .arg("--data")
         .arg(data)
         .args([
@@ -108,9 +119,20 @@ pub fn coordinator_run_on(data: &Path, format: &str, out: &Path, extra: &[&str])
         .arg(out)
         .args(extra)
         .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        // Each run's workers get a dataset cache of their own (next to its run directory), so that no
+        // test reads objects another test (or an earlier test run) cached.
+        .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out))
         .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
     c
+}
+
+/// The dataset cache folder [`coordinator_run_on`] gives the workers of the run in `out`.
+pub fn dataset_cache_of(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map_or("run".into(), |n| n.to_string_lossy());
+    out.with_file_name(format!("{name}.dataset-cache"))
 }
 
 /// Starts a coordinator with `--listen 127.0.0.1:0` and returns it with the address it bound.

@@ -22,6 +22,8 @@ pub struct S3Server {
     pub endpoint: String,
     /// The buckets' folder; held so it outlives the server.
     _root: tempfile::TempDir,
+    /// s3s's request log (one `req: Request { method: GET, uri: /bucket/key, ...` line per request).
+    log: tempfile::NamedTempFile,
 }
 
 impl S3Server {
@@ -38,6 +40,7 @@ impl S3Server {
             binary.to_string_lossy()
         );
         let root = tempfile::tempdir().unwrap();
+        let log = tempfile::NamedTempFile::new().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         // The port is free when asked; another process could take it before s3s-fs binds, so retry.
         for _ in 0..5 {
@@ -50,7 +53,10 @@ impl S3Server {
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
                 .arg(root.path())
-                .stdout(Stdio::null())
+                // s3s logs every request it serves at debug level (to stdout); tests count them.
+                .env("RUST_LOG", "s3s::service=debug")
+                .env("NO_COLOR", "1")
+                .stdout(log.reopen().unwrap())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.to_string_lossy()));
@@ -62,6 +68,7 @@ impl S3Server {
                         child,
                         endpoint: format!("http://127.0.0.1:{port}"),
                         _root: root,
+                        log,
                     };
                 }
                 if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
@@ -125,5 +132,19 @@ impl S3Server {
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
         ]
+    }
+}
+
+impl S3Server {
+    /// The URIs (`/bucket/key?query`) of every request with `method` served so far, in order.
+    pub fn requests(&self, method: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(self.log.path()).unwrap();
+        let prefix = format!("req: Request {{ method: {method}, uri: ");
+        text.lines()
+            .filter_map(|l| {
+                let rest = &l[l.find(&prefix)? + prefix.len()..];
+                Some(rest.split(',').next()?.to_string())
+            })
+            .collect()
     }
 }

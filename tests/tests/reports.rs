@@ -1,7 +1,8 @@
 //! The run directory's reports, end to end on one small real run (seeded TResNet-M at 64 px, 2 workers,
 //! a corrupt image and a class whose name needs HTML escaping): every number agrees with scikit-learn
 //! (ops/reference/check_metrics.py), `report RUN` re-renders identical files, report.html renders in
-//! headless Chromium, and each file's schema matches its snapshot in tests/snapshots/.
+//! headless Chromium, each file's schema matches its snapshot in tests/snapshots/, and the software
+//! the workers reported is the libtorch they link (the venv's torch, asked through Python).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -294,6 +295,46 @@ fn report_html_renders_in_headless_chromium() {
 
 // ---- schema snapshots ----------------------------------------------------------------------------
 
+/// The workers' libtorch as the torch install itself says (the venv `ops/env.sh` puts on PATH, whose
+/// libtorch the workers link), and what it sees of CUDA.
+fn python_torch() -> (String, bool, bool) {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import torch; print(torch.__version__); print(torch.cuda.is_available()); \
+             print(torch.backends.cudnn.is_available() and torch.cuda.is_available())",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ok(out, "python3 -c 'import torch'").stdout).to_string();
+    let mut lines = text.lines();
+    let version = lines.next().unwrap().to_string();
+    let cuda = lines.next() == Some("True");
+    let cudnn = lines.next() == Some("True");
+    (version, cuda, cudnn)
+}
+
+#[test]
+fn workers_report_the_libtorch_they_link() {
+    let s = summary(run_dir());
+    let (version, cuda, cudnn) = python_torch();
+    assert_eq!(
+        s["software"]["libtorch"].as_str(),
+        Some(version.as_str()),
+        "{s}"
+    );
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        let sw = &w["software"];
+        assert_eq!(sw["libtorch"].as_str(), Some(version.as_str()), "{w}");
+        assert_eq!(sw["cuda_available"].as_bool(), Some(cuda), "{w}");
+        assert_eq!(sw["cudnn_available"].as_bool(), Some(cudnn), "{w}");
+        assert_eq!(sw["device_names"], serde_json::json!(["cpu"]), "{w}");
+        assert!(w["pid"].as_u64().unwrap() > 0, "{w}");
+    }
+}
+
 fn snapshot_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots")
 }
@@ -529,7 +570,10 @@ fn counts_only_reports_the_same_numbers_without_per_sample_data() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("--counts-only"), "{err}");
+    assert!(
+        !o.status.success() && err.contains("--counts-only"),
+        "{err}"
+    );
 
     // Full logits are per-sample data: asking for both is a usage error.
     let o = coordinator_run_on(

@@ -1,6 +1,9 @@
 //! `tresnet-coordinator sweep`: a 2×2 matrix (resolutions × crop modes) of real runs gives one run
 //! directory per cell and sweep tables with the runs' own numbers; a rerun does no work, and a cell
-//! whose summary is gone is the only one run again.
+//! whose summary is gone is the only one run again. The cells run on one pool of workers spawned once
+//! (the same processes in every cell, the model reloaded only when it changes) and give exactly the
+//! results of separate `run`s; a cell whose weights no worker can load fails with the workers' reasons
+//! and the next cell still runs on the same workers.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,7 +11,10 @@ use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use polars::prelude::*;
-use tresnet_tests::{bin, sample_images, summary, tresnet_m_weights};
+use tresnet_tests::{
+    Watched, assert_same_report, bin, children_of, coordinator_run_with, model_fixtures, run_ok,
+    sample_images, summary, tresnet_m_weights,
+};
 
 const CELLS: [&str; 4] = [
     "tresnet_m-seeded-sample-64-center-fp32",
@@ -193,4 +199,271 @@ batch-size = 8
         check_rows(&out, &csv),
         ["skipped", "skipped", "ran", "skipped"]
     );
+}
+
+/// Runs `sweep FILE` to its end while watching the coordinator's child processes; returns its output
+/// and every child pid seen meanwhile.
+fn sweep_watching_children(file: &Path) -> (Output, Vec<u32>) {
+    use std::io::Read;
+    let mut child = Command::new(bin("tresnet-coordinator"))
+        .arg("sweep")
+        .arg(file)
+        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        .env_remove("TRESNET_TOKEN")
+        // The workers say when they load a model and when they keep it.
+        .env("RUST_LOG", "warn,tresnet_worker::agent=info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        v
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    let status = loop {
+        seen.extend(children_of(child.id()));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let o = Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    (o, seen.into_iter().collect())
+}
+
+/// Worker (id, pid) pairs recorded in a cell's outcome.json, with the samples each contributed.
+fn cell_workers(run: &Path) -> Vec<(String, u64, u64)> {
+    let o: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("outcome.json")).unwrap()).unwrap();
+    o["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["id"].as_str().unwrap().to_string(),
+                w["pid"].as_u64().unwrap(),
+                w["accepted_samples"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn pool_sweep_file(dir: &Path, weights: &[(&Path, &str)], crop_modes: &str) -> PathBuf {
+    let weights: Vec<String> = weights
+        .iter()
+        .map(|(p, l)| format!("{{ path = {:?}, label = {l:?} }}", p.display().to_string()))
+        .collect();
+    let file = dir.join("sweep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+out = "runs"
+resolutions = [64]
+crop_modes = {crop_modes}
+
+[[model]]
+name = "tresnet_m"
+weights = [{w}]
+
+[[dataset]]
+name = "sample"
+data = {d:?}
+num_classes = 1000
+
+[run]
+local-workers = 2
+worker-threads = 1
+batch-size = 4
+shard-size = 4
+"#,
+            w = weights.join(", "),
+            d = sample_images().display().to_string(),
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn cells_run_on_one_pool_of_workers_and_equal_separate_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = model_fixtures()
+        .join("tresnet_m_224")
+        .join("timm.safetensors");
+    // Two checkpoints of the same network (the second one a different file: the model reloads).
+    let file = pool_sweep_file(
+        dir.path(),
+        &[(&tresnet_m_weights(), "pth"), (&st, "st")],
+        r#"["center", "squish"]"#,
+    );
+    let out = dir.path().join("runs");
+    let (o, children) = sweep_watching_children(&file);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "sweep failed:\n{stderr}");
+    assert_eq!(stderr.matches(": running").count(), 4, "{stderr}");
+    // Two local workers for the whole sweep, never respawned.
+    assert_eq!(children.len(), 2, "children seen: {children:?}\n{stderr}");
+    let cells = [
+        "tresnet_m-pth-sample-64-center-fp32",
+        "tresnet_m-pth-sample-64-squish-fp32",
+        "tresnet_m-st-sample-64-center-fp32",
+        "tresnet_m-st-sample-64-squish-fp32",
+    ];
+    for c in cells {
+        let run = out.join(c);
+        let s = summary(&run);
+        assert_eq!(s["samples"], 24, "{c}");
+        assert_eq!(s["failed_samples"], 0, "{c}");
+        let workers = cell_workers(&run);
+        let mut pids: Vec<u32> = workers.iter().map(|w| w.1 as u32).collect();
+        pids.sort_unstable();
+        assert_eq!(pids, children, "{c}: workers {workers:?}");
+        assert_eq!(workers.iter().map(|w| w.2).sum::<u64>(), 24, "{c}");
+    }
+    // Each worker loads each checkpoint once and keeps it for the cell that shares it.
+    assert_eq!(stderr.matches("loading the model").count(), 4, "{stderr}");
+    assert_eq!(
+        stderr
+            .matches("same model as the previous job; keeping it loaded")
+            .count(),
+        2 * 2,
+        "{stderr}"
+    );
+    // A cell whose model was kept loaded and one that reloaded it each equal a separate `run`.
+    for (cell, weights, crop) in [
+        (cells[1], tresnet_m_weights(), "squish"),
+        (cells[2], st.clone(), "center"),
+    ] {
+        let alone = dir.path().join(format!("{cell}-alone"));
+        let cmd = coordinator_run_with(
+            &weights,
+            &sample_images(),
+            "imagefolder",
+            &alone,
+            &[
+                "--local-workers",
+                "2",
+                "--batch-size",
+                "4",
+                "--shard-size",
+                "4",
+                "--crop-mode",
+                crop,
+            ],
+        );
+        run_ok(cmd);
+        assert_same_report(&alone, &out.join(cell), cell);
+        assert_eq!(
+            summary(&alone)["job"],
+            summary(&out.join(cell))["job"],
+            "{cell}"
+        );
+    }
+}
+
+#[test]
+fn a_cell_no_worker_can_load_fails_by_name_and_the_next_cell_runs_on_the_same_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("broken.pth");
+    std::fs::write(&bad, b"not a checkpoint").unwrap();
+    let file = pool_sweep_file(
+        dir.path(),
+        &[(&bad, "broken"), (&tresnet_m_weights(), "good")],
+        r#"["center"]"#,
+    );
+    let out = dir.path().join("runs");
+    let (o, children) = sweep_watching_children(&file);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let failed = stderr
+        .lines()
+        .find(|l| l.contains("tresnet_m-broken-sample-64-center-fp32: FAILED"))
+        .unwrap_or_else(|| panic!("no failure line:\n{stderr}"));
+    assert!(
+        failed.contains("no worker can run model tresnet_m with weights")
+            && failed.contains("broken.pth"),
+        "{failed}"
+    );
+    // Both workers' reasons are there, each naming the checkpoint.
+    for w in ["local-0", "local-1"] {
+        assert!(
+            stderr.contains(&format!(
+                "worker {w}: cannot start executors: model tresnet_m with weights"
+            )),
+            "{stderr}"
+        );
+    }
+    assert_eq!(children.len(), 2, "{children:?}\n{stderr}");
+    let good = out.join("tresnet_m-good-sample-64-center-fp32");
+    assert_eq!(summary(&good)["samples"], 24);
+    let mut pids: Vec<u32> = cell_workers(&good).iter().map(|w| w.1 as u32).collect();
+    pids.sort_unstable();
+    assert_eq!(pids, children);
+    let (csv, _) = table(&out);
+    let status = csv.column("status").unwrap().str().unwrap().clone();
+    let status: Vec<&str> = (0..status.len()).map(|i| status.get(i).unwrap()).collect();
+    assert_eq!(status, ["failed", "ran"]);
+}
+
+#[test]
+fn a_remote_worker_joins_once_and_runs_every_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = pool_sweep_file(
+        dir.path(),
+        &[(&tresnet_m_weights(), "seeded")],
+        r#"["center", "squish"]"#,
+    );
+    // No local workers: the pool is whatever joins the endpoint.
+    let text = std::fs::read_to_string(&file).unwrap().replace(
+        "local-workers = 2",
+        "local-workers = 0\nlisten = \"127.0.0.1:0\"",
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut cmd = Command::new(bin("tresnet-coordinator"));
+    cmd.arg("sweep")
+        .arg(&file)
+        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        .env_remove("TRESNET_TOKEN");
+    let mut coord = Watched::spawn(cmd, "sweep");
+    let addr = coord.wait_for("coordinator listening on ");
+    let addr = addr.split(';').next().unwrap().trim().to_string();
+    let mut worker = Command::new(bin("tresnet-worker"))
+        .args(["--coordinator", &format!("http://{addr}")])
+        .args(["--worker-id", "remote-0", "--threads", "1", "--no-cache"])
+        .env_remove("TRESNET_TOKEN")
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+    assert!(coord.child.wait().unwrap().success(), "sweep failed");
+    // The worker heard that the sweep has no further job and exited by itself, successfully.
+    assert!(worker.wait().unwrap().success());
+    let out = dir.path().join("runs");
+    for c in [
+        "tresnet_m-seeded-sample-64-center-fp32",
+        "tresnet_m-seeded-sample-64-squish-fp32",
+    ] {
+        let run = out.join(c);
+        assert_eq!(summary(&run)["samples"], 24, "{c}");
+        assert_eq!(
+            cell_workers(&run),
+            [("remote-0".to_string(), u64::from(pid), 24)],
+            "{c}"
+        );
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +24,8 @@ use tresnet_common::protocol::pb::{self, SampleResult};
 use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
-use crate::executor::{self, Batch, ExecutorConfig, Work, WorkSender};
+use crate::dataset_cache::{DatasetCache, EntryKey};
+use crate::executor::{self, Batch, ExecutorConfig, ModelKey, Work, WorkSender};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::decode::RgbImage;
 use crate::preprocess::{PreprocessedImage, Preprocessor, crop};
@@ -51,6 +53,8 @@ pub struct AgentConfig {
     pub tls_ca: Option<std::path::PathBuf>,
     pub tls_domain: Option<String>,
     pub metrics: WorkerMetrics,
+    /// Where fetched objects of remote stores are kept (`None`: fetch every time).
+    pub dataset_cache: Option<Arc<DatasetCache>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,30 @@ struct Dispatch {
 }
 
 impl Dispatch {
+    /// The senders and, one per device, the receivers for [`executor::start`]: one shared queue, or
+    /// one each for counts-only jobs.
+    fn new(devices: usize, counts_only: bool) -> (Self, Vec<Arc<Mutex<Receiver<Work>>>>) {
+        let (queues, receivers) = if counts_only {
+            (0..devices)
+                .map(|_| {
+                    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE);
+                    (tx, Arc::new(Mutex::new(rx)))
+                })
+                .unzip()
+        } else {
+            let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * devices);
+            // Every executor pulls from the same receiver: one Arc, cloned per device.
+            let shared = Arc::new(Mutex::new(rx));
+            (vec![tx], (0..devices).map(|_| shared.clone()).collect())
+        };
+        let dispatch = Dispatch {
+            queues,
+            next: AtomicU64::new(0),
+            broadcast: Arc::new(std::sync::Mutex::new(())),
+        };
+        (dispatch, receivers)
+    }
+
     async fn send_batch(&self, batch: Batch) -> Result<(), String> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.queues.len();
         let sender = self.queues[i].clone();
@@ -118,13 +146,16 @@ impl Dispatch {
 
     /// The lease's counts, all-reduced across the executors (each of which has answered every batch
     /// of it already).
-    async fn reduce(&self, lease: u64) -> Result<pb::ShardCounts, String> {
+    async fn reduce(&self, job: &str, lease: u64, classes: i64) -> Result<pb::ShardCounts, String> {
+        let job = job.to_string();
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..self.queues.len())
             .map(|_| tokio::sync::oneshot::channel())
             .unzip();
         let txs = Arc::new(std::sync::Mutex::new(txs));
         self.broadcast(move || Work::Reduce {
+            job: job.clone(),
             lease,
+            classes,
             reply: txs.lock().unwrap_or_else(|p| p.into_inner()).remove(0),
         })
         .await?;
@@ -144,9 +175,9 @@ impl Dispatch {
 struct Shared {
     client: Client,
     worker_id: String,
-    job: WorkerJob,
+    job: Arc<WorkerJob>,
     location: StorageLocation,
-    dispatch: Dispatch,
+    dispatch: Arc<Dispatch>,
     decode: Arc<Semaphore>,
     samples_done: AtomicU64,
     /// Set by SIGTERM: finish the batch in hand, hand every lease back, exit cleanly.
@@ -154,6 +185,8 @@ struct Shared {
     /// Live leases and the tasks running them, so a cancelled lease can be stopped.
     active: Mutex<HashMap<u64, JoinHandle<()>>>,
     metrics: WorkerMetrics,
+    /// Set when the job's objects are worth caching (a remote store, a fingerprinted dataset).
+    cache: Option<Arc<DatasetCache>>,
 }
 
 /// What a failed connection most likely means, given the URL's scheme: a plaintext client talking to a
@@ -166,7 +199,8 @@ fn connect_hint(url: &str) -> &'static str {
     }
 }
 
-/// Connects, registers, runs shards until the coordinator says the job is done; returns samples done.
+/// Connects, registers, then runs the coordinator's jobs one after another (one for `run`, one per cell
+/// for `sweep`) until it has no further job; returns the samples done.
 pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
     // The handler goes in first, so a SIGTERM during connection or model loading also drains cleanly.
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -215,6 +249,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
     let mut client = CoordinatorClient::with_interceptor(channel, attach)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let software = crate::software::report(&cfg.devices);
     let reg = client
         .register(pb::RegisterRequest {
             protocol_version: PROTOCOL_VERSION,
@@ -222,6 +257,8 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             hostname: hostname(),
             devices: cfg.device_names.clone(),
             capacity: cfg.prefetch_shards,
+            software: Some((&software).into()),
+            pid: std::process::id(),
         })
         .await
         .map_err(|s| AgentError::Register {
@@ -240,33 +277,167 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             status: status_text(&s),
         })?
         .into_inner();
-    let job: WorkerJob = reg
-        .job
-        .ok_or_else(|| AgentError::Job("no job in the registration reply".into()))?
-        .try_into()
-        .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
-            AgentError::Job(e.to_string())
-        })?;
+    let heartbeat_every = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
+    let mut executors: Option<Executors> = None;
+    let mut next = reg.job;
+    let mut previous = String::new();
+    // Why this worker could not run the last job it was given, if it could not: a worker that ends on
+    // a refused job exits with that error, the reason an operator needs.
+    let mut refused: Option<AgentError> = None;
+    let mut samples = 0;
+    let result = loop {
+        if draining.load(Ordering::SeqCst) {
+            break Ok(());
+        }
+        let pb_job = match next.take() {
+            Some(j) => j,
+            None => match next_job(&mut client, &cfg.worker_id, &previous, &url).await {
+                Ok(Some(j)) => j,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            },
+        };
+        previous = pb_job.job_id.clone();
+        match run_job(
+            &cfg,
+            &client,
+            pb_job,
+            &mut executors,
+            &draining,
+            heartbeat_every,
+        )
+        .await
+        {
+            Ok(n) => {
+                samples += n;
+                refused = None;
+            }
+            Err(JobError::Refused(e)) => {
+                tracing::error!(job = %previous, error = %e, "cannot run this job; telling the coordinator");
+                let refusal = client
+                    .refuse_job(pb::RefuseJobRequest {
+                        worker_id: cfg.worker_id.clone(),
+                        job_id: previous.clone(),
+                        error: e.to_string(),
+                    })
+                    .await;
+                if let Err(s) = refusal {
+                    break Err(AgentError::Rpc {
+                        url: url.clone(),
+                        status: status_text(&s),
+                    });
+                }
+                refused = Some(e);
+            }
+            Err(JobError::Agent(e)) => break Err(e),
+        }
+    };
+    drain.abort();
+    if let Some(ex) = executors.take() {
+        ex.stop().await;
+    }
+    cfg.metrics.set_done();
+    result?;
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(samples),
+    }
+}
+
+/// Asks for the job after `previous`, waiting while the coordinator is between jobs; `None` when it has
+/// no further job.
+async fn next_job(
+    client: &mut Client,
+    worker_id: &str,
+    previous: &str,
+    url: &str,
+) -> Result<Option<pb::JobSpec>, AgentError> {
+    loop {
+        let r = client
+            .next_job(pb::NextJobRequest {
+                worker_id: worker_id.to_string(),
+                previous_job_id: previous.to_string(),
+            })
+            .await
+            .map_err(|s| AgentError::Rpc {
+                url: url.to_string(),
+                status: status_text(&s),
+            })?
+            .into_inner();
+        if r.finished {
+            return Ok(None);
+        }
+        if let Some(job) = r.job {
+            return Ok(Some(job));
+        }
+        tokio::time::sleep(Duration::from_millis(u64::from(r.retry_after_ms.max(10)))).await;
+    }
+}
+
+/// Why a job ended early.
+enum JobError {
+    /// This worker cannot run the job (malformed, model does not load, dataset unreachable); the
+    /// coordinator is told and the worker waits for the next job.
+    Refused(AgentError),
+    /// The coordinator is unreachable or refused the protocol: the worker stops.
+    Agent(AgentError),
+}
+
+/// Executor threads holding one loaded model, kept across jobs with the same [`ModelKey`].
+struct Executors {
+    key: ModelKey,
+    /// The executors' queues: dropping every holder closes them.
+    dispatch: Arc<Dispatch>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How long stopping executors may take: they finish the batch in hand (a forward pass) and exit.
+const EXECUTOR_STOP_GRACE: Duration = Duration::from_secs(60);
+
+impl Executors {
+    /// Closes the queue and waits for the threads to exit, so the model's memory is freed before the
+    /// next one loads.
+    async fn stop(self) {
+        drop(self.dispatch);
+        let threads = self.threads;
+        let join = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout(EXECUTOR_STOP_GRACE, join)
+            .await
+            .is_err()
+        {
+            tracing::warn!("executors did not stop in time; loading the next model anyway");
+        }
+    }
+}
+
+/// Runs one job: (re)loads the model when it differs from the loaded one, then leases shards until the
+/// coordinator says the job is done; returns the samples done.
+async fn run_job(
+    cfg: &AgentConfig,
+    client: &Client,
+    pb_job: pb::JobSpec,
+    executors: &mut Option<Executors>,
+    draining: &Arc<std::sync::atomic::AtomicBool>,
+    heartbeat_every: Duration,
+) -> Result<u64, JobError> {
+    let url = &cfg.coordinator;
+    let job: WorkerJob =
+        pb_job
+            .try_into()
+            .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
+                JobError::Refused(AgentError::Job(e.to_string()))
+            })?;
     let location =
         StorageLocation::parse(&job.data_url, &StorageOptions::default()).map_err(|e| {
-            AgentError::Storage {
+            JobError::Refused(AgentError::Storage {
                 url: job.data_url.clone(),
                 reason: e.to_string(),
-            }
-        })?;
-    let n_dev = cfg.devices.len().max(1);
-    let (senders, queues): (Vec<WorkSender>, Vec<_>) = if job.counts_only {
-        (0..n_dev)
-            .map(|_| {
-                let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE);
-                (tx, Arc::new(Mutex::new(rx)))
             })
-            .unzip()
-    } else {
-        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUED_BATCHES_PER_DEVICE * n_dev);
-        let rx = Arc::new(Mutex::new(rx));
-        (vec![tx], vec![rx; n_dev])
-    };
+        })?;
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
         fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
@@ -274,45 +445,76 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         debug_batch_delay: cfg.debug_batch_delay,
         metrics: cfg.metrics.clone(),
     };
-    let devices = cfg.devices.clone();
-    tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, &queues))
-        .await
-        .map_err(|e| AgentError::Executor(e.to_string()))?
-        .map_err(AgentError::Executor)?;
+    let key = ModelKey::of(&exec_cfg);
+    if executors.as_ref().is_some_and(|e| e.key == key) {
+        tracing::info!(job = %job.job_id, model = %job.model, "same model as the previous job; keeping it loaded");
+    } else {
+        if let Some(old) = executors.take() {
+            old.stop().await;
+        }
+        tracing::info!(job = %job.job_id, model = %job.model, weights = %job.weights, "loading the model");
+        let (dispatch, queues) = Dispatch::new(cfg.devices.len().max(1), job.counts_only);
+        let devices = cfg.devices.clone();
+        let threads =
+            tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, &queues))
+                .await
+                .map_err(|e| JobError::Refused(AgentError::Executor(e.to_string())))?
+                .map_err(|e| {
+                    JobError::Refused(AgentError::Executor(format!(
+                        "model {} with weights {}: {e}",
+                        job.model, job.weights
+                    )))
+                })?;
+        *executors = Some(Executors {
+            key,
+            dispatch: Arc::new(dispatch),
+            threads,
+        });
+    }
+    // Local files are already on this node; a job without a fingerprint gives no safe key.
+    let remote = !["file://", "memory://"]
+        .iter()
+        .any(|s| location.root_url().starts_with(s));
+    let cache = cfg
+        .dataset_cache
+        .clone()
+        .filter(|_| remote && !job.dataset_fingerprint.is_empty() && !job.synthetic);
+    let dispatch = executors
+        .as_ref()
+        .map(|e| e.dispatch.clone())
+        .expect("executors loaded above");
     let shared = Arc::new(Shared {
         client: client.clone(),
         worker_id: cfg.worker_id.clone(),
-        job,
+        job: Arc::new(job),
         location,
-        dispatch: Dispatch {
-            queues: senders,
-            next: AtomicU64::new(0),
-            broadcast: Arc::new(std::sync::Mutex::new(())),
-        },
+        dispatch,
         decode: Arc::new(Semaphore::new(cfg.decode_threads.max(1))),
         samples_done: AtomicU64::new(0),
         draining: draining.clone(),
         active: Mutex::new(HashMap::new()),
         metrics: cfg.metrics.clone(),
+        cache,
     });
     cfg.metrics.set_ready();
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        shared.clone(),
-        Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50))),
-    ));
-    let result = lease_loop(&shared, cfg.prefetch_shards.max(1), &url).await;
-    drain.abort();
+    let heartbeat = tokio::spawn(heartbeat_loop(shared.clone(), heartbeat_every));
+    let result = lease_loop(&shared, cfg.prefetch_shards.max(1), url).await;
     heartbeat.abort();
-    for (_, h) in shared
+    let _ = heartbeat.await;
+    let tasks: Vec<JoinHandle<()>> = shared
         .active
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain()
-    {
+        .map(|(_, h)| h)
+        .collect();
+    // Aborted and awaited, so nothing of this job (a late submit, a sender of the batch queue) outlives
+    // it into the next one.
+    for h in tasks {
         h.abort();
+        let _ = h.await;
     }
-    cfg.metrics.set_done();
-    result?;
+    result.map_err(JobError::Agent)?;
     Ok(shared.samples_done.load(Ordering::Relaxed))
 }
 
@@ -371,6 +573,7 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
             .lease(pb::LeaseRequest {
                 worker_id: shared.worker_id.clone(),
                 max_shards: capacity - active,
+                job_id: shared.job.job_id.clone(),
             })
             .await
             .map_err(|s| AgentError::Rpc {
@@ -417,6 +620,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
             worker_id: shared.worker_id.clone(),
             lease_ids: ids,
             samples_done: shared.samples_done.load(Ordering::Relaxed),
+            job_id: shared.job.job_id.clone(),
         };
         match client.heartbeat(req).await {
             Ok(r) => {
@@ -442,9 +646,13 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
     if let Err(e) = process_shard(&shared, lease).await {
         if shared.job.counts_only {
             // Whatever the executors counted for this lease is void; free it.
+            let job = shared.job.job_id.clone();
             let _ = shared
                 .dispatch
-                .broadcast(move || Work::Discard { lease: lease_id })
+                .broadcast(move || Work::Discard {
+                    job: job.clone(),
+                    lease: lease_id,
+                })
                 .await;
         }
         let e = if e == DRAINING { String::new() } else { e };
@@ -458,6 +666,7 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
                 worker_id: shared.worker_id.clone(),
                 lease_id,
                 error: e,
+                job_id: shared.job.job_id.clone(),
             })
             .await;
     }
@@ -476,6 +685,7 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
             worker_id: shared.worker_id.clone(),
             shard_id: lease.shard_id,
             lease_id: lease.lease_id,
+            job_id: shared.job.job_id.clone(),
         })),
     })
     .await
@@ -524,7 +734,14 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
         }
     }
     if shared.job.counts_only {
-        let counts = shared.dispatch.reduce(lease.lease_id).await?;
+        let counts = shared
+            .dispatch
+            .reduce(
+                &shared.job.job_id,
+                lease.lease_id,
+                i64::from(shared.job.num_classes),
+            )
+            .await?;
         tx.send(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Counts(counts)),
         })
@@ -584,6 +801,7 @@ async fn run_batch(
             labels,
             pixels,
             side,
+            job: shared.job.clone(),
             reply,
         };
         shared.dispatch.send_batch(batch).await?;
@@ -607,14 +825,8 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
             data: Vec::new(),
         });
     }
-    let loc = &shared.location;
-    let path = s.source.path();
     let fetch_start = std::time::Instant::now();
-    let bytes = match s.source.byte_range() {
-        None => loc.get(path).await,
-        Some(r) => loc.get_range(path, r).await,
-    }
-    .map_err(|e| e.to_string())?;
+    let bytes = fetch(shared, s).await?;
     shared.metrics.observe(Stage::Fetch, fetch_start.elapsed());
     let metrics = shared.metrics.clone();
     let permit = shared
@@ -638,6 +850,37 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
     })
     .await
     .map_err(|e| e.to_string())?
+}
+
+/// The sample's bytes: from the node's dataset cache when it holds them, else from the store (and
+/// then into the cache).
+async fn fetch(shared: &Arc<Shared>, s: &Sample) -> Result<bytes::Bytes, String> {
+    let loc = &shared.location;
+    let path = s.source.path();
+    let range = s.source.byte_range();
+    let url = loc.object_url(path);
+    let key = EntryKey {
+        dataset_fingerprint: &shared.job.dataset_fingerprint,
+        object_url: &url,
+        range: range.clone(),
+        size: s.source.size(),
+    };
+    if let Some(cache) = &shared.cache
+        && let Some(bytes) = cache.get(&key).await
+    {
+        shared.metrics.dataset_cache_hits.inc();
+        return Ok(bytes);
+    }
+    let bytes = match range {
+        None => loc.get(path).await,
+        Some(r) => loc.get_range(path, r).await,
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(cache) = &shared.cache {
+        cache.put(&key, &bytes).await;
+        shared.metrics.dataset_cache_misses.inc();
+    }
+    Ok(bytes)
 }
 
 thread_local! {

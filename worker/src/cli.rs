@@ -64,6 +64,19 @@ pub struct JoinArgs {
     /// address is printed).
     #[arg(long)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Folder of the node's dataset cache: objects fetched from object stores (s3://, gs://, az://) are
+    /// kept here, keyed by dataset fingerprint, object URL, range and size, so the next job on the
+    /// same dataset reads them from disk. Workers of one node may share it. Default:
+    /// $XDG_CACHE_HOME/tresnet-eval/datasets (else ~/.cache/tresnet-eval/datasets).
+    #[arg(long, env = "TRESNET_DATASET_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Bound the dataset cache's size; the least recently used entries are evicted beyond it
+    /// (default: unbounded).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_mb: Option<u64>,
+    /// Fetch every object from its store; no dataset cache.
+    #[arg(long, conflicts_with_all = ["cache_dir", "cache_max_mb"])]
+    pub no_cache: bool,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,

@@ -1,6 +1,10 @@
 //! Device executors: one thread per device owns a model copy and turns uint8 batches into per-sample
 //! results (or, in counts-only jobs, per-lease counts kept on the device). Batches arrive through one
 //! shared queue, so a faster device simply takes more of them; counts-only jobs use one queue each.
+//!
+//! Executors outlive a job: each batch carries the job it belongs to (top-k, logits, normalisation),
+//! and the loaded model is described by a [`ModelKey`]; the agent keeps the executors for the next job
+//! of a sweep when its key is the same, and stops them (freeing the model) before loading another.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -27,6 +31,8 @@ pub struct Batch {
     /// `n × 3 × side × side` bytes, CHW per image.
     pub pixels: Vec<u8>,
     pub side: i64,
+    /// The job the batch belongs to: how to score it and what to send back.
+    pub job: Arc<WorkerJob>,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, String>>,
 }
 
@@ -42,11 +48,15 @@ pub enum Work {
     Batch(Batch),
     /// All-reduce the lease's counts across executors (its batches have all been answered).
     Reduce {
+        job: String,
         lease: u64,
+        /// The job's class count, for an executor that got no batch of the lease.
+        classes: i64,
         reply: ReduceReply,
     },
     /// Forget the lease's counts (the shard failed or was handed back).
     Discard {
+        job: String,
         lease: u64,
     },
 }
@@ -68,6 +78,41 @@ pub struct ExecutorConfig {
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
     pub metrics: crate::metrics::WorkerMetrics,
+}
+
+/// Everything that decides which network the executors hold; two jobs with equal keys run on the
+/// same loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelKey {
+    model: String,
+    weights: String,
+    weights_sha256: String,
+    precision: String,
+    fold_bn: bool,
+    channels_last: Option<bool>,
+    leaky_slope: Option<f64>,
+    num_classes: u32,
+    synthetic: bool,
+    /// Counts-only jobs give each executor its own queue (see [`Work`]), so a change restarts them.
+    counts_only: bool,
+}
+
+impl ModelKey {
+    pub fn of(cfg: &ExecutorConfig) -> Self {
+        let j = &cfg.job;
+        ModelKey {
+            model: j.model.clone(),
+            weights: j.weights.clone(),
+            weights_sha256: j.weights_sha256.clone(),
+            precision: j.precision.clone(),
+            fold_bn: cfg.fold_bn,
+            channels_last: cfg.channels_last,
+            leaky_slope: j.leaky_slope,
+            num_classes: j.num_classes,
+            synthetic: j.synthetic,
+            counts_only: j.counts_only,
+        }
+    }
 }
 
 /// Loads the job's model on `device` (or nothing, in synthetic mode).
@@ -155,20 +200,31 @@ pub fn start(
                 }
                 let _ = ready.send(Ok(()));
                 let label = crate::metrics::device_label(device);
-                let mut counts: HashMap<u64, DeviceCounts> = HashMap::new();
+                // Keyed by job as well: lease ids restart with each job of a sweep, and a lease
+                // aborted at a job's end leaves its counts behind.
+                let mut counts: HashMap<(String, u64), DeviceCounts> = HashMap::new();
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let batch = match next {
                         Err(_) => return,
                         Ok(Work::Batch(b)) => b,
-                        Ok(Work::Discard { lease }) => {
-                            counts.remove(&lease);
+                        Ok(Work::Discard { job, lease }) => {
+                            counts.remove(&(job, lease));
                             continue;
                         }
-                        Ok(Work::Reduce { lease, reply }) => {
-                            let mine = counts.remove(&lease).unwrap_or_else(|| {
-                                DeviceCounts::zeros(i64::from(cfg.job.num_classes), device)
-                            });
+                        Ok(Work::Reduce {
+                            job,
+                            lease,
+                            classes,
+                            reply,
+                        }) => {
+                            if counts.keys().any(|(j, _)| *j != job) {
+                                // Leftovers of a finished job can never be reduced now.
+                                counts.retain(|(j, _), _| *j == job);
+                            }
+                            let mine = counts
+                                .remove(&(job, lease))
+                                .unwrap_or_else(|| DeviceCounts::zeros(classes, device));
                             let _ = reply.send(reduce(&collective, rank, mine));
                             continue;
                         }
@@ -181,12 +237,14 @@ pub fn start(
                     // libtorch reports some failures by panicking inside tch; one bad batch must fail
                     // its shard (which is then retried) rather than kill this device's executor.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let acc = cfg.job.counts_only.then(|| {
-                            counts.entry(batch.lease).or_insert_with(|| {
-                                DeviceCounts::zeros(i64::from(cfg.job.num_classes), device)
-                            })
+                        let acc = batch.job.counts_only.then(|| {
+                            counts
+                                .entry((batch.job.job_id.clone(), batch.lease))
+                                .or_insert_with(|| {
+                                    DeviceCounts::zeros(i64::from(batch.job.num_classes), device)
+                                })
                         });
-                        run_batch(&engine, &cfg.job, device, &batch, acc)
+                        run_batch(&engine, &batch.job, device, &batch, acc)
                     }))
                     .unwrap_or_else(|p| {
                         Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))

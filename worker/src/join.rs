@@ -6,6 +6,7 @@ use anyhow::Context;
 
 use crate::agent::{self, AgentConfig};
 use crate::cli::JoinArgs;
+use crate::dataset_cache::{self, DatasetCache};
 use crate::metrics::WorkerMetrics;
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
@@ -23,6 +24,15 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let metrics = WorkerMetrics::default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let dataset_cache = if args.no_cache {
+        None
+    } else {
+        let dir = args.cache_dir.or_else(dataset_cache::default_dir).context(
+            "no --cache-dir given and no home folder for the default; give one or --no-cache",
+        )?;
+        let max = args.cache_max_mb.map(|mb| mb * 1024 * 1024);
+        Some(std::sync::Arc::new(DatasetCache::open(&dir, max)?))
+    };
     let cfg = AgentConfig {
         coordinator: url,
         worker_id: args
@@ -39,6 +49,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         tls_ca: args.tls_ca,
         tls_domain: args.tls_domain,
         metrics: metrics.clone(),
+        dataset_cache,
     };
     if cfg.tls_ca.is_some() && !tresnet_common::protocol::tls::is_https(&cfg.coordinator) {
         anyhow::bail!(

@@ -12,6 +12,7 @@ pub mod collective;
 pub mod collective_check;
 #[cfg(feature = "torch")]
 pub mod counts;
+pub mod dataset_cache;
 #[cfg(feature = "torch")]
 pub mod device;
 #[cfg(feature = "torch")]
@@ -27,3 +28,5 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod scoring;
+#[cfg(feature = "torch")]
+pub mod software;

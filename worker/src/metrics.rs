@@ -62,6 +62,9 @@ pub struct WorkerMetrics {
     pub shards_submitted: Counter,
     pub shards_failed: Counter,
     pub leases_in_flight: Gauge,
+    /// Objects served from the node's dataset cache, and objects fetched from the store into it.
+    pub dataset_cache_hits: Counter,
+    pub dataset_cache_misses: Counter,
     phase: Arc<AtomicU8>,
 }
 
@@ -75,6 +78,8 @@ impl Default for WorkerMetrics {
             shards_submitted: Counter::default(),
             shards_failed: Counter::default(),
             leases_in_flight: Gauge::default(),
+            dataset_cache_hits: Counter::default(),
+            dataset_cache_misses: Counter::default(),
             phase: Arc::new(AtomicU8::new(CONNECTING)),
         }
     }
@@ -160,6 +165,16 @@ impl WorkerMetrics {
             "leases_in_flight",
             "Shards being worked on",
             self.leases_in_flight.clone(),
+        );
+        r.register(
+            "dataset_cache_hits",
+            "Objects read from the node's dataset cache instead of the store",
+            self.dataset_cache_hits.clone(),
+        );
+        r.register(
+            "dataset_cache_misses",
+            "Objects fetched from the store and stored in the dataset cache",
+            self.dataset_cache_misses.clone(),
         );
         let me = self.clone();
         let ready: Readiness = Arc::new(move || me.readiness());

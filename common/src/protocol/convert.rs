@@ -7,6 +7,7 @@ use crate::dataset::{Sample, SampleKey, SampleSource};
 use crate::ids::SampleIndex;
 use crate::job::{JobSpec, SaveLogits};
 use crate::preprocess::{CropMode, PreprocessConfig};
+use crate::software::WorkerSoftware;
 
 /// A message that parses but makes no sense; names the field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -87,6 +88,7 @@ impl From<&JobSpec> for pb::JobSpec {
             synthetic: j.synthetic,
             leaky_slope: j.leaky_slope,
             counts_only: j.counts_only,
+            dataset_fingerprint: j.dataset_fingerprint.clone(),
         }
     }
 }
@@ -109,6 +111,7 @@ pub struct WorkerJob {
     pub synthetic: bool,
     pub leaky_slope: Option<f64>,
     pub counts_only: bool,
+    pub dataset_fingerprint: String,
 }
 
 impl TryFrom<pb::JobSpec> for WorkerJob {
@@ -152,7 +155,30 @@ impl TryFrom<pb::JobSpec> for WorkerJob {
             synthetic: j.synthetic,
             leaky_slope: j.leaky_slope,
             counts_only: j.counts_only,
+            dataset_fingerprint: j.dataset_fingerprint,
         })
+    }
+}
+
+impl From<&WorkerSoftware> for pb::WorkerSoftware {
+    fn from(s: &WorkerSoftware) -> Self {
+        pb::WorkerSoftware {
+            libtorch: s.libtorch.clone().unwrap_or_default(),
+            cuda_available: s.cuda_available,
+            cudnn_available: s.cudnn_available,
+            device_names: s.device_names.clone(),
+        }
+    }
+}
+
+impl From<pb::WorkerSoftware> for WorkerSoftware {
+    fn from(s: pb::WorkerSoftware) -> Self {
+        WorkerSoftware {
+            libtorch: (!s.libtorch.is_empty()).then_some(s.libtorch),
+            cuda_available: s.cuda_available,
+            cudnn_available: s.cudnn_available,
+            device_names: s.device_names,
+        }
     }
 }
 

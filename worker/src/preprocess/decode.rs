@@ -641,7 +641,10 @@ mod tests {
         let img = turbojpeg::Image::mandelbrot(48, 32, PixelFormat::RGB);
         let good = turbojpeg::compress(img.as_deref(), 90, turbojpeg::Subsamp::Sub2x2).unwrap();
         let bad: &[u8] = b"\xff\xd8\xff\xe0 not really a jpeg";
-        let fresh = Decoder::default().decode(bad, &opts()).unwrap_err().to_string();
+        let fresh = Decoder::default()
+            .decode(bad, &opts())
+            .unwrap_err()
+            .to_string();
         let mut used = Decoder::default();
         used.decode(&good, &opts()).unwrap();
         let after_good = used.decode(bad, &opts()).unwrap_err().to_string();

@@ -467,10 +467,12 @@ fn counts_only_reports_the_same_numbers_without_per_sample_data() {
         "--devices",
         "cpu,cpu",
         "--counts-only",
+        // The per-sample run's batches: libtorch's CPU kernels round differently for other batch
+        // shapes, which would move the loss sum by ~1e-7 and hide what this test is about.
         "--shard-size",
         "4",
         "--batch-size",
-        "2",
+        "4",
     ];
     ok(
         coordinator_run_on(&data, "manifest", &run, &args)

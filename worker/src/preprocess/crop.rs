@@ -46,20 +46,14 @@ pub fn resize_and_crop_with(
         let ncols = cols.len();
         let (red, rest) = data.split_at_mut(plane);
         let (green, blue) = rest.split_at_mut(plane);
+        // The region comes row-planar (R, G, B runs per row): three copies per row make it CHW.
         for (row, line) in region.chunks_exact(ncols * 3).enumerate() {
             let base = (y0 + row) * w + x0;
-            let span = base..base + ncols;
-            // Zipped iterators rather than indexing: no bounds check per byte in this hot loop.
-            for (((px, r), g), b) in line
-                .chunks_exact(3)
-                .zip(&mut red[span.clone()])
-                .zip(&mut green[span.clone()])
-                .zip(&mut blue[span])
-            {
-                *r = px[0];
-                *g = px[1];
-                *b = px[2];
-            }
+            let (r, gb) = line.split_at(ncols);
+            let (g, b) = gb.split_at(ncols);
+            red[base..base + ncols].copy_from_slice(r);
+            green[base..base + ncols].copy_from_slice(g);
+            blue[base..base + ncols].copy_from_slice(b);
         }
     }
     PreprocessedImage {

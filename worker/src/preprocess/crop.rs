@@ -44,20 +44,16 @@ pub fn resize_and_crop_with(
         let x0 = (cols.start as i64 - window.left) as usize;
         let y0 = (rows.start as i64 - window.top) as usize;
         let ncols = cols.len();
-        for (r, line) in region.chunks_exact(ncols * 3).enumerate() {
-            let base = (y0 + r) * w + x0;
-            let (red, rest) = data.split_at_mut(plane);
-            let (green, blue) = rest.split_at_mut(plane);
-            let (red, green, blue) = (
-                &mut red[base..base + ncols],
-                &mut green[base..base + ncols],
-                &mut blue[base..base + ncols],
-            );
-            for (i, px) in line.chunks_exact(3).enumerate() {
-                red[i] = px[0];
-                green[i] = px[1];
-                blue[i] = px[2];
-            }
+        let (red, rest) = data.split_at_mut(plane);
+        let (green, blue) = rest.split_at_mut(plane);
+        // The region comes row-planar (R, G, B runs per row): three copies per row make it CHW.
+        for (row, line) in region.chunks_exact(ncols * 3).enumerate() {
+            let base = (y0 + row) * w + x0;
+            let (r, gb) = line.split_at(ncols);
+            let (g, b) = gb.split_at(ncols);
+            red[base..base + ncols].copy_from_slice(r);
+            green[base..base + ncols].copy_from_slice(g);
+            blue[base..base + ncols].copy_from_slice(b);
         }
     }
     PreprocessedImage {

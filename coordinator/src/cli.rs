@@ -150,8 +150,8 @@ pub struct PackArgs {
     /// Destination location (path or URL) for the shards, their indexes and dataset.json.
     #[arg(long)]
     pub out: String,
-    /// Target shard size, e.g. 256MiB, 1GiB, 500MB or plain bytes.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    /// Target shard size, e.g. 256MiB, 1GiB, 500MB or plain bytes (at most 4GiB).
+    #[arg(long, default_value = "256MiB", value_parser = parse_shard_size)]
     pub shard_size: u64,
     /// Objects read concurrently from the source.
     #[arg(long, default_value_t = 16)]
@@ -159,6 +159,21 @@ pub struct PackArgs {
 }
 
 /// Parses sizes such as `256MiB`, `1GiB`, `500MB`, `4096`.
+/// Largest `pack --shard-size`: a shard is built in memory and stored with one PUT, and S3 refuses
+/// single PUTs over 5 GB; 4 GiB leaves room for the largest sample that may overshoot the target.
+pub const MAX_SHARD_BYTES: u64 = 4 << 30;
+
+fn parse_shard_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if n > MAX_SHARD_BYTES {
+        return Err(format!(
+            "{s} is over 4GiB: shards are held in memory while packed and stored with one PUT, \
+             which S3 limits to 5 GB"
+        ));
+    }
+    Ok(n)
+}
+
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -393,7 +408,7 @@ impl RunArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{Cli, Command, parse_size};
+    use super::{Cli, Command, parse_shard_size, parse_size};
     use clap::Parser;
 
     fn fold_bn_of(extra: &[&str]) -> bool {
@@ -436,5 +451,7 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("12XB").unwrap_err().contains("XB"));
         assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(parse_shard_size("4GiB"), Ok(4 << 30));
+        assert!(parse_shard_size("5GiB").unwrap_err().contains("5 GB"));
     }
 }

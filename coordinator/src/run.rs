@@ -490,13 +490,13 @@ impl WorkerPool {
                 }
             },
         };
+        // Writing the report reads every journal record (GETs on an object store) and takes seconds;
+        // holding the state lock meanwhile would block every RPC handler of the still-serving pool
+        // on its worker thread, and with them the runtime those GETs need.
+        let (index, sched, journal) = (st.index.clone(), st.sched.clone(), st.journal.clone());
+        drop(st);
         Ok(report::finalize(
-            &cfg.out,
-            job,
-            &st.index,
-            &st.sched,
-            &st.journal,
-            facts,
+            &cfg.out, job, &index, &sched, &journal, facts,
         )?)
     }
 

@@ -80,7 +80,8 @@ pub struct SchedulerStats {
     pub duplicates_dropped: u64,
 }
 
-#[derive(Debug)]
+/// Clone: the report is written from a snapshot, so the run's state lock is not held meanwhile.
+#[derive(Debug, Clone)]
 pub struct Scheduler {
     cfg: SchedulerConfig,
     shards: Vec<Shard>,

@@ -447,27 +447,38 @@ impl Coordinator for CoordinatorService {
             };
             (record, st.journal.clone(), n_bad)
         };
-        let written = journal.write(&record).await;
-        let mut st = self.lock();
-        st.journal_pending -= 1;
-        if let Err(e) = written {
-            st.fatal = Some(format!("cannot record {shard}: {e}"));
-            return Err(Status::internal(format!(
-                "coordinator cannot record {shard}"
-            )));
-        }
-        st.live.samples_done += expected as u64;
-        let now = st.now();
-        st.live.last_accept_ms = Some(now);
-        st.live.timeline.push(crate::report::TimelineEvent {
-            t_ms: now,
-            worker: id.0.clone(),
-            shard: shard.0,
-            samples: expected as u64,
+        // The write and its bookkeeping run as their own task: if the worker drops the RPC meanwhile
+        // (its job ended and it aborted its tasks), this handler is dropped too, and an accepted
+        // shard must still be recorded and `journal_pending` brought back down, or the run would
+        // wait for it forever.
+        let state = self.state.clone();
+        let record_it = tokio::spawn(async move {
+            let written = journal.write(&record).await;
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            st.journal_pending -= 1;
+            if let Err(e) = written {
+                st.fatal = Some(format!("cannot record {shard}: {e}"));
+                return Err(Status::internal(format!(
+                    "coordinator cannot record {shard}"
+                )));
+            }
+            st.live.samples_done += expected as u64;
+            let now = st.now();
+            st.live.last_accept_ms = Some(now);
+            st.live.timeline.push(crate::report::TimelineEvent {
+                t_ms: now,
+                worker: id.0.clone(),
+                shard: shard.0,
+                samples: expected as u64,
+            });
+            st.live.bad_samples += n_bad;
+            st.accept_seconds
+                .observe(accept_start.elapsed().as_secs_f64());
+            Ok(())
         });
-        st.live.bad_samples += n_bad;
-        st.accept_seconds
-            .observe(accept_start.elapsed().as_secs_f64());
+        record_it
+            .await
+            .map_err(|e| Status::internal(format!("recording {shard} failed: {e}")))??;
         Ok(Response::new(pb::SubmitResponse {
             accepted: true,
             reason: String::new(),

@@ -322,10 +322,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
                     })
                     .await;
                 if let Err(s) = refusal {
-                    break Err(AgentError::Rpc {
-                        url: url.clone(),
-                        status: status_text(&s),
-                    });
+                    break Err(rpc_error(&url)(s));
                 }
                 refused = Some(e);
             }
@@ -359,10 +356,7 @@ async fn next_job(
                 previous_job_id: previous.to_string(),
             })
             .await
-            .map_err(|s| AgentError::Rpc {
-                url: url.to_string(),
-                status: status_text(&s),
-            })?
+            .map_err(rpc_error(url))?
             .into_inner();
         if r.finished {
             return Ok(None);
@@ -518,6 +512,14 @@ async fn run_job(
     Ok(shared.samples_done.load(Ordering::Relaxed))
 }
 
+/// Turns a failed RPC to the coordinator at `url` into the agent's error.
+fn rpc_error(url: &str) -> impl Fn(tonic::Status) -> AgentError + '_ {
+    move |s| AgentError::Rpc {
+        url: url.to_string(),
+        status: status_text(&s),
+    }
+}
+
 /// A status's message, or its code when the message is empty (transport failures often have none).
 fn status_text(s: &tonic::Status) -> String {
     let text = if s.message().is_empty() {
@@ -576,10 +578,7 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
                 job_id: shared.job.job_id.clone(),
             })
             .await
-            .map_err(|s| AgentError::Rpc {
-                url: url.to_string(),
-                status: status_text(&s),
-            })?
+            .map_err(rpc_error(url))?
             .into_inner();
         if resp.job_done {
             return Ok(());

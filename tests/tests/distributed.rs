@@ -92,6 +92,45 @@ fn clean_run_matches_single_process_infer() {
     }
 }
 
+/// `--gather-logits`: each shard's logits stay on the two executors' devices and are gathered to the
+/// first one for a single copy and scoring pass; the report, full logits included, must not change.
+#[test]
+fn gathering_logits_to_the_leading_executor_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let common = [
+        "--shard-size",
+        "4",
+        "--batch-size",
+        "2",
+        "--save-logits",
+        "fp32",
+    ];
+    let clean = dir.path().join("clean");
+    run_ok(coordinator_run(&clean, &common));
+    let gathered = dir.path().join("gathered");
+    let mut args = common.to_vec();
+    args.extend([
+        "--local-workers",
+        "2",
+        "--devices",
+        "cpu,cpu",
+        "--worker-arg=--gather-logits",
+    ]);
+    let mut cmd = coordinator_run(&gathered, &args);
+    cmd.env("RUST_LOG", "warn,tresnet_worker=info");
+    let out = run_ok(cmd);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("gathered to the first executor"),
+        "the workers did not take the gather path:\n{log}"
+    );
+    assert_same_report(&clean, &gathered, "gathered logits");
+    assert_eq!(
+        std::fs::read(clean.join("logits.npy")).unwrap(),
+        std::fs::read(gathered.join("logits.npy")).unwrap()
+    );
+}
+
 #[test]
 fn killed_workers_change_nothing_in_the_report() {
     let dir = tempfile::tempdir().unwrap();

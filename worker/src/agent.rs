@@ -46,6 +46,8 @@ pub struct AgentConfig {
     pub decode_threads: usize,
     pub fold_bn: Option<bool>,
     pub debug_batch_delay: Duration,
+    /// Gather each shard's logits to the first executor (see `--gather-logits`).
+    pub gather_logits: bool,
     /// Shared token presented on every RPC.
     pub token: Option<String>,
     /// For `https://` coordinators: the CA to trust (else the system roots) and the name to verify
@@ -144,6 +146,32 @@ impl Dispatch {
         .map_err(|e| e.to_string())?
     }
 
+    /// The lease's per-sample results, scored by the first executor from every executor's logits
+    /// gathered to its device.
+    async fn gather(&self, job: &Arc<WorkerJob>, lease: u64) -> Result<Vec<SampleResult>, String> {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..self.queues.len())
+            .map(|_| tokio::sync::oneshot::channel())
+            .unzip();
+        let txs = Arc::new(std::sync::Mutex::new(txs));
+        let job = job.clone();
+        self.broadcast(move || Work::Gather {
+            job: job.clone(),
+            lease,
+            reply: txs.lock().unwrap_or_else(|p| p.into_inner()).remove(0),
+        })
+        .await?;
+        let mut results = None;
+        for rx in rxs {
+            if let Some(r) = rx
+                .await
+                .map_err(|_| "an executor dropped a gather".to_string())??
+            {
+                results = Some(r);
+            }
+        }
+        results.ok_or_else(|| "no executor returned the gathered results".into())
+    }
+
     /// The lease's counts, all-reduced across the executors (each of which has answered every batch
     /// of it already).
     async fn reduce(&self, job: &str, lease: u64, classes: i64) -> Result<pb::ShardCounts, String> {
@@ -178,6 +206,8 @@ struct Shared {
     job: Arc<WorkerJob>,
     location: StorageLocation,
     dispatch: Arc<Dispatch>,
+    /// Per-sample results come from one gather per shard, not from each batch.
+    gather_logits: bool,
     decode: Arc<Semaphore>,
     samples_done: AtomicU64,
     /// Set by SIGTERM: finish the batch in hand, hand every lease back, exit cleanly.
@@ -437,6 +467,7 @@ async fn run_job(
         fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
         channels_last: None,
         debug_batch_delay: cfg.debug_batch_delay,
+        gather_logits: cfg.gather_logits && !job.counts_only,
         metrics: cfg.metrics.clone(),
     };
     let key = ModelKey::of(&exec_cfg);
@@ -447,7 +478,8 @@ async fn run_job(
             old.stop().await;
         }
         tracing::info!(job = %job.job_id, model = %job.model, weights = %job.weights, "loading the model");
-        let (dispatch, queues) = Dispatch::new(cfg.devices.len().max(1), job.counts_only);
+        let per_executor = job.counts_only || cfg.gather_logits;
+        let (dispatch, queues) = Dispatch::new(cfg.devices.len().max(1), per_executor);
         let devices = cfg.devices.clone();
         let threads =
             tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, &queues))
@@ -477,9 +509,14 @@ async fn run_job(
         .as_ref()
         .map(|e| e.dispatch.clone())
         .expect("executors loaded above");
+    let gather_logits = cfg.gather_logits && !job.counts_only;
+    if gather_logits {
+        tracing::info!(job = %job.job_id, "each shard's logits are gathered to the first executor");
+    }
     let shared = Arc::new(Shared {
         client: client.clone(),
         worker_id: cfg.worker_id.clone(),
+        gather_logits,
         job: Arc::new(job),
         location,
         dispatch,
@@ -643,8 +680,8 @@ const DRAINING: &str = "worker draining";
 async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
     let lease_id = lease.lease_id;
     if let Err(e) = process_shard(&shared, lease).await {
-        if shared.job.counts_only {
-            // Whatever the executors counted for this lease is void; free it.
+        if shared.job.counts_only || shared.gather_logits {
+            // Whatever the executors kept for this lease is void; free it.
             let job = shared.job.job_id.clone();
             let _ = shared
                 .dispatch
@@ -731,6 +768,15 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
             .await
             .map_err(|_| "submit stream closed".to_string())?;
         }
+    }
+    if shared.gather_logits {
+        let mut results = shared.dispatch.gather(&shared.job, lease.lease_id).await?;
+        results.sort_by_key(|r| r.index);
+        tx.send(pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
+        })
+        .await
+        .map_err(|_| "submit stream closed".to_string())?;
     }
     if shared.job.counts_only {
         let counts = shared

@@ -77,6 +77,11 @@ pub struct JoinArgs {
     /// Fetch every object from its store; no dataset cache.
     #[arg(long, conflicts_with_all = ["cache_dir", "cache_max_mb"])]
     pub no_cache: bool,
+    /// Per-sample jobs: keep each shard's logits on the devices and gather them to the first device
+    /// (NCCL on GPUs) for one device-to-host copy and one scoring pass per shard, instead of a copy
+    /// per batch from every device.
+    #[arg(long)]
+    pub gather_logits: bool,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,

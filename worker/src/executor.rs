@@ -40,6 +40,17 @@ pub struct Batch {
 /// (the other ranks).
 pub type ReduceReply = tokio::sync::oneshot::Sender<Result<Option<ShardCounts>, String>>;
 
+/// Reply to a [`Work::Gather`]: every executor's results of the lease (rank 0), or `None`.
+pub type GatherReply = tokio::sync::oneshot::Sender<Result<Option<Vec<SampleResult>>, String>>;
+
+/// A lease's batches kept on one device for a gather: logits and, per row, index and label.
+#[derive(Debug, Default)]
+struct Kept {
+    logits: Vec<Tensor>,
+    indices: Vec<i64>,
+    labels: Vec<i64>,
+}
+
 /// What an executor's queue carries. Normal jobs share one queue of batches among the executors (a
 /// faster device takes more); counts-only jobs give each executor its own queue, so that `Reduce` and
 /// `Discard`, sent to every executor in the same order, meet in the collective in that order.
@@ -54,7 +65,14 @@ pub enum Work {
         classes: i64,
         reply: ReduceReply,
     },
-    /// Forget the lease's counts (the shard failed or was handed back).
+    /// Gather the lease's logits (kept on each device) to the first executor, which scores them and
+    /// replies with the per-sample results; the others reply `None`.
+    Gather {
+        job: Arc<WorkerJob>,
+        lease: u64,
+        reply: GatherReply,
+    },
+    /// Forget the lease's counts or logits (the shard failed or was handed back).
     Discard {
         job: String,
         lease: u64,
@@ -77,6 +95,8 @@ pub struct ExecutorConfig {
     pub channels_last: Option<bool>,
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
+    /// Keep per-sample jobs' logits on the device until the lease's gather (`--gather-logits`).
+    pub gather_logits: bool,
     pub metrics: crate::metrics::WorkerMetrics,
 }
 
@@ -203,13 +223,34 @@ pub fn start(
                 // Keyed by job as well: lease ids restart with each job of a sweep, and a lease
                 // aborted at a job's end leaves its counts behind.
                 let mut counts: HashMap<(String, u64), DeviceCounts> = HashMap::new();
+                let mut kept: HashMap<(String, u64), Kept> = HashMap::new();
                 loop {
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let batch = match next {
                         Err(_) => return,
                         Ok(Work::Batch(b)) => b,
                         Ok(Work::Discard { job, lease }) => {
+                            kept.remove(&(job.clone(), lease));
                             counts.remove(&(job, lease));
+                            continue;
+                        }
+                        Ok(Work::Gather { job, lease, reply }) => {
+                            kept.retain(|(j, _), _| *j == job.job_id);
+                            let mine = kept
+                                .remove(&(job.job_id.clone(), lease))
+                                .unwrap_or_default();
+                            let out =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    gather(&collective, rank, device, mine, &job)
+                                }))
+                                .unwrap_or_else(|p| {
+                                    Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))
+                                });
+                            if let Err(e) = &out {
+                                // The other ranks must not wait out the timeout for this one.
+                                collective.abort(e);
+                            }
+                            let _ = reply.send(out);
                             continue;
                         }
                         Ok(Work::Reduce {
@@ -244,6 +285,16 @@ pub fn start(
                                     DeviceCounts::zeros(i64::from(batch.job.num_classes), device)
                                 })
                         });
+                        if acc.is_none() && cfg.gather_logits {
+                            let y = device_logits(&engine, &batch.job, device, &batch)?;
+                            let k = kept
+                                .entry((batch.job.job_id.clone(), batch.lease))
+                                .or_default();
+                            k.logits.push(y.to_kind(Kind::Float));
+                            k.indices.extend(batch.indices.iter().map(|&i| i as i64));
+                            k.labels.extend(batch.labels.iter().map(|&l| i64::from(l)));
+                            return Ok(Vec::new());
+                        }
                         run_batch(&engine, &batch.job, device, &batch, acc)
                     }))
                     .unwrap_or_else(|p| {
@@ -269,6 +320,45 @@ pub fn start(
 }
 
 pub type WorkSender = SyncSender<Work>;
+
+/// Rank 0 gets every rank's kept logits, indices and labels (gathered to its device), copies them to
+/// the host once and scores them; the other ranks contribute theirs and get `None`.
+fn gather(
+    collective: &Collective,
+    rank: usize,
+    device: Device,
+    mine: Kept,
+    job: &WorkerJob,
+) -> Result<Option<Vec<SampleResult>>, String> {
+    let classes = i64::from(job.num_classes);
+    let logits = if mine.logits.is_empty() {
+        Tensor::zeros([0, classes], (Kind::Float, device))
+    } else {
+        Tensor::cat(&mine.logits, 0)
+    };
+    let indices = Tensor::from_slice(&mine.indices).to_device(device);
+    let labels = Tensor::from_slice(&mine.labels).to_device(device);
+    let e = |e: crate::collective::CollectiveError| e.to_string();
+    let all_logits = collective.gather(rank, &logits).map_err(e)?;
+    let all_indices = collective.gather(rank, &indices).map_err(e)?;
+    let all_labels = collective.gather(rank, &labels).map_err(e)?;
+    let (Some(y), Some(i), Some(l)) = (all_logits, all_indices, all_labels) else {
+        return Ok(None);
+    };
+    let y = y.to_device(Device::Cpu).contiguous();
+    let flat = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
+    let indices = Vec::<i64>::try_from(i.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+    let labels = Vec::<i64>::try_from(l.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+    let indices: Vec<u64> = indices.iter().map(|&v| v as u64).collect();
+    let labels: Vec<u32> = labels.iter().map(|&v| v as u32).collect();
+    Ok(Some(score_rows(
+        job,
+        &flat,
+        classes as usize,
+        &indices,
+        &labels,
+    )))
+}
 
 /// Sums this executor's counts of a lease with every other executor's; rank 0 gets the message.
 fn reduce(
@@ -386,7 +476,6 @@ fn run_batch(
     b: &Batch,
     counts: Option<&mut DeviceCounts>,
 ) -> Result<Vec<SampleResult>, String> {
-    let n = b.indices.len();
     if let Some(acc) = counts {
         let y = device_logits(engine, job, device, b)?;
         let labels =
@@ -413,10 +502,21 @@ fn run_batch(
     let y = y.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
     let classes = y.size()[1] as usize;
     let logits = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(n);
+    Ok(score_rows(job, &logits, classes, &b.indices, &b.labels))
+}
+
+/// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`.
+fn score_rows(
+    job: &WorkerJob,
+    logits: &[f32],
+    classes: usize,
+    indices: &[u64],
+    labels: &[u32],
+) -> Vec<SampleResult> {
+    let mut out = Vec::with_capacity(indices.len());
     for (j, row) in logits.chunks(classes).enumerate() {
         let (topk_indices, topk_logits) = top_k(row, job.top_k as usize);
-        let (loss, confidence) = loss_and_confidence(row, b.labels[j]);
+        let (loss, confidence) = loss_and_confidence(row, labels[j]);
         let logits = match job.save_logits {
             SaveLogits::None => Vec::new(),
             SaveLogits::Fp32 => row.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -426,7 +526,7 @@ fn run_batch(
                 .collect(),
         };
         out.push(SampleResult {
-            index: b.indices[j],
+            index: indices[j],
             topk_indices,
             topk_logits,
             loss,
@@ -435,7 +535,7 @@ fn run_batch(
             error: String::new(),
         });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

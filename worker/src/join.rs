@@ -44,6 +44,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         decode_threads: args.decode_threads.unwrap_or(cpus),
         fold_bn: None,
         debug_batch_delay: Duration::from_millis(args.debug_batch_delay_ms),
+        gather_logits: args.gather_logits,
         token: tresnet_common::protocol::auth::load_token(args.token_file.as_deref())
             .map_err(anyhow::Error::msg)?,
         tls_ca: args.tls_ca,

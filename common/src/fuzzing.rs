@@ -7,7 +7,7 @@
 //! one-shot scan, a protocol message converts back to itself), the function asserts it, so a broken
 //! promise is a crash the fuzzer reports.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use prost::Message;
@@ -263,6 +263,40 @@ pub fn protocol(data: &[u8]) {
 
 /// A fuzz entry point.
 pub type Target = fn(&[u8]);
+
+/// The workspace's `fuzz/` folder: targets, checked-in seeds and crash regressions.
+pub fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// The files of `fuzz/<kind>/<target>/` (`kind`: `seeds` or `regressions`), sorted; none if the
+/// folder does not exist.
+pub fn corpus(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(dir) = std::fs::read_dir(fuzz_dir().join(kind).join(target)) else {
+        return vec![];
+    };
+    let mut files: Vec<PathBuf> = dir.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// Runs `body` over every seed and regression of `target` on stable (the corpus replay of the test
+/// suites); panics naming the input that made it panic, or when the target has no seeds.
+pub fn replay(target: &str, body: Target) {
+    let seeds = corpus("seeds", target);
+    assert!(!seeds.is_empty(), "fuzz/seeds/{target}/ has no seeds");
+    for (path, bytes) in seeds.iter().chain(&corpus("regressions", target)) {
+        // A panic names the input, so a failing regression is found without a debugger.
+        let outcome = std::panic::catch_unwind(|| body(bytes));
+        assert!(outcome.is_ok(), "{target} panicked on {}", path.display());
+    }
+}
 
 /// Every entry point by target name, for the corpus replay test.
 pub const TARGETS: &[(&str, Target)] = &[

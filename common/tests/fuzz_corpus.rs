@@ -4,50 +4,24 @@
 //! Also checks that the seeds are real inputs the parsers accept, which is what makes them good
 //! starting points, and (with `TRESNET_WRITE_PROTOCOL_SEEDS=1`) writes the protocol target's seeds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use prost::Message;
 use tresnet_common::checkpoint::load_state_dict_from_bytes;
 use tresnet_common::dataset::cifar::{CifarVariant, parse_records};
 use tresnet_common::dataset::mat::MatFile;
 use tresnet_common::dataset::tar::{ShardIndex, is_cls, scan_tar};
-use tresnet_common::fuzzing::TARGETS;
+use tresnet_common::fuzzing::{TARGETS, corpus as inputs, fuzz_dir, replay};
 use tresnet_common::job::SaveLogits;
 use tresnet_common::npy::parse_f32;
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::convert::WorkerJob;
 use tresnet_common::protocol::pb;
 
-fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
-}
-
-/// The files of `fuzz/<kind>/<target>/`, sorted; none if the folder does not exist.
-fn inputs(kind: &str, target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let Ok(dir) = std::fs::read_dir(fuzz_dir().join(kind).join(target)) else {
-        return vec![];
-    };
-    let mut files: Vec<PathBuf> = dir.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let bytes = std::fs::read(&p).unwrap();
-            (p, bytes)
-        })
-        .collect()
-}
-
 #[test]
 fn every_target_runs_over_its_seeds_and_regressions() {
     for (target, body) in TARGETS {
-        let seeds = inputs("seeds", target);
-        assert!(!seeds.is_empty(), "fuzz/seeds/{target}/ has no seeds");
-        for (path, bytes) in seeds.iter().chain(&inputs("regressions", target)) {
-            // A panic names the input, so a failing regression is found without a debugger.
-            let outcome = std::panic::catch_unwind(|| body(bytes));
-            assert!(outcome.is_ok(), "{target} panicked on {}", path.display());
-        }
+        replay(target, *body);
     }
 }
 

@@ -29,6 +29,24 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// `gate --run RUN --baseline BASELINE --max-top1-drop 1` must be an input error (exit 2) whose
+/// message contains every needle.
+fn refused(run: &Path, baseline: &Path, needles: &[&str]) {
+    let o = gate(&[
+        "--run",
+        p(run),
+        "--baseline",
+        p(baseline),
+        "--max-top1-drop",
+        "1",
+    ]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}{err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in: {err}");
+    }
+}
+
 /// Per class: (samples, top-1 correct), recomputed from predictions.parquet.
 fn class_top1(run: &Path) -> std::collections::BTreeMap<u32, (u64, u64)> {
     let mut m = std::collections::BTreeMap::new();
@@ -162,36 +180,10 @@ fn gate_passes_fails_and_refuses_bad_input_with_distinct_exit_codes() {
     // Bad baseline files: exit 2, the message names the file and the problem.
     let junk = runs.dir.path().join("junk.json");
     std::fs::write(&junk, "{ not json").unwrap();
-    let o = gate(&[
-        "--run",
-        p(a),
-        "--baseline",
-        p(&junk),
-        "--max-top1-drop",
-        "1",
-    ]);
-    let (out, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{out}{err}");
-    assert!(
-        err.contains("junk.json") && err.contains("not a valid baseline"),
-        "{err}"
-    );
+    refused(a, &junk, &["junk.json", "not a valid baseline"]);
 
     let missing = runs.dir.path().join("nope.json");
-    let o = gate(&[
-        "--run",
-        p(a),
-        "--baseline",
-        p(&missing),
-        "--max-top1-drop",
-        "1",
-    ]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        err.contains("nope.json") && err.contains("missing"),
-        "{err}"
-    );
+    refused(a, &missing, &["nope.json", "missing"]);
 
     for (field, value, what) in [
         ("fingerprint", "0000", "another dataset"),
@@ -205,10 +197,7 @@ fn gate_passes_fails_and_refuses_bad_input_with_distinct_exit_codes() {
         }
         let f = runs.dir.path().join(format!("edited-{field}.json"));
         std::fs::write(&f, serde_json::to_vec(&edited).unwrap()).unwrap();
-        let o = gate(&["--run", p(a), "--baseline", p(&f), "--max-top1-drop", "1"]);
-        let (_, err) = text(&o);
-        assert_eq!(o.status.code(), Some(2), "{err}");
-        assert!(err.contains(what) && err.contains(value), "{err}");
+        refused(a, &f, &[what, value]);
     }
 
     // The baseline of a real run over another dataset (the folder) is refused the same way.
@@ -221,35 +210,12 @@ fn gate_passes_fails_and_refuses_bad_input_with_distinct_exit_codes() {
         "--write-baseline",
     ]);
     assert_eq!(o.status.code(), Some(0));
-    let o = gate(&[
-        "--run",
-        p(a),
-        "--baseline",
-        p(&folder_base),
-        "--max-top1-drop",
-        "1",
-    ]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("another dataset"), "{err}");
+    refused(a, &folder_base, &["another dataset"]);
 
     // A run directory without its summary, no checks at all, and clap usage errors: exit 2.
     let empty = runs.dir.path().join("empty-run");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = gate(&[
-        "--run",
-        p(&empty),
-        "--baseline",
-        p(&base),
-        "--max-top1-drop",
-        "1",
-    ]);
-    let (_, err) = text(&o);
-    assert_eq!(o.status.code(), Some(2));
-    assert!(
-        err.contains("summary.json") && err.contains("missing"),
-        "{err}"
-    );
+    refused(&empty, &base, &["summary.json", "missing"]);
     let o = gate(&["--run", p(a), "--baseline", p(&base)]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2));

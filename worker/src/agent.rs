@@ -146,57 +146,54 @@ impl Dispatch {
         .map_err(|e| e.to_string())?
     }
 
-    /// The lease's per-sample results, scored by the first executor from every executor's logits
-    /// gathered to its device.
-    async fn gather(&self, job: &Arc<WorkerJob>, lease: u64) -> Result<Vec<SampleResult>, String> {
+    /// Sends every executor the message `make` builds around its own reply slot, and returns the one
+    /// answer that carries a value (rank 0's; the others answer `None`).
+    async fn collect<T: Send + 'static>(
+        &self,
+        what: &str,
+        make: impl Fn(tokio::sync::oneshot::Sender<Result<Option<T>, String>>) -> Work + Send + 'static,
+    ) -> Result<T, String> {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..self.queues.len())
             .map(|_| tokio::sync::oneshot::channel())
             .unzip();
-        let txs = Arc::new(std::sync::Mutex::new(txs));
-        let job = job.clone();
-        self.broadcast(move || Work::Gather {
-            job: job.clone(),
-            lease,
-            reply: txs.lock().unwrap_or_else(|p| p.into_inner()).remove(0),
-        })
-        .await?;
-        let mut results = None;
+        let txs = std::sync::Mutex::new(txs);
+        self.broadcast(move || make(txs.lock().unwrap_or_else(|p| p.into_inner()).remove(0)))
+            .await?;
+        let mut answer = None;
         for rx in rxs {
-            if let Some(r) = rx
+            if let Some(v) = rx
                 .await
-                .map_err(|_| "an executor dropped a gather".to_string())??
+                .map_err(|_| format!("an executor dropped the {what}"))??
             {
-                results = Some(r);
+                answer = Some(v);
             }
         }
-        results.ok_or_else(|| "no executor returned the gathered results".into())
+        answer.ok_or_else(|| format!("no executor returned the {what}"))
+    }
+
+    /// The lease's per-sample results, scored by the first executor from every executor's logits
+    /// gathered to its device.
+    async fn gather(&self, job: &Arc<WorkerJob>, lease: u64) -> Result<Vec<SampleResult>, String> {
+        let job = job.clone();
+        self.collect("gathered results", move |reply| Work::Gather {
+            job: job.clone(),
+            lease,
+            reply,
+        })
+        .await
     }
 
     /// The lease's counts, all-reduced across the executors (each of which has answered every batch
     /// of it already).
     async fn reduce(&self, job: &str, lease: u64, classes: i64) -> Result<pb::ShardCounts, String> {
         let job = job.to_string();
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..self.queues.len())
-            .map(|_| tokio::sync::oneshot::channel())
-            .unzip();
-        let txs = Arc::new(std::sync::Mutex::new(txs));
-        self.broadcast(move || Work::Reduce {
+        self.collect("reduced counts", move |reply| Work::Reduce {
             job: job.clone(),
             lease,
             classes,
-            reply: txs.lock().unwrap_or_else(|p| p.into_inner()).remove(0),
+            reply,
         })
-        .await?;
-        let mut counts = None;
-        for rx in rxs {
-            if let Some(c) = rx
-                .await
-                .map_err(|_| "an executor dropped a reduction".to_string())??
-            {
-                counts = Some(c);
-            }
-        }
-        counts.ok_or_else(|| "no executor returned the reduced counts".into())
+        .await
     }
 }
 

@@ -235,6 +235,7 @@ pub fn start(
                             continue;
                         }
                         Ok(Work::Gather { job, lease, reply }) => {
+                            // Leftovers of a finished job can never be gathered now.
                             kept.retain(|(j, _), _| *j == job.job_id);
                             let mine = kept
                                 .remove(&(job.job_id.clone(), lease))
@@ -259,10 +260,8 @@ pub fn start(
                             classes,
                             reply,
                         }) => {
-                            if counts.keys().any(|(j, _)| *j != job) {
-                                // Leftovers of a finished job can never be reduced now.
-                                counts.retain(|(j, _), _| *j == job);
-                            }
+                            // Leftovers of a finished job can never be reduced now.
+                            counts.retain(|(j, _), _| *j == job);
                             let mine = counts
                                 .remove(&(job, lease))
                                 .unwrap_or_else(|| DeviceCounts::zeros(classes, device));

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tresnet_common::storage::StoreArgs;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tresnet_common::dataset::DatasetFormat;
@@ -156,6 +157,8 @@ pub struct PackArgs {
     /// Objects read concurrently from the source.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Parses sizes such as `256MiB`, `1GiB`, `500MB`, `4096`.
@@ -318,6 +321,9 @@ pub struct RunArgs {
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     pub worker_arg: Vec<String>,
+    /// Object-store client settings: for the listing and the journal, and handed to local workers.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 fn parse_format(s: &str) -> Result<DatasetFormat, String> {
@@ -402,6 +408,7 @@ impl RunArgs {
             metrics_linger: Duration::from_secs(self.metrics_linger_secs),
             tls,
             tls_worker_ca: self.tls_ca,
+            store: self.store,
         })
     }
 }

@@ -133,6 +133,14 @@ pub struct Scheduling {
     pub lease_expiries: u64,
     pub retries: u64,
     pub duplicates_dropped: u64,
+    /// Leases handed back by workers because of a fault of the environment (each a failed attempt
+    /// of its shard; a shard fails after `--max-failures` of them).
+    #[serde(default)]
+    pub environment_faults: u64,
+    /// Object-store requests that failed for a reason of the environment (5xx, throttling, transport
+    /// error, timeout, body cut off) and were retried inside the workers.
+    #[serde(default)]
+    pub store_retries: u64,
 }
 
 /// `outcome.json`: everything a run recorded besides its predictions. With job.json and

@@ -416,6 +416,15 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         let tag = format!("sweep: cell {}/{total} {}", n + 1, cell.name);
         let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed).await;
         let (status, summary, error) = match ran {
+            // Written, but short of the dataset: the cell is not done, and a rerun resumes it.
+            Ok((_, s)) if s.failed_samples > 0 => {
+                let why = format!(
+                    "{} of {} samples in failed shards (faults of the environment; see its summary.json)",
+                    s.failed_samples, s.dataset_size
+                );
+                eprintln!("{tag}: FAILED: {why}");
+                (CellStatus::Failed, Some(s), Some(why))
+            }
             Ok((status, s)) => (status, Some(s), None),
             Err(e) => {
                 eprintln!("{tag}: FAILED: {e:#}");

@@ -25,7 +25,8 @@ use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
 use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::{StorageLocation, StorageOptions};
 
-use crate::journal::Journal;
+use crate::atomic_file::write_atomic;
+use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -63,6 +64,8 @@ pub struct RunConfig {
     pub token: Option<String>,
     /// Journal location (path or object-store URL); `None` is `out/journal`.
     pub journal: Option<String>,
+    /// What resuming does with a journal record that is damaged or another job's.
+    pub on_bad_record: OnBadRecord,
     /// Where to serve /healthz, /readyz and /metrics (`None`: nowhere).
     pub metrics_listen: Option<SocketAddr>,
     /// How long /metrics stays up after the reports are written (SIGTERM/SIGINT ends it sooner).
@@ -107,12 +110,14 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Opens the run directory: a new one gets `job.json`; an existing one must hold the same job, and
-/// its journal's completed shards are not run again. The journal lives in `out/journal` unless
-/// `journal_url` puts it elsewhere (an object store, so a run survives the coordinator's disk).
+/// its journal's completed shards, once verified, are not run again. The journal lives in
+/// `out/journal` unless `journal_url` puts it elsewhere (an object store, so a run survives the
+/// coordinator's disk).
 async fn open_run_dir(
     out: &Path,
     journal_url: Option<&str>,
     job: &JobSpec,
+    on_bad_record: OnBadRecord,
 ) -> anyhow::Result<(Journal, Vec<ShardId>)> {
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
@@ -129,14 +134,15 @@ async fn open_run_dir(
             );
         }
     } else {
-        std::fs::write(&job_path, serde_json::to_vec_pretty(job)?)?;
+        write_atomic(&job_path, &serde_json::to_vec_pretty(job)?)?;
     }
+    let identity = job.identity_digest();
     let journal = match journal_url {
-        Some(url) => Journal::open_url(url, &StorageOptions::default())?,
-        None => Journal::open(out)?,
+        Some(url) => Journal::open_url(url, &StorageOptions::default(), identity)?,
+        None => Journal::open(out, identity)?,
     };
     journal.bind_job(job).await?;
-    let done = journal.completed().await?;
+    let done = journal.verified(on_bad_record).await?;
     Ok((journal, done))
 }
 
@@ -290,7 +296,8 @@ pub async fn job_state(
     job: &JobSpec,
     index: DatasetIndex,
 ) -> anyhow::Result<RunState> {
-    let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), job).await?;
+    let (journal, done) =
+        open_run_dir(&cfg.out, cfg.journal.as_deref(), job, cfg.on_bad_record).await?;
     let mut sched = Scheduler::new(
         index.len() as u64,
         cfg.shard_size,

@@ -10,6 +10,7 @@ use tresnet_common::dataset::DatasetFormat;
 use tresnet_common::job::SaveLogits;
 use tresnet_common::preprocess::{CropMode, PreprocessConfig};
 
+use crate::journal::OnBadRecord;
 use crate::run::RunConfig;
 
 #[derive(Debug, Parser)]
@@ -300,6 +301,11 @@ pub struct RunArgs {
     /// so a run can resume on another machine after losing the coordinator's disk. Default OUT/journal.
     #[arg(long, value_name = "URL")]
     pub journal: Option<String>,
+    /// On resume, move a journal record that fails verification (damaged, truncated, or another
+    /// job's) into the journal's quarantine/ with a warning and compute its shard again, instead of
+    /// stopping with an error naming it.
+    #[arg(long)]
+    pub quarantine_corrupt_journal: bool,
     /// Serve /healthz, /readyz and Prometheus /metrics on this address (port 0: any free port; the bound
     /// address is printed).
     #[arg(long)]
@@ -404,6 +410,11 @@ impl RunArgs {
             token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
                 .map_err(anyhow::Error::msg)?,
             journal: self.journal,
+            on_bad_record: if self.quarantine_corrupt_journal {
+                OnBadRecord::Quarantine
+            } else {
+                OnBadRecord::Refuse
+            },
             metrics_listen: self.metrics_listen,
             metrics_linger: Duration::from_secs(self.metrics_linger_secs),
             tls,

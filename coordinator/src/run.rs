@@ -25,7 +25,8 @@ use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
 use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::{StorageLocation, StoreArgs};
 
-use crate::journal::Journal;
+use crate::atomic_file::write_atomic;
+use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -63,6 +64,8 @@ pub struct RunConfig {
     pub token: Option<String>,
     /// Journal location (path or object-store URL); `None` is `out/journal`.
     pub journal: Option<String>,
+    /// What resuming does with a journal record that is damaged or another job's.
+    pub on_bad_record: OnBadRecord,
     /// Where to serve /healthz, /readyz and /metrics (`None`: nowhere).
     pub metrics_listen: Option<SocketAddr>,
     /// How long /metrics stays up after the reports are written (SIGTERM/SIGINT ends it sooner).
@@ -109,8 +112,9 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Opens the run directory: a new one gets `job.json`; an existing one must hold the same job, and
-/// its journal's completed shards are not run again. The journal lives in `out/journal` unless
-/// `journal_url` puts it elsewhere (an object store, so a run survives the coordinator's disk).
+/// its journal's completed shards, once verified, are not run again. The journal lives in
+/// `out/journal` unless `journal_url` puts it elsewhere (an object store, so a run survives the
+/// coordinator's disk).
 async fn open_run_dir(
     cfg: &RunConfig,
     job: &JobSpec,
@@ -132,14 +136,15 @@ async fn open_run_dir(
             );
         }
     } else {
-        std::fs::write(&job_path, serde_json::to_vec_pretty(job)?)?;
+        write_atomic(&job_path, &serde_json::to_vec_pretty(job)?)?;
     }
+    let identity = job.identity_digest();
     let journal = match journal_url {
-        Some(url) => Journal::open_url(url, &cfg.store.options())?,
-        None => Journal::open(out)?,
+        Some(url) => Journal::open_url(url, &cfg.store.options(), identity)?,
+        None => Journal::open(out, identity)?,
     };
     journal.bind_job(job).await?;
-    let done = journal.completed().await?;
+    let done = journal.verified(cfg.on_bad_record).await?;
     if cfg.fail_on_bad_sample {
         refuse_journaled_bad_samples(&journal, &done, index)?;
     }

@@ -643,7 +643,7 @@ mod tests {
             job_id: id.into(),
             ..Default::default()
         };
-        let journal = Journal::open(dir).unwrap();
+        let journal = Journal::open(dir, tresnet_common::job::JobIdentity([0; 32])).unwrap();
         let mut st = RunState::new(
             pb_job,
             Arc::new(index),

@@ -246,9 +246,18 @@ impl Backend {
 fn reference() -> &'static Path {
     static REFERENCE: OnceLock<PathBuf> = OnceLock::new();
     REFERENCE.get_or_init(|| {
-        // Shared by this binary's tests, which run in parallel; rebuilt on every test run.
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("backends-reference-{}", std::process::id()));
+        // Shared by this binary's tests, which run in parallel; made once per test process, and those
+        // of test processes that are gone are removed.
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix("backends-reference-")
+                && !Path::new("/proc").join(pid).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(format!("backends-reference-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let run = dir.join("local");
@@ -270,6 +279,8 @@ fn run_failing(mut cmd: Command) -> String {
     let out: Output = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "the run succeeded:\n{stderr}");
+    // The message under test, for `--nocapture` readers.
+    println!("{}", stderr.lines().last().unwrap_or_default());
     stderr
 }
 
@@ -369,6 +380,17 @@ fn journal_on_the_store_resumes_after_sigkill(kind: Kind) {
         std::fs::read(reference().join("logits.npy")).unwrap(),
         std::fs::read(second.join("logits.npy")).unwrap(),
         "resumed from {journal}: logits.npy differs"
+    );
+    // Another job cannot adopt this journal, even from a fresh run directory.
+    let mut cmd = coordinator_run(&dir.path().join("third"), &["--local-workers", "1"]);
+    cmd.args(["--journal", &journal, "--top-k", "3"])
+        .envs(backend.write_env());
+    let err = run_failing(cmd);
+    // A local journal is named by its path.
+    let named = journal.strip_prefix("file://").unwrap_or(&journal);
+    assert!(
+        err.contains("different job") && err.contains("top_k") && err.contains(named),
+        "{err}"
     );
 }
 

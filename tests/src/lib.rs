@@ -1,6 +1,8 @@
 //! Helpers for the cross-process tests: locating the built binaries and generated fixtures, running
 //! the coordinator, and reading its run directory.
 
+pub mod azurite;
+pub mod gcs;
 pub mod s3;
 
 use std::collections::BTreeMap;

@@ -65,6 +65,18 @@ pub struct LiveStats {
     pub timeline: Vec<crate::report::TimelineEvent>,
 }
 
+/// Whether the coordinator takes on work: a drain (SIGTERM/SIGINT) first stops leasing while results in
+/// flight are still recorded, then stops recording too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    Open,
+    /// No new leases (workers are told to ask again later, so they keep and finish what they hold);
+    /// complete results are still accepted and journaled.
+    Draining,
+    /// Nothing more is accepted: the journal is final for this process.
+    Closed,
+}
+
 /// Everything the RPC handlers and the run loop share.
 #[derive(Debug)]
 pub struct RunState {
@@ -89,6 +101,7 @@ pub struct RunState {
     pub last_job: bool,
     /// Workers that heard "finished": the coordinator keeps serving until each registered one has.
     pub told_finished: BTreeSet<WorkerId>,
+    pub intake: Intake,
     start: Instant,
 }
 
@@ -119,6 +132,7 @@ impl RunState {
             refusals: BTreeMap::new(),
             last_job: true,
             told_finished: BTreeSet::new(),
+            intake: Intake::Open,
             start: Instant::now(),
         }
     }
@@ -239,7 +253,12 @@ impl Coordinator for CoordinatorService {
             }));
         }
         let mut leases = Vec::new();
-        for _ in 0..r.max_shards.clamp(1, st.max_shards_per_lease) {
+        // Draining: none, and the worker asks again later (keeping the leases it holds alive).
+        let wanted = match st.intake {
+            Intake::Open => r.max_shards.clamp(1, st.max_shards_per_lease),
+            Intake::Draining | Intake::Closed => 0,
+        };
+        for _ in 0..wanted {
             let Some(g) = st.sched.lease(&id, now) else {
                 break;
             };
@@ -425,6 +444,12 @@ impl Coordinator for CoordinatorService {
         // be a PUT to an object store) while `journal_pending` keeps the run from finishing early.
         let (record, journal, n_bad) = {
             let mut st = self.lock();
+            if st.intake == Intake::Closed {
+                return Err(Status::failed_precondition(format!(
+                    "the coordinator is shutting down and records nothing more; {shard} was not \
+                     recorded (a rerun recomputes it)"
+                )));
+            }
             // The store's failures happened whether or not this result is used.
             st.live.store_retries += trailer.map_or(0, |t| t.store_retries);
             let bad = results.iter().find(|r| !r.error.is_empty());

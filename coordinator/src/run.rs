@@ -257,20 +257,26 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         })
         .await?;
     }
-    let (job, index) = tokio::select! {
-        planned = plan(&cfg) => planned?,
-        signal = shutdown.wait() => {
-            return Err(Interrupted {
-                signal,
-                what: "run".into(),
-                progress: "stopped while listing the dataset, before any shard ran".into(),
-            }
-            .into())
-        }
-    };
+    let (job, index) = plan_unless_stopped(&cfg, &shutdown).await?;
     let summary = run_planned(cfg, job, index, &observed, started, shutdown).await;
     let _ = metrics_stop.send(());
     summary
+}
+
+/// [`plan`], cut short by SIGTERM/SIGINT: a listing can take minutes, and nothing ran yet.
+pub async fn plan_unless_stopped(
+    cfg: &RunConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(JobSpec, DatasetIndex)> {
+    tokio::select! {
+        planned = plan(cfg) => planned,
+        signal = shutdown.wait() => Err(Interrupted {
+            signal,
+            what: "run".into(),
+            progress: "stopped while listing the dataset, before any shard ran".into(),
+        }
+        .into()),
+    }
 }
 
 /// Lists the dataset and builds the job spec a run of `cfg` would have (what `sweep` compares with a

@@ -709,17 +709,19 @@ mod tests {
         }
     }
 
-    /// Serves `shared` on a loopback port; returns a connected, registered client and the stopper.
-    async fn serve_registered(
-        shared: &Shared,
-    ) -> (
-        CoordinatorClient<tonic::transport::Channel>,
-        tokio::sync::oneshot::Sender<()>,
-    ) {
+    /// `shared` served on a loopback port, with a client registered as worker `w`.
+    struct Served {
+        client: CoordinatorClient<tonic::transport::Channel>,
+        registration: pb::RegisterResponse,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    async fn serve_registered(shared: &Shared, pid: u32) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::run::serve(
+        let server = tokio::spawn(crate::run::serve(
             listener,
             shared.clone(),
             None,
@@ -728,17 +730,25 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
+        let mut client = CoordinatorClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
-        c.register(pb::RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            worker_id: "w".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        (c, stop)
+        let registration = client
+            .register(pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "w".into(),
+                pid,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Served {
+            client,
+            registration,
+            stop,
+            server,
+        }
     }
 
     fn lease_req(job: &str) -> pb::LeaseRequest {
@@ -756,7 +766,12 @@ mod tests {
     async fn environment_faults_are_retried_then_fail_the_shard_never_bad_samples() {
         let dir = tempfile::tempdir().unwrap();
         let shared: Shared = Arc::new(Mutex::new(state(dir.path(), "J#1", 2)));
-        let (mut c, _stop) = serve_registered(&shared).await;
+        // The stopper is held: dropping it would stop the server.
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
         let release = |lease_id, reason: pb::ReleaseReason, error: &str| pb::ReleaseRequest {
             worker_id: "w".into(),
             lease_id,
@@ -812,7 +827,12 @@ mod tests {
         let mut st = state(dir.path(), "J#1", 2);
         st.fail_on_bad_sample = true;
         let shared: Shared = Arc::new(Mutex::new(st));
-        let (mut c, _stop) = serve_registered(&shared).await;
+        // The stopper is held: dropping it would stop the server.
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
         let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
         let mut submit = vec![header("J#1", 0, l[0].lease_id)];
         submit.push(pb::SubmitRequest {
@@ -867,31 +887,12 @@ mod tests {
     async fn requests_of_a_finished_job_never_touch_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let shared: Shared = Arc::new(Mutex::new(state(&dir.path().join("a"), "A#1", 2)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::run::serve(
-            listener,
-            shared.clone(),
-            None,
-            None,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let reg = c
-            .register(pb::RegisterRequest {
-                protocol_version: PROTOCOL_VERSION,
-                worker_id: "w".into(),
-                pid: 7,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let Served {
+            client: mut c,
+            registration: reg,
+            stop,
+            server,
+        } = serve_registered(&shared, 7).await;
         assert_eq!(reg.job.unwrap().job_id, "A#1");
         let lease = |job: &str| pb::LeaseRequest {
             worker_id: "w".into(),

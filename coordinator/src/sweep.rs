@@ -512,17 +512,7 @@ async fn run_cell(
         Err(e) => bail!("invalid run flags for this cell: {e}"),
     };
     let started = std::time::Instant::now();
-    let (job, index) = tokio::select! {
-        planned = run::plan(&run_cfg) => planned?,
-        signal = shutdown.wait() => {
-            return Err(Interrupted {
-                signal,
-                what: "run".into(),
-                progress: "stopped while listing the dataset, before any shard ran".into(),
-            }
-            .into())
-        }
-    };
+    let (job, index) = run::plan_unless_stopped(&run_cfg, shutdown).await?;
     if let Some(s) = finished(dir, &job) {
         eprintln!("{tag}: finished earlier, skipping");
         return Ok((CellStatus::Skipped, s));

@@ -463,6 +463,19 @@ pub fn journal_records(journal: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// The shard record in a journal file, out of its `JournalRecord` envelope (not verified: the
+/// coordinator does that; tests read what it wrote).
+pub fn read_journal_record(
+    path: &Path,
+) -> Result<tresnet_common::protocol::pb::ShardRecord, String> {
+    use prost::Message;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sealed = tresnet_common::protocol::pb::JournalRecord::decode(bytes.as_slice())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tresnet_common::protocol::pb::ShardRecord::decode(sealed.payload.as_slice())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Polls `cond` every 50 ms until it holds; fails the test naming `what` after `limit`.
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + limit;

@@ -238,17 +238,7 @@ fn a_slow_worker_is_absorbed_by_the_others() {
         if e.path().extension().is_none_or(|x| x != "pb") {
             continue;
         }
-        // Each record is a ShardRecord sealed in a JournalRecord envelope.
-        let bytes = std::fs::read(e.path()).unwrap();
-        let sealed =
-            <tresnet_common::protocol::pb::JournalRecord as prost_decode::Message>::decode(
-                bytes.as_slice(),
-            )
-            .unwrap();
-        let rec = <tresnet_common::protocol::pb::ShardRecord as prost_decode::Message>::decode(
-            sealed.payload.as_slice(),
-        )
-        .unwrap();
+        let rec = tresnet_tests::read_journal_record(&e.path()).unwrap();
         *by_worker.entry(rec.worker_id).or_default() += 1;
     }
     let slow_shards = by_worker.get("slow").copied().unwrap_or(0);
@@ -261,10 +251,6 @@ fn a_slow_worker_is_absorbed_by_the_others() {
         fast.iter().all(|&f| f > slow_shards),
         "shards per worker: {by_worker:?}"
     );
-}
-
-mod prost_decode {
-    pub use prost::Message;
 }
 
 #[test]

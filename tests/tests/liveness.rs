@@ -8,12 +8,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use prost::Message;
-use tresnet_common::protocol::pb::ShardRecord;
 use tresnet_tests::{
     Watched, assert_same_report, bin, children_of, coordinator_run, free_port, journal_records,
-    process_gone, run_ok, sample_dataset_size, sample_images, send_signal, summary,
-    tresnet_m_weights, wait_until,
+    process_gone, read_journal_record, run_ok, sample_dataset_size, sample_images, send_signal,
+    summary, tresnet_m_weights, wait_until,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.
@@ -87,7 +85,7 @@ fn a_worker_started_before_its_coordinator_joins_once_it_listens() {
     assert_eq!(s["samples"], sample_dataset_size(), "{s}");
     // That worker did every shard.
     for rec in journal_records(&run.join("journal")) {
-        let r = ShardRecord::decode(std::fs::read(&rec).unwrap().as_slice()).unwrap();
+        let r = read_journal_record(&rec).unwrap();
         assert_eq!(r.worker_id, "early", "{}", rec.display());
     }
 }
@@ -230,8 +228,7 @@ fn local_workers_die_with_a_sigkilled_coordinator() {
 fn assert_records_intact(journal: &Path, shard_size: u64, total: u64) {
     let mut shards = std::collections::BTreeSet::new();
     for p in journal_records(journal) {
-        let r = ShardRecord::decode(std::fs::read(&p).unwrap().as_slice())
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let r = read_journal_record(&p).unwrap_or_else(|e| panic!("{e}"));
         let expected = shard_size.min(total - r.shard_id * shard_size);
         assert_eq!(r.results.len() as u64, expected, "{}", p.display());
         assert!(shards.insert(r.shard_id), "{} twice", r.shard_id);

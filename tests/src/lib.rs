@@ -1,6 +1,7 @@
 //! Helpers for the cross-process tests: locating the built binaries and generated fixtures, running
 //! the coordinator, and reading its run directory.
 
+pub mod fault_proxy;
 pub mod s3;
 
 use std::collections::BTreeMap;
@@ -292,6 +293,17 @@ impl Watched {
         }
     }
 
+    /// The rest of every stderr line so far that starts with `prefix` (without waiting).
+    pub fn lines_starting_with(&self, prefix: &str) -> Vec<String> {
+        let mut g = self.seen.lock().unwrap();
+        let (seen, rx) = &mut *g;
+        seen.extend(rx.try_iter());
+        seen.iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The `host:port` printed by a `--metrics-listen` listener.
     pub fn metrics_addr(&self) -> String {
         self.wait_for(tresnet_common::observability::LISTENING_PREFIX)
@@ -338,6 +350,26 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The sum of every series of the metric family `name` (any labels) in a Prometheus text exposition,
+/// or `None` if it has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.rsplit_once('}')?.1
+            } else {
+                rest
+            };
+            // Not a longer name that starts with this one.
+            value.starts_with(' ').then(|| value.trim().parse().ok())?
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Waits until `progress()` (journaled shards, say) reaches `at_least` while the run is still going,

@@ -93,6 +93,21 @@ impl JobSpec {
         ]
     }
 
+    /// A digest of [`Self::identity`]: what a journal record is sealed with, so that a record of one
+    /// job is never counted in another (coordinator/src/journal.rs).
+    pub fn identity_digest(&self) -> JobIdentity {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Length-prefixed, so that no two different identities encode to the same bytes.
+        for (name, value) in self.identity() {
+            for part in [name.as_bytes(), value.as_bytes()] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part);
+            }
+        }
+        JobIdentity(h.finalize().into())
+    }
+
     /// Human-readable differences between two specs' identities; empty when compatible.
     pub fn differences(&self, other: &JobSpec) -> Vec<String> {
         self.identity()
@@ -101,5 +116,19 @@ impl JobSpec {
             .filter(|(a, b)| a.1 != b.1)
             .map(|((name, a), (_, b))| format!("{name}: {a} -> {b}"))
             .collect()
+    }
+}
+
+/// SHA-256 of a job's identity ([`JobSpec::identity_digest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobIdentity(pub [u8; 32]);
+
+impl std::fmt::Display for JobIdentity {
+    /// The first 12 hex digits: enough to tell jobs apart in a message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
     }
 }

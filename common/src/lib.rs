@@ -2,6 +2,7 @@
 
 pub mod checkpoint;
 pub mod dataset;
+pub mod error_text;
 pub mod fuzzing;
 pub mod ids;
 pub mod job;

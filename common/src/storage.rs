@@ -20,9 +20,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::{self, Stream, StreamExt, TryStreamExt};
+use object_store::ClientConfigKey;
 use object_store::aws::AmazonS3Builder;
+use object_store::aws::AmazonS3ConfigKey;
+use object_store::azure::AzureConfigKey;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
+use object_store::gcp::GoogleConfigKey;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -30,6 +34,15 @@ use object_store::{
     BackoffConfig, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 use url::Url;
+
+use crate::error_text::error_chain;
+
+mod args;
+pub mod request_failures;
+
+pub use args::StoreArgs;
+
+use request_failures::CountingConnector;
 
 /// Retries per request before giving up. object_store's default: enough to ride out an S3 `503 SlowDown`
 /// burst or a dropped connection, which are routine at thousands of GETs per second.
@@ -42,6 +55,11 @@ pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(180);
 pub const DEFAULT_INIT_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest single backoff between two attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// Time one request (headers and body) may take. object_store's default: long enough for a large tar
+/// shard's range over a slow link, short enough that a frozen server is noticed and retried.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time to open a connection; object_store's default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests in flight for [`fetch_many`] when the caller has no better number: one S3 connection
 /// delivers roughly 50–100 MB/s, so 16 saturate a 10 GbE link for ~100 KB JPEGs without tripping
 /// per-prefix request-rate limits.
@@ -67,6 +85,24 @@ pub struct StorageOptions {
     pub s3_session_token: Option<String>,
     /// Retry policy for every remote store (local and in-memory stores do not retry).
     pub retry: RetryConfig,
+    /// Time one request may take, body included, before it fails (and is retried): what bounds a
+    /// request to a store that accepted the connection and then froze.
+    pub request_timeout: Duration,
+    /// Time to establish a connection.
+    pub connect_timeout: Duration,
+}
+
+impl StorageOptions {
+    /// object_store's HTTP client settings for these options, as config keys: setting them one by one
+    /// keeps the rest of what the builder read from the environment (`AWS_ALLOW_HTTP`, proxies),
+    /// which replacing its whole `ClientOptions` would drop.
+    fn client_settings(&self) -> [(ClientConfigKey, String); 2] {
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        [
+            (ClientConfigKey::Timeout, ms(self.request_timeout)),
+            (ClientConfigKey::ConnectTimeout, ms(self.connect_timeout)),
+        ]
+    }
 }
 
 impl Default for StorageOptions {
@@ -88,6 +124,8 @@ impl Default for StorageOptions {
                 max_retries: DEFAULT_MAX_RETRIES,
                 retry_timeout: DEFAULT_RETRY_TIMEOUT,
             },
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 }
@@ -136,6 +174,13 @@ impl StorageError {
     /// is a property of a single sample rather than of the whole run.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::NotFound { .. })
+    }
+
+    /// Whether the sample is at fault: its object is missing or its key names no valid object. Every
+    /// other failure (the bucket, the credentials, the network, the server, the local disk) is a fault
+    /// of the environment, which must never be recorded against the sample: the work is retried.
+    pub fn is_sample_fault(&self) -> bool {
+        matches!(self, Self::NotFound { .. } | Self::InvalidPath { .. })
     }
 }
 
@@ -216,7 +261,11 @@ impl StorageLocation {
                 let bucket = bucket_of(&url).map_err(&invalid)?;
                 let mut builder = AmazonS3Builder::from_env()
                     .with_url(location)
-                    .with_retry(options.retry.clone());
+                    .with_retry(options.retry.clone())
+                    .with_http_connector(CountingConnector);
+                for (key, value) in options.client_settings() {
+                    builder = builder.with_config(AmazonS3ConfigKey::Client(key), value);
+                }
                 if let Some(v) = &options.s3_endpoint {
                     builder = builder.with_endpoint(v);
                 }
@@ -252,9 +301,16 @@ impl StorageLocation {
             }
             "gs" => {
                 let bucket = bucket_of(&url).map_err(&invalid)?;
-                let store = GoogleCloudStorageBuilder::from_env()
-                    .with_url(location)
-                    .with_retry(options.retry.clone())
+                let store = options
+                    .client_settings()
+                    .into_iter()
+                    .fold(
+                        GoogleCloudStorageBuilder::from_env()
+                            .with_url(location)
+                            .with_retry(options.retry.clone())
+                            .with_http_connector(CountingConnector),
+                        |b, (key, value)| b.with_config(GoogleConfigKey::Client(key), value),
+                    )
                     .build()
                     .map_err(|source| StorageError::Configure {
                         url: location.to_string(),
@@ -275,9 +331,16 @@ impl StorageLocation {
                     "" => bucket_of(&url).map_err(&invalid)?,
                     user => user.to_string(),
                 };
-                let store = MicrosoftAzureBuilder::from_env()
-                    .with_url(location)
-                    .with_retry(options.retry.clone())
+                let store = options
+                    .client_settings()
+                    .into_iter()
+                    .fold(
+                        MicrosoftAzureBuilder::from_env()
+                            .with_url(location)
+                            .with_retry(options.retry.clone())
+                            .with_http_connector(CountingConnector),
+                        |b, (key, value)| b.with_config(AzureConfigKey::Client(key), value),
+                    )
                     .build()
                     .map_err(|source| StorageError::Configure {
                         url: location.to_string(),
@@ -629,20 +692,6 @@ fn bucket_of(url: &Url) -> Result<String, String> {
 /// The key prefix of a bucket URL, percent-decoded as object_store does for its own URL parsing.
 fn url_path(url: &Url) -> Result<Path, String> {
     Path::from_url_path(url.path()).map_err(|e| e.to_string())
-}
-
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let line = inner.to_string();
-        if !text.contains(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        source = inner.source();
-    }
-    text
 }
 
 /// The `<Code>…</Code>` of an S3 (or Azure) XML error body, when the error text carries one.

@@ -225,6 +225,8 @@ fn protocol_seeds() {
                 worker_id: "w-1".into(),
                 lease_id: 9,
                 error: "oom".into(),
+                reason: pb::ReleaseReason::Environment.into(),
+                store_retries: 3,
                 job_id: "job-1".into(),
             }
             .encode_to_vec(),

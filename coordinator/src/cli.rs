@@ -3,12 +3,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use tresnet_common::storage::StoreArgs;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tresnet_common::dataset::DatasetFormat;
 use tresnet_common::job::SaveLogits;
 use tresnet_common::preprocess::{CropMode, PreprocessConfig};
 
+use crate::journal::OnBadRecord;
 use crate::run::RunConfig;
 
 #[derive(Debug, Parser)]
@@ -156,6 +158,8 @@ pub struct PackArgs {
     /// Objects read concurrently from the source.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Parses sizes such as `256MiB`, `1GiB`, `500MB`, `4096`.
@@ -297,6 +301,11 @@ pub struct RunArgs {
     /// so a run can resume on another machine after losing the coordinator's disk. Default OUT/journal.
     #[arg(long, value_name = "URL")]
     pub journal: Option<String>,
+    /// On resume, move a journal record that fails verification (damaged, truncated, or another
+    /// job's) into the journal's quarantine/ with a warning and compute its shard again, instead of
+    /// stopping with an error naming it.
+    #[arg(long)]
+    pub quarantine_corrupt_journal: bool,
     /// Serve /healthz, /readyz and Prometheus /metrics on this address (port 0: any free port; the bound
     /// address is printed).
     #[arg(long)]
@@ -318,6 +327,9 @@ pub struct RunArgs {
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     pub worker_arg: Vec<String>,
+    /// Object-store client settings: for the listing and the journal, and handed to local workers.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 fn parse_format(s: &str) -> Result<DatasetFormat, String> {
@@ -398,10 +410,16 @@ impl RunArgs {
             token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
                 .map_err(anyhow::Error::msg)?,
             journal: self.journal,
+            on_bad_record: if self.quarantine_corrupt_journal {
+                OnBadRecord::Quarantine
+            } else {
+                OnBadRecord::Refuse
+            },
             metrics_listen: self.metrics_listen,
             metrics_linger: Duration::from_secs(self.metrics_linger_secs),
             tls,
             tls_worker_ca: self.tls_ca,
+            store: self.store,
         })
     }
 }

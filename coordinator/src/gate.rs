@@ -203,7 +203,7 @@ pub fn write_baseline(run: &Path, path: &Path) -> Result<Baseline, GateError> {
     };
     let mut bytes = serde_json::to_vec_pretty(&b).map_err(|e| werr(&e))?;
     bytes.push(b'\n');
-    std::fs::write(path, bytes).map_err(|e| werr(&e))?;
+    crate::atomic_file::write_atomic(path, &bytes).map_err(|e| werr(&e.cause))?;
     Ok(b)
 }
 

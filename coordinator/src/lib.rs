@@ -1,5 +1,6 @@
 //! The tresnet-eval coordinator: leases shards to workers, accounts every sample exactly once, reports.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod compare;
 pub mod finished_run;

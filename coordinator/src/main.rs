@@ -36,6 +36,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let summary = run::run(args.into_config()?).await?;
             print_headline(&summary);
             println!("report: {}", out.join("summary.json").display());
+            if summary.failed_samples > 0 {
+                // The report is written, but it does not cover the dataset: a gate must not read it
+                // as a result. The journal keeps every accepted shard, so a rerun does only the rest.
+                anyhow::bail!(
+                    "{} of {} samples were not evaluated: their shards failed on faults of the \
+                     environment (reasons in {}); rerun the same command to retry only them",
+                    summary.failed_samples,
+                    summary.dataset_size,
+                    out.join("summary.json").display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(a) => {
@@ -45,9 +56,9 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Pack(a) => {
-            use tresnet_common::storage::{StorageLocation, StorageOptions};
-            let src = StorageLocation::parse(&a.data, &StorageOptions::default())?;
-            let dst = StorageLocation::parse(&a.out, &StorageOptions::default())?;
+            use tresnet_common::storage::StorageLocation;
+            let src = StorageLocation::parse(&a.data, &a.store.options())?;
+            let dst = StorageLocation::parse(&a.out, &a.store.options())?;
             let index = tresnet_common::dataset::list_dataset(&src, &a.format).await?;
             let s = tresnet_common::dataset::tar::pack_dataset(
                 &index,

@@ -117,6 +117,18 @@ impl Collector for Observed {
         )?;
         counter(
             &mut e,
+            "environment_faults",
+            "Leases handed back by workers for a fault of the environment (store, network, device)",
+            live.environment_faults,
+        )?;
+        counter(
+            &mut e,
+            "store_retries",
+            "Object-store requests that failed and were retried inside the workers",
+            live.store_retries,
+        )?;
+        counter(
+            &mut e,
             "submissions_rejected",
             "Submissions refused for missing samples",
             live.submissions_rejected,

@@ -16,6 +16,7 @@ use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::pb::SampleResult;
 use tresnet_common::software::WorkerSoftware;
 
+use crate::atomic_file::{AtomicFile, AtomicWriteError, write_atomic, write_atomic_with};
 use crate::journal::{Journal, JournalError};
 use crate::scheduler::{Scheduler, ShardState};
 use crate::tally::{Averages, BadSample, ECE_BINS, ReliabilityBin, Tally};
@@ -28,6 +29,8 @@ const ROWS_PER_ROW_GROUP: usize = 65_536;
 pub enum ReportError {
     #[error(transparent)]
     Journal(#[from] JournalError),
+    #[error(transparent)]
+    Atomic(#[from] AtomicWriteError),
     #[error("writing {path}: {reason}")]
     Write { path: PathBuf, reason: String },
     #[error("reading {path}: {reason}")]
@@ -133,6 +136,14 @@ pub struct Scheduling {
     pub lease_expiries: u64,
     pub retries: u64,
     pub duplicates_dropped: u64,
+    /// Leases handed back by workers because of a fault of the environment (each a failed attempt
+    /// of its shard; a shard fails after `--max-failures` of them).
+    #[serde(default)]
+    pub environment_faults: u64,
+    /// Object-store requests that failed for a reason of the environment (5xx, throttling, transport
+    /// error, timeout, body cut off) and were retried inside the workers.
+    #[serde(default)]
+    pub store_retries: u64,
 }
 
 /// `outcome.json`: everything a run recorded besides its predictions. With job.json and
@@ -250,20 +261,24 @@ impl PredictionColumns {
     }
 }
 
-/// Writes predictions.parquet a row group at a time.
+/// Writes predictions.parquet a row group at a time (into a temporary file, put in place by
+/// [`Self::finish`]).
 struct PredictionWriter {
     path: PathBuf,
     cols: PredictionColumns,
+    file: AtomicFile,
     writer: Option<polars::io::parquet::write::BatchedWriter<File>>,
 }
 
 impl PredictionWriter {
-    fn new(run_dir: &Path) -> Self {
-        PredictionWriter {
-            path: run_dir.join("predictions.parquet"),
+    fn new(run_dir: &Path) -> Result<Self, ReportError> {
+        let path = run_dir.join("predictions.parquet");
+        Ok(PredictionWriter {
+            file: AtomicFile::create(&path)?,
+            path,
             cols: PredictionColumns::default(),
             writer: None,
-        }
+        })
     }
 
     fn flush(&mut self) -> Result<(), ReportError> {
@@ -271,14 +286,11 @@ impl PredictionWriter {
         let df = self.cols.take_frame().map_err(|e| write_err(path, e))?;
         let w = match &mut self.writer {
             Some(w) => w,
-            None => {
-                let f = File::create(path).map_err(|e| write_err(path, e))?;
-                self.writer.insert(
-                    ParquetWriter::new(f)
-                        .batched(df.schema())
-                        .map_err(|e| write_err(path, e))?,
-                )
-            }
+            None => self.writer.insert(
+                ParquetWriter::new(self.file.handle()?)
+                    .batched(df.schema())
+                    .map_err(|e| write_err(path, e))?,
+            ),
         };
         w.write_batch(&df).map_err(|e| write_err(path, e))
     }
@@ -297,7 +309,7 @@ impl PredictionWriter {
         if let Some(w) = self.writer.take() {
             w.finish().map_err(|e| write_err(&self.path, e))?;
         }
-        Ok(())
+        Ok(self.file.commit()?)
     }
 }
 
@@ -314,7 +326,10 @@ pub fn finalize(
     let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
     // Counts-only runs have no per-sample rows to store: no predictions.parquet at all (an empty
     // one would read as "zero predictions"), their counts go to counts.pb instead.
-    let mut preds = (!job.counts_only).then(|| PredictionWriter::new(run_dir));
+    let mut preds = match job.counts_only {
+        true => None,
+        false => Some(PredictionWriter::new(run_dir)?),
+    };
     let mut logits = LogitsWriter::new(run_dir, job, index.len())?;
     let mut failed_shards = Vec::new();
     for i in 0..sched.shard_count() as u64 {
@@ -401,11 +416,10 @@ pub fn finalize(
     };
     check_accounting(&tally, &outcome)?;
     let path = run_dir.join("outcome.json");
-    std::fs::write(
+    write_atomic(
         &path,
-        serde_json::to_vec_pretty(&outcome).map_err(|e| write_err(&path, e))?,
-    )
-    .map_err(|e| write_err(&path, e))?;
+        &serde_json::to_vec_pretty(&outcome).map_err(|e| write_err(&path, e))?,
+    )?;
     write_derived(run_dir, job, &tally, &outcome)
 }
 
@@ -474,7 +488,7 @@ pub const COUNTS_FILE: &str = "counts.pb";
 fn write_counts(run_dir: &Path, tally: &Tally) -> Result<(), ReportError> {
     use prost::Message;
     let path = run_dir.join(COUNTS_FILE);
-    std::fs::write(&path, tally.as_counts().encode_to_vec()).map_err(|e| write_err(&path, e))
+    Ok(write_atomic(&path, &tally.as_counts().encode_to_vec())?)
 }
 
 fn read_counts(run_dir: &Path) -> Result<tresnet_common::protocol::pb::ShardCounts, ReportError> {
@@ -566,11 +580,10 @@ fn write_derived(
         job: job.clone(),
     };
     let summary_path = run_dir.join("summary.json");
-    std::fs::write(
+    write_atomic(
         &summary_path,
-        serde_json::to_vec_pretty(&summary).map_err(|e| write_err(&summary_path, e))?,
-    )
-    .map_err(|e| write_err(&summary_path, e))?;
+        &serde_json::to_vec_pretty(&summary).map_err(|e| write_err(&summary_path, e))?,
+    )?;
     let per_class = per_class_frame(tally, &outcome.class_names)
         .map_err(|e| write_err(&run_dir.join("per_class.parquet"), e))?;
     write_parquet(&run_dir.join("per_class.parquet"), per_class.clone())?;
@@ -580,24 +593,25 @@ fn write_derived(
     write_parquet(&run_dir.join("confusion.parquet"), confusion)?;
     let html_path = run_dir.join("report.html");
     let html = crate::html::render(&summary, tally, outcome);
-    std::fs::write(&html_path, html).map_err(|e| write_err(&html_path, e))?;
+    write_atomic(&html_path, html.as_bytes())?;
     Ok(summary)
 }
 
 fn write_parquet(path: &Path, mut df: DataFrame) -> Result<(), ReportError> {
-    let f = File::create(path).map_err(|e| write_err(path, e))?;
-    ParquetWriter::new(f)
-        .finish(&mut df)
-        .map_err(|e| write_err(path, e))?;
-    Ok(())
+    write_atomic_with(path, |f| {
+        ParquetWriter::new(f)
+            .finish(&mut df)
+            .map(drop)
+            .map_err(|e| write_err(path, e))
+    })
 }
 
 fn write_csv(path: &Path, mut df: DataFrame) -> Result<(), ReportError> {
-    let mut f = File::create(path).map_err(|e| write_err(path, e))?;
-    CsvWriter::new(&mut f)
-        .finish(&mut df)
-        .map_err(|e| write_err(path, e))?;
-    Ok(())
+    write_atomic_with(path, |f| {
+        CsvWriter::new(f)
+            .finish(&mut df)
+            .map_err(|e| write_err(path, e))
+    })
 }
 
 /// One row per class of the model: support, top-1/top-5 accuracy (percent; null without support),
@@ -683,7 +697,7 @@ fn confusion_frame(t: &Tally) -> PolarsResult<DataFrame> {
 /// Streams `logits.npy` (float32 `[samples, classes]`, dataset order) when the job saved logits; rows of
 /// samples without logits (bad or failed) are NaN so row i is always sample i.
 struct LogitsWriter {
-    out: Option<(std::io::BufWriter<File>, PathBuf)>,
+    out: Option<(std::io::BufWriter<AtomicFile>, PathBuf)>,
     classes: usize,
     fp16: bool,
 }
@@ -696,8 +710,7 @@ impl LogitsWriter {
             tresnet_common::job::SaveLogits::None => None,
             _ => {
                 let path = run_dir.join("logits.npy");
-                let f = File::create(&path).map_err(|e| write_err(&path, e))?;
-                let mut w = std::io::BufWriter::new(f);
+                let mut w = std::io::BufWriter::new(AtomicFile::create(&path)?);
                 w.write_all(&tresnet_common::npy::header_f32(&[samples, classes]))
                     .map_err(|e| write_err(&path, e))?;
                 Some((w, path))
@@ -747,9 +760,10 @@ impl LogitsWriter {
     }
 
     fn finish(self) -> Result<(), ReportError> {
-        if let Some((mut w, path)) = self.out {
-            use std::io::Write;
-            w.flush().map_err(|e| write_err(&path, e))?;
+        if let Some((w, path)) = self.out {
+            // `into_inner` flushes the buffer and reports what a full disk does to that last write.
+            let f = w.into_inner().map_err(|e| write_err(&path, e.error()))?;
+            f.commit()?;
         }
         Ok(())
     }

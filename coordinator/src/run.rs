@@ -23,9 +23,10 @@ use tresnet_common::protocol::MAX_MESSAGE_BYTES;
 use tresnet_common::protocol::auth::{CheckToken, TOKEN_ENV};
 use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
 use tresnet_common::protocol::tls::ServerTls;
-use tresnet_common::storage::{StorageLocation, StorageOptions};
+use tresnet_common::storage::{StorageLocation, StoreArgs};
 
-use crate::journal::Journal;
+use crate::atomic_file::write_atomic;
+use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -63,6 +64,8 @@ pub struct RunConfig {
     pub token: Option<String>,
     /// Journal location (path or object-store URL); `None` is `out/journal`.
     pub journal: Option<String>,
+    /// What resuming does with a journal record that is damaged or another job's.
+    pub on_bad_record: OnBadRecord,
     /// Where to serve /healthz, /readyz and /metrics (`None`: nowhere).
     pub metrics_listen: Option<SocketAddr>,
     /// How long /metrics stays up after the reports are written (SIGTERM/SIGINT ends it sooner).
@@ -71,6 +74,8 @@ pub struct RunConfig {
     pub tls: Option<ServerTls>,
     /// The CA local workers are told to trust (default: the certificate file itself).
     pub tls_worker_ca: Option<PathBuf>,
+    /// Object-store client settings, for this process and its local workers.
+    pub store: StoreArgs,
 }
 
 /// How often the run loop checks leases, child processes and progress.
@@ -107,13 +112,15 @@ fn worker_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Opens the run directory: a new one gets `job.json`; an existing one must hold the same job, and
-/// its journal's completed shards are not run again. The journal lives in `out/journal` unless
-/// `journal_url` puts it elsewhere (an object store, so a run survives the coordinator's disk).
+/// its journal's completed shards, once verified, are not run again. The journal lives in
+/// `out/journal` unless `journal_url` puts it elsewhere (an object store, so a run survives the
+/// coordinator's disk).
 async fn open_run_dir(
-    out: &Path,
-    journal_url: Option<&str>,
+    cfg: &RunConfig,
     job: &JobSpec,
+    index: &DatasetIndex,
 ) -> anyhow::Result<(Journal, Vec<ShardId>)> {
+    let (out, journal_url) = (cfg.out.as_path(), cfg.journal.as_deref());
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create run directory {}", out.display()))?;
     let job_path = out.join("job.json");
@@ -129,15 +136,45 @@ async fn open_run_dir(
             );
         }
     } else {
-        std::fs::write(&job_path, serde_json::to_vec_pretty(job)?)?;
+        write_atomic(&job_path, &serde_json::to_vec_pretty(job)?)?;
     }
+    let identity = job.identity_digest();
     let journal = match journal_url {
-        Some(url) => Journal::open_url(url, &StorageOptions::default())?,
-        None => Journal::open(out)?,
+        Some(url) => Journal::open_url(url, &cfg.store.options(), identity)?,
+        None => Journal::open(out, identity)?,
     };
     journal.bind_job(job).await?;
-    let done = journal.completed().await?;
+    let done = journal.verified(cfg.on_bad_record).await?;
+    if cfg.fail_on_bad_sample {
+        refuse_journaled_bad_samples(&journal, &done, index)?;
+    }
     Ok((journal, done))
+}
+
+/// Under `--on-bad-sample fail`, a resume must fail the way the run would have: shards journaled by an
+/// earlier run under `skip` may hold bad samples, which this policy does not accept.
+fn refuse_journaled_bad_samples(
+    journal: &Journal,
+    done: &[ShardId],
+    index: &DatasetIndex,
+) -> anyhow::Result<()> {
+    if let Some(b) = index.bad_samples.first() {
+        bail!("bad sample {}: {} (--on-bad-sample=fail)", b.key, b.reason);
+    }
+    for &shard in done {
+        let record = journal.read(shard)?;
+        if let Some(r) = record.results.iter().find(|r| !r.error.is_empty()) {
+            let key = index
+                .samples
+                .get(r.index as usize)
+                .map_or_else(|| format!("#{}", r.index), |s| s.key.to_string());
+            bail!(
+                "bad sample {key}: {} (journaled in {shard} by an earlier run; --on-bad-sample=fail)",
+                r.error
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The URL local workers reach the coordinator at: loopback even when it listens on every interface.
@@ -164,6 +201,7 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
             .arg(&cfg.worker_devices)
             .arg("--worker-id")
             .arg(&id.0)
+            .args(cfg.store.to_args())
             .args(&cfg.worker_extra_args)
             .stdin(Stdio::null())
             .kill_on_drop(true);
@@ -207,7 +245,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
 /// Lists the dataset and builds the job spec a run of `cfg` would have (what `sweep` compares with a
 /// finished cell's summary to skip it).
 pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
-    let location = StorageLocation::parse(&cfg.data, &StorageOptions::default())?;
+    let location = StorageLocation::parse(&cfg.data, &cfg.store.options())?;
     tracing::info!(data = %location.url(), format = cfg.format.name(), "listing dataset");
     let index: DatasetIndex = list_dataset(&location, &cfg.format).await?;
     if index.is_empty() && index.bad_samples.is_empty() {
@@ -290,7 +328,7 @@ pub async fn job_state(
     job: &JobSpec,
     index: DatasetIndex,
 ) -> anyhow::Result<RunState> {
-    let (journal, done) = open_run_dir(&cfg.out, cfg.journal.as_deref(), job).await?;
+    let (journal, done) = open_run_dir(cfg, job, &index).await?;
     let mut sched = Scheduler::new(
         index.len() as u64,
         cfg.shard_size,
@@ -487,6 +525,8 @@ impl WorkerPool {
                     lease_expiries: stats.expiries,
                     retries: stats.retries,
                     duplicates_dropped: st.live.duplicates_dropped,
+                    environment_faults: st.live.environment_faults,
+                    store_retries: st.live.store_retries,
                 }
             },
         };

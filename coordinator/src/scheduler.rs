@@ -37,6 +37,8 @@ struct Shard {
     samples: Range<u64>,
     state: ShardState,
     failures: Vec<String>,
+    /// Workers whose lease of it failed: a retry goes to another worker when one asks.
+    failed_on: Vec<WorkerId>,
     active: Vec<LeaseId>,
     /// When the shard first went in flight this round; speculation picks the oldest.
     in_flight_since: Millis,
@@ -104,6 +106,7 @@ impl Scheduler {
                 samples: i * shard_size..((i + 1) * shard_size).min(total_samples),
                 state: ShardState::Pending,
                 failures: Vec::new(),
+                failed_on: Vec::new(),
                 active: Vec::new(),
                 in_flight_since: 0,
             })
@@ -167,7 +170,14 @@ impl Scheduler {
     /// Grants the next shard to `worker`, or `None` when there is nothing it should run now.
     pub fn lease(&mut self, worker: &WorkerId, now: Millis) -> Option<Grant> {
         self.expire(now);
-        let (shard, speculative) = match self.pending.pop_front() {
+        // A shard that failed on this worker (its store access, its device) is left for another
+        // worker when there is other work; with nothing else pending it retries here.
+        let pick = self
+            .pending
+            .iter()
+            .position(|p| !self.shards[p.0 as usize].failed_on.contains(worker))
+            .unwrap_or(0);
+        let (shard, speculative) = match self.pending.remove(pick) {
             Some(s) => (s, false),
             None if self.cfg.speculative => (self.speculation_candidate(worker)?, true),
             None => return None,
@@ -292,6 +302,7 @@ impl Scheduler {
         }
         if let Some(reason) = failure {
             s.failures.push(reason);
+            s.failed_on.push(l.worker.clone());
         }
         if !s.active.is_empty() {
             return; // a speculative copy is still running
@@ -383,6 +394,22 @@ mod tests {
         assert_eq!(ranges, vec![0..4, 4..8, 8..10]);
         assert_eq!(Scheduler::new(0, 4, cfg(false)).shard_count(), 0);
         assert!(Scheduler::new(0, 4, cfg(false)).is_finished());
+    }
+
+    #[test]
+    fn a_failed_shard_goes_to_another_worker_first() {
+        let mut s = Scheduler::new(4, 2, cfg(false));
+        let (a, b) = (WorkerId("a".into()), WorkerId("b".into()));
+        let g = s.lease(&a, 0).unwrap();
+        assert_eq!(g.shard, ShardId(0));
+        assert!(s.release(&a, g.lease, Some("store refused".into())));
+        // Shard 0 is first in line again, but `a` failed it: `a` gets shard 1, `b` gets shard 0.
+        assert_eq!(s.lease(&a, 1).unwrap().shard, ShardId(1));
+        let g = s.lease(&b, 2).unwrap();
+        assert_eq!((g.shard, g.attempt), (ShardId(0), 2));
+        // With nothing else pending, the worker that failed a shard may retry it.
+        assert!(s.release(&b, g.lease, Some("again".into())));
+        assert_eq!(s.lease(&a, 3).unwrap().shard, ShardId(0));
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub struct LiveStats {
     pub bad_samples: u64,
     pub duplicates_dropped: u64,
     pub submissions_rejected: u64,
+    /// Leases handed back because of a fault of the environment (store, network, device, worker).
+    pub environment_faults: u64,
+    /// Object-store requests that failed and were retried inside the workers, as they reported.
+    pub store_retries: u64,
     /// Every accepted shard (one entry per shard, so bounded by the shard count): the report's
     /// throughput-over-time chart.
     pub timeline: Vec<crate::report::TimelineEvent>,
@@ -337,8 +341,19 @@ impl Coordinator for CoordinatorService {
         let mut seen = BTreeSet::new();
         let mut results = Vec::with_capacity(if counts_only { 0 } else { expected });
         let mut counts: Option<pb::ShardCounts> = None;
+        let mut trailer: Option<pb::ShardTrailer> = None;
         while let Some(item) = stream.next().await {
-            let batch = match item?.item {
+            let item = item?.item;
+            if trailer.is_some() {
+                return Err(Status::invalid_argument(
+                    "nothing may follow the shard trailer",
+                ));
+            }
+            let batch = match item {
+                Some(pb::submit_request::Item::Trailer(t)) => {
+                    trailer = Some(t);
+                    continue;
+                }
                 Some(pb::submit_request::Item::Batch(b)) if counts.is_none() => b,
                 Some(pb::submit_request::Item::Counts(c)) if counts_only && counts.is_none() => {
                     counts = Some(c);
@@ -410,6 +425,29 @@ impl Coordinator for CoordinatorService {
         // be a PUT to an object store) while `journal_pending` keeps the run from finishing early.
         let (record, journal, n_bad) = {
             let mut st = self.lock();
+            // The store's failures happened whether or not this result is used.
+            st.live.store_retries += trailer.map_or(0, |t| t.store_retries);
+            let bad = results.iter().find(|r| !r.error.is_empty());
+            if st.fail_on_bad_sample
+                && let Some(b) = bad
+            {
+                // Stop before anything of this shard is journaled, so that a resume under the same
+                // policy meets the bad sample again and fails the same way.
+                let key = st.index.samples[b.index as usize].key.clone();
+                if st.fatal.is_none() {
+                    st.fatal = Some(format!(
+                        "bad sample {key}: {} (--on-bad-sample=fail)",
+                        b.error
+                    ));
+                }
+                st.sched.release(&id, LeaseId(header.lease_id), None);
+                return Ok(Response::new(pb::SubmitResponse {
+                    accepted: false,
+                    reason: format!(
+                        "{shard} holds bad sample {key}; the run stops (--on-bad-sample=fail)"
+                    ),
+                }));
+            }
             match st.sched.complete(&id, LeaseId(header.lease_id)) {
                 Completion::Unknown => {
                     return Err(Status::failed_precondition(format!(
@@ -426,18 +464,7 @@ impl Coordinator for CoordinatorService {
                 }
                 Completion::Accepted => {}
             }
-            let bad: Vec<&pb::SampleResult> =
-                results.iter().filter(|r| !r.error.is_empty()).collect();
-            let n_bad = bad.len() as u64;
-            if st.fail_on_bad_sample
-                && let Some(b) = bad.first()
-            {
-                let key = st.index.samples[b.index as usize].key.clone();
-                st.fatal = Some(format!(
-                    "bad sample {key}: {} (--on-bad-sample=fail)",
-                    b.error
-                ));
-            }
+            let n_bad = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
             st.journal_pending += 1;
             let record = pb::ShardRecord {
                 shard_id: shard.0,
@@ -457,7 +484,10 @@ impl Coordinator for CoordinatorService {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             st.journal_pending -= 1;
             if let Err(e) = written {
-                st.fatal = Some(format!("cannot record {shard}: {e}"));
+                st.fatal = Some(format!(
+                    "cannot record {shard}: {}",
+                    tresnet_common::error_text::error_chain(&e)
+                ));
                 return Err(Status::internal(format!(
                     "coordinator cannot record {shard}"
                 )));
@@ -491,12 +521,29 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
         let id = worker_id(&r.worker_id)?;
-        let error = (!r.error.is_empty()).then_some(r.error);
-        if let Some(e) = &error {
-            tracing::warn!(worker = %id, lease = r.lease_id, error = %e, "worker failed a shard");
-        }
+        let reason = pb::ReleaseReason::try_from(r.reason).map_err(|_| {
+            Status::invalid_argument(format!("unknown release reason {}", r.reason))
+        })?;
+        // A failed attempt always carries a reason, so that a failed shard can say why.
+        let error = match reason {
+            pb::ReleaseReason::Draining => None,
+            pb::ReleaseReason::Environment if r.error.is_empty() => {
+                Some("fault of the environment (no reason given)".to_string())
+            }
+            pb::ReleaseReason::Environment => Some(r.error),
+            pb::ReleaseReason::Unspecified => {
+                return Err(Status::invalid_argument(
+                    "a release must say why: draining or a fault of the environment",
+                ));
+            }
+        };
         let mut st = self.lock();
         if r.job_id == st.job_id() {
+            st.live.store_retries += r.store_retries;
+            if let Some(e) = &error {
+                tracing::warn!(worker = %id, lease = r.lease_id, error = %e, "worker handed a shard back: fault of the environment");
+                st.live.environment_faults += 1;
+            }
             st.sched.release(&id, LeaseId(r.lease_id), error);
         }
         Ok(Response::new(pb::ReleaseResponse {}))
@@ -596,7 +643,7 @@ mod tests {
             job_id: id.into(),
             ..Default::default()
         };
-        let journal = Journal::open(dir).unwrap();
+        let journal = Journal::open(dir, tresnet_common::job::JobIdentity([0; 32])).unwrap();
         let mut st = RunState::new(
             pb_job,
             Arc::new(index),
@@ -635,6 +682,158 @@ mod tests {
                 job_id: job.into(),
             })),
         }
+    }
+
+    /// Serves `shared` on a loopback port; returns a connected, registered client and the stopper.
+    async fn serve_registered(
+        shared: &Shared,
+    ) -> (
+        CoordinatorClient<tonic::transport::Channel>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::run::serve(
+            listener,
+            shared.clone(),
+            None,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        c.register(pb::RegisterRequest {
+            protocol_version: PROTOCOL_VERSION,
+            worker_id: "w".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        (c, stop)
+    }
+
+    fn lease_req(job: &str) -> pb::LeaseRequest {
+        pb::LeaseRequest {
+            worker_id: "w".into(),
+            max_shards: 1,
+            job_id: job.into(),
+        }
+    }
+
+    /// A shard handed back for a fault of the environment is a failed attempt, never bad samples: it is
+    /// retried, and fails with the reasons after `max_failures`; its samples stay out of the journal.
+    /// A drain hand-back is no attempt at all, and a release that does not say why is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn environment_faults_are_retried_then_fail_the_shard_never_bad_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared: Shared = Arc::new(Mutex::new(state(dir.path(), "J#1", 2)));
+        let (mut c, _stop) = serve_registered(&shared).await;
+        let release = |lease_id, reason: pb::ReleaseReason, error: &str| pb::ReleaseRequest {
+            worker_id: "w".into(),
+            lease_id,
+            error: error.into(),
+            reason: reason.into(),
+            store_retries: 5,
+            job_id: "J#1".into(),
+        };
+        let unspecified = c
+            .release(release(1, pb::ReleaseReason::Unspecified, ""))
+            .await
+            .unwrap_err();
+        assert_eq!(unspecified.code(), tonic::Code::InvalidArgument);
+        let first = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
+        c.release(release(first[0].lease_id, pb::ReleaseReason::Draining, ""))
+            .await
+            .unwrap();
+        for attempt in 0..3 {
+            let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
+            assert_eq!(l.len(), 1, "attempt {attempt}: the shard is leased again");
+            let why = format!("fetching s3://b/s0.jpg failed: connection refused ({attempt})");
+            c.release(release(l[0].lease_id, pb::ReleaseReason::Environment, &why))
+                .await
+                .unwrap();
+        }
+        let journal = {
+            let st = shared.lock().unwrap();
+            let failed = st.sched.failed();
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[&ShardId(0)].len(), 3, "{failed:?}");
+            assert!(failed[&ShardId(0)][2].contains("connection refused (2)"));
+            assert_eq!(
+                (st.live.bad_samples, st.live.samples_done),
+                (0, 0),
+                "nothing counted"
+            );
+            assert_eq!(st.live.environment_faults, 3);
+            assert_eq!(
+                st.live.store_retries,
+                4 * 5,
+                "the drain's retries count too"
+            );
+            st.journal.clone()
+        };
+        assert!(journal.completed().await.unwrap().is_empty());
+    }
+
+    /// Under `--on-bad-sample fail` a shard holding a bad sample is refused before it is journaled, and
+    /// the run is told to stop naming the sample.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fail_policy_refuses_the_shard_before_it_is_journaled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(dir.path(), "J#1", 2);
+        st.fail_on_bad_sample = true;
+        let shared: Shared = Arc::new(Mutex::new(st));
+        let (mut c, _stop) = serve_registered(&shared).await;
+        let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
+        let mut submit = vec![header("J#1", 0, l[0].lease_id)];
+        submit.push(pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Batch(pb::ResultBatch {
+                results: vec![
+                    pb::SampleResult {
+                        index: 0,
+                        topk_indices: vec![0],
+                        topk_logits: vec![1.0],
+                        confidence: 1.0,
+                        ..Default::default()
+                    },
+                    pb::SampleResult {
+                        index: 1,
+                        error: "corrupt jpeg: bad huffman table".into(),
+                        ..Default::default()
+                    },
+                ],
+            })),
+        });
+        submit.push(pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Trailer(pb::ShardTrailer {
+                store_retries: 2,
+            })),
+        });
+        let r = c
+            .submit(futures::stream::iter(submit))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.accepted && r.reason.contains("s1.jpg"), "{r:?}");
+        let journal = {
+            let st = shared.lock().unwrap();
+            let fatal = st.fatal.clone().unwrap();
+            assert!(
+                fatal.contains("bad sample s1.jpg") && fatal.contains("bad huffman"),
+                "{fatal}"
+            );
+            assert_eq!((st.live.samples_done, st.live.bad_samples), (0, 0));
+            assert_eq!(st.live.store_retries, 2);
+            st.journal.clone()
+        };
+        assert!(
+            journal.completed().await.unwrap().is_empty(),
+            "nothing journaled"
+        );
     }
 
     /// Shard and lease ids restart with every job: requests naming a job that is over are answered
@@ -723,6 +922,8 @@ mod tests {
             worker_id: "w".into(),
             lease_id: 1,
             error: "boom".into(),
+            reason: pb::ReleaseReason::Environment.into(),
+            store_retries: 0,
             job_id: "A#1".into(),
         })
         .await

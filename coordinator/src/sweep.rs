@@ -47,7 +47,6 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -56,6 +55,7 @@ use polars::prelude::*;
 use serde::Deserialize;
 use tresnet_common::preprocess::CropMode;
 
+use crate::atomic_file::{write_atomic, write_atomic_with};
 use crate::cli::{Cli, Command};
 use crate::finished_run::{self, RunSummary};
 use crate::metrics::Observed;
@@ -416,6 +416,15 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         let tag = format!("sweep: cell {}/{total} {}", n + 1, cell.name);
         let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed).await;
         let (status, summary, error) = match ran {
+            // Written, but short of the dataset: the cell is not done, and a rerun resumes it.
+            Ok((_, s)) if s.failed_samples > 0 => {
+                let why = format!(
+                    "{} of {} samples in failed shards (faults of the environment; see its summary.json)",
+                    s.failed_samples, s.dataset_size
+                );
+                eprintln!("{tag}: FAILED: {why}");
+                (CellStatus::Failed, Some(s), Some(why))
+            }
             Ok((status, s)) => (status, Some(s), None),
             Err(e) => {
                 eprintln!("{tag}: FAILED: {e:#}");
@@ -604,17 +613,19 @@ pub fn markdown(o: &SweepOutcome) -> String {
 fn write_tables(o: &SweepOutcome) -> anyhow::Result<()> {
     let mut df = frame(o).map_err(|e| anyhow::anyhow!("cannot build the sweep table: {e}"))?;
     let csv = o.out.join("sweep.csv");
-    let mut f = File::create(&csv).with_context(|| format!("cannot write {}", csv.display()))?;
-    CsvWriter::new(&mut f)
-        .finish(&mut df)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", csv.display()))?;
+    write_atomic_with(&csv, |f| {
+        CsvWriter::new(f)
+            .finish(&mut df)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", csv.display()))
+    })?;
     let pq = o.out.join("sweep.parquet");
-    let f = File::create(&pq).with_context(|| format!("cannot write {}", pq.display()))?;
-    ParquetWriter::new(f)
-        .finish(&mut df)
-        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", pq.display()))?;
-    let md = o.out.join("sweep.md");
-    std::fs::write(&md, markdown(o)).with_context(|| format!("cannot write {}", md.display()))?;
+    write_atomic_with(&pq, |f| {
+        ParquetWriter::new(f)
+            .finish(&mut df)
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", pq.display()))
+    })?;
+    write_atomic(&o.out.join("sweep.md"), markdown(o).as_bytes())?;
     Ok(())
 }
 
@@ -711,6 +722,30 @@ worker-arg = ["--x", "--y"]
         std::fs::write(&p, format!("{FILE}resolution = 3\n")).unwrap();
         let e = format!("{:#}", SweepFile::read(&p).unwrap_err());
         assert!(e.contains("\"resolution\""), "{e}");
+    }
+
+    /// `[run]` keys are `run` flags, so a sweep can resume its cells past a bad journal record too.
+    #[test]
+    fn the_run_table_can_quarantine_corrupt_journal_records() {
+        let on_bad = |extra: &str| {
+            let f: SweepFile = toml::from_str(&format!("{FILE}{extra}")).unwrap();
+            let args = f.cells(Path::new("/s")).unwrap()[0]
+                .run_args(Path::new("/o/c"), &f.run_flags().unwrap());
+            let Command::Run(a) = Cli::try_parse_from(&args).unwrap().command else {
+                panic!("not a run: {args:?}");
+            };
+            a.into_config().unwrap().on_bad_record
+        };
+        use crate::journal::OnBadRecord;
+        assert_eq!(on_bad(""), OnBadRecord::Refuse);
+        assert_eq!(
+            on_bad("quarantine-corrupt-journal = true\n"),
+            OnBadRecord::Quarantine
+        );
+        assert_eq!(
+            on_bad("quarantine-corrupt-journal = false\n"),
+            OnBadRecord::Refuse
+        );
     }
 
     #[test]

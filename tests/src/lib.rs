@@ -63,6 +63,20 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Copies the folder tree `from` to `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
 /// Samples in the sample ImageFolder (every file is one image).
 pub fn sample_dataset_size() -> u64 {
     files_under(&sample_images()).len() as u64

@@ -59,6 +59,7 @@ impl S3Server {
                 max_retries: 2,
                 retry_timeout: Duration::from_secs(10),
             },
+            ..StorageOptions::default()
         }
     }
 

@@ -238,9 +238,15 @@ fn a_slow_worker_is_absorbed_by_the_others() {
         if e.path().extension().is_none_or(|x| x != "pb") {
             continue;
         }
+        // Each record is a ShardRecord sealed in a JournalRecord envelope.
         let bytes = std::fs::read(e.path()).unwrap();
+        let sealed =
+            <tresnet_common::protocol::pb::JournalRecord as prost_decode::Message>::decode(
+                bytes.as_slice(),
+            )
+            .unwrap();
         let rec = <tresnet_common::protocol::pb::ShardRecord as prost_decode::Message>::decode(
-            bytes.as_slice(),
+            sealed.payload.as_slice(),
         )
         .unwrap();
         *by_worker.entry(rec.worker_id).or_default() += 1;

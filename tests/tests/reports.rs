@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 use polars::prelude::*;
-use tresnet_tests::{bin, coordinator_run_on, sample_images, summary};
+use tresnet_tests::{bin, coordinator_run_on, copy_dir, sample_images, summary};
 
 /// A class folder whose name is markup: it must come out escaped in report.html.
 const MARKUP_CLASS: &str = "tag<b>&amp";
@@ -114,19 +114,6 @@ fn run_dir() -> &'static Path {
         Fixture { _dir: dir, run }
     })
     .run
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
 }
 
 fn ok(out: Output, what: &str) -> Output {

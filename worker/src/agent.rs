@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tresnet_common::dataset::{Sample, SampleSource};
+use tresnet_common::error_text::with_causes;
 use tresnet_common::ids::SampleIndex;
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::auth::AttachToken;
@@ -22,13 +23,14 @@ use tresnet_common::protocol::convert::{WorkerJob, sample_from_pb};
 use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
 use tresnet_common::protocol::pb::{self, SampleResult};
 use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
-use tresnet_common::storage::{StorageLocation, StorageOptions};
+use tresnet_common::storage::{StorageLocation, StorageOptions, request_failures};
 
 use crate::dataset_cache::{DatasetCache, EntryKey};
 use crate::executor::{self, Batch, ExecutorConfig, ModelKey, Work, WorkSender};
+use crate::fault::{self, EnvironmentFault, Fault, SampleFault, ShardError};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::decode::RgbImage;
-use crate::preprocess::{PreprocessedImage, Preprocessor, crop};
+use crate::preprocess::{PreprocessError, PreprocessedImage, Preprocessor, crop};
 
 /// Objects fetched concurrently per shard; enough to hide object-store latency without flooding it.
 const FETCH_CONCURRENCY: usize = 16;
@@ -57,6 +59,8 @@ pub struct AgentConfig {
     pub metrics: WorkerMetrics,
     /// Where fetched objects of remote stores are kept (`None`: fetch every time).
     pub dataset_cache: Option<Arc<DatasetCache>>,
+    /// Timeouts and retries of the object-store client.
+    pub storage: StorageOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,13 +265,13 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         endpoint = endpoint.tls_config(tls).map_err(|e| AgentError::Connect {
             url: url.clone(),
             hint: connect_hint(&url),
-            reason: chain_text(e.to_string(), std::error::Error::source(&e)),
+            reason: with_causes(e.to_string(), std::error::Error::source(&e)),
         })?;
     }
     let channel = endpoint.connect().await.map_err(|e| AgentError::Connect {
         url: url.clone(),
         hint: connect_hint(&url),
-        reason: chain_text(e.to_string(), std::error::Error::source(&e)),
+        reason: with_causes(e.to_string(), std::error::Error::source(&e)),
     })?;
     let attach = AttachToken::new(cfg.token.as_deref()).map_err(|e| AgentError::Rpc {
         url: url.clone(),
@@ -452,13 +456,12 @@ async fn run_job(
             .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
                 JobError::Refused(AgentError::Job(e.to_string()))
             })?;
-    let location =
-        StorageLocation::parse(&job.data_url, &StorageOptions::default()).map_err(|e| {
-            JobError::Refused(AgentError::Storage {
-                url: job.data_url.clone(),
-                reason: e.to_string(),
-            })
-        })?;
+    let location = StorageLocation::parse(&job.data_url, &cfg.storage).map_err(|e| {
+        JobError::Refused(AgentError::Storage {
+            url: job.data_url.clone(),
+            reason: e.to_string(),
+        })
+    })?;
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
         fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
@@ -561,22 +564,7 @@ fn status_text(s: &tonic::Status) -> String {
     } else {
         s.message().to_string()
     };
-    chain_text(text, std::error::Error::source(s))
-}
-
-/// `text` followed by each error of the source chain that it does not already say: transport failures
-/// carry the real reason (reset, handshake, certificate) deep in the chain, and repeat themselves.
-fn chain_text(mut text: String, source: Option<&(dyn std::error::Error + 'static)>) -> String {
-    let mut src = source;
-    while let Some(e) = src {
-        let t = e.to_string();
-        if !text.contains(&t) {
-            text.push_str(": ");
-            text.push_str(&t);
-        }
-        src = e.source();
-    }
-    text
+    with_causes(text, std::error::Error::source(s))
 }
 
 pub fn hostname() -> String {
@@ -670,48 +658,86 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// Runs one leased shard; a failure of the whole shard is handed back with its reason.
-/// Marks a shard given back because the worker is draining; released without counting as a failure.
-const DRAINING: &str = "worker draining";
+/// Tries of one sample's fetch, each with object_store's own retries inside: a second try covers what
+/// those do not (a transfer that ends short of the listed size, a connection lost between retries).
+const FETCH_ATTEMPTS: u32 = 2;
+/// Pause before the second try; the store's own backoff has already waited.
+const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
-    let lease_id = lease.lease_id;
-    if let Err(e) = process_shard(&shared, lease).await {
-        if shared.job.counts_only || shared.gather_logits {
-            // Whatever the executors kept for this lease is void; free it.
-            let job = shared.job.job_id.clone();
-            let _ = shared
-                .dispatch
-                .broadcast(move || Work::Discard {
-                    job: job.clone(),
-                    lease: lease_id,
-                })
-                .await;
-        }
-        let e = if e == DRAINING { String::new() } else { e };
-        if !e.is_empty() {
-            tracing::warn!(lease = lease_id, error = %e, "shard failed");
-            shared.metrics.shards_failed.inc();
-        }
-        let mut client = shared.client.clone();
-        let _ = client
-            .release(pb::ReleaseRequest {
-                worker_id: shared.worker_id.clone(),
-                lease_id,
-                error: e,
-                job_id: shared.job.job_id.clone(),
-            })
-            .await;
+/// Aborts a spawned task when dropped: a shard given up midway cancels its submit stream (the
+/// coordinator sees a cancelled RPC, not a short submission).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
-async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<(), String> {
+/// Runs one leased shard. A shard that cannot be finished here is handed back with its reason and
+/// never submitted: its samples are not the data's fault.
+async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
+    let lease_id = lease.lease_id;
+    let store_failures = Arc::new(AtomicU64::new(0));
+    let result = request_failures::counted(
+        store_failures.clone(),
+        process_shard(&shared, lease, &store_failures),
+    )
+    .await;
+    let store_retries = store_failures.load(Ordering::Relaxed);
+    shared.metrics.store_retries.inc_by(store_retries);
+    let Err(e) = result else {
+        return;
+    };
+    if shared.job.counts_only || shared.gather_logits {
+        // Whatever the executors kept for this lease is void; free it.
+        let job = shared.job.job_id.clone();
+        let _ = shared
+            .dispatch
+            .broadcast(move || Work::Discard {
+                job: job.clone(),
+                lease: lease_id,
+            })
+            .await;
+    }
+    let (reason, error) = match &e {
+        ShardError::Draining => (pb::ReleaseReason::Draining, String::new()),
+        ShardError::Environment(fault) => {
+            let why = fault::chain(fault);
+            tracing::warn!(lease = lease_id, error = %why, "shard handed back: fault of the environment");
+            shared.metrics.shards_failed.inc();
+            (pb::ReleaseReason::Environment, why)
+        }
+    };
+    let mut client = shared.client.clone();
+    let _ = client
+        .release(pb::ReleaseRequest {
+            worker_id: shared.worker_id.clone(),
+            lease_id,
+            error,
+            reason: reason.into(),
+            store_retries,
+            job_id: shared.job.job_id.clone(),
+        })
+        .await;
+}
+
+/// The submit stream is gone: the coordinator ended the RPC (it answered early or went away).
+fn stream_closed<T>(_: T) -> ShardError {
+    EnvironmentFault::Coordinator("submit stream closed".into()).into()
+}
+
+async fn process_shard(
+    shared: &Arc<Shared>,
+    lease: pb::ShardLease,
+    store_failures: &Arc<AtomicU64>,
+) -> Result<(), ShardError> {
     let samples: Vec<(SampleIndex, Sample)> = lease
         .samples
         .into_iter()
         .map(sample_from_pb)
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(EnvironmentFault::Lease)?;
     let (tx, rx) = mpsc::channel::<pb::SubmitRequest>(4);
     tx.send(pb::SubmitRequest {
         item: Some(pb::submit_request::Item::Header(pb::SubmitHeader {
@@ -722,11 +748,11 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
         })),
     })
     .await
-    .map_err(|_| "submit stream closed".to_string())?;
+    .map_err(stream_closed)?;
     let mut client = shared.client.clone();
     let stream =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let submit = tokio::spawn(async move { client.submit(stream).await });
+    let mut submit = AbortOnDrop(tokio::spawn(async move { client.submit(stream).await }));
     let batch_size = shared.job.batch_size as usize;
     let side = shared.job.preprocess.resolution as i64;
     let prepared = futures::stream::iter(samples)
@@ -743,13 +769,14 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
     let mut done = false;
     while !done {
         if shared.draining.load(Ordering::SeqCst) {
-            return Err(DRAINING.into());
+            return Err(ShardError::Draining);
         }
-        let next = prepared.next().await;
-        if let Some(item) = next {
-            pending.push(item);
-        } else {
-            done = true;
+        match prepared.next().await {
+            Some((i, label, Ok(img))) => pending.push((i, label, Ok(img))),
+            Some((i, label, Err(Fault::Sample(f)))) => pending.push((i, label, Err(f))),
+            // Nothing of this shard is submitted: the whole shard is retried, elsewhere if need be.
+            Some((_, _, Err(Fault::Environment(f)))) => return Err(f.into()),
+            None => done = true,
         }
         if pending.len() >= batch_size || (done && !pending.is_empty()) {
             let items = std::mem::take(&mut pending);
@@ -763,17 +790,21 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
                 item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
             })
             .await
-            .map_err(|_| "submit stream closed".to_string())?;
+            .map_err(stream_closed)?;
         }
     }
     if shared.gather_logits {
-        let mut results = shared.dispatch.gather(&shared.job, lease.lease_id).await?;
+        let mut results = shared
+            .dispatch
+            .gather(&shared.job, lease.lease_id)
+            .await
+            .map_err(EnvironmentFault::Executor)?;
         results.sort_by_key(|r| r.index);
         tx.send(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
         })
         .await
-        .map_err(|_| "submit stream closed".to_string())?;
+        .map_err(stream_closed)?;
     }
     if shared.job.counts_only {
         let counts = shared
@@ -783,19 +814,27 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
                 lease.lease_id,
                 i64::from(shared.job.num_classes),
             )
-            .await?;
+            .await
+            .map_err(EnvironmentFault::Executor)?;
         tx.send(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Counts(counts)),
         })
         .await
-        .map_err(|_| "submit stream closed".to_string())?;
+        .map_err(stream_closed)?;
     }
+    tx.send(pb::SubmitRequest {
+        item: Some(pb::submit_request::Item::Trailer(pb::ShardTrailer {
+            store_retries: store_failures.load(Ordering::Relaxed),
+        })),
+    })
+    .await
+    .map_err(stream_closed)?;
     drop(tx);
     let submit_start = std::time::Instant::now();
-    let resp = submit
+    let resp = (&mut submit.0)
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|s| format!("submit refused: {}", s.message()))?
+        .map_err(|e| EnvironmentFault::Task(e.to_string()))?
+        .map_err(|s| EnvironmentFault::Coordinator(format!("submit refused: {}", status_text(&s))))?
         .into_inner();
     shared
         .metrics
@@ -811,9 +850,9 @@ async fn process_shard(shared: &Arc<Shared>, lease: pb::ShardLease) -> Result<()
 async fn run_batch(
     shared: &Arc<Shared>,
     lease: u64,
-    items: Vec<(SampleIndex, u32, Result<PreprocessedImage, String>)>,
+    items: Vec<(SampleIndex, u32, Result<PreprocessedImage, SampleFault>)>,
     side: i64,
-) -> Result<Vec<SampleResult>, String> {
+) -> Result<Vec<SampleResult>, EnvironmentFault> {
     let mut out = Vec::with_capacity(items.len());
     let mut indices = Vec::new();
     let mut labels = Vec::new();
@@ -829,7 +868,7 @@ async fn run_batch(
                 shared.metrics.bad_samples.inc();
                 out.push(SampleResult {
                     index: i.0,
-                    error: e,
+                    error: fault::chain(&e),
                     ..Default::default()
                 })
             }
@@ -846,18 +885,23 @@ async fn run_batch(
             job: shared.job.clone(),
             reply,
         };
-        shared.dispatch.send_batch(batch).await?;
+        shared
+            .dispatch
+            .send_batch(batch)
+            .await
+            .map_err(EnvironmentFault::Executor)?;
         out.extend(
             rx.await
-                .map_err(|_| "executor dropped the batch".to_string())??,
+                .map_err(|_| EnvironmentFault::Executor("executor dropped the batch".into()))?
+                .map_err(EnvironmentFault::Executor)?,
         );
     }
     out.sort_by_key(|r| r.index);
     Ok(out)
 }
 
-/// Fetches and preprocesses one sample; every failure is a per-sample reason, never a crash.
-async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, String> {
+/// Fetches and preprocesses one sample; a failure says whose fault it is, and is never a crash.
+async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, Fault> {
     let side = shared.job.preprocess.resolution;
     if shared.job.synthetic {
         // Benchmark mode: no fetch, no decode; the executor ignores the pixels.
@@ -876,27 +920,29 @@ async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, 
         .clone()
         .acquire_owned()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| EnvironmentFault::Task(e.to_string()))?;
     let cfg = shared.job.preprocess.clone();
     let cifar = matches!(s.source, SampleSource::CifarRecord { .. });
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let decode_start = std::time::Instant::now();
         let r = if cifar {
-            cifar_image(&bytes, &cfg)
+            cifar_image(&bytes, &cfg).map_err(Fault::from)
         } else {
-            with_preprocessor(&cfg, |p| p.run(&bytes).map_err(|e| e.to_string()))
+            with_preprocessor(&cfg, |p| p.run(&bytes)).map_err(Fault::from)
         };
         metrics.observe(Stage::Decode, decode_start.elapsed());
         r
     })
     .await
-    .map_err(|e| e.to_string())?
+    // A panic in the decoder is a bug of ours, not a property of the image to be counted against it.
+    .map_err(|e| EnvironmentFault::Task(e.to_string()))?
 }
 
 /// The sample's bytes: from the node's dataset cache when it holds them, else from the store (and
-/// then into the cache).
-async fn fetch(shared: &Arc<Shared>, s: &Sample) -> Result<bytes::Bytes, String> {
+/// then into the cache). A missing object is the sample's fault; anything else the store's, tried
+/// [`FETCH_ATTEMPTS`] times.
+async fn fetch(shared: &Arc<Shared>, s: &Sample) -> Result<bytes::Bytes, Fault> {
     let loc = &shared.location;
     let path = s.source.path();
     let range = s.source.byte_range();
@@ -913,11 +959,46 @@ async fn fetch(shared: &Arc<Shared>, s: &Sample) -> Result<bytes::Bytes, String>
         shared.metrics.dataset_cache_hits.inc();
         return Ok(bytes);
     }
-    let bytes = match range {
-        None => loc.get(path).await,
-        Some(r) => loc.get_range(path, r).await,
-    }
-    .map_err(|e| e.to_string())?;
+    let mut attempt = 1;
+    let bytes = loop {
+        let got = match &range {
+            None => loc.get(path).await,
+            Some(r) => loc.get_range(path, r.clone()).await,
+        };
+        let again = attempt < FETCH_ATTEMPTS;
+        match got {
+            Ok(b) => match s.source.size() {
+                // A short or long transfer first gets another try; only a size that persists is the
+                // object's own (it changed after the dataset was listed).
+                Some(listed) if b.len() as u64 != listed && again => {
+                    tracing::warn!(%url, got = b.len(), listed, "object size differs from the listing; fetching again");
+                }
+                Some(listed) if b.len() as u64 != listed => {
+                    return Err(SampleFault::SizeChanged {
+                        url,
+                        got: b.len() as u64,
+                        listed,
+                    }
+                    .into());
+                }
+                _ => break b,
+            },
+            Err(e) if e.is_sample_fault() => return Err(SampleFault::Object(Box::new(e)).into()),
+            Err(e) if again => {
+                tracing::warn!(%url, error = %fault::chain(&e), "fetch failed; trying again");
+            }
+            Err(source) => {
+                return Err(EnvironmentFault::Store {
+                    url,
+                    attempts: attempt,
+                    source: Box::new(source),
+                }
+                .into());
+            }
+        }
+        tokio::time::sleep(FETCH_RETRY_PAUSE).await;
+        attempt += 1;
+    };
     if let Some(cache) = &shared.cache {
         cache.put(&key, &bytes).await;
         shared.metrics.dataset_cache_misses.inc();
@@ -932,12 +1013,12 @@ thread_local! {
 
 fn with_preprocessor<T>(
     cfg: &PreprocessConfig,
-    f: impl FnOnce(&mut Preprocessor) -> Result<T, String>,
-) -> Result<T, String> {
+    f: impl FnOnce(&mut Preprocessor) -> Result<T, PreprocessError>,
+) -> Result<T, PreprocessError> {
     PREPROCESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.as_ref().is_none_or(|p| p.config() != cfg) {
-            *slot = Some(Preprocessor::new(cfg.clone()).map_err(|e| e.to_string())?);
+            *slot = Some(Preprocessor::new(cfg.clone())?);
         }
         f(slot.as_mut().expect("set above"))
     })
@@ -945,14 +1026,13 @@ fn with_preprocessor<T>(
 
 /// A raw CIFAR record (R, G, B planes of 32×32) through the same resize and crop as a decoded image,
 /// which is what timm does to the PIL image torchvision's CIFAR dataset yields.
-fn cifar_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<PreprocessedImage, String> {
+fn cifar_image(bytes: &[u8], cfg: &PreprocessConfig) -> Result<PreprocessedImage, SampleFault> {
     const SIDE: usize = 32;
     if bytes.len() != 3 * SIDE * SIDE {
-        return Err(format!(
-            "cifar record has {} bytes, expected {}",
-            bytes.len(),
-            3 * SIDE * SIDE
-        ));
+        return Err(SampleFault::CifarRecord {
+            got: bytes.len(),
+            expected: 3 * SIDE * SIDE,
+        });
     }
     let plane = SIDE * SIDE;
     let data = (0..plane)

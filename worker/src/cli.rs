@@ -77,6 +77,8 @@ pub struct JoinArgs {
     /// Fetch every object from its store; no dataset cache.
     #[arg(long, conflicts_with_all = ["cache_dir", "cache_max_mb"])]
     pub no_cache: bool,
+    #[command(flatten)]
+    pub store: tresnet_common::storage::StoreArgs,
     /// Per-sample jobs: keep each shard's logits on the devices and gather them to the first device
     /// (NCCL on GPUs) for one device-to-host copy and one scoring pass per shard, instead of a copy
     /// per batch from every device.

@@ -51,6 +51,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         tls_domain: args.tls_domain,
         metrics: metrics.clone(),
         dataset_cache,
+        storage: args.store.options(),
     };
     if cfg.tls_ca.is_some() && !tresnet_common::protocol::tls::is_https(&cfg.coordinator) {
         anyhow::bail!(

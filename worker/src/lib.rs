@@ -17,6 +17,7 @@ pub mod dataset_cache;
 pub mod device;
 #[cfg(feature = "torch")]
 pub mod executor;
+pub mod fault;
 pub mod fuzzing;
 #[cfg(feature = "torch")]
 pub mod infer;

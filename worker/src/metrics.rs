@@ -61,6 +61,8 @@ pub struct WorkerMetrics {
     pub bad_samples: Counter,
     pub shards_submitted: Counter,
     pub shards_failed: Counter,
+    /// Object-store requests that failed for a reason of the environment and were retried.
+    pub store_retries: Counter,
     pub leases_in_flight: Gauge,
     /// Objects served from the node's dataset cache, and objects fetched from the store into it.
     pub dataset_cache_hits: Counter,
@@ -77,6 +79,7 @@ impl Default for WorkerMetrics {
             bad_samples: Counter::default(),
             shards_submitted: Counter::default(),
             shards_failed: Counter::default(),
+            store_retries: Counter::default(),
             leases_in_flight: Gauge::default(),
             dataset_cache_hits: Counter::default(),
             dataset_cache_misses: Counter::default(),
@@ -148,7 +151,7 @@ impl WorkerMetrics {
         );
         r.register(
             "bad_samples",
-            "Samples that could not be fetched or decoded",
+            "Samples at fault themselves: missing object, undecodable or oversized image, malformed record",
             self.bad_samples.clone(),
         );
         r.register(
@@ -158,8 +161,14 @@ impl WorkerMetrics {
         );
         r.register(
             "shards_failed",
-            "Shards handed back with an error",
+            "Shards handed back because of a fault of the environment (store, network, device)",
             self.shards_failed.clone(),
+        );
+        r.register(
+            "store_retries",
+            "Object-store requests that failed (5xx, throttling, transport error, timeout, body cut off) \
+             and were retried",
+            self.store_retries.clone(),
         );
         r.register(
             "leases_in_flight",

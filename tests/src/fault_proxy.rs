@@ -68,6 +68,8 @@ pub enum Fault {
 pub struct ProxyStats {
     /// Requests read from clients.
     pub requests: u64,
+    /// Of those, GETs of an object's bytes (see [`Fault::CutBody`]): what workers fetch.
+    pub object_gets: u64,
     /// Requests the backend answered (including those whose body was then cut).
     pub forwarded: u64,
     /// Connections reset and requests closed unanswered under [`Fault::Refuse`] or [`Fault::Down`]
@@ -84,6 +86,8 @@ pub struct ProxyStats {
     /// Requests whose connection was closed because the backend could not be reached (it was killed,
     /// or is restarting) or broke off.
     pub backend_errors: u64,
+    /// Of those, object GETs.
+    pub object_get_backend_errors: u64,
 }
 
 impl ProxyStats {
@@ -96,6 +100,7 @@ impl ProxyStats {
 #[derive(Default)]
 struct Counters {
     requests: AtomicU64,
+    object_gets: AtomicU64,
     forwarded: AtomicU64,
     refused: AtomicU64,
     stalled: AtomicU64,
@@ -103,6 +108,7 @@ struct Counters {
     internal_error: AtomicU64,
     cut: AtomicU64,
     backend_errors: AtomicU64,
+    object_get_backend_errors: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -210,6 +216,7 @@ impl FaultProxy {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         ProxyStats {
             requests: get(&c.requests),
+            object_gets: get(&c.object_gets),
             forwarded: get(&c.forwarded),
             refused: get(&c.refused),
             stalled: get(&c.stalled),
@@ -217,6 +224,7 @@ impl FaultProxy {
             internal_error: get(&c.internal_error),
             cut: get(&c.cut),
             backend_errors: get(&c.backend_errors),
+            object_get_backend_errors: get(&c.object_get_backend_errors),
         }
     }
 }
@@ -314,6 +322,16 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, Unanswered> {
     let c = &shared.counters;
     bump(&c.requests);
+    let object_get = is_object_get(&req);
+    if object_get {
+        bump(&c.object_gets);
+    }
+    let backend_error = || {
+        bump(&c.backend_errors);
+        if object_get {
+            bump(&c.object_get_backend_errors);
+        }
+    };
     let fault = shared.fault();
     match fault {
         Fault::Refuse | Fault::Down => {
@@ -349,14 +367,14 @@ async fn handle(
         _ => {}
     }
     let cut = match fault {
-        Fault::CutBody { every } if is_object_get(&req) => shared.hit(every),
+        Fault::CutBody { every } if object_get => shared.hit(every),
         _ => false,
     };
     let backend = *shared.backend.lock().unwrap();
     let resp = match forward(backend, req).await {
         Ok(r) => r,
         Err(source) => {
-            bump(&c.backend_errors);
+            backend_error();
             return Err(Unanswered::Backend {
                 addr: backend,
                 source,
@@ -371,7 +389,7 @@ async fn handle(
     let bytes = match body.collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
-            bump(&c.backend_errors);
+            backend_error();
             return Err(Unanswered::Backend {
                 addr: backend,
                 source: e.into(),
@@ -634,6 +652,7 @@ mod tests {
             (stats.requests, stats.forwarded, stats.injected()),
             (4, 4, 0)
         );
+        assert_eq!(stats.object_gets, 4);
     }
 
     #[test]
@@ -651,7 +670,8 @@ mod tests {
         let a = answer(&mut s).unwrap();
         assert_eq!(a.header("transfer-encoding"), Some("chunked"));
         assert_eq!(a.body, BODY);
-        assert_eq!(proxy.stats().cut, 0);
+        let stats = proxy.stats();
+        assert_eq!((stats.requests, stats.object_gets, stats.cut), (1, 0, 0));
     }
 
     #[test]
@@ -784,6 +804,10 @@ mod tests {
         let mut s = connect(&proxy);
         request(&mut s, "/b/k");
         assert!(answer(&mut s).is_none());
-        assert_eq!(proxy.stats().backend_errors, 1);
+        let stats = proxy.stats();
+        assert_eq!(
+            (stats.backend_errors, stats.object_get_backend_errors),
+            (1, 1)
+        );
     }
 }

@@ -263,6 +263,49 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The TCP ports process `pid` listens on: its socket descriptors matched against the kernel's tables
+/// (Linux). For the listeners of processes that share one stderr, whose announcements may interleave.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        for f in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            const LISTEN: &str = "0A";
+            if f.len() > 9 && f[3] == LISTEN && inodes.contains(f[9]) {
+                let port = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                ports.extend(port);
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// A child process whose stderr is echoed (prefixed with its name) and remembered, so a test can wait
 /// for a line it prints (a bound address, say).
 pub struct Watched {
@@ -305,17 +348,6 @@ impl Watched {
                 return rest.to_string();
             }
         }
-    }
-
-    /// The rest of every stderr line so far that starts with `prefix` (without waiting).
-    pub fn lines_starting_with(&self, prefix: &str) -> Vec<String> {
-        let mut g = self.seen.lock().unwrap();
-        let (seen, rx) = &mut *g;
-        seen.extend(rx.try_iter());
-        seen.iter()
-            .filter_map(|l| l.strip_prefix(prefix))
-            .map(str::to_string)
-            .collect()
     }
 
     /// The `host:port` printed by a `--metrics-listen` listener.

@@ -4,8 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source ops/env.sh
 source ops/fixtures.sh
-# s3s-fs for the storage tests (tests/tests/{storage_s3,object_store}.rs), which start their own servers from it.
+# s3s-fs for the storage tests (tests/tests/{storage_s3,object_store,backends}.rs), which start their own servers from it.
 source ops/s3.sh
+# Azurite and fake-gcs-server for the az:// and gs:// rows of tests/tests/backends.rs (each test starts its own).
+source ops/azurite.sh
+source ops/gcs.sh
 # chromium (report.html rendering) and pyarrow (check_metrics.py) for tests/tests/reports.rs.
 source ops/report_tools.sh
 # The cross-process tests run the real binaries; `cargo test` only builds a package's binaries for that

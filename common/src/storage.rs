@@ -146,15 +146,24 @@ pub enum StorageError {
     #[error("object {url} not found")]
     NotFound { url: String },
     #[error(
-        "access denied to {url} ({detail}): check the credentials (AWS_ACCESS_KEY_ID / \
-         AWS_SECRET_ACCESS_KEY or the store's equivalent) and the bucket's permissions"
+        "access denied to {url} ({detail}): check the credentials ({credentials_hint}) and the \
+         bucket's permissions"
     )]
-    AccessDenied { url: String, detail: String },
+    AccessDenied {
+        url: String,
+        detail: String,
+        /// Where the store of `url` takes its credentials from (its scheme's environment variables).
+        credentials_hint: &'static str,
+    },
     #[error(
         "not authenticated for {url} ({detail}): no valid credentials were found in the options or \
-         the environment"
+         the environment ({credentials_hint})"
     )]
-    Unauthenticated { url: String, detail: String },
+    Unauthenticated {
+        url: String,
+        detail: String,
+        credentials_hint: &'static str,
+    },
     #[error("invalid object path {path:?} under {url}: {reason}")]
     InvalidPath {
         url: String,
@@ -611,26 +620,31 @@ impl StorageLocation {
             };
         }
         let detail = || code.clone().unwrap_or_else(|| first_line(&chain));
+        let credentials_hint = credentials_hint(&self.root_url);
         match error {
             object_store::Error::NotFound { .. } => StorageError::NotFound { url },
             object_store::Error::PermissionDenied { .. } => StorageError::AccessDenied {
                 url,
                 detail: detail(),
+                credentials_hint,
             },
             object_store::Error::Unauthenticated { .. } => StorageError::Unauthenticated {
                 url,
                 detail: detail(),
+                credentials_hint,
             },
             source => {
                 if chain.contains("403 Forbidden") {
                     StorageError::AccessDenied {
                         url,
                         detail: detail(),
+                        credentials_hint,
                     }
                 } else if chain.contains("401 Unauthorized") {
                     StorageError::Unauthenticated {
                         url,
                         detail: detail(),
+                        credentials_hint,
                     }
                 } else if chain.contains("404 Not Found") {
                     StorageError::NotFound { url }
@@ -670,6 +684,23 @@ pub fn fetch_many(
             }
         })
         .buffer_unordered(concurrency.max(1))
+}
+
+/// The environment variables the store behind `root_url` (`scheme://bucket`) takes credentials from,
+/// as its `*Builder::from_env()` reads them, so an auth failure names the ones that were used.
+fn credentials_hint(root_url: &str) -> &'static str {
+    let scheme = root_url.split_once("://").map_or("", |(scheme, _)| scheme);
+    match scheme.to_ascii_lowercase().as_str() {
+        "s3" | "s3a" => "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN",
+        "gs" => {
+            "GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_APPLICATION_CREDENTIALS"
+        }
+        "az" | "azure" | "abfs" | "abfss" | "adl" => {
+            "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY, or AZURE_STORAGE_SAS_KEY, or \
+             AZURE_CLIENT_ID / AZURE_CLIENT_SECRET / AZURE_TENANT_ID"
+        }
+        _ => "the store's credentials",
+    }
 }
 
 fn join_url(root: &str, path: &Path) -> String {
@@ -858,6 +889,32 @@ mod tests {
             assert_eq!(result.as_ref().unwrap().len(), expected);
         }
         assert!(results[20].1.as_ref().unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn auth_failures_name_the_credentials_of_the_store_used() {
+        for (root, wanted, unwanted) in [
+            ("s3://b", "AWS_ACCESS_KEY_ID", "AZURE_"),
+            ("gs://b", "GOOGLE_SERVICE_ACCOUNT", "AWS_"),
+            ("az://c", "AZURE_STORAGE_ACCOUNT_KEY", "AWS_"),
+            (
+                "abfss://c@a.dfs.core.windows.net",
+                "AZURE_STORAGE_ACCOUNT_KEY",
+                "AWS_",
+            ),
+        ] {
+            let location =
+                StorageLocation::from_store(root, Arc::new(InMemory::new()), Path::default());
+            for status in ["403 Forbidden", "401 Unauthorized"] {
+                let error = object_store::Error::Generic {
+                    store: "test",
+                    source: format!("Server returned non-2xx status code: {status}").into(),
+                };
+                let message = location.classify(error, root).to_string();
+                assert!(message.contains(wanted), "{root} {status}: {message}");
+                assert!(!message.contains(unwanted), "{root} {status}: {message}");
+            }
+        }
     }
 
     #[test]

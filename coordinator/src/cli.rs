@@ -324,6 +324,11 @@ pub struct RunArgs {
     /// which works for a self-signed certificate or a chain that includes its CA).
     #[arg(long, requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
+    /// On SIGTERM or SIGINT the run stops leasing and waits this long (milliseconds) for the results of
+    /// shards in flight, journals them, and exits non-zero without a report; a rerun of the same command
+    /// resumes. A second signal exits at once.
+    #[arg(long, default_value_t = crate::run::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    pub drain_timeout_ms: u64,
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     pub worker_arg: Vec<String>,
@@ -420,6 +425,7 @@ impl RunArgs {
             tls,
             tls_worker_ca: self.tls_ca,
             store: self.store,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
         })
     }
 }

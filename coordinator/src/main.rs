@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tresnet_coordinator::cli::GateArgs;
 use tresnet_coordinator::cli::{Cli, Command};
+use tresnet_coordinator::shutdown::Interrupted;
 use tresnet_coordinator::{compare, gate, run, sweep};
 
 fn main() -> ExitCode {
@@ -21,7 +22,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tresnet-coordinator: error: {e:#}");
-            ExitCode::FAILURE
+            // A drained run exits as the signal's default action would have: 128 + its number.
+            match e.downcast_ref::<Interrupted>() {
+                Some(i) => ExitCode::from(i.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -29,8 +29,9 @@ use crate::atomic_file::write_atomic;
 use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
 use crate::report::{self, Summary};
-use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::service::{CoordinatorService, RunState, Shared};
+use crate::scheduler::{Scheduler, SchedulerConfig, ShardState};
+use crate::service::{CoordinatorService, Intake, RunState, Shared};
+use crate::shutdown::{Interrupted, Shutdown, Signal};
 
 /// Settings of one `run`, validated from the command line.
 #[derive(Debug, Clone)]
@@ -76,6 +77,8 @@ pub struct RunConfig {
     pub tls_worker_ca: Option<PathBuf>,
     /// Object-store client settings, for this process and its local workers.
     pub store: StoreArgs,
+    /// How long a drain (SIGTERM/SIGINT) waits for the results of shards in flight.
+    pub drain_timeout: Duration,
 }
 
 /// How often the run loop checks leases, child processes and progress.
@@ -85,6 +88,18 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 /// Time workers get to hear that no job follows (and local ones to exit) before the endpoint stops and
 /// local ones are killed; a few of their polls, which come every few hundred milliseconds.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(10);
+/// Default `--drain-timeout-ms`. Kubernetes (and `docker stop`) send SIGKILL 30 s after SIGTERM by
+/// default; a 15 s drain plus the journal writes it waits for plus [`WORKER_EXIT_GRACE`] fits in that.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a drain waits, after it stops accepting, for journal writes of accepted shards: one PUT with
+/// the object store client's own timeout and retries. Writes are atomic, so one cut by exiting leaves no
+/// record and its shard is recomputed on resume; the wait only keeps that from happening needlessly.
+const JOURNAL_FLUSH_LIMIT: Duration = Duration::from_secs(60);
+/// HTTP/2 PINGs to each worker's connection: one that froze or was partitioned away has its connection
+/// (and any half-received Submit stream) dropped within interval + timeout. Its leases expire on their
+/// own clock (`--lease-timeout-ms`); this only frees the server's side of the connection.
+const WORKER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const WORKER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn sha256_file(path: &Path) -> anyhow::Result<String> {
     let mut f = std::fs::File::open(path)
@@ -195,6 +210,10 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
     for i in 0..cfg.local_workers {
         let id = WorkerId(format!("local-{i}"));
         let mut cmd = Command::new(&bin);
+        // Their own process group, so a terminal's Ctrl-C reaches only the coordinator, which drains
+        // them; they die with it all the same.
+        cmd.process_group(0);
+        crate::parent_death::die_with_parent(&mut cmd);
         cmd.arg("--coordinator")
             .arg(local_url(addr, cfg.tls.is_some()))
             .arg("--devices")
@@ -224,9 +243,11 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
     Ok(children)
 }
 
-/// Runs the job; returns the summary once every shard is accounted for.
+/// Runs the job; returns the summary once every shard is accounted for, or [`Interrupted`] after a drain
+/// on SIGTERM/SIGINT.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    let shutdown = Shutdown::listen().context("cannot listen for SIGTERM and SIGINT")?;
     // Up before the (possibly long) listing so that liveness probes pass while readiness says why not.
     let observed = Observed::default();
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -236,10 +257,26 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         })
         .await?;
     }
-    let (job, index) = plan(&cfg).await?;
-    let summary = run_planned(cfg, job, index, &observed, started).await;
+    let (job, index) = plan_unless_stopped(&cfg, &shutdown).await?;
+    let summary = run_planned(cfg, job, index, &observed, started, shutdown).await;
     let _ = metrics_stop.send(());
     summary
+}
+
+/// [`plan`], cut short by SIGTERM/SIGINT: a listing can take minutes, and nothing ran yet.
+pub async fn plan_unless_stopped(
+    cfg: &RunConfig,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(JobSpec, DatasetIndex)> {
+    tokio::select! {
+        planned = plan(cfg) => planned,
+        signal = shutdown.wait() => Err(Interrupted {
+            signal,
+            what: "run".into(),
+            progress: "stopped while listing the dataset, before any shard ran".into(),
+        }
+        .into()),
+    }
 }
 
 /// Lists the dataset and builds the job spec a run of `cfg` would have (what `sweep` compares with a
@@ -305,14 +342,15 @@ pub async fn run_planned(
     index: DatasetIndex,
     observed: &Observed,
     started: Instant,
+    shutdown: Shutdown,
 ) -> anyhow::Result<Summary> {
     let state = job_state(&cfg, &job, index).await?;
-    let mut pool = WorkerPool::start(&cfg, state, observed).await?;
+    let mut pool = WorkerPool::start(&cfg, state, observed, shutdown.clone()).await?;
     let summary = pool.run_job(&cfg, &job, started).await;
     if summary.is_ok() {
         observed.finished();
         if cfg.metrics_listen.is_some() && !cfg.metrics_linger.is_zero() {
-            linger(cfg.metrics_linger).await;
+            linger(cfg.metrics_linger, &shutdown).await;
         }
     }
     // gRPC stays up through the report and the linger, so remote workers polling meanwhile hear
@@ -378,6 +416,8 @@ pub struct WorkerPool {
     jobs: u64,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// SIGTERM/SIGINT: the current job drains and ends with [`Interrupted`].
+    shutdown: Shutdown,
 }
 
 impl WorkerPool {
@@ -387,6 +427,7 @@ impl WorkerPool {
         cfg: &RunConfig,
         first: RunState,
         observed: &Observed,
+        shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let mut first = first;
         first.pb_job.job_id = wire_job_id(&first.pb_job.job_id, 1);
@@ -438,6 +479,7 @@ impl WorkerPool {
             jobs: 1,
             stop: Some(stop_tx),
             server: Some(server),
+            shutdown,
         };
         // Dropping the pool on this error stops the server and kills any worker already spawned.
         pool.workers = spawn_workers(cfg, addr)?
@@ -479,7 +521,7 @@ impl WorkerPool {
     }
 
     /// Watches the current job until every shard is accounted for, then writes its reports into
-    /// `cfg.out`.
+    /// `cfg.out`; after a drain on SIGTERM/SIGINT, writes nothing and fails with [`Interrupted`].
     pub async fn run_job(
         &mut self,
         cfg: &RunConfig,
@@ -487,7 +529,11 @@ impl WorkerPool {
         started: Instant,
     ) -> anyhow::Result<Summary> {
         let total = self.lock().index.len() as u64;
-        watch(&self.state, &mut self.workers, total).await?;
+        let drain = Drain {
+            shutdown: &self.shutdown,
+            timeout: cfg.drain_timeout,
+        };
+        watch(&self.state, &mut self.workers, total, &drain).await?;
         let st = self.lock();
         let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
             (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
@@ -612,23 +658,14 @@ fn wire_job_id(job_id: &str, n: u64) -> String {
 
 /// Keeps the process (and so /metrics) up after the reports, so a scraper sees the final values; a
 /// SIGTERM or SIGINT ends the wait early.
-async fn linger(how_long: Duration) {
+async fn linger(how_long: Duration, shutdown: &Shutdown) {
     tracing::info!(
         seconds = how_long.as_secs_f64(),
         "reports written; serving final metrics (SIGTERM ends this)"
     );
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
     tokio::select! {
         _ = tokio::time::sleep(how_long) => {}
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
+        _ = shutdown.wait() => {}
     }
 }
 
@@ -646,7 +683,9 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let svc =
         tonic::service::interceptor::InterceptedService::new(svc, CheckToken { expected: token });
-    let mut server = tonic::transport::Server::builder();
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(WORKER_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(WORKER_KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
         server = server
             .tls_config(tls)
@@ -671,8 +710,27 @@ fn tokio_stream_from(
     })
 }
 
-/// Drives expiry, notices dead local workers and reports progress until the job is finished.
-async fn watch(state: &Shared, children: &mut [LocalWorker], total: u64) -> anyhow::Result<()> {
+/// What ends a job early: a drain asked for by a signal, and how long it may take.
+struct Drain<'a> {
+    shutdown: &'a Shutdown,
+    timeout: Duration,
+}
+
+/// Shards of the current job with an accepted result.
+fn shards_done(st: &RunState) -> usize {
+    (0..st.sched.shard_count() as u64)
+        .filter(|&i| st.sched.state_of(ShardId(i)) == ShardState::Done)
+        .count()
+}
+
+/// Drives expiry, notices dead local workers and reports progress until the job is finished, or until
+/// a drain asked for by a signal is over.
+async fn watch(
+    state: &Shared,
+    children: &mut [LocalWorker],
+    total: u64,
+    drain: &Drain<'_>,
+) -> anyhow::Result<()> {
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(total);
@@ -686,6 +744,8 @@ async fn watch(state: &Shared, children: &mut [LocalWorker], total: u64) -> anyh
     });
     let start = Instant::now();
     let mut last_log = Instant::now();
+    // When the drain began, by which signal, and the shards done by then.
+    let mut draining: Option<(Instant, Signal, usize)> = None;
     loop {
         tokio::time::sleep(TICK).await;
         for w in children.iter_mut() {
@@ -701,39 +761,123 @@ async fn watch(state: &Shared, children: &mut [LocalWorker], total: u64) -> anyh
                 }
             }
         }
-        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = st.now();
-        st.sched.expire(now);
-        if st.fatal.is_none() {
-            st.fatal = refused_by_all(&st, children);
-        }
-        if let Some(f) = &st.fatal {
-            bail!("{f}");
-        }
-        let done = st.live.samples_done;
-        let msg = format!(
-            "workers {}  bad {}  in flight {}",
-            st.workers.len(),
-            st.live.bad_samples,
-            st.sched.leases_in_flight()
-        );
-        if let Some(b) = &bar {
-            b.set_position(done);
-            b.set_message(msg.clone());
-        } else if last_log.elapsed() >= LOG_EVERY {
-            last_log = Instant::now();
-            let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            eprintln!("progress: {done}/{total} samples ({rate:.1}/s)  {msg}");
-        }
-        if st.finished() {
-            if let Some(b) = &bar {
-                b.finish_and_clear();
+        // Set when the drain is over: (signal, shards done when it began, shards abandoned).
+        let drained = {
+            let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+            if draining.is_none()
+                && let Some(signal) = drain.shutdown.requested()
+            {
+                st.intake = Intake::Draining;
+                eprintln!(
+                    "tresnet-coordinator: {signal}: draining: no new leases; waiting up to {:.1} s for \
+                     the {} shards in flight (send {signal} again to exit at once)",
+                    drain.timeout.as_secs_f64(),
+                    st.sched.leases_in_flight()
+                );
+                draining = Some((Instant::now(), signal, shards_done(&st)));
             }
-            return Ok(());
+            let now = st.now();
+            st.sched.expire(now);
+            if st.fatal.is_none() {
+                st.fatal = refused_by_all(&st, children);
+            }
+            if let Some(f) = &st.fatal {
+                bail!("{f}");
+            }
+            let done = st.live.samples_done;
+            let msg = format!(
+                "workers {}  bad {}  in flight {}",
+                st.workers.len(),
+                st.live.bad_samples,
+                st.sched.leases_in_flight()
+            );
+            if let Some(b) = &bar {
+                b.set_position(done);
+                b.set_message(msg.clone());
+            } else if last_log.elapsed() >= LOG_EVERY {
+                last_log = Instant::now();
+                let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                eprintln!("progress: {done}/{total} samples ({rate:.1}/s)  {msg}");
+            }
+            if st.finished() {
+                // Also when the last shards landed during a drain: the run is whole, and so is its
+                // report.
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                return Ok(());
+            }
+            match draining {
+                Some((since, signal, done_before)) => {
+                    let in_flight = st.sched.leases_in_flight();
+                    (in_flight == 0 || since.elapsed() >= drain.timeout).then(|| {
+                        // From here on nothing more is accepted, so the journal writes waited for
+                        // below are the last ones.
+                        st.intake = Intake::Closed;
+                        (signal, done_before, in_flight)
+                    })
+                }
+                None => {
+                    if !children.is_empty() && children.iter().all(|w| !w.alive) {
+                        bail!(
+                            "every local worker exited before the job finished; see their errors above"
+                        );
+                    }
+                    None
+                }
+            }
+        };
+        if let Some((signal, done_before, abandoned)) = drained {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            return Err(stop_after_drain(state, signal, done_before, abandoned)
+                .await
+                .into());
         }
-        if !children.is_empty() && children.iter().all(|w| !w.alive) {
-            bail!("every local worker exited before the job finished; see their errors above");
+    }
+}
+
+/// Ends a drain: waits for the journal writes of the shards already accepted, then says where the run
+/// stands. `abandoned` shards were still in flight when the drain ran out of time.
+async fn stop_after_drain(
+    state: &Shared,
+    signal: Signal,
+    done_before: usize,
+    abandoned: usize,
+) -> Interrupted {
+    let deadline = Instant::now() + JOURNAL_FLUSH_LIMIT;
+    loop {
+        let pending = state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .journal_pending;
+        if pending == 0 || Instant::now() >= deadline {
+            break;
         }
+        tokio::time::sleep(TICK).await;
+    }
+    let st = state.lock().unwrap_or_else(|p| p.into_inner());
+    let done = shards_done(&st);
+    let mut progress = format!(
+        "{} of {} shards are journaled in {}; {} results in flight were taken in while draining, {} \
+         shards still in flight were abandoned",
+        done - st.journal_pending as usize,
+        st.sched.shard_count(),
+        st.journal.url(),
+        done.saturating_sub(done_before),
+        abandoned
+    );
+    if st.journal_pending > 0 {
+        progress.push_str(&format!(
+            "; {} journal writes did not finish within {:?} (their shards are recomputed on resume)",
+            st.journal_pending, JOURNAL_FLUSH_LIMIT
+        ));
+    }
+    Interrupted {
+        signal,
+        what: "run".into(),
+        progress,
     }
 }
 

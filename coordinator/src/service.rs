@@ -65,6 +65,18 @@ pub struct LiveStats {
     pub timeline: Vec<crate::report::TimelineEvent>,
 }
 
+/// Whether the coordinator takes on work: a drain (SIGTERM/SIGINT) first stops leasing while results in
+/// flight are still recorded, then stops recording too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    Open,
+    /// No new leases (workers are told to ask again later, so they keep and finish what they hold);
+    /// complete results are still accepted and journaled.
+    Draining,
+    /// Nothing more is accepted: the journal is final for this process.
+    Closed,
+}
+
 /// Everything the RPC handlers and the run loop share.
 #[derive(Debug)]
 pub struct RunState {
@@ -89,6 +101,7 @@ pub struct RunState {
     pub last_job: bool,
     /// Workers that heard "finished": the coordinator keeps serving until each registered one has.
     pub told_finished: BTreeSet<WorkerId>,
+    pub intake: Intake,
     start: Instant,
 }
 
@@ -119,6 +132,7 @@ impl RunState {
             refusals: BTreeMap::new(),
             last_job: true,
             told_finished: BTreeSet::new(),
+            intake: Intake::Open,
             start: Instant::now(),
         }
     }
@@ -239,7 +253,12 @@ impl Coordinator for CoordinatorService {
             }));
         }
         let mut leases = Vec::new();
-        for _ in 0..r.max_shards.clamp(1, st.max_shards_per_lease) {
+        // Draining: none, and the worker asks again later (keeping the leases it holds alive).
+        let wanted = match st.intake {
+            Intake::Open => r.max_shards.clamp(1, st.max_shards_per_lease),
+            Intake::Draining | Intake::Closed => 0,
+        };
+        for _ in 0..wanted {
             let Some(g) = st.sched.lease(&id, now) else {
                 break;
             };
@@ -425,6 +444,12 @@ impl Coordinator for CoordinatorService {
         // be a PUT to an object store) while `journal_pending` keeps the run from finishing early.
         let (record, journal, n_bad) = {
             let mut st = self.lock();
+            if st.intake == Intake::Closed {
+                return Err(Status::failed_precondition(format!(
+                    "the coordinator is shutting down and records nothing more; {shard} was not \
+                     recorded (a rerun recomputes it)"
+                )));
+            }
             // The store's failures happened whether or not this result is used.
             st.live.store_retries += trailer.map_or(0, |t| t.store_retries);
             let bad = results.iter().find(|r| !r.error.is_empty());
@@ -684,17 +709,19 @@ mod tests {
         }
     }
 
-    /// Serves `shared` on a loopback port; returns a connected, registered client and the stopper.
-    async fn serve_registered(
-        shared: &Shared,
-    ) -> (
-        CoordinatorClient<tonic::transport::Channel>,
-        tokio::sync::oneshot::Sender<()>,
-    ) {
+    /// `shared` served on a loopback port, with a client registered as worker `w`.
+    struct Served {
+        client: CoordinatorClient<tonic::transport::Channel>,
+        registration: pb::RegisterResponse,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    }
+
+    async fn serve_registered(shared: &Shared, pid: u32) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(crate::run::serve(
+        let server = tokio::spawn(crate::run::serve(
             listener,
             shared.clone(),
             None,
@@ -703,17 +730,25 @@ mod tests {
                 let _ = stopped.await;
             },
         ));
-        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
+        let mut client = CoordinatorClient::connect(format!("http://{addr}"))
             .await
             .unwrap();
-        c.register(pb::RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            worker_id: "w".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        (c, stop)
+        let registration = client
+            .register(pb::RegisterRequest {
+                protocol_version: PROTOCOL_VERSION,
+                worker_id: "w".into(),
+                pid,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        Served {
+            client,
+            registration,
+            stop,
+            server,
+        }
     }
 
     fn lease_req(job: &str) -> pb::LeaseRequest {
@@ -731,7 +766,12 @@ mod tests {
     async fn environment_faults_are_retried_then_fail_the_shard_never_bad_samples() {
         let dir = tempfile::tempdir().unwrap();
         let shared: Shared = Arc::new(Mutex::new(state(dir.path(), "J#1", 2)));
-        let (mut c, _stop) = serve_registered(&shared).await;
+        // The stopper is held: dropping it would stop the server.
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
         let release = |lease_id, reason: pb::ReleaseReason, error: &str| pb::ReleaseRequest {
             worker_id: "w".into(),
             lease_id,
@@ -787,7 +827,12 @@ mod tests {
         let mut st = state(dir.path(), "J#1", 2);
         st.fail_on_bad_sample = true;
         let shared: Shared = Arc::new(Mutex::new(st));
-        let (mut c, _stop) = serve_registered(&shared).await;
+        // The stopper is held: dropping it would stop the server.
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
         let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
         let mut submit = vec![header("J#1", 0, l[0].lease_id)];
         submit.push(pb::SubmitRequest {
@@ -842,31 +887,12 @@ mod tests {
     async fn requests_of_a_finished_job_never_touch_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
         let shared: Shared = Arc::new(Mutex::new(state(&dir.path().join("a"), "A#1", 2)));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::run::serve(
-            listener,
-            shared.clone(),
-            None,
-            None,
-            async {
-                let _ = stopped.await;
-            },
-        ));
-        let mut c = CoordinatorClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
-        let reg = c
-            .register(pb::RegisterRequest {
-                protocol_version: PROTOCOL_VERSION,
-                worker_id: "w".into(),
-                pid: 7,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let Served {
+            client: mut c,
+            registration: reg,
+            stop,
+            server,
+        } = serve_registered(&shared, 7).await;
         assert_eq!(reg.job.unwrap().job_id, "A#1");
         let lease = |job: &str| pb::LeaseRequest {
             worker_id: "w".into(),

@@ -60,6 +60,7 @@ use crate::cli::{Cli, Command};
 use crate::finished_run::{self, RunSummary};
 use crate::metrics::Observed;
 use crate::run::{self, WorkerPool};
+use crate::shutdown::{Interrupted, Shutdown};
 use crate::table::Table;
 
 /// `run` flags the matrix sets itself; the `[run]` table may not.
@@ -387,8 +388,11 @@ fn finished(dir: &Path, job: &tresnet_common::job::JobSpec) -> Option<RunSummary
 }
 
 /// Runs every unfinished cell, then writes the sweep tables; a failed cell is recorded and the sweep
-/// goes on, so one bad checkpoint does not cost the rest of the matrix.
+/// goes on, so one bad checkpoint does not cost the rest of the matrix. SIGTERM/SIGINT drains the cell
+/// that is running (as `run` does) and stops the sweep there without writing tables: a rerun skips
+/// the finished cells and resumes that one from its journal.
 pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
+    let shutdown = Shutdown::listen().context("cannot listen for SIGTERM and SIGINT")?;
     let file = SweepFile::read(&cfg.file)?;
     let base = cfg.file.parent().map(Path::to_path_buf).unwrap_or_default();
     let out = match (&cfg.out, &file.out) {
@@ -410,11 +414,23 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     let order = run_order(&cells, &file.precisions);
     let mut slots: Vec<Option<Cell>> = cells.into_iter().map(Some).collect();
     let mut done: Vec<Option<CellResult>> = vec![None; total];
+    let mut interrupted: Option<anyhow::Error> = None;
     for (n, &i) in order.iter().enumerate() {
         let cell = slots[i].take().expect("each cell runs once");
         let dir = out.join(&cell.name);
         let tag = format!("sweep: cell {}/{total} {}", n + 1, cell.name);
-        let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed).await;
+        if let Some(signal) = shutdown.requested() {
+            interrupted = Some(
+                Interrupted {
+                    signal,
+                    what: "sweep".into(),
+                    progress: format!("stopped before {tag}"),
+                }
+                .into(),
+            );
+            break;
+        }
+        let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed, &shutdown).await;
         let (status, summary, error) = match ran {
             // Written, but short of the dataset: the cell is not done, and a rerun resumes it.
             Ok((_, s)) if s.failed_samples > 0 => {
@@ -426,6 +442,10 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
                 (CellStatus::Failed, Some(s), Some(why))
             }
             Ok((status, s)) => (status, Some(s), None),
+            Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
+                interrupted = Some(e.context(tag));
+                break;
+            }
             Err(e) => {
                 eprintln!("{tag}: FAILED: {e:#}");
                 (CellStatus::Failed, None, Some(format!("{e:#}")))
@@ -442,6 +462,10 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     results.extend(done.into_iter().flatten());
     if let Some(pool) = pool {
         pool.close().await;
+    }
+    if let Some(e) = interrupted {
+        // No tables: they would present a partial matrix as the sweep's outcome.
+        return Err(e);
     }
     let outcome = SweepOutcome {
         out: out.clone(),
@@ -475,6 +499,7 @@ async fn run_cell(
     tag: &str,
     pool: &mut Option<WorkerPool>,
     observed: &Observed,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<(CellStatus, RunSummary)> {
     let args = cell.run_args(dir, flags);
     let run_cfg = match Cli::try_parse_from(&args) {
@@ -487,7 +512,7 @@ async fn run_cell(
         Err(e) => bail!("invalid run flags for this cell: {e}"),
     };
     let started = std::time::Instant::now();
-    let (job, index) = run::plan(&run_cfg).await?;
+    let (job, index) = run::plan_unless_stopped(&run_cfg, shutdown).await?;
     if let Some(s) = finished(dir, &job) {
         eprintln!("{tag}: finished earlier, skipping");
         return Ok((CellStatus::Skipped, s));
@@ -501,7 +526,7 @@ async fn run_cell(
             p.install(state);
             p
         }
-        None => pool.insert(WorkerPool::start(&run_cfg, state, observed).await?),
+        None => pool.insert(WorkerPool::start(&run_cfg, state, observed, shutdown.clone()).await?),
     };
     tracing::info!(cell = %cell.name, local_worker_pids = ?pool.local_pids(), "cell on the worker pool");
     pool.run_job(&run_cfg, &job, started).await?;

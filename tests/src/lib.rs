@@ -1,7 +1,9 @@
 //! Helpers for the cross-process tests: locating the built binaries and generated fixtures, running
 //! the coordinator, and reading its run directory.
 
+pub mod azurite;
 pub mod fault_proxy;
+pub mod gcs;
 pub mod s3;
 
 use std::collections::BTreeMap;
@@ -350,6 +352,60 @@ impl Watched {
         }
     }
 
+    /// Moves every line printed so far (waiting up to `linger` for more) into the remembered ones, and
+    /// returns them all, one per line.
+    fn collect(&self, linger: Duration) -> String {
+        let mut g = self.seen.lock().unwrap();
+        let (seen, rx) = &mut *g;
+        let until = Instant::now() + linger;
+        while let Ok(line) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            seen.push(line);
+        }
+        seen.join("\n")
+    }
+
+    /// Everything it has printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.collect(Duration::ZERO)
+    }
+
+    /// Everything it printed on stderr, once it has exited: waits (up to a few seconds) for the pipe to
+    /// close, which it does when the process and any children that share its stderr are gone.
+    pub fn stderr_at_exit(&self) -> String {
+        self.collect(Duration::from_secs(5))
+    }
+
+    /// The first stderr line containing `needle`, waiting up to `limit` for it.
+    pub fn wait_for_line_containing(&self, needle: &str, limit: Duration) -> String {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.stderr_so_far().lines().find(|l| l.contains(needle)) {
+                return l.to_string();
+            }
+            assert!(
+                Instant::now() < until,
+                "no stderr line containing {needle:?} within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Its exit status, waiting up to `limit` for it.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < until,
+                "process {} did not exit within {limit:?}",
+                self.child.id()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The `host:port` printed by a `--metrics-listen` listener.
     pub fn metrics_addr(&self) -> String {
         self.wait_for(tresnet_common::observability::LISTENING_PREFIX)
@@ -445,4 +501,58 @@ pub fn kill_run_midway(child: &mut Child, at_least: usize, progress: impl Fn() -
         let _ = Command::new("kill").args(["-9", &w.to_string()]).status();
     }
     seen
+}
+
+/// A port on 127.0.0.1 that was free a moment ago, for a process that must be told its address before
+/// the one that listens on it starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The shard records (`*.pb`) in a local journal folder.
+pub fn journal_records(journal: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(journal)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pb"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Polls `cond` every 50 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < until, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends the signal `name` (as `kill -s` spells it: TERM, INT, STOP, CONT, KILL) to `pid`.
+pub fn send_signal(pid: u32, name: &str) {
+    let st = Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill -s {name} {pid} failed");
+}
+
+/// Whether process `pid` is gone: no longer there, or a zombie that nothing has reaped (an orphan's
+/// new parent in a container may never reap it).
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
 }

@@ -16,6 +16,20 @@ pub const SECRET_KEY: &str = "tresnet-test-secret";
 /// loaded CI machine.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Retries for the stores the tests build in-process: a broken server should fail the test in seconds,
+/// not after object_store's 3 minutes.
+pub fn test_retry() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            base: 2.0,
+        },
+        max_retries: 2,
+        retry_timeout: Duration::from_secs(10),
+    }
+}
+
 /// One s3s-fs process with its own root folder; killed (by its pid) when dropped.
 pub struct S3Server {
     child: Child,
@@ -49,16 +63,7 @@ impl S3Server {
             s3_access_key_id: Some(ACCESS_KEY.into()),
             s3_secret_access_key: Some(secret.into()),
             s3_session_token: None,
-            // A broken server should fail the test in seconds, not after object_store's 3 minutes.
-            retry: RetryConfig {
-                backoff: BackoffConfig {
-                    init_backoff: Duration::from_millis(50),
-                    max_backoff: Duration::from_millis(500),
-                    base: 2.0,
-                },
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(10),
-            },
+            retry: test_retry(),
             ..StorageOptions::default()
         }
     }

@@ -12,7 +12,6 @@ use futures::StreamExt;
 use tch::Device;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tresnet_common::dataset::{Sample, SampleSource};
 use tresnet_common::error_text::with_causes;
@@ -28,6 +27,7 @@ use tresnet_common::storage::{StorageLocation, StorageOptions, request_failures}
 use crate::dataset_cache::{DatasetCache, EntryKey};
 use crate::executor::{self, Batch, ExecutorConfig, ModelKey, Work, WorkSender};
 use crate::fault::{self, EnvironmentFault, Fault, SampleFault, ShardError};
+use crate::link::{CallError, Link, LinkPolicy, Outgoing, Submission, Unreachable};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::decode::RgbImage;
 use crate::preprocess::{PreprocessError, PreprocessedImage, Preprocessor, crop};
@@ -61,6 +61,8 @@ pub struct AgentConfig {
     pub dataset_cache: Option<Arc<DatasetCache>>,
     /// Timeouts and retries of the object-store client.
     pub storage: StorageOptions,
+    /// RPC deadlines and how long a silent coordinator is waited for.
+    pub link: LinkPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,9 +90,12 @@ pub enum AgentError {
     Storage { url: String, reason: String },
     #[error("coordinator {url}: {status}")]
     Rpc { url: String, status: String },
+    /// The coordinator stayed silent for the whole `--coordinator-patience-ms`.
+    #[error(transparent)]
+    Unreachable(#[from] Unreachable),
 }
 
-type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
+type Client = crate::link::Client;
 
 /// How work reaches the executors: one shared queue (normal jobs), or one queue per executor with
 /// batches dealt round-robin and per-lease reductions broadcast to all (counts-only jobs).
@@ -203,6 +208,7 @@ impl Dispatch {
 
 struct Shared {
     client: Client,
+    link: Link,
     worker_id: String,
     job: Arc<WorkerJob>,
     location: StorageLocation,
@@ -251,12 +257,14 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         })
     };
     let url = cfg.coordinator.clone();
-    let mut endpoint = Channel::from_shared(url.clone())
-        .map_err(|e| AgentError::Rpc {
-            url: url.clone(),
-            status: e.to_string(),
-        })?
-        .connect_timeout(Duration::from_secs(10));
+    let link = Link::new(&url, cfg.link, draining.clone());
+    let mut endpoint =
+        cfg.link.configure(
+            Channel::from_shared(url.clone()).map_err(|e| AgentError::Rpc {
+                url: url.clone(),
+                status: e.to_string(),
+            })?,
+        );
     if tresnet_common::protocol::tls::is_https(&url) {
         let tls = tresnet_common::protocol::tls::client_config(
             cfg.tls_ca.as_deref(),
@@ -268,44 +276,60 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             reason: with_causes(e.to_string(), std::error::Error::source(&e)),
         })?;
     }
-    let channel = endpoint.connect().await.map_err(|e| AgentError::Connect {
-        url: url.clone(),
-        hint: connect_hint(&url),
-        reason: with_causes(e.to_string(), std::error::Error::source(&e)),
-    })?;
+    // Workers may start before their coordinator listens: connecting and registering wait for it, as
+    // every later call does, for the patience.
+    let channel = link
+        .connect(|| endpoint.connect())
+        .await
+        .map_err(|e| match e {
+            CallError::Refused(e) => AgentError::Connect {
+                url: url.clone(),
+                hint: connect_hint(&url),
+                reason: with_causes(e.to_string(), std::error::Error::source(&e)),
+            },
+            CallError::Unreachable(u) => u.into(),
+        })?;
     let attach = AttachToken::new(cfg.token.as_deref()).map_err(|e| AgentError::Rpc {
         url: url.clone(),
         status: e,
     })?;
-    let mut client = CoordinatorClient::with_interceptor(channel, attach)
+    let client = CoordinatorClient::with_interceptor(channel, Outgoing::new(attach, &cfg.link))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let software = crate::software::report(&cfg.devices);
-    let reg = client
-        .register(pb::RegisterRequest {
-            protocol_version: PROTOCOL_VERSION,
-            worker_id: cfg.worker_id.clone(),
-            hostname: hostname(),
-            devices: cfg.device_names.clone(),
-            capacity: cfg.prefetch_shards,
-            software: Some((&software).into()),
-            pid: std::process::id(),
+    let registration = pb::RegisterRequest {
+        protocol_version: PROTOCOL_VERSION,
+        worker_id: cfg.worker_id.clone(),
+        hostname: hostname(),
+        devices: cfg.device_names.clone(),
+        capacity: cfg.prefetch_shards,
+        software: Some((&software).into()),
+        pid: std::process::id(),
+    };
+    let reg = link
+        .call("register", || {
+            let mut client = client.clone();
+            let req = registration.clone();
+            async move { client.register(req).await }
         })
         .await
-        .map_err(|s| AgentError::Register {
-            url: url.clone(),
-            // Only a transport failure (no gRPC answer at all: the status wraps a transport error)
-            // suggests a TLS mismatch; the coordinator's own refusals carry no source.
-            hint: if std::error::Error::source(&s).is_some()
-                || matches!(
-                    s.code(),
-                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
-                ) {
-                connect_hint(&url)
-            } else {
-                ""
+        .map_err(|e| match e {
+            CallError::Refused(s) => AgentError::Register {
+                url: url.clone(),
+                // Only a transport failure (no gRPC answer at all: the status wraps a transport
+                // error) suggests a TLS mismatch; the coordinator's own refusals carry no source.
+                hint: if std::error::Error::source(&s).is_some()
+                    || matches!(
+                        s.code(),
+                        tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+                    ) {
+                    connect_hint(&url)
+                } else {
+                    ""
+                },
+                status: status_text(&s),
             },
-            status: status_text(&s),
+            CallError::Unreachable(u) => u.into(),
         })?
         .into_inner();
     let heartbeat_every = Duration::from_millis(u64::from(reg.heartbeat_interval_ms.max(50)));
@@ -322,7 +346,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         }
         let pb_job = match next.take() {
             Some(j) => j,
-            None => match next_job(&mut client, &cfg.worker_id, &previous, &url).await {
+            None => match next_job(&link, &client, &cfg.worker_id, &previous, &url).await {
                 Ok(Some(j)) => j,
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(e),
@@ -332,6 +356,7 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
         match run_job(
             &cfg,
             &client,
+            &link,
             pb_job,
             &mut executors,
             &draining,
@@ -345,15 +370,20 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             }
             Err(JobError::Refused(e)) => {
                 tracing::error!(job = %previous, error = %e, "cannot run this job; telling the coordinator");
-                let refusal = client
-                    .refuse_job(pb::RefuseJobRequest {
-                        worker_id: cfg.worker_id.clone(),
-                        job_id: previous.clone(),
-                        error: e.to_string(),
+                let refusal = pb::RefuseJobRequest {
+                    worker_id: cfg.worker_id.clone(),
+                    job_id: previous.clone(),
+                    error: e.to_string(),
+                };
+                let told = link
+                    .call("refuse_job", || {
+                        let mut client = client.clone();
+                        let req = refusal.clone();
+                        async move { client.refuse_job(req).await }
                     })
                     .await;
-                if let Err(s) = refusal {
-                    break Err(rpc_error(&url)(s));
+                if let Err(e) = told {
+                    break Err(call_error(&url, e));
                 }
                 refused = Some(e);
             }
@@ -375,19 +405,25 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
 /// Asks for the job after `previous`, waiting while the coordinator is between jobs; `None` when it has
 /// no further job.
 async fn next_job(
-    client: &mut Client,
+    link: &Link,
+    client: &Client,
     worker_id: &str,
     previous: &str,
     url: &str,
 ) -> Result<Option<pb::JobSpec>, AgentError> {
+    let req = pb::NextJobRequest {
+        worker_id: worker_id.to_string(),
+        previous_job_id: previous.to_string(),
+    };
     loop {
-        let r = client
-            .next_job(pb::NextJobRequest {
-                worker_id: worker_id.to_string(),
-                previous_job_id: previous.to_string(),
+        let r = link
+            .call("next_job", || {
+                let mut client = client.clone();
+                let req = req.clone();
+                async move { client.next_job(req).await }
             })
             .await
-            .map_err(rpc_error(url))?
+            .map_err(|e| call_error(url, e))?
             .into_inner();
         if r.finished {
             return Ok(None);
@@ -444,6 +480,7 @@ impl Executors {
 async fn run_job(
     cfg: &AgentConfig,
     client: &Client,
+    link: &Link,
     pb_job: pb::JobSpec,
     executors: &mut Option<Executors>,
     draining: &Arc<std::sync::atomic::AtomicBool>,
@@ -515,6 +552,7 @@ async fn run_job(
     }
     let shared = Arc::new(Shared {
         client: client.clone(),
+        link: link.clone(),
         worker_id: cfg.worker_id.clone(),
         gather_logits,
         job: Arc::new(job),
@@ -557,8 +595,16 @@ fn rpc_error(url: &str) -> impl Fn(tonic::Status) -> AgentError + '_ {
     }
 }
 
+/// Turns an RPC that got no answer it could use, after the link's retries, into the agent's error.
+fn call_error(url: &str, e: CallError<tonic::Status>) -> AgentError {
+    match e {
+        CallError::Refused(s) => rpc_error(url)(s),
+        CallError::Unreachable(u) => u.into(),
+    }
+}
+
 /// A status's message, or its code when the message is empty (transport failures often have none).
-fn status_text(s: &tonic::Status) -> String {
+pub(crate) fn status_text(s: &tonic::Status) -> String {
     let text = if s.message().is_empty() {
         format!("{:?}", s.code())
     } else {
@@ -574,8 +620,11 @@ pub fn hostname() -> String {
 }
 
 async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<(), AgentError> {
-    let mut client = shared.client.clone();
     loop {
+        // The heartbeat task gave up on the coordinator while every lease slot was busy.
+        if let Some(lost) = shared.link.lost() {
+            return Err(lost.into());
+        }
         let active = {
             let mut a = shared.active.lock().unwrap_or_else(|p| p.into_inner());
             a.retain(|_, h| !h.is_finished());
@@ -593,14 +642,22 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
             tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         }
-        let resp = client
-            .lease(pb::LeaseRequest {
-                worker_id: shared.worker_id.clone(),
-                max_shards: capacity - active,
-                job_id: shared.job.job_id.clone(),
+        // Not idempotent: if an answer is lost on the way, its leases are orphaned until they expire
+        // on the coordinator and are granted again, which exactly-once accounting absorbs.
+        let req = pb::LeaseRequest {
+            worker_id: shared.worker_id.clone(),
+            max_shards: capacity - active,
+            job_id: shared.job.job_id.clone(),
+        };
+        let resp = shared
+            .link
+            .call("lease", || {
+                let mut client = shared.client.clone();
+                let req = req.clone();
+                async move { client.lease(req).await }
             })
             .await
-            .map_err(rpc_error(url))?
+            .map_err(|e| call_error(url, e))?
             .into_inner();
         if resp.job_done {
             return Ok(());
@@ -625,25 +682,34 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
     }
 }
 
+/// Keeps this worker's leases alive; when the coordinator stays silent for the patience it gives up on
+/// it (the link then fails every call, and the lease loop ends the job with that error).
 async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
-    let mut client = shared.client.clone();
     loop {
         tokio::time::sleep(every).await;
-        let ids: Vec<u64> = shared
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, h)| !h.is_finished())
-            .map(|(id, _)| *id)
-            .collect();
-        let req = pb::HeartbeatRequest {
-            worker_id: shared.worker_id.clone(),
-            lease_ids: ids,
-            samples_done: shared.samples_done.load(Ordering::Relaxed),
-            job_id: shared.job.job_id.clone(),
-        };
-        match client.heartbeat(req).await {
+        let beat = shared
+            .link
+            .call("heartbeat", || {
+                // Built per attempt: a retried heartbeat names the leases live now.
+                let ids: Vec<u64> = shared
+                    .active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|(_, h)| !h.is_finished())
+                    .map(|(id, _)| *id)
+                    .collect();
+                let req = pb::HeartbeatRequest {
+                    worker_id: shared.worker_id.clone(),
+                    lease_ids: ids,
+                    samples_done: shared.samples_done.load(Ordering::Relaxed),
+                    job_id: shared.job.job_id.clone(),
+                };
+                let mut client = shared.client.clone();
+                async move { client.heartbeat(req).await }
+            })
+            .await;
+        match beat {
             Ok(r) => {
                 let r = r.into_inner();
                 let mut active = shared.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -653,7 +719,13 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+            Err(CallError::Refused(e)) => {
+                tracing::warn!(error = %status_text(&e), "heartbeat failed")
+            }
+            Err(CallError::Unreachable(u)) => {
+                tracing::error!(error = %u, "giving up on the coordinator");
+                return;
+            }
         }
     }
 }
@@ -663,16 +735,6 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
 const FETCH_ATTEMPTS: u32 = 2;
 /// Pause before the second try; the store's own backoff has already waited.
 const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
-
-/// Aborts a spawned task when dropped: a shard given up midway cancels its submit stream (the
-/// coordinator sees a cancelled RPC, not a short submission).
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Runs one leased shard. A shard that cannot be finished here is handed back with its reason and
 /// never submitted: its samples are not the data's fault.
@@ -750,10 +812,7 @@ async fn process_shard(
     })
     .await
     .map_err(stream_closed)?;
-    let mut client = shared.client.clone();
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut submit = AbortOnDrop(tokio::spawn(async move { client.submit(stream).await }));
+    let submit = Submission::start(shared.link.clone(), shared.client.clone(), rx);
     let batch_size = shared.job.batch_size as usize;
     let side = shared.job.preprocess.resolution as i64;
     let prepared = futures::stream::iter(samples)
@@ -832,7 +891,7 @@ async fn process_shard(
     .map_err(stream_closed)?;
     drop(tx);
     let submit_start = std::time::Instant::now();
-    let resp = (&mut submit.0)
+    let resp = submit
         .await
         .map_err(|e| EnvironmentFault::Task(e.to_string()))?
         .map_err(|s| EnvironmentFault::Coordinator(format!("submit refused: {}", status_text(&s))))?

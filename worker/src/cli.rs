@@ -84,6 +84,15 @@ pub struct JoinArgs {
     /// per batch from every device.
     #[arg(long)]
     pub gather_logits: bool,
+    /// Deadline of each RPC to the coordinator, in milliseconds. The HTTP/2 keepalive notices a frozen or
+    /// partitioned coordinator within about as long, also while a shard's results stream to it.
+    #[arg(long, default_value_t = crate::link::DEFAULT_RPC_TIMEOUT.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub rpc_timeout_ms: u64,
+    /// How long to keep retrying, with backoff, a coordinator that does not answer (not listening yet,
+    /// frozen, partitioned), in milliseconds; then the worker exits with an error naming it.
+    #[arg(long, default_value_t = crate::link::DEFAULT_COORDINATOR_PATIENCE.as_millis() as u64)]
+    pub coordinator_patience_ms: u64,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,

@@ -98,10 +98,12 @@ mod tests {
             StorageError::AccessDenied {
                 url: "s3://b/x".into(),
                 detail: "AccessDenied".into(),
+                credentials_hint: "AWS_ACCESS_KEY_ID",
             },
             StorageError::Unauthenticated {
                 url: "s3://b/x".into(),
                 detail: "no credentials".into(),
+                credentials_hint: "AWS_ACCESS_KEY_ID",
             },
         ] {
             assert!(!env.is_sample_fault(), "{env}");

@@ -7,6 +7,7 @@ use anyhow::Context;
 use crate::agent::{self, AgentConfig};
 use crate::cli::JoinArgs;
 use crate::dataset_cache::{self, DatasetCache};
+use crate::link::LinkPolicy;
 use crate::metrics::WorkerMetrics;
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
@@ -52,6 +53,10 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         dataset_cache,
         storage: args.store.options(),
+        link: LinkPolicy {
+            rpc_timeout: Duration::from_millis(args.rpc_timeout_ms),
+            patience: Duration::from_millis(args.coordinator_patience_ms),
+        },
     };
     if cfg.tls_ca.is_some() && !tresnet_common::protocol::tls::is_https(&cfg.coordinator) {
         anyhow::bail!(

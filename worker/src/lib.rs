@@ -24,6 +24,8 @@ pub mod infer;
 #[cfg(feature = "torch")]
 pub mod join;
 #[cfg(feature = "torch")]
+pub mod link;
+#[cfg(feature = "torch")]
 pub mod metrics;
 #[cfg(feature = "torch")]
 pub mod model;

@@ -2,6 +2,7 @@
 //! the coordinator, and reading its run directory.
 
 pub mod azurite;
+pub mod fault_proxy;
 pub mod gcs;
 pub mod s3;
 
@@ -264,6 +265,49 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The TCP ports process `pid` listens on: its socket descriptors matched against the kernel's tables
+/// (Linux). For the listeners of processes that share one stderr, whose announcements may interleave.
+pub fn listening_ports(pid: u32) -> Vec<u16> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            let inode = target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        for f in text
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        {
+            const LISTEN: &str = "0A";
+            if f.len() > 9 && f[3] == LISTEN && inodes.contains(f[9]) {
+                let port = f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok());
+                ports.extend(port);
+            }
+        }
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// A child process whose stderr is echoed (prefixed with its name) and remembered, so a test can wait
 /// for a line it prints (a bound address, say).
 pub struct Watched {
@@ -408,6 +452,26 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// The sum of every series of the metric family `name` (any labels) in a Prometheus text exposition,
+/// or `None` if it has none.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.rsplit_once('}')?.1
+            } else {
+                rest
+            };
+            // Not a longer name that starts with this one.
+            value.starts_with(' ').then(|| value.trim().parse().ok())?
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Waits until `progress()` (journaled shards, say) reaches `at_least` while the run is still going,

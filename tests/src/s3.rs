@@ -42,58 +42,16 @@ pub struct S3Server {
 
 impl S3Server {
     pub fn start() -> Self {
-        let binary = std::env::var_os("TRESNET_S3S_FS").unwrap_or_else(|| {
-            panic!(
-                "TRESNET_S3S_FS is not set: run the tests through ops/test.sh, which installs s3s-fs \
-                 (ops/s3.sh) and exports the path of its binary"
-            )
-        });
-        assert!(
-            Path::new(&binary).is_file(),
-            "TRESNET_S3S_FS={} does not exist: run `source ops/env.sh && source ops/s3.sh` to install it",
-            binary.to_string_lossy()
-        );
         let root = tempfile::tempdir().unwrap();
         let log = tempfile::NamedTempFile::new().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
-        // The port is free when asked; another process could take it before s3s-fs binds, so retry.
-        for _ in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new(&binary)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-                .arg(root.path())
-                // s3s logs every request it serves at debug level (to stdout); tests count them.
-                .env("RUST_LOG", "s3s::service=debug")
-                .env("NO_COLOR", "1")
-                .stdout(log.reopen().unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.to_string_lossy()));
-            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let deadline = Instant::now() + STARTUP_TIMEOUT;
-            loop {
-                if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                    return Self {
-                        child,
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        _root: root,
-                        log,
-                    };
-                }
-                if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        let (child, port) = spawn_on(root.path(), log.path());
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _root: root,
+            log,
         }
-        panic!("s3s-fs did not start (binary {})", binary.to_string_lossy());
     }
 
     pub fn options(&self, secret: &str) -> StorageOptions {
@@ -115,6 +73,63 @@ impl S3Server {
     }
 }
 
+/// The s3s-fs binary that `ops/s3.sh` installed.
+fn binary() -> std::ffi::OsString {
+    let binary = std::env::var_os("TRESNET_S3S_FS").unwrap_or_else(|| {
+        panic!(
+            "TRESNET_S3S_FS is not set: run the tests through ops/test.sh, which installs s3s-fs \
+             (ops/s3.sh) and exports the path of its binary"
+        )
+    });
+    assert!(
+        Path::new(&binary).is_file(),
+        "TRESNET_S3S_FS={} does not exist: run `source ops/env.sh && source ops/s3.sh` to install it",
+        binary.to_string_lossy()
+    );
+    binary
+}
+
+/// Starts s3s-fs on `root` (a free port), appending its request log to `log`; returns it once it
+/// accepts connections, with its port.
+fn spawn_on(root: &Path, log: &Path) -> (Child, u16) {
+    let binary = binary();
+    // The port is free when asked; another process could take it before s3s-fs binds, so retry.
+    for _ in 0..5 {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Appended, so that a restarted server adds to the log of the one before.
+        let log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
+        let mut child = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(root)
+            // s3s logs every request it serves at debug level (to stdout); tests count them.
+            .env("RUST_LOG", "s3s::service=debug")
+            .env("NO_COLOR", "1")
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.to_string_lossy()));
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+                return (child, port);
+            }
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("s3s-fs did not start (binary {})", binary.to_string_lossy());
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -131,8 +146,13 @@ impl S3Server {
     /// The environment a child process (coordinator, worker) needs to reach this server with the
     /// standard AWS variables.
     pub fn env(&self) -> Vec<(&'static str, String)> {
+        Self::env_at(&self.endpoint)
+    }
+
+    /// [`S3Server::env`] with another endpoint: a proxy in front of the server.
+    pub fn env_at(endpoint: &str) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ENDPOINT", self.endpoint.clone()),
+            ("AWS_ENDPOINT", endpoint.to_string()),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
@@ -152,5 +172,64 @@ impl S3Server {
                 Some(rest.split(',').next()?.to_string())
             })
             .collect()
+    }
+}
+
+/// Faults of the server process itself, for the fault-injection tests (tests/tests/faults.rs).
+impl S3Server {
+    /// Where it listens (changes when it is restarted).
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("endpoint {} is not http://ip:port", self.endpoint))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the server process.
+    pub fn signal(&self, signal: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// SIGKILLs the server and reaps it; its root folder (the data) stays.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts a new server on the same root folder (after [`S3Server::kill`]); it listens on a new
+    /// port, so clients reach it through a proxy whose backend is switched to [`S3Server::addr`].
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "restart: the server {} is still running",
+            self.pid()
+        );
+        let (child, port) = spawn_on(self._root.path(), self.log.path());
+        self.child = child;
+        self.endpoint = format!("http://127.0.0.1:{port}");
+    }
+
+    /// Uploads every file below `local` to `s3://BUCKET/prefix/<relative path>` through the S3 API
+    /// (not by copying into the server's folder), so the objects carry what a real upload gives them.
+    pub fn upload_dir(&self, local: &Path, prefix: &str) {
+        let dest = self.location(&format!("s3://{BUCKET}/{prefix}"));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            for f in crate::files_under(local) {
+                let rel = f.strip_prefix(local).unwrap().to_str().unwrap();
+                dest.put(&dest.path_of(rel).unwrap(), std::fs::read(&f).unwrap())
+                    .await
+                    .unwrap();
+            }
+        });
     }
 }

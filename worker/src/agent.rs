@@ -746,8 +746,9 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
         process_shard(&shared, lease, &store_failures),
     )
     .await;
+    // /metrics reads the process-wide count as the failures happen (worker/src/metrics.rs); this
+    // shard's share goes to the coordinator with the hand-back.
     let store_retries = store_failures.load(Ordering::Relaxed);
-    shared.metrics.store_retries.inc_by(store_retries);
     let Err(e) = result else {
         return;
     };

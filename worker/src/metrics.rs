@@ -5,12 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tresnet_common::observability::{Endpoint, Readiness};
+use tresnet_common::storage::request_failures;
 
 /// Prefix of every worker metric.
 pub const PREFIX: &str = "tresnet_worker";
@@ -61,8 +64,6 @@ pub struct WorkerMetrics {
     pub bad_samples: Counter,
     pub shards_submitted: Counter,
     pub shards_failed: Counter,
-    /// Object-store requests that failed for a reason of the environment and were retried.
-    pub store_retries: Counter,
     pub leases_in_flight: Gauge,
     /// Objects served from the node's dataset cache, and objects fetched from the store into it.
     pub dataset_cache_hits: Counter,
@@ -79,7 +80,6 @@ impl Default for WorkerMetrics {
             bad_samples: Counter::default(),
             shards_submitted: Counter::default(),
             shards_failed: Counter::default(),
-            store_retries: Counter::default(),
             leases_in_flight: Gauge::default(),
             dataset_cache_hits: Counter::default(),
             dataset_cache_misses: Counter::default(),
@@ -164,12 +164,7 @@ impl WorkerMetrics {
             "Shards handed back because of a fault of the environment (store, network, device)",
             self.shards_failed.clone(),
         );
-        r.register(
-            "store_retries",
-            "Object-store requests that failed (5xx, throttling, transport error, timeout, body cut off) \
-             and were retried",
-            self.store_retries.clone(),
-        );
+        r.register_collector(Box::new(StoreRetries));
         r.register(
             "leases_in_flight",
             "Shards being worked on",
@@ -188,6 +183,25 @@ impl WorkerMetrics {
         let me = self.clone();
         let ready: Readiness = Arc::new(move || me.readiness());
         Endpoint { registry: r, ready }
+    }
+}
+
+/// `store_retries`, read at scrape time from the process-wide count of the object-store client
+/// ([`request_failures::total`]), so that the retries of a shard stuck on a failing store show while
+/// they happen, not only once the shard ends (a worker's last shard ends just before it exits).
+#[derive(Debug)]
+struct StoreRetries;
+
+impl Collector for StoreRetries {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let c = ConstCounter::new(request_failures::total());
+        c.encode(e.encode_descriptor(
+            "store_retries",
+            "Object-store requests that failed (5xx, throttling, transport error, timeout, body cut \
+             off) and were retried",
+            None,
+            c.metric_type(),
+        )?)
     }
 }
 

@@ -287,9 +287,22 @@ impl SweepFile {
             }
             table.insert(key.replace('-', "_"), value.clone());
         }
-        let args: RunArgs = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| anyhow::anyhow!("[run]: {e}"))?;
+        let parse = |t: toml::Table| toml::Value::Table(t).try_into::<RunArgs>();
+        let args = match parse(table.clone()) {
+            Ok(args) => args,
+            Err(e) => {
+                // Serde reports a flattened field's bad value without its key: find the key alone.
+                let key = table.iter().find_map(|(k, v)| {
+                    parse(toml::Table::from_iter([(k.clone(), v.clone())]))
+                        .is_err()
+                        .then(|| k.replace('_', "-"))
+                });
+                match key {
+                    Some(key) => bail!("[run] {key}: {e}"),
+                    None => bail!("[run]: {e}"),
+                }
+            }
+        };
         if let Some(key) = args.unknown.keys().next() {
             bail!("[run] has unknown key {:?}", key.replace('_', "-"));
         }
@@ -715,11 +728,21 @@ worker-arg = ["--x", "--y"]
     }
 
     #[test]
-    fn unknown_run_keys_are_refused_by_name() {
+    fn unknown_run_keys_and_bad_values_are_refused_by_name() {
         for key in ["bacth-size", "batch_size", "fold-bnn"] {
             let f: SweepFile = toml::from_str(&format!("{FILE}{key} = 4\n")).unwrap();
             let e = format!("{:#}", f.run_args().unwrap_err());
             assert!(e.contains(&format!("{key:?}")), "{key}: {e}");
+        }
+        for bad in [
+            "max-pixels = \"many\"",
+            "on-bad-sample = \"maybe\"",
+            "top-k = -1",
+        ] {
+            let f: SweepFile = toml::from_str(&format!("{FILE}{bad}\n")).unwrap();
+            let e = format!("{:#}", f.run_args().unwrap_err());
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.starts_with(&format!("[run] {key}: ")), "{bad}: {e}");
         }
     }
 

@@ -18,7 +18,7 @@ use crate::dataset::manifest;
 use crate::dataset::mat::{MatFile, MatValue};
 use crate::dataset::tar::{self, ShardIndex, TarScanner};
 use crate::npy;
-use crate::protocol::convert::{WorkerJob, sample_from_pb, sample_to_pb};
+use crate::protocol::convert::{sample_from_pb, sample_to_pb};
 use crate::protocol::pb;
 use crate::storage::{StorageLocation, StorageOptions};
 
@@ -219,12 +219,12 @@ pub fn protocol(data: &[u8]) {
             if let Ok(resp) = pb::RegisterResponse::decode(body)
                 && let Some(job) = resp.job
             {
-                let _ = WorkerJob::try_from(job);
+                let _ = crate::job::JobSpec::try_from(job);
             }
             if let Ok(resp) = pb::NextJobResponse::decode(body)
                 && let Some(job) = resp.job
             {
-                let _ = WorkerJob::try_from(job);
+                let _ = crate::job::JobSpec::try_from(job);
             }
         }
         2 => {
@@ -252,7 +252,7 @@ pub fn protocol(data: &[u8]) {
         }
         _ => {
             if let Ok(job) = pb::JobSpec::decode(body) {
-                let _ = WorkerJob::try_from(job);
+                let _ = crate::job::JobSpec::try_from(job);
             }
             if let Ok(r) = pb::SampleRef::decode(body) {
                 sample_round_trip(r);

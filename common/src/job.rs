@@ -1,5 +1,12 @@
-//! The job spec: everything that determines a run's numbers. Stored as `job.json` in the run directory
-//! (resume refuses a different spec) and sent to workers at registration.
+//! The job spec: everything that determines a run's numbers, as one typed value built from its parts
+//! (model, data, preprocessing, outputs, batching). Stored as `job.json` in the run directory (resume
+//! refuses a different spec), sent to workers at registration, and the source of both the job identity
+//! (what a journal record is sealed with) and the worker's model-reload key, so a new field is covered
+//! by both without anyone listing it.
+//!
+//! The parts that a user sets as they are (preprocessing, outputs, batching) are also the `run` flags
+//! (`#[command(flatten)]`) and the sweep `[run]` keys (serde); the model and data parts are resolved
+//! from the flags by planning (the checkpoint is hashed, the dataset listed).
 
 use serde::{Deserialize, Serialize};
 
@@ -7,8 +14,53 @@ use crate::dataset::DatasetFormat;
 use crate::ids::JobId;
 use crate::preprocess::PreprocessConfig;
 
+/// Numeric precision the model runs in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Needs CUDA.
+    Fp16,
+    Bf16,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "fp16" => Ok(Self::Fp16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!(
+                "unknown precision {other:?} (expected fp32, fp16 or bf16)"
+            )),
+        }
+    }
+}
+
 /// Whether and how full logits travel back with each sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SaveLogits {
     #[default]
@@ -41,56 +93,133 @@ impl SaveLogits {
     }
 }
 
+/// The network the workers run. A worker keeps its loaded model for the next job when this part is
+/// equal (its reload key, `tresnet_worker::executor::ModelKey`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobSpec {
-    pub job_id: JobId,
+pub struct ModelSpec {
     /// timm model name (`tresnet_m`, ...).
     pub model: String,
     /// Checkpoint path or URL as readable by the workers.
     pub weights: String,
     /// SHA-256 of the checkpoint bytes; empty in synthetic mode.
     pub weights_sha256: String,
+    pub precision: Precision,
+    pub fold_bn: bool,
+    pub leaky_slope: Option<f64>,
+    /// Model outputs (the classifier's width).
+    pub num_classes: u32,
+    /// Benchmark mode: workers produce logits without a network. Never usable for accuracy.
+    pub synthetic: bool,
+}
+
+/// The dataset, as the listing found it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSpec {
     /// Dataset location; sample paths are absolute within its store.
     pub data_url: String,
     pub format: DatasetFormat,
+    /// DatasetIndex fingerprint (keys, labels, sizes).
     pub dataset_fingerprint: String,
     pub dataset_samples: u64,
-    pub num_classes: u32,
-    pub preprocess: PreprocessConfig,
+}
+
+/// What comes back per sample. Also the `run` flags and sweep `[run]` keys of the same names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct OutputSpec {
+    /// Predictions kept per sample.
+    #[arg(long, default_value_t = DEFAULT_TOP_K)]
     pub top_k: u32,
+    /// Ship full logits back: none, fp16 or fp32.
+    #[arg(long, value_enum, default_value_t = SaveLogits::None)]
     pub save_logits: SaveLogits,
-    /// `fp32`, `fp16` or `bf16`.
-    pub precision: String,
-    pub fold_bn: bool,
-    pub batch_size: u32,
-    pub shard_size: u64,
-    pub leaky_slope: Option<f64>,
-    /// Benchmark mode: workers produce logits without a network. Never usable for accuracy.
-    pub synthetic: bool,
-    /// Workers ship reduced per-shard counts, not per-sample results: no predictions.parquet.
-    #[serde(default)]
+    /// Workers reduce correct@1/@5, the confusion matrix, loss and calibration sums on their devices
+    /// (all-reduced across a worker's GPUs) and ship only those per shard: every metric and per-class
+    /// report, but no predictions.parquet (so no `compare`) and no logits.
+    #[arg(long, conflicts_with = "save_logits")]
     pub counts_only: bool,
 }
 
+/// `run --top-k` default: the report's top-5 needs five.
+pub const DEFAULT_TOP_K: u32 = 5;
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        Self {
+            top_k: DEFAULT_TOP_K,
+            save_logits: SaveLogits::None,
+            counts_only: false,
+        }
+    }
+}
+
+impl OutputSpec {
+    /// The k of the report's top-5 for a model of `num_classes` outputs (see [`crate::scoring::top5_k`]).
+    pub fn k5(&self, num_classes: u32) -> usize {
+        crate::scoring::top5_k(self.top_k, num_classes)
+    }
+}
+
+/// How the work is cut up. Also the `run` flags and sweep `[run]` keys of the same names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct BatchingSpec {
+    /// Images per forward pass.
+    #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
+    pub batch_size: u32,
+    /// Samples per shard (the unit of leasing and retry).
+    #[arg(long, default_value_t = DEFAULT_SHARD_SIZE)]
+    pub shard_size: u64,
+}
+
+/// `run --batch-size` default: fits a 448 px TResNet-L in fp32 on a 16 GB GPU.
+pub const DEFAULT_BATCH_SIZE: u32 = 32;
+/// `run --shard-size` default: a few seconds of work per lease on one GPU, so a lost worker costs
+/// little and leases stay few.
+pub const DEFAULT_SHARD_SIZE: u64 = 256;
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        Self {
+            batch_size: DEFAULT_BATCH_SIZE,
+            shard_size: DEFAULT_SHARD_SIZE,
+        }
+    }
+}
+
+/// The whole job. In `job.json` (and summary.json) the parts are flattened into one object, with
+/// `preprocess` nested, as before the parts existed, so older run directories still resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub job_id: JobId,
+    #[serde(flatten)]
+    pub model: ModelSpec,
+    #[serde(flatten)]
+    pub data: DataSpec,
+    pub preprocess: PreprocessConfig,
+    #[serde(flatten)]
+    pub outputs: OutputSpec,
+    #[serde(flatten)]
+    pub batching: BatchingSpec,
+}
+
+/// The fields of a job spec (keys of its `job.json`) that cannot change any number, so a run may
+/// resume with other values: the job id (derived), the checkpoint's path (its SHA-256 is in the
+/// identity), batch size and shard size. Every other field is part of the identity. This is the one
+/// place a field opts out; `tests::every_result_changing_field_is_in_the_identity` checks it.
+pub const NOT_IN_IDENTITY: &[&str] = &["job_id", "weights", "batch_size", "shard_size"];
+
 impl JobSpec {
-    /// Fields whose change makes old results invalid, with their values, for resume checks. The job id
-    /// and knobs that cannot change any number (batch size, shard size) are left out.
-    pub fn identity(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("model", self.model.clone()),
-            ("weights_sha256", self.weights_sha256.clone()),
-            ("data_url", self.data_url.clone()),
-            ("format", format!("{:?}", self.format)),
-            ("dataset_fingerprint", self.dataset_fingerprint.clone()),
-            ("preprocess", format!("{:?}", self.preprocess)),
-            ("top_k", self.top_k.to_string()),
-            ("save_logits", self.save_logits.as_str().to_string()),
-            ("precision", self.precision.clone()),
-            ("fold_bn", self.fold_bn.to_string()),
-            ("leaky_slope", format!("{:?}", self.leaky_slope)),
-            ("synthetic", self.synthetic.to_string()),
-            ("counts_only", self.counts_only.to_string()),
-        ]
+    /// Fields whose change makes old results invalid, with their values, for resume checks: every
+    /// field of the spec (nested ones as `preprocess.resolution`) but those in [`NOT_IN_IDENTITY`],
+    /// sorted by name, values as JSON.
+    pub fn identity(&self) -> Vec<(String, String)> {
+        let value = serde_json::to_value(self).expect("a job spec always serialises to JSON");
+        let mut fields = Vec::new();
+        leaves("", &value, &mut fields);
+        fields.retain(|(name, _)| !NOT_IN_IDENTITY.contains(&name.as_str()));
+        fields.sort();
+        fields
     }
 
     /// A digest of [`Self::identity`]: what a journal record is sealed with, so that a record of one
@@ -110,12 +239,40 @@ impl JobSpec {
 
     /// Human-readable differences between two specs' identities; empty when compatible.
     pub fn differences(&self, other: &JobSpec) -> Vec<String> {
-        self.identity()
+        let theirs: std::collections::BTreeMap<String, String> =
+            other.identity().into_iter().collect();
+        let mine: std::collections::BTreeMap<String, String> =
+            self.identity().into_iter().collect();
+        let names: std::collections::BTreeSet<&String> = mine.keys().chain(theirs.keys()).collect();
+        let missing = String::from("(none)");
+        names
             .into_iter()
-            .zip(other.identity())
-            .filter(|(a, b)| a.1 != b.1)
-            .map(|((name, a), (_, b))| format!("{name}: {a} -> {b}"))
+            .filter_map(|name| {
+                let (a, b) = (
+                    mine.get(name).unwrap_or(&missing),
+                    theirs.get(name).unwrap_or(&missing),
+                );
+                (a != b).then(|| format!("{name}: {a} -> {b}"))
+            })
             .collect()
+    }
+}
+
+/// The leaves of a JSON value with their dotted paths; strings unquoted, other values as JSON.
+fn leaves(path: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                leaves(&p, child, out);
+            }
+        }
+        serde_json::Value::String(s) => out.push((path.to_string(), s.clone())),
+        other => out.push((path.to_string(), other.to_string())),
     }
 }
 
@@ -130,5 +287,181 @@ impl std::fmt::Display for JobIdentity {
             write!(f, "{b:02x}")?;
         }
         Ok(())
+    }
+}
+
+/// A spec with every field set, for tests of the code that reads or stores one.
+pub fn example_job() -> JobSpec {
+    JobSpec {
+        job_id: JobId("j".into()),
+        model: ModelSpec {
+            model: "tresnet_m".into(),
+            weights: "w.pth".into(),
+            weights_sha256: "ab".into(),
+            precision: Precision::Fp32,
+            fold_bn: true,
+            leaky_slope: None,
+            num_classes: 2,
+            synthetic: false,
+        },
+        data: DataSpec {
+            data_url: "file:///d".into(),
+            format: DatasetFormat::ImageFolder,
+            dataset_fingerprint: "f".into(),
+            dataset_samples: 3,
+        },
+        preprocess: PreprocessConfig::default(),
+        outputs: OutputSpec {
+            top_k: 2,
+            save_logits: SaveLogits::None,
+            counts_only: false,
+        },
+        batching: BatchingSpec {
+            batch_size: 2,
+            shard_size: 2,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// Every way to change one JSON leaf that still deserialises: other numbers, the other booleans,
+    /// other strings (enum variants included), `null` and a number for options.
+    fn perturbations(v: &Value) -> Vec<Value> {
+        match v {
+            Value::Bool(b) => vec![Value::Bool(!b)],
+            Value::Number(n) => {
+                let mut out = vec![];
+                if let Some(u) = n.as_u64() {
+                    out.push(Value::from(u + 1));
+                    out.push(Value::from(u.saturating_sub(1)));
+                }
+                if let Some(f) = n.as_f64() {
+                    out.push(Value::from(f * 0.5 + 0.125));
+                }
+                out.push(Value::Null);
+                out
+            }
+            Value::String(s) => ["fp16", "bf16", "fp32", "none", "squish", "center", "tar"]
+                .iter()
+                .map(|o| Value::from(*o))
+                .chain([Value::from(format!("{s}x"))])
+                .collect(),
+            Value::Null => vec![Value::from(0.5), Value::from(1), Value::from("x")],
+            Value::Array(items) => {
+                let mut changed = items.clone();
+                if let Some(first) = changed.first_mut() {
+                    *first = Value::from(first.as_f64().unwrap_or(0.0) + 0.25);
+                }
+                vec![Value::Array(changed)]
+            }
+            Value::Object(_) => vec![],
+        }
+    }
+
+    /// Sets the leaf at `path` in `v`.
+    fn set(v: &mut Value, path: &[&str], to: Value) {
+        match path {
+            [last] => v[*last] = to,
+            [first, rest @ ..] => set(&mut v[*first], rest, to),
+            [] => unreachable!(),
+        }
+    }
+
+    /// Perturbs every field of a spec through its JSON form: the identity must change unless the
+    /// field is one of the few listed in [`NOT_IN_IDENTITY`] (and this list must be changed together
+    /// with it). A field whose value does not reach the digest by any other means fails here.
+    #[test]
+    fn every_result_changing_field_is_in_the_identity() {
+        assert_eq!(
+            NOT_IN_IDENTITY,
+            ["job_id", "weights", "batch_size", "shard_size"],
+            "a field left the identity: is it really unable to change any result?"
+        );
+        let mut job = example_job();
+        job.model.leaky_slope = Some(0.01);
+        job.data.format = DatasetFormat::ImageNet {
+            ground_truth: Some("gt.txt".into()),
+            synset_map: None,
+        };
+        let base = serde_json::to_value(&job).unwrap();
+        let mut all = Vec::new();
+        leaves("", &base, &mut all);
+        assert!(all.len() >= 20, "{all:?}");
+        let mut checked = 0;
+        for (path, _) in &all {
+            let parts: Vec<&str> = path.split('.').collect();
+            let leaf = parts.iter().fold(&base, |v, p| &v[*p]);
+            let mut changed_one = false;
+            for to in perturbations(leaf) {
+                let mut v = base.clone();
+                set(&mut v, &parts, to.clone());
+                let Ok(other) = serde_json::from_value::<JobSpec>(v) else {
+                    continue;
+                };
+                if other == job {
+                    continue;
+                }
+                changed_one = true;
+                let in_identity = !NOT_IN_IDENTITY.contains(&path.as_str());
+                assert_eq!(
+                    other.identity_digest() != job.identity_digest(),
+                    in_identity,
+                    "{path} = {to}: in the identity {}",
+                    !in_identity
+                );
+                assert_eq!(job.differences(&other).is_empty(), !in_identity, "{path}");
+            }
+            assert!(changed_one, "no perturbation of {path} deserialised");
+            checked += 1;
+        }
+        assert_eq!(checked, all.len());
+    }
+
+    #[test]
+    fn job_json_keeps_its_flat_layout() {
+        let v = serde_json::to_value(example_job()).unwrap();
+        for key in [
+            "job_id",
+            "model",
+            "weights",
+            "weights_sha256",
+            "data_url",
+            "format",
+            "dataset_fingerprint",
+            "dataset_samples",
+            "num_classes",
+            "top_k",
+            "save_logits",
+            "precision",
+            "fold_bn",
+            "batch_size",
+            "shard_size",
+            "leaky_slope",
+            "synthetic",
+            "counts_only",
+        ] {
+            assert!(v.get(key).is_some(), "job.json lost {key}: {v}");
+        }
+        assert_eq!(v["precision"], "fp32");
+        assert_eq!(v["preprocess"]["resolution"], 224);
+        let back: JobSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(back, example_job());
+    }
+
+    #[test]
+    fn differences_name_the_field() {
+        let a = example_job();
+        let mut b = a.clone();
+        b.outputs.top_k = 1;
+        b.preprocess.dct_scaling = true;
+        b.batching.batch_size = 64;
+        assert_eq!(
+            a.differences(&b),
+            ["preprocess.dct_scaling: false -> true", "top_k: 2 -> 1"]
+        );
     }
 }

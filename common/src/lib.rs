@@ -11,5 +11,6 @@ pub mod npy;
 pub mod observability;
 pub mod preprocess;
 pub mod protocol;
+pub mod scoring;
 pub mod software;
 pub mod storage;

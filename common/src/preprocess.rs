@@ -20,7 +20,9 @@ pub const DEFAULT_CROP_PCT: f64 = 0.875;
 pub const MAX_RESOLUTION: u32 = 8192;
 
 /// How the resized image becomes a `resolution`×`resolution` square.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CropMode {
     /// timm/torchvision: shorter side to `int(resolution / crop_pct)`, aspect kept, then a center crop.
@@ -44,29 +46,42 @@ impl std::str::FromStr for CropMode {
 }
 
 /// Everything that decides the pixels a model sees; serialised into the job spec so that every worker
-/// preprocesses identically.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// preprocesses identically. The fields are also `run` flags (`--resolution`, `--crop-pct`, ...; the
+/// normalisation is fixed by the model) and sweep `[run]` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct PreprocessConfig {
-    /// Side of the square model input.
+    /// Model input side (TResNet runs at any multiple of 32).
+    #[arg(long, default_value_t = DEFAULT_RESOLUTION)]
     pub resolution: u32,
-    /// Fraction of the resized shorter side kept by the center crop.
+    /// Fraction of the resized shorter side kept by the center crop (timm: 0.875).
+    #[arg(long, default_value_t = DEFAULT_CROP_PCT)]
     pub crop_pct: f64,
+    /// center (timm) or squish (the official 448 recipe).
+    #[arg(long, value_enum, default_value_t = CropMode::Center)]
     pub crop_mode: CropMode,
     /// Per-channel normalisation applied on the device after `/255`; TResNet uses none (0s and 1s).
+    #[arg(skip = [0.0; 3])]
     pub mean: [f32; 3],
+    #[arg(skip = [1.0; 3])]
     pub std: [f32; 3],
-    /// Images with more pixels are refused before any pixel buffer is allocated (decompression bombs).
+    /// Images with more pixels are refused, as bad samples naming this limit, before any pixel buffer
+    /// is allocated (decompression bombs; default: Pillow's limit).
+    #[arg(long, default_value_t = PILLOW_BOMB_PIXELS)]
     pub max_pixels: u64,
     /// Let libjpeg-turbo decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT domain when the result
     /// still is at least the resize target. Much faster, but the pixels differ from PIL's, so it is off
     /// by default and never part of a parity claim.
+    #[arg(long)]
     pub dct_scaling: bool,
 }
 
+/// `run --resolution` default: timm's TResNet ImageNet resolution.
+pub const DEFAULT_RESOLUTION: u32 = 224;
+
 impl Default for PreprocessConfig {
     fn default() -> Self {
-        Self::tresnet(224)
+        Self::tresnet(DEFAULT_RESOLUTION)
     }
 }
 

@@ -15,7 +15,6 @@ use tresnet_common::fuzzing::{TARGETS, corpus as inputs, fuzz_dir, replay};
 use tresnet_common::job::SaveLogits;
 use tresnet_common::npy::parse_f32;
 use tresnet_common::preprocess::PreprocessConfig;
-use tresnet_common::protocol::convert::WorkerJob;
 use tresnet_common::protocol::pb;
 
 #[test]
@@ -102,23 +101,20 @@ fn protocol_seeds() {
             pb::sample_ref::Source::Cifar(pb::CifarRecord { offset: 3074 }),
         ),
     ];
-    let job = pb::JobSpec {
-        job_id: "job-1".into(),
-        model: "tresnet_m".into(),
-        weights: "s3://w/tresnet_m.pth".into(),
-        weights_sha256: "ab".repeat(32),
-        data_url: "s3://data/val".into(),
-        preprocess: Some((&PreprocessConfig::tresnet(224)).into()),
-        top_k: 5,
-        save_logits: SaveLogits::Fp16.as_str().into(),
-        precision: "fp32".into(),
-        fold_bn: true,
-        batch_size: 32,
-        num_classes: 1000,
-        synthetic: false,
-        leaky_slope: Some(0.01),
-        counts_only: false,
-        dataset_fingerprint: "cd".repeat(32),
+    let job = {
+        let mut j = tresnet_common::job::example_job();
+        j.job_id = tresnet_common::ids::JobId("job-1".into());
+        j.model.weights = "s3://w/tresnet_m.pth".into();
+        j.model.weights_sha256 = "ab".repeat(32);
+        j.model.num_classes = 1000;
+        j.model.leaky_slope = Some(0.01);
+        j.data.data_url = "s3://data/val".into();
+        j.data.dataset_fingerprint = "cd".repeat(32);
+        j.preprocess = PreprocessConfig::tresnet(224);
+        j.outputs.top_k = 5;
+        j.outputs.save_logits = SaveLogits::Fp16;
+        j.batching.batch_size = 32;
+        pb::JobSpec::from(&j)
     };
     let result = pb::SampleResult {
         index: 1,
@@ -245,7 +241,7 @@ fn protocol_seeds() {
         ("job_spec", 8, job.encode_to_vec()),
         ("sample_ref", 8, samples[1].encode_to_vec()),
     ];
-    WorkerJob::try_from(job).expect("the seed job is valid");
+    tresnet_common::job::JobSpec::try_from(job).expect("the seed job is valid");
     let dir = fuzz_dir().join("seeds/protocol");
     let write = std::env::var_os("TRESNET_WRITE_PROTOCOL_SEEDS").is_some();
     for (name, kind, body) in frames {

@@ -6,9 +6,10 @@ use std::time::Duration;
 use tresnet_common::storage::StoreArgs;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
 use tresnet_common::dataset::DatasetFormat;
-use tresnet_common::job::SaveLogits;
-use tresnet_common::preprocess::{CropMode, PreprocessConfig};
+use tresnet_common::job::{BatchingSpec, OutputSpec, Precision, SaveLogits};
+use tresnet_common::preprocess::PreprocessConfig;
 
 use crate::journal::OnBadRecord;
 use crate::run::RunConfig;
@@ -199,7 +200,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OnBadSample {
     /// Count it in `bad_samples` with its reason and go on.
     Skip,
@@ -207,54 +209,20 @@ pub enum OnBadSample {
     Fail,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// The model as the user names it; planning turns it into the job's [`ModelSpec`]
+/// (tresnet_common::job) by hashing the checkpoint and taking the class count from the dataset.
+#[derive(Debug, Clone, Default, PartialEq, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelArgs {
     /// Model variant (timm name: tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l).
     #[arg(long)]
     pub model: String,
     /// Checkpoint (timm .pth/.safetensors or official MIIL .pth), readable by every worker.
     #[arg(long, required_unless_present = "synthetic")]
     pub weights: Option<PathBuf>,
-    /// Dataset location: a path, file://, s3://, gs://, az:// or memory:// URL.
-    #[arg(long)]
-    pub data: String,
-    /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
-    #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
-    pub format: DatasetFormat,
-    /// Run directory (created; an existing one with the same job is resumed).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Spawn this many local tresnet-worker processes on loopback.
-    #[arg(long, default_value_t = 1)]
-    pub local_workers: u32,
-    /// Wait for remote workers on this address instead of (or besides) local ones; binds 127.0.0.1
-    /// unless an address is given.
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// Devices of each local worker: cpu, or cuda:0,cuda:1,...
-    #[arg(long, default_value = "cpu")]
-    pub devices: String,
-    /// libtorch CPU threads per local worker.
-    #[arg(long)]
-    pub worker_threads: Option<u32>,
-    /// Model input side (TResNet runs at any multiple of 32).
-    #[arg(long, default_value_t = 224)]
-    pub resolution: u32,
-    /// Fraction of the resized shorter side kept by the center crop (timm: 0.875).
-    #[arg(long, default_value_t = 0.875)]
-    pub crop_pct: f64,
-    /// center (timm) or squish (the official 448 recipe).
-    #[arg(long, default_value = "center", value_parser = parse_crop)]
-    pub crop_mode: CropMode,
-    /// Predictions kept per sample.
-    #[arg(long, default_value_t = 5)]
-    pub top_k: u32,
-    /// Ship full logits back: none, fp16 or fp32.
-    #[arg(long, default_value = "none", value_parser = parse_logits)]
-    pub save_logits: SaveLogits,
     /// fp32, fp16 or bf16 (fp16 needs CUDA).
-    #[arg(long, default_value = "fp32")]
-    pub precision: String,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Keep BatchNorm unfolded on the workers (the default for fp16/bf16: on GPUs libtorch adds a
     /// folded bias in a separate kernel, measured ~6% slower than cuDNN's fused BatchNorm; docs/gpu.md).
     #[arg(long, conflicts_with = "fold_bn")]
@@ -262,79 +230,221 @@ pub struct RunArgs {
     /// Fold BatchNorm into the convolutions at load time (the default for fp32, where it is faster).
     #[arg(long)]
     pub fold_bn: bool,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: u32,
-    /// Samples per shard (the unit of leasing and retry).
-    #[arg(long, default_value_t = 256)]
-    pub shard_size: u64,
     /// Override every LeakyReLU slope (the official v2 Stanford-Cars code uses 1e-6).
     #[arg(long)]
     pub leaky_slope: Option<f64>,
-    /// A lease not renewed by heartbeats for this long is requeued (milliseconds).
-    #[arg(long, default_value_t = 30_000)]
-    pub lease_timeout_ms: u64,
-    /// Unsuccessful attempts before a shard is reported failed.
-    #[arg(long, default_value_t = 3)]
-    pub max_failures: u32,
-    /// Do not duplicate the oldest in-flight shards when the queue is empty.
-    #[arg(long)]
-    pub no_speculation: bool,
-    /// What a bad sample (undecodable, missing, too large) does to the run.
-    #[arg(long, value_enum, default_value = "skip")]
-    pub on_bad_sample: OnBadSample,
     /// Benchmark mode: workers return synthetic logits without loading data or a model. Never accuracy.
     #[arg(long)]
     pub synthetic: bool,
-    /// Workers reduce correct@1/@5, the confusion matrix, loss and calibration sums on their devices
-    /// (all-reduced across a worker's GPUs) and ship only those per shard: every metric and per-class
-    /// report, but no predictions.parquet (so no `compare`) and no logits.
-    #[arg(long, conflicts_with = "save_logits")]
-    pub counts_only: bool,
+}
+
+impl ModelArgs {
+    /// Whether BatchNorm is folded: as asked, else only in fp32 (see `--no-fold-bn`).
+    pub fn folds_bn(&self) -> bool {
+        if self.fold_bn || self.no_fold_bn {
+            self.fold_bn
+        } else {
+            self.precision == Precision::Fp32
+        }
+    }
+}
+
+/// The dataset as the user names it; planning lists it into the job's `DataSpec`.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Dataset location: a path, file://, s3://, gs://, az:// or memory:// URL.
+    #[arg(long)]
+    pub data: String,
+    /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
+    #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
+    pub format: DatasetFormat,
     /// Number of model outputs (default: the dataset's class count).
     #[arg(long)]
     pub num_classes: Option<u32>,
+}
+
+impl Default for DataArgs {
+    fn default() -> Self {
+        Self {
+            data: String::new(),
+            format: DatasetFormat::ImageFolder,
+            num_classes: None,
+        }
+    }
+}
+
+/// `run --local-workers` default.
+pub const DEFAULT_LOCAL_WORKERS: u32 = 1;
+/// `run --devices` default.
+pub const DEFAULT_DEVICES: &str = "cpu";
+/// `run --lease-timeout-ms` default: a forward pass of a whole shard on a slow CPU fits many times
+/// over, while a dead worker's shards are back in the queue within half a minute.
+pub const DEFAULT_LEASE_TIMEOUT_MS: u64 = 30_000;
+/// `run --max-failures` default: a shard failing three times on different workers is its own fault.
+pub const DEFAULT_MAX_FAILURES: u32 = 3;
+
+/// `run`'s command line, and (deserialised with serde from a sweep's `[run]` table, keys by their
+/// flag names) the settings every sweep cell shares. The job's parameters are the flattened parts;
+/// the rest sets up the worker pool and the scheduling.
+#[derive(Debug, Clone, Args, Deserialize)]
+pub struct RunArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub preprocess: PreprocessConfig,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub outputs: OutputSpec,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub batching: BatchingSpec,
+    /// Run directory (created; an existing one with the same job is resumed).
+    #[arg(long)]
+    #[serde(skip)]
+    pub out: PathBuf,
+    /// Spawn this many local tresnet-worker processes on loopback.
+    #[arg(long, default_value_t = DEFAULT_LOCAL_WORKERS)]
+    #[serde(default = "default_local_workers")]
+    pub local_workers: u32,
+    /// Wait for remote workers on this address instead of (or besides) local ones; binds 127.0.0.1
+    /// unless an address is given.
+    #[arg(long)]
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Devices of each local worker: cpu, or cuda:0,cuda:1,...
+    #[arg(long, default_value = DEFAULT_DEVICES)]
+    #[serde(default = "default_devices")]
+    pub devices: String,
+    /// libtorch CPU threads per local worker.
+    #[arg(long)]
+    #[serde(default)]
+    pub worker_threads: Option<u32>,
+    /// A lease not renewed by heartbeats for this long is requeued (milliseconds).
+    #[arg(long, default_value_t = DEFAULT_LEASE_TIMEOUT_MS)]
+    #[serde(default = "default_lease_timeout_ms")]
+    pub lease_timeout_ms: u64,
+    /// Unsuccessful attempts before a shard is reported failed.
+    #[arg(long, default_value_t = DEFAULT_MAX_FAILURES)]
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+    /// Do not duplicate the oldest in-flight shards when the queue is empty.
+    #[arg(long)]
+    #[serde(default)]
+    pub no_speculation: bool,
+    /// What a bad sample (undecodable, missing, too large) does to the run.
+    #[arg(long, value_enum, default_value = "skip")]
+    #[serde(default = "default_on_bad_sample")]
+    pub on_bad_sample: OnBadSample,
     /// File holding the shared token every worker must present (else $TRESNET_TOKEN; none = open).
     #[arg(long)]
+    #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Where completed shards are journaled: a path or an object-store URL (s3://bucket/runs/x/journal),
     /// so a run can resume on another machine after losing the coordinator's disk. Default OUT/journal.
     #[arg(long, value_name = "URL")]
+    #[serde(default)]
     pub journal: Option<String>,
     /// On resume, move a journal record that fails verification (damaged, truncated, or another
     /// job's) into the journal's quarantine/ with a warning and compute its shard again, instead of
     /// stopping with an error naming it.
     #[arg(long)]
+    #[serde(default)]
     pub quarantine_corrupt_journal: bool,
     /// Serve /healthz, /readyz and Prometheus /metrics on this address (port 0: any free port; the bound
     /// address is printed).
     #[arg(long)]
+    #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
     /// Keep serving /metrics this many seconds after the reports are written, so that the final values
     /// get scraped (SIGTERM or Ctrl-C ends the wait).
     #[arg(long, default_value_t = 0, requires = "metrics_listen")]
+    #[serde(default)]
     pub metrics_linger_secs: u64,
     /// Serve gRPC over TLS with this PEM certificate chain (workers then use https:// URLs).
     #[arg(long, requires = "tls_key")]
+    #[serde(default)]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
+    #[serde(default)]
     pub tls_key: Option<PathBuf>,
     /// CA certificate (PEM) handed to local workers to verify --tls-cert (default: --tls-cert itself,
     /// which works for a self-signed certificate or a chain that includes its CA).
     #[arg(long, requires = "tls_cert")]
+    #[serde(default)]
     pub tls_ca: Option<PathBuf>,
     /// On SIGTERM or SIGINT the run stops leasing and waits this long (milliseconds) for the results of
     /// shards in flight, journals them, and exits non-zero without a report; a rerun of the same command
     /// resumes. A second signal exits at once.
     #[arg(long, default_value_t = crate::run::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
+    #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
     /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
+    #[serde(default)]
     pub worker_arg: Vec<String>,
     /// Object-store client settings: for the listing and the journal, and handed to local workers.
     #[command(flatten)]
+    #[serde(flatten, with = "StoreArgsDef")]
     pub store: StoreArgs,
+    /// Sweep `[run]` keys that are no `run` flag (refused by name; never set from the command line).
+    #[arg(skip)]
+    #[serde(flatten)]
+    pub unknown: std::collections::BTreeMap<String, toml::Value>,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    crate::run::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64
+}
+
+fn default_local_workers() -> u32 {
+    DEFAULT_LOCAL_WORKERS
+}
+
+fn default_devices() -> String {
+    DEFAULT_DEVICES.into()
+}
+
+fn default_lease_timeout_ms() -> u64 {
+    DEFAULT_LEASE_TIMEOUT_MS
+}
+
+fn default_max_failures() -> u32 {
+    DEFAULT_MAX_FAILURES
+}
+
+fn default_on_bad_sample() -> OnBadSample {
+    OnBadSample::Skip
+}
+
+/// Serde's view of [`StoreArgs`] (tresnet_common::storage, which does not derive `Deserialize`):
+/// a remote derive, so a field added there fails to compile here instead of being silently ignored.
+#[derive(Deserialize)]
+#[serde(remote = "StoreArgs")]
+struct StoreArgsDef {
+    #[serde(default = "default_store_timeout_ms")]
+    store_timeout_ms: u64,
+    #[serde(default = "default_store_retries")]
+    store_retries: usize,
+    #[serde(default = "default_store_retry_timeout_ms")]
+    store_retry_timeout_ms: u64,
+}
+
+fn default_store_timeout_ms() -> u64 {
+    StoreArgs::default().store_timeout_ms
+}
+
+fn default_store_retries() -> usize {
+    StoreArgs::default().store_retries
+}
+
+fn default_store_retry_timeout_ms() -> u64 {
+    StoreArgs::default().store_retry_timeout_ms
 }
 
 fn parse_format(s: &str) -> Result<DatasetFormat, String> {
@@ -342,34 +452,24 @@ fn parse_format(s: &str) -> Result<DatasetFormat, String> {
         .map_err(|e: tresnet_common::dataset::DatasetError| e.to_string())
 }
 
-fn parse_crop(s: &str) -> Result<CropMode, String> {
-    s.parse()
-}
-
-fn parse_logits(s: &str) -> Result<SaveLogits, String> {
-    s.parse()
-}
-
 impl RunArgs {
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
-        let preprocess = PreprocessConfig {
-            resolution: self.resolution,
-            crop_pct: self.crop_pct,
-            crop_mode: self.crop_mode,
-            ..PreprocessConfig::tresnet(self.resolution)
-        };
-        preprocess.validate()?;
-        if !["fp32", "fp16", "bf16"].contains(&self.precision.as_str()) {
-            anyhow::bail!(
-                "--precision {} is not one of fp32, fp16, bf16",
-                self.precision
-            );
-        }
-        if self.batch_size == 0 || self.shard_size == 0 || self.top_k == 0 {
+        self.preprocess.validate()?;
+        if self.batching.batch_size == 0 || self.batching.shard_size == 0 || self.outputs.top_k == 0
+        {
             anyhow::bail!("--batch-size, --shard-size and --top-k must be positive");
+        }
+        if self.model.fold_bn && self.model.no_fold_bn {
+            anyhow::bail!("--fold-bn and --no-fold-bn contradict each other");
+        }
+        if self.outputs.counts_only && self.outputs.save_logits != SaveLogits::None {
+            anyhow::bail!("--counts-only ships no per-sample data, so it cannot --save-logits");
         }
         if self.local_workers == 0 && self.listen.is_none() {
             anyhow::bail!("no workers: give --local-workers N or --listen ADDR");
+        }
+        if let Some(key) = self.unknown.keys().next() {
+            anyhow::bail!("unknown run setting {key:?}");
         }
         let tls = match (&self.tls_cert, &self.tls_key) {
             (Some(cert), Some(key)) => Some(
@@ -381,27 +481,13 @@ impl RunArgs {
         if let Some(ca) = &self.tls_ca {
             tresnet_common::protocol::tls::client_config(Some(ca), None)?;
         }
-        let fold_bn = if self.fold_bn || self.no_fold_bn {
-            self.fold_bn
-        } else {
-            self.precision == "fp32"
-        };
         Ok(RunConfig {
             model: self.model,
-            weights: self.weights,
             data: self.data,
-            format: self.format,
+            preprocess: self.preprocess,
+            outputs: self.outputs,
+            batching: self.batching,
             out: self.out,
-            preprocess,
-            top_k: self.top_k,
-            save_logits: self.save_logits,
-            precision: self.precision,
-            fold_bn,
-            batch_size: self.batch_size,
-            shard_size: self.shard_size,
-            leaky_slope: self.leaky_slope,
-            synthetic: self.synthetic,
-            counts_only: self.counts_only,
             local_workers: self.local_workers,
             listen: self.listen,
             worker_devices: self.devices,
@@ -411,7 +497,6 @@ impl RunArgs {
             max_failures: self.max_failures,
             speculative: !self.no_speculation,
             fail_on_bad_sample: self.on_bad_sample == OnBadSample::Fail,
-            num_classes: self.num_classes,
             token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
                 .map_err(anyhow::Error::msg)?,
             journal: self.journal,
@@ -442,7 +527,7 @@ mod tests {
         let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
             panic!("not a run");
         };
-        args.into_config().unwrap().fold_bn
+        args.into_config().unwrap().model.folds_bn()
     }
 
     #[test]

@@ -192,21 +192,21 @@ pub fn compare(a: &Path, b: &Path) -> Result<Comparison, CompareError> {
         finished_run::read_summary(a)?,
         finished_run::read_summary(b)?,
     );
-    if sa.job.dataset_fingerprint != sb.job.dataset_fingerprint {
+    if sa.job.data.dataset_fingerprint != sb.job.data.dataset_fingerprint {
         return Err(CompareError::DifferentDatasets {
             a: a.to_path_buf(),
             b: b.to_path_buf(),
             datasets: format!(
                 "{}, fingerprint {} vs {}, fingerprint {}",
-                sa.job.data_url,
-                sa.job.dataset_fingerprint,
-                sb.job.data_url,
-                sb.job.dataset_fingerprint
+                sa.job.data.data_url,
+                sa.job.data.dataset_fingerprint,
+                sb.job.data.data_url,
+                sb.job.data.dataset_fingerprint
             ),
         });
     }
     for (run, s) in [(a, &sa), (b, &sb)] {
-        if s.job.counts_only {
+        if s.job.outputs.counts_only {
             return Err(CompareError::CountsOnly {
                 run: run.to_path_buf(),
             });

@@ -49,7 +49,7 @@ pub struct RunSummary {
 }
 
 fn default_k5() -> usize {
-    5
+    tresnet_common::scoring::TOP5 as usize
 }
 
 impl RunSummary {
@@ -199,7 +199,7 @@ pub fn run_class_counts(
     run: &Path,
     summary: &RunSummary,
 ) -> Result<BTreeMap<u32, ClassCounts>, RunDirError> {
-    if !summary.job.counts_only {
+    if !summary.job.outputs.counts_only {
         return Ok(class_counts(&read_predictions(run)?, summary.top5_k));
     }
     use prost::Message;

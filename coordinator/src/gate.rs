@@ -85,7 +85,7 @@ pub struct Baseline {
     pub weights_sha256: String,
     pub dataset: BaselineDataset,
     pub preprocess: PreprocessConfig,
-    pub precision: String,
+    pub precision: tresnet_common::job::Precision,
     pub top1: f64,
     pub top5: f64,
     pub top5_k: usize,
@@ -176,17 +176,17 @@ pub fn baseline_of(run: &Path) -> Result<Baseline, GateError> {
         .collect();
     Ok(Baseline {
         format: BASELINE_FORMAT.into(),
-        model: s.job.model.clone(),
-        weights_sha256: s.job.weights_sha256.clone(),
+        model: s.job.model.model.clone(),
+        weights_sha256: s.job.model.weights_sha256.clone(),
         dataset: BaselineDataset {
-            url: s.job.data_url.clone(),
-            format: s.job.format.name().to_string(),
-            fingerprint: s.job.dataset_fingerprint.clone(),
+            url: s.job.data.data_url.clone(),
+            format: s.job.data.format.name().to_string(),
+            fingerprint: s.job.data.dataset_fingerprint.clone(),
             size: s.dataset_size,
-            num_classes: s.job.num_classes,
+            num_classes: s.job.model.num_classes,
         },
         preprocess: s.job.preprocess.clone(),
-        precision: s.job.precision.clone(),
+        precision: s.job.model.precision,
         top1: s.top1,
         top5: s.top5,
         top5_k: s.top5_k,
@@ -241,24 +241,24 @@ fn check_identity(path: &Path, b: &Baseline, s: &RunSummary) -> Result<(), GateE
             run,
         })
     };
-    if b.model != s.job.model {
-        return mismatch("model", b.model.clone(), s.job.model.clone());
+    if b.model != s.job.model.model {
+        return mismatch("model", b.model.clone(), s.job.model.model.clone());
     }
-    if b.dataset.fingerprint != s.job.dataset_fingerprint {
+    if b.dataset.fingerprint != s.job.data.dataset_fingerprint {
         return mismatch(
             "dataset",
             format!("{} (fingerprint {})", b.dataset.url, b.dataset.fingerprint),
             format!(
                 "{} (fingerprint {})",
-                s.job.data_url, s.job.dataset_fingerprint
+                s.job.data.data_url, s.job.data.dataset_fingerprint
             ),
         );
     }
-    if b.dataset.num_classes != s.job.num_classes {
+    if b.dataset.num_classes != s.job.model.num_classes {
         return mismatch(
             "class count",
             b.dataset.num_classes.to_string(),
-            s.job.num_classes.to_string(),
+            s.job.model.num_classes.to_string(),
         );
     }
     Ok(())
@@ -278,11 +278,11 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
         violations: Vec::new(),
         notes: Vec::new(),
     };
-    if b.weights_sha256 != s.job.weights_sha256 {
+    if b.weights_sha256 != s.job.model.weights_sha256 {
         r.notes.push(format!(
             "weights differ from the baseline's (sha256 {} vs {})",
             short(&b.weights_sha256),
-            short(&s.job.weights_sha256)
+            short(&s.job.model.weights_sha256)
         ));
     }
     if b.preprocess != s.job.preprocess {
@@ -294,10 +294,10 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
             format!("{:?}", s.job.preprocess.crop_mode).to_lowercase()
         ));
     }
-    if b.precision != s.job.precision {
+    if b.precision != s.job.model.precision {
         r.notes.push(format!(
             "precision differs from the baseline's ({} vs {})",
-            b.precision, s.job.precision
+            b.precision, s.job.model.precision
         ));
     }
     let mut overall = |name: &'static str, base: f64, run: f64, max: Option<f64>| {

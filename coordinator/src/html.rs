@@ -62,7 +62,10 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 /// The whole page. Deterministic: no render time, no randomness.
 pub fn render(s: &Summary, t: &Tally, o: &Outcome) -> String {
     let mut h = String::new();
-    let title = format!("tresnet-eval report: {} on {}", s.model, s.job.data_url);
+    let title = format!(
+        "tresnet-eval report: {} on {}",
+        s.model, s.job.data.data_url
+    );
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
@@ -130,11 +133,11 @@ fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
     let p = &s.preprocess;
     let rows: Vec<(&str, String)> = vec![
         ("model", s.model.clone()),
-        ("weights", s.job.weights.clone()),
+        ("weights", s.job.model.weights.clone()),
         ("weights SHA-256", s.weights_sha256.clone()),
         (
             "dataset",
-            format!("{} ({})", s.job.data_url, s.job.format.name()),
+            format!("{} ({})", s.job.data.data_url, s.job.data.format.name()),
         ),
         ("dataset fingerprint", s.dataset_fingerprint.clone()),
         (
@@ -146,7 +149,7 @@ fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
         ),
         (
             "precision / BN folded",
-            format!("{} / {}", s.job.precision, s.job.fold_bn),
+            format!("{} / {}", s.job.model.precision, s.job.model.fold_bn),
         ),
         (
             "software",

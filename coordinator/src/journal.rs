@@ -517,27 +517,7 @@ mod tests {
     }
 
     fn job() -> JobSpec {
-        JobSpec {
-            job_id: tresnet_common::ids::JobId("j".into()),
-            model: "tresnet_m".into(),
-            weights: "w.pth".into(),
-            weights_sha256: "ab".into(),
-            data_url: "file:///d".into(),
-            format: tresnet_common::dataset::DatasetFormat::ImageFolder,
-            dataset_fingerprint: "f".into(),
-            dataset_samples: 3,
-            num_classes: 2,
-            preprocess: Default::default(),
-            top_k: 2,
-            save_logits: tresnet_common::job::SaveLogits::None,
-            precision: "fp32".into(),
-            fold_bn: true,
-            batch_size: 2,
-            shard_size: 2,
-            leaky_slope: None,
-            synthetic: false,
-            counts_only: false,
-        }
+        tresnet_common::job::example_job()
     }
 
     fn identity() -> JobIdentity {
@@ -546,7 +526,7 @@ mod tests {
 
     fn other_identity() -> JobIdentity {
         let mut other = job();
-        other.top_k = 1;
+        other.outputs.top_k = 1;
         other.identity_digest()
     }
 
@@ -561,8 +541,8 @@ mod tests {
         assert_ne!(identity(), other_identity());
         let mut same = job();
         // Batch and shard size cannot change a number; resuming with other values is allowed.
-        same.batch_size = 64;
-        same.shard_size = 100;
+        same.batching.batch_size = 64;
+        same.batching.shard_size = 100;
         same.job_id = tresnet_common::ids::JobId("another".into());
         assert_eq!(same.identity_digest(), identity());
     }
@@ -798,7 +778,7 @@ mod tests {
         j.bind_job(&job()).await.unwrap();
         j.bind_job(&job()).await.unwrap();
         let mut other = job();
-        other.model = "tresnet_l".into();
+        other.model.model = "tresnet_l".into();
         let e = j.bind_job(&other).await.unwrap_err().to_string();
         assert!(e.contains("different job") && e.contains("model"), "{e}");
     }

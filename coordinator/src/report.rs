@@ -323,10 +323,10 @@ pub fn finalize(
     journal: &Journal,
     facts: RunFacts,
 ) -> Result<Summary, ReportError> {
-    let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
+    let mut tally = Tally::new(job.model.num_classes as usize, job.outputs.top_k as usize);
     // Counts-only runs have no per-sample rows to store: no predictions.parquet at all (an empty
     // one would read as "zero predictions"), their counts go to counts.pb instead.
-    let mut preds = match job.counts_only {
+    let mut preds = match job.outputs.counts_only {
         true => None,
         false => Some(PredictionWriter::new(run_dir)?),
     };
@@ -338,7 +338,7 @@ pub fn finalize(
         match sched.state_of(shard) {
             ShardState::Done => {
                 let rec = journal.read(shard)?;
-                let counted = match (&rec.counts, job.counts_only) {
+                let counted = match (&rec.counts, job.outputs.counts_only) {
                     (Some(c), true) => {
                         crate::tally::check_counts(c, tally.num_classes, tally.k5)
                             .map_err(|e| ReportError::Accounting(format!("{shard} counts: {e}")))?;
@@ -450,8 +450,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportErr
 pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
     let job: JobSpec = read_json(&run_dir.join("job.json"))?;
     let outcome: Outcome = read_json(&run_dir.join("outcome.json"))?;
-    let mut tally = Tally::new(job.num_classes as usize, job.top_k as usize);
-    if job.counts_only {
+    let mut tally = Tally::new(job.model.num_classes as usize, job.outputs.top_k as usize);
+    if job.outputs.counts_only {
         let counts = read_counts(run_dir)?;
         crate::tally::check_counts(&counts, tally.num_classes, tally.k5)
             .map_err(|e| read_err(&run_dir.join(COUNTS_FILE), e))?;
@@ -562,7 +562,7 @@ fn write_derived(
         failed_samples,
         failed_shards: outcome.failed_shards.clone(),
         bad: tally.bad.clone(),
-        synthetic: job.synthetic,
+        synthetic: job.model.synthetic,
         eval_seconds: outcome.eval_seconds,
         throughput: if outcome.eval_seconds > 0.0 {
             outcome.samples_timed as f64 / outcome.eval_seconds
@@ -570,9 +570,9 @@ fn write_derived(
             0.0
         },
         wall_seconds: outcome.wall_seconds,
-        model: job.model.clone(),
-        weights_sha256: job.weights_sha256.clone(),
-        dataset_fingerprint: job.dataset_fingerprint.clone(),
+        model: job.model.model.clone(),
+        weights_sha256: job.model.weights_sha256.clone(),
+        dataset_fingerprint: job.data.dataset_fingerprint.clone(),
         preprocess: job.preprocess.clone(),
         software: outcome.software.clone(),
         workers: outcome.workers.clone(),
@@ -705,8 +705,8 @@ struct LogitsWriter {
 impl LogitsWriter {
     fn new(run_dir: &Path, job: &JobSpec, samples: usize) -> Result<Self, ReportError> {
         use std::io::Write;
-        let classes = job.num_classes as usize;
-        let out = match job.save_logits {
+        let classes = job.model.num_classes as usize;
+        let out = match job.outputs.save_logits {
             tresnet_common::job::SaveLogits::None => None,
             _ => {
                 let path = run_dir.join("logits.npy");
@@ -719,7 +719,7 @@ impl LogitsWriter {
         Ok(LogitsWriter {
             out,
             classes,
-            fp16: job.save_logits == tresnet_common::job::SaveLogits::Fp16,
+            fp16: job.outputs.save_logits == tresnet_common::job::SaveLogits::Fp16,
         })
     }
 

@@ -15,9 +15,9 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tresnet_common::dataset::{DatasetFormat, DatasetIndex, list_dataset};
+use tresnet_common::dataset::{DatasetIndex, list_dataset};
 use tresnet_common::ids::{JobId, ShardId, WorkerId};
-use tresnet_common::job::{JobSpec, SaveLogits};
+use tresnet_common::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec};
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::MAX_MESSAGE_BYTES;
 use tresnet_common::protocol::auth::{CheckToken, TOKEN_ENV};
@@ -26,6 +26,7 @@ use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::{StorageLocation, StoreArgs};
 
 use crate::atomic_file::write_atomic;
+use crate::cli::{DataArgs, ModelArgs};
 use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
 use crate::report::{self, Summary};
@@ -36,21 +37,13 @@ use crate::shutdown::{Interrupted, Shutdown, Signal};
 /// Settings of one `run`, validated from the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub model: String,
-    pub weights: Option<PathBuf>,
-    pub data: String,
-    pub format: DatasetFormat,
-    pub out: PathBuf,
+    /// The job's parameters, as given: [`plan`] turns them into its [`JobSpec`].
+    pub model: ModelArgs,
+    pub data: DataArgs,
     pub preprocess: PreprocessConfig,
-    pub top_k: u32,
-    pub save_logits: SaveLogits,
-    pub precision: String,
-    pub fold_bn: bool,
-    pub batch_size: u32,
-    pub shard_size: u64,
-    pub leaky_slope: Option<f64>,
-    pub synthetic: bool,
-    pub counts_only: bool,
+    pub outputs: OutputSpec,
+    pub batching: BatchingSpec,
+    pub out: PathBuf,
     pub local_workers: u32,
     pub listen: Option<SocketAddr>,
     pub worker_devices: String,
@@ -60,7 +53,6 @@ pub struct RunConfig {
     pub max_failures: u32,
     pub speculative: bool,
     pub fail_on_bad_sample: bool,
-    pub num_classes: Option<u32>,
     /// Shared token every RPC must carry; `None` leaves the endpoint open (loopback default).
     pub token: Option<String>,
     /// Journal location (path or object-store URL); `None` is `out/journal`.
@@ -282,18 +274,23 @@ pub async fn plan_unless_stopped(
 /// Lists the dataset and builds the job spec a run of `cfg` would have (what `sweep` compares with a
 /// finished cell's summary to skip it).
 pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
-    let location = StorageLocation::parse(&cfg.data, &cfg.store.options())?;
-    tracing::info!(data = %location.url(), format = cfg.format.name(), "listing dataset");
-    let index: DatasetIndex = list_dataset(&location, &cfg.format).await?;
+    let location = StorageLocation::parse(&cfg.data.data, &cfg.store.options())?;
+    let format = &cfg.data.format;
+    tracing::info!(data = %location.url(), format = format.name(), "listing dataset");
+    let index: DatasetIndex = list_dataset(&location, format).await?;
     if index.is_empty() && index.bad_samples.is_empty() {
         bail!(
             "dataset {} ({}) has no samples",
             location.url(),
-            cfg.format.name()
+            format.name()
         );
     }
-    let num_classes = cfg.num_classes.unwrap_or(index.class_names.len() as u32);
-    let weights_sha256 = match (&cfg.weights, cfg.synthetic) {
+    let m = &cfg.model;
+    let num_classes = cfg
+        .data
+        .num_classes
+        .unwrap_or(index.class_names.len() as u32);
+    let weights_sha256 = match (&m.weights, m.synthetic) {
         (Some(w), _) => sha256_file(w)?,
         (None, true) => String::new(),
         (None, false) => bail!("--weights is required (or --synthetic for benchmarks)"),
@@ -301,36 +298,40 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
     let job = JobSpec {
         job_id: JobId(format!(
             "{}-{}",
-            cfg.model,
+            m.model,
             &index.fingerprint[..12.min(index.fingerprint.len())]
         )),
-        model: cfg.model.clone(),
-        weights: cfg
-            .weights
-            .as_ref()
-            .map(|w| {
-                std::fs::canonicalize(w)
-                    .unwrap_or(w.clone())
-                    .display()
-                    .to_string()
-            })
-            .unwrap_or_default(),
-        weights_sha256,
-        data_url: location.url().to_string(),
-        format: cfg.format.clone(),
-        dataset_fingerprint: index.fingerprint.clone(),
-        dataset_samples: index.len() as u64,
-        num_classes,
+        model: ModelSpec {
+            model: m.model.clone(),
+            weights: m
+                .weights
+                .as_ref()
+                .map(|w| {
+                    std::fs::canonicalize(w)
+                        .unwrap_or(w.clone())
+                        .display()
+                        .to_string()
+                })
+                .unwrap_or_default(),
+            weights_sha256,
+            precision: m.precision,
+            fold_bn: m.folds_bn(),
+            leaky_slope: m.leaky_slope,
+            num_classes,
+            synthetic: m.synthetic,
+        },
+        data: DataSpec {
+            data_url: location.url().to_string(),
+            format: format.clone(),
+            dataset_fingerprint: index.fingerprint.clone(),
+            dataset_samples: index.len() as u64,
+        },
         preprocess: cfg.preprocess.clone(),
-        top_k: cfg.top_k.min(num_classes),
-        save_logits: cfg.save_logits,
-        precision: cfg.precision.clone(),
-        fold_bn: cfg.fold_bn,
-        batch_size: cfg.batch_size,
-        shard_size: cfg.shard_size,
-        leaky_slope: cfg.leaky_slope,
-        synthetic: cfg.synthetic,
-        counts_only: cfg.counts_only,
+        outputs: OutputSpec {
+            top_k: cfg.outputs.top_k.min(num_classes),
+            ..cfg.outputs.clone()
+        },
+        batching: cfg.batching.clone(),
     };
     Ok((job, index))
 }
@@ -369,7 +370,7 @@ pub async fn job_state(
     let (journal, done) = open_run_dir(cfg, job, &index).await?;
     let mut sched = Scheduler::new(
         index.len() as u64,
-        cfg.shard_size,
+        job.batching.shard_size,
         SchedulerConfig {
             lease_timeout: cfg.lease_timeout,
             max_failures: cfg.max_failures,
@@ -388,7 +389,7 @@ pub async fn job_state(
         );
     }
     Ok(RunState::new(
-        job.into(),
+        job,
         Arc::new(index),
         sched,
         journal,
@@ -908,8 +909,8 @@ fn refused_by_all(st: &RunState, local: &[LocalWorker]) -> Option<String> {
             .collect();
         format!(
             "no worker can run model {} with weights {}:\n  {}",
-            st.pb_job.model,
-            st.pb_job.weights,
+            st.job.model.model,
+            st.job.model.weights,
             reasons.join("\n  ")
         )
     })

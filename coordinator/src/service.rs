@@ -16,6 +16,7 @@ use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 use tresnet_common::dataset::DatasetIndex;
 use tresnet_common::ids::{LeaseId, SampleIndex, ShardId, WorkerId};
+use tresnet_common::job::JobSpec;
 use tresnet_common::protocol::PROTOCOL_VERSION;
 use tresnet_common::protocol::convert::sample_to_pb;
 use tresnet_common::protocol::pb::{self, coordinator_server::Coordinator};
@@ -80,6 +81,8 @@ pub enum Intake {
 /// Everything the RPC handlers and the run loop share.
 #[derive(Debug)]
 pub struct RunState {
+    /// The job being served, and its wire form (whose job id is unique within this process).
+    pub job: Arc<JobSpec>,
     pub pb_job: pb::JobSpec,
     pub index: Arc<DatasetIndex>,
     pub sched: Scheduler,
@@ -108,7 +111,7 @@ pub struct RunState {
 impl RunState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        pb_job: pb::JobSpec,
+        job: &JobSpec,
         index: Arc<DatasetIndex>,
         sched: Scheduler,
         journal: Journal,
@@ -117,7 +120,8 @@ impl RunState {
         lease_timeout: Duration,
     ) -> Self {
         RunState {
-            pb_job,
+            job: Arc::new(job.clone()),
+            pb_job: job.into(),
             index,
             sched,
             journal,
@@ -346,13 +350,12 @@ impl Coordinator for CoordinatorService {
             if header.shard_id >= st.sched.shard_count() as u64 {
                 return Err(Status::invalid_argument(format!("unknown {shard}")));
             }
-            let j = &st.pb_job;
-            let k5 = (crate::tally::TOP5 as u32).min(j.top_k).min(j.num_classes) as usize;
+            let j = &st.job;
             (
                 st.sched.samples_of(shard),
-                j.counts_only,
-                j.num_classes as usize,
-                k5,
+                j.outputs.counts_only,
+                j.model.num_classes as usize,
+                j.outputs.k5(j.model.num_classes),
             )
         };
         // Collect the shard's results, refusing anything that would break exactly-once accounting.
@@ -664,13 +667,11 @@ mod tests {
                 speculative: false,
             },
         );
-        let pb_job = pb::JobSpec {
-            job_id: id.into(),
-            ..Default::default()
-        };
+        let mut job = tresnet_common::job::example_job();
+        job.job_id = tresnet_common::ids::JobId(id.into());
         let journal = Journal::open(dir, tresnet_common::job::JobIdentity([0; 32])).unwrap();
         let mut st = RunState::new(
-            pb_job,
+            &job,
             Arc::new(index),
             sched,
             journal,

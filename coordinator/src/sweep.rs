@@ -2,10 +2,11 @@
 //! precisions) run one after another, one run directory per cell, and the table of all of them
 //! (`sweep.parquet`, `sweep.csv`, `sweep.md`).
 //!
-//! Each cell is exactly a `run` command line: the matrix fills in `--model --weights --data --format
-//! --resolution --crop-mode --precision --out`, and the `[run]` table of the sweep file adds any other
-//! `run` flag by its long name (`batch-size = 64`, `no-fold-bn = true`, `worker-arg = ["…"]`), so
-//! defaults and validation are the same as for a single run. Cells run one after another on one
+//! Each cell is exactly a `run`: the `[run]` table of the sweep file holds any `run` flag by its long
+//! name (`batch-size = 64`, `no-fold-bn = true`, `dct-scaling = true`, `worker-arg = ["…"]`) and is
+//! deserialised straight into `run`'s own [`RunArgs`] (the same structs, defaults and validation; an
+//! unknown key is an error naming it), and the matrix fills in model, weights, data, format,
+//! resolution, crop mode, precision and the run directory per cell. Cells run one after another on one
 //! [`WorkerPool`]: the gRPC endpoint stays up for the whole sweep, `local-workers` are spawned once
 //! (with the first cell that runs) and remote workers (`listen`) join once and stay attached. When a
 //! cell is done, its workers ask for the next job and get the next cell; a worker reloads its model
@@ -50,13 +51,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use polars::prelude::*;
 use serde::Deserialize;
+use tresnet_common::job::Precision;
 use tresnet_common::preprocess::CropMode;
 
 use crate::atomic_file::{write_atomic, write_atomic_with};
-use crate::cli::{Cli, Command};
+use crate::cli::{DataArgs, RunArgs};
 use crate::finished_run::{self, RunSummary};
 use crate::metrics::Observed;
 use crate::run::{self, WorkerPool};
@@ -89,18 +90,18 @@ pub struct SweepFile {
     #[serde(default = "default_crop_modes")]
     pub crop_modes: Vec<CropMode>,
     #[serde(default = "default_precisions")]
-    pub precisions: Vec<String>,
-    /// Any other `run` flag, by its long name without dashes in front.
+    pub precisions: Vec<Precision>,
+    /// Any other `run` flag, by its long name without dashes in front (read by [`Self::run_args`]).
     #[serde(default)]
-    pub run: BTreeMap<String, toml::Value>,
+    pub run: toml::Table,
 }
 
 fn default_crop_modes() -> Vec<CropMode> {
     vec![CropMode::Center]
 }
 
-fn default_precisions() -> Vec<String> {
-    vec!["fp32".into()]
+fn default_precisions() -> Vec<Precision> {
+    vec![Precision::Fp32]
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,7 +151,7 @@ pub struct Cell {
     pub num_classes: Option<u32>,
     pub resolution: u32,
     pub crop_mode: CropMode,
-    pub precision: String,
+    pub precision: Precision,
 }
 
 fn crop_name(c: CropMode) -> &'static str {
@@ -208,6 +209,8 @@ impl SweepFile {
                 );
             }
         }
+        f.run_args()
+            .with_context(|| format!("sweep file {}", path.display()))?;
         Ok(f)
     }
 
@@ -230,7 +233,7 @@ impl SweepFile {
                 for d in &self.datasets {
                     for &resolution in &self.resolutions {
                         for &crop_mode in &self.crop_modes {
-                            for precision in &self.precisions {
+                            for &precision in &self.precisions {
                                 let name = sanitize(&format!(
                                     "{}-{}-{}-{}-{}-{}",
                                     m.name,
@@ -238,7 +241,7 @@ impl SweepFile {
                                     d.name,
                                     resolution,
                                     crop_name(crop_mode),
-                                    precision
+                                    precision.as_str()
                                 ));
                                 cells.push(Cell {
                                     name,
@@ -251,7 +254,7 @@ impl SweepFile {
                                     num_classes: d.num_classes,
                                     resolution,
                                     crop_mode,
-                                    precision: precision.clone(),
+                                    precision,
                                 });
                             }
                         }
@@ -273,61 +276,62 @@ impl SweepFile {
         Ok(cells)
     }
 
-    /// The `run` flags of the `[run]` table.
-    fn run_flags(&self) -> anyhow::Result<Vec<String>> {
-        let mut out = Vec::new();
-        for (key, v) in &self.run {
-            let flag = format!("--{key}");
-            match v {
-                toml::Value::Boolean(true) => out.push(flag),
-                toml::Value::Boolean(false) => {}
-                toml::Value::String(s) => out.extend([flag, s.clone()]),
-                toml::Value::Integer(i) => out.extend([flag, i.to_string()]),
-                toml::Value::Float(x) => out.extend([flag, x.to_string()]),
-                toml::Value::Array(items) => {
-                    for item in items {
-                        let s = match item {
-                            toml::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        out.extend([flag.clone(), s]);
-                    }
-                }
-                other => bail!("[run] {key} = {other}: expected a string, number, boolean or list"),
+    /// The `[run]` table as `run`'s arguments: every cell's settings but the matrix's. Keys are flag
+    /// names (`batch-size`), which are the field names with `-` for `_`.
+    pub fn run_args(&self) -> anyhow::Result<RunArgs> {
+        let mut table = toml::Table::new();
+        for (key, value) in &self.run {
+            if key.contains('_') {
+                bail!(
+                    "[run] has unknown key {key:?} (keys are `run` flag names, such as batch-size)"
+                );
             }
+            table.insert(key.replace('-', "_"), value.clone());
         }
-        Ok(out)
+        let parse = |t: toml::Table| toml::Value::Table(t).try_into::<RunArgs>();
+        let args = match parse(table.clone()) {
+            Ok(args) => args,
+            Err(e) => {
+                // Serde reports a flattened field's bad value without its key: find the key alone.
+                let key = table.iter().find_map(|(k, v)| {
+                    parse(toml::Table::from_iter([(k.clone(), v.clone())]))
+                        .is_err()
+                        .then(|| k.replace('_', "-"))
+                });
+                match key {
+                    Some(key) => bail!("[run] {key}: {e}"),
+                    None => bail!("[run]: {e}"),
+                }
+            }
+        };
+        if let Some(key) = args.unknown.keys().next() {
+            bail!("[run] has unknown key {:?}", key.replace('_', "-"));
+        }
+        Ok(args)
     }
 }
 
 impl Cell {
-    /// The `run` command line of this cell.
-    pub fn run_args(&self, dir: &Path, flags: &[String]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "tresnet-coordinator".into(),
-            "run".into(),
-            "--model".into(),
-            self.model.clone(),
-            "--weights".into(),
-            self.weights.display().to_string(),
-            "--data".into(),
-            self.data.clone(),
-            "--format".into(),
-            self.format.clone(),
-            "--resolution".into(),
-            self.resolution.to_string(),
-            "--crop-mode".into(),
-            crop_name(self.crop_mode).into(),
-            "--precision".into(),
-            self.precision.clone(),
-            "--out".into(),
-            dir.display().to_string(),
-        ];
-        if let Some(n) = self.num_classes {
-            a.extend(["--num-classes".into(), n.to_string()]);
-        }
-        a.extend(flags.iter().cloned());
-        a
+    /// This cell's `run`: the shared `[run]` settings with the matrix's coordinates filled in.
+    pub fn run_args(&self, dir: &Path, shared: &RunArgs) -> anyhow::Result<RunArgs> {
+        let mut a = shared.clone();
+        a.model.model = self.model.clone();
+        a.model.weights = Some(self.weights.clone());
+        a.model.precision = self.precision;
+        a.data = DataArgs {
+            data: self.data.clone(),
+            format: self
+                .format
+                .parse()
+                .map_err(|e: tresnet_common::dataset::DatasetError| {
+                    anyhow::anyhow!("dataset {}: {e}", self.dataset)
+                })?,
+            num_classes: self.num_classes,
+        };
+        a.preprocess.resolution = self.resolution;
+        a.preprocess.crop_mode = self.crop_mode;
+        a.out = dir.to_path_buf();
+        Ok(a)
     }
 }
 
@@ -404,7 +408,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         ),
     };
     let cells = file.cells(&base)?;
-    let flags = file.run_flags()?;
+    let shared = file.run_args()?;
     std::fs::create_dir_all(&out)
         .with_context(|| format!("cannot create sweep folder {}", out.display()))?;
     let total = cells.len();
@@ -430,7 +434,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
             );
             break;
         }
-        let ran = run_cell(&cell, &dir, &flags, &tag, &mut pool, &observed, &shutdown).await;
+        let ran = run_cell(&cell, &dir, &shared, &tag, &mut pool, &observed, &shutdown).await;
         let (status, summary, error) = match ran {
             // Written, but short of the dataset: the cell is not done, and a rerun resumes it.
             Ok((_, s)) if s.failed_samples > 0 => {
@@ -479,7 +483,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
 /// run back to back, so that every worker loads each model once. Precision is the only dimension that
 /// decides the loaded model yet varies faster than datasets, resolutions and crop modes in the matrix.
 /// (The tables keep the matrix order.)
-fn run_order(cells: &[Cell], precisions: &[String]) -> Vec<usize> {
+fn run_order(cells: &[Cell], precisions: &[Precision]) -> Vec<usize> {
     let checkpoint = |c: &Cell| {
         cells
             .iter()
@@ -495,22 +499,13 @@ fn run_order(cells: &[Cell], precisions: &[String]) -> Vec<usize> {
 async fn run_cell(
     cell: &Cell,
     dir: &Path,
-    flags: &[String],
+    shared: &RunArgs,
     tag: &str,
     pool: &mut Option<WorkerPool>,
     observed: &Observed,
     shutdown: &Shutdown,
 ) -> anyhow::Result<(CellStatus, RunSummary)> {
-    let args = cell.run_args(dir, flags);
-    let run_cfg = match Cli::try_parse_from(&args) {
-        Ok(Cli {
-            command: Command::Run(a),
-            ..
-        }) => a.into_config()?,
-        Ok(_) => bail!("internal: a sweep cell did not parse as `run`"),
-        // clap's message names the offending flag, which comes from the sweep file's [run] table.
-        Err(e) => bail!("invalid run flags for this cell: {e}"),
-    };
+    let run_cfg = cell.run_args(dir, shared)?.into_config()?;
     let started = std::time::Instant::now();
     let (job, index) = run::plan_unless_stopped(&run_cfg, shutdown).await?;
     if let Some(s) = finished(dir, &job) {
@@ -558,7 +553,10 @@ fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
             "crop_mode".into(),
             s(&|r| crop_name(r.cell.crop_mode).to_string()),
         ),
-        Column::new("precision".into(), s(&|r| r.cell.precision.clone())),
+        Column::new(
+            "precision".into(),
+            s(&|r| r.cell.precision.as_str().to_string()),
+        ),
         Column::new("status".into(), s(&|r| r.status.as_str().to_string())),
         Column::new(
             "top1".into(),
@@ -623,7 +621,7 @@ pub fn markdown(o: &SweepOutcome) -> String {
             c.dataset.clone(),
             c.resolution.to_string(),
             crop_name(c.crop_mode).to_string(),
-            c.precision.clone(),
+            c.precision.as_str().to_string(),
             num(opt_f64(r, |s| s.top1)),
             num(opt_f64(r, |s| s.top5)),
             opt_u64(r, |s| s.samples)
@@ -684,21 +682,93 @@ worker-arg = ["--x", "--y"]
         assert_eq!(cells[0].data, "/sweeps/images");
         assert_eq!(cells[7].name, "tresnet_m-b_v2-sample-96-squish-fp32");
         assert_eq!(cells[7].weights, PathBuf::from("/abs/b.pth"));
-        let flags = f.run_flags().unwrap();
-        assert_eq!(
-            flags,
-            [
-                "--batch-size",
-                "4",
-                "--no-fold-bn",
-                "--worker-arg",
-                "--x",
-                "--worker-arg",
-                "--y"
-            ]
-        );
-        let args = cells[0].run_args(Path::new("/o/c"), &flags);
-        assert!(Cli::try_parse_from(&args).is_ok(), "{args:?}");
+        let shared = f.run_args().unwrap();
+        assert_eq!(shared.batching.batch_size, 4);
+        assert!(shared.model.no_fold_bn);
+        assert_eq!(shared.worker_arg, ["--x", "--y"]);
+        let cfg = cells[0]
+            .run_args(Path::new("/o/c"), &shared)
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(cfg.batching.batch_size, 4);
+        assert!(!cfg.model.folds_bn());
+        assert_eq!(cfg.preprocess.resolution, 64);
+        assert_eq!(cfg.out, PathBuf::from("/o/c"));
+    }
+
+    /// A `[run]` table deserialises into the same defaults as a `run` command line that gives only the
+    /// matrix's flags, and every job parameter (`dct-scaling`, `max-pixels`, ...) is a key.
+    #[test]
+    fn the_run_table_has_the_command_lines_defaults_and_keys() {
+        use clap::Parser;
+        let f: SweepFile = toml::from_str(&FILE.replace("no-fold-bn = true\n", "")).unwrap();
+        let cell = &f.cells(Path::new("/s")).unwrap()[0];
+        let from_table = cell
+            .run_args(Path::new("/o"), &f.run_args().unwrap())
+            .unwrap();
+        let argv = [
+            "x",
+            "run",
+            "--model",
+            "tresnet_m",
+            "--weights",
+            "/s/w/a.pth",
+            "--data",
+            "/s/images",
+            "--format",
+            "imagefolder",
+            "--resolution",
+            "64",
+            "--crop-mode",
+            "center",
+            "--precision",
+            "fp32",
+            "--out",
+            "/o",
+            "--batch-size",
+            "4",
+            "--worker-arg",
+            "--x",
+            "--worker-arg",
+            "--y",
+        ];
+        let crate::cli::Command::Run(from_cli) =
+            crate::cli::Cli::try_parse_from(argv).unwrap().command
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(format!("{from_table:?}"), format!("{from_cli:?}"));
+
+        let f: SweepFile = toml::from_str(&format!(
+            "{FILE}dct-scaling = true\nmax-pixels = 1000\ncrop-pct = 1\ntop-k = 3\nstore-retries = 1\n"
+        ))
+        .unwrap();
+        let a = f.run_args().unwrap();
+        assert!(a.preprocess.dct_scaling);
+        assert_eq!(a.preprocess.max_pixels, 1000);
+        assert_eq!(a.preprocess.crop_pct, 1.0);
+        assert_eq!(a.outputs.top_k, 3);
+        assert_eq!(a.store.store_retries, 1);
+    }
+
+    #[test]
+    fn unknown_run_keys_and_bad_values_are_refused_by_name() {
+        for key in ["bacth-size", "batch_size", "fold-bnn"] {
+            let f: SweepFile = toml::from_str(&format!("{FILE}{key} = 4\n")).unwrap();
+            let e = format!("{:#}", f.run_args().unwrap_err());
+            assert!(e.contains(&format!("{key:?}")), "{key}: {e}");
+        }
+        for bad in [
+            "max-pixels = \"many\"",
+            "on-bad-sample = \"maybe\"",
+            "top-k = -1",
+        ] {
+            let f: SweepFile = toml::from_str(&format!("{FILE}{bad}\n")).unwrap();
+            let e = format!("{:#}", f.run_args().unwrap_err());
+            let key = bad.split(' ').next().unwrap();
+            assert!(e.starts_with(&format!("[run] {key}: ")), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -710,9 +780,9 @@ worker-arg = ["--x", "--y"]
         .unwrap();
         let cells = f.cells(Path::new("/s")).unwrap();
         assert_eq!(cells.len(), 16);
-        let ran: Vec<(String, String)> = run_order(&cells, &f.precisions)
+        let ran: Vec<(String, Precision)> = run_order(&cells, &f.precisions)
             .into_iter()
-            .map(|i| (cells[i].weights_label.clone(), cells[i].precision.clone()))
+            .map(|i| (cells[i].weights_label.clone(), cells[i].precision))
             .collect();
         // Four loads in all (two checkpoints × two precisions), each followed by its other cells.
         let loads = 1 + ran.windows(2).filter(|w| w[0] != w[1]).count();
@@ -755,11 +825,9 @@ worker-arg = ["--x", "--y"]
         let on_bad = |extra: &str| {
             let f: SweepFile = toml::from_str(&format!("{FILE}{extra}")).unwrap();
             let args = f.cells(Path::new("/s")).unwrap()[0]
-                .run_args(Path::new("/o/c"), &f.run_flags().unwrap());
-            let Command::Run(a) = Cli::try_parse_from(&args).unwrap().command else {
-                panic!("not a run: {args:?}");
-            };
-            a.into_config().unwrap().on_bad_record
+                .run_args(Path::new("/o/c"), &f.run_args().unwrap())
+                .unwrap();
+            args.into_config().unwrap().on_bad_record
         };
         use crate::journal::OnBadRecord;
         assert_eq!(on_bad(""), OnBadRecord::Refuse);
@@ -783,10 +851,11 @@ worker-arg = ["--x", "--y"]
                 let f = SweepFile::read(&p).unwrap_or_else(|e| panic!("{e:#}"));
                 let cells = f.cells(&dir).unwrap();
                 assert!(!cells.is_empty(), "{}", p.display());
-                let flags = f.run_flags().unwrap();
+                let shared = f.run_args().unwrap();
                 for c in &cells {
-                    let args = c.run_args(Path::new("/o"), &flags);
-                    Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                    c.run_args(Path::new("/o"), &shared)
+                        .and_then(RunArgs::into_config)
+                        .unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
                 }
                 n += 1;
             }

@@ -9,11 +9,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tresnet_common::protocol::pb::{ClassCount, ConfusionCell, SampleResult, ShardCounts};
 
-/// Calibration bins for ECE, as torchmetrics and most papers use.
-pub const ECE_BINS: usize = 15;
-
-/// Top-k for the headline top-5 metric.
-pub const TOP5: usize = 5;
+pub use tresnet_common::scoring::ECE_BINS;
+use tresnet_common::scoring::{ece_bin, top5_k};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ClassTally {
@@ -59,7 +56,7 @@ impl Tally {
     pub fn new(num_classes: usize, top_k: usize) -> Self {
         Tally {
             num_classes,
-            k5: TOP5.min(top_k).min(num_classes),
+            k5: top5_k(top_k as u32, num_classes as u32),
             evaluated: 0,
             correct1: 0,
             correct5: 0,
@@ -108,7 +105,7 @@ impl Tally {
         self.loss_sum += r.loss;
         let conf = r.confidence.clamp(0.0, 1.0);
         // Bin i holds confidences in (i/B, (i+1)/B]; 0 goes to the first bin.
-        let bin = ((conf * ECE_BINS as f64).ceil() as usize).clamp(1, ECE_BINS) - 1;
+        let bin = ece_bin(conf);
         let b = &mut self.bins[bin];
         b.count += 1;
         b.confidence_sum += conf;

@@ -16,9 +16,10 @@ use tonic::transport::Channel;
 use tresnet_common::dataset::{Sample, SampleSource};
 use tresnet_common::error_text::with_causes;
 use tresnet_common::ids::SampleIndex;
+use tresnet_common::job::JobSpec;
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::auth::AttachToken;
-use tresnet_common::protocol::convert::{WorkerJob, sample_from_pb};
+use tresnet_common::protocol::convert::sample_from_pb;
 use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
 use tresnet_common::protocol::pb::{self, SampleResult};
 use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
@@ -182,7 +183,7 @@ impl Dispatch {
 
     /// The lease's per-sample results, scored by the first executor from every executor's logits
     /// gathered to its device.
-    async fn gather(&self, job: &Arc<WorkerJob>, lease: u64) -> Result<Vec<SampleResult>, String> {
+    async fn gather(&self, job: &Arc<JobSpec>, lease: u64) -> Result<Vec<SampleResult>, String> {
         let job = job.clone();
         self.collect("gathered results", move |reply| Work::Gather {
             job: job.clone(),
@@ -210,7 +211,7 @@ struct Shared {
     client: Client,
     link: Link,
     worker_id: String,
-    job: Arc<WorkerJob>,
+    job: Arc<JobSpec>,
     location: StorageLocation,
     dispatch: Arc<Dispatch>,
     /// Per-sample results come from one gather per shard, not from each batch.
@@ -487,35 +488,35 @@ async fn run_job(
     heartbeat_every: Duration,
 ) -> Result<u64, JobError> {
     let url = &cfg.coordinator;
-    let job: WorkerJob =
+    let job: JobSpec =
         pb_job
             .try_into()
             .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
                 JobError::Refused(AgentError::Job(e.to_string()))
             })?;
-    let location = StorageLocation::parse(&job.data_url, &cfg.storage).map_err(|e| {
+    let location = StorageLocation::parse(&job.data.data_url, &cfg.storage).map_err(|e| {
         JobError::Refused(AgentError::Storage {
-            url: job.data_url.clone(),
+            url: job.data.data_url.clone(),
             reason: e.to_string(),
         })
     })?;
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
-        fold_bn: cfg.fold_bn.unwrap_or(job.fold_bn),
+        fold_bn: cfg.fold_bn.unwrap_or(job.model.fold_bn),
         channels_last: None,
         debug_batch_delay: cfg.debug_batch_delay,
-        gather_logits: cfg.gather_logits && !job.counts_only,
+        gather_logits: cfg.gather_logits && !job.outputs.counts_only,
         metrics: cfg.metrics.clone(),
     };
     let key = ModelKey::of(&exec_cfg);
     if executors.as_ref().is_some_and(|e| e.key == key) {
-        tracing::info!(job = %job.job_id, model = %job.model, "same model as the previous job; keeping it loaded");
+        tracing::info!(job = %job.job_id.0, model = %job.model.model, "same model as the previous job; keeping it loaded");
     } else {
         if let Some(old) = executors.take() {
             old.stop().await;
         }
-        tracing::info!(job = %job.job_id, model = %job.model, weights = %job.weights, "loading the model");
-        let per_executor = job.counts_only || cfg.gather_logits;
+        tracing::info!(job = %job.job_id.0, model = %job.model.model, weights = %job.model.weights, "loading the model");
+        let per_executor = job.outputs.counts_only || cfg.gather_logits;
         let (dispatch, queues) = Dispatch::new(cfg.devices.len().max(1), per_executor);
         let devices = cfg.devices.clone();
         let threads =
@@ -525,7 +526,7 @@ async fn run_job(
                 .map_err(|e| {
                     JobError::Refused(AgentError::Executor(format!(
                         "model {} with weights {}: {e}",
-                        job.model, job.weights
+                        job.model.model, job.model.weights
                     )))
                 })?;
         *executors = Some(Executors {
@@ -541,14 +542,14 @@ async fn run_job(
     let cache = cfg
         .dataset_cache
         .clone()
-        .filter(|_| remote && !job.dataset_fingerprint.is_empty() && !job.synthetic);
+        .filter(|_| remote && !job.data.dataset_fingerprint.is_empty() && !job.model.synthetic);
     let dispatch = executors
         .as_ref()
         .map(|e| e.dispatch.clone())
         .expect("executors loaded above");
-    let gather_logits = cfg.gather_logits && !job.counts_only;
+    let gather_logits = cfg.gather_logits && !job.outputs.counts_only;
     if gather_logits {
-        tracing::info!(job = %job.job_id, "each shard's logits are gathered to the first executor");
+        tracing::info!(job = %job.job_id.0, "each shard's logits are gathered to the first executor");
     }
     let shared = Arc::new(Shared {
         client: client.clone(),
@@ -647,7 +648,7 @@ async fn lease_loop(shared: &Arc<Shared>, capacity: u32, url: &str) -> Result<()
         let req = pb::LeaseRequest {
             worker_id: shared.worker_id.clone(),
             max_shards: capacity - active,
-            job_id: shared.job.job_id.clone(),
+            job_id: shared.job.job_id.0.clone(),
         };
         let resp = shared
             .link
@@ -703,7 +704,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration) {
                     worker_id: shared.worker_id.clone(),
                     lease_ids: ids,
                     samples_done: shared.samples_done.load(Ordering::Relaxed),
-                    job_id: shared.job.job_id.clone(),
+                    job_id: shared.job.job_id.0.clone(),
                 };
                 let mut client = shared.client.clone();
                 async move { client.heartbeat(req).await }
@@ -752,9 +753,9 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
     let Err(e) = result else {
         return;
     };
-    if shared.job.counts_only || shared.gather_logits {
+    if shared.job.outputs.counts_only || shared.gather_logits {
         // Whatever the executors kept for this lease is void; free it.
-        let job = shared.job.job_id.clone();
+        let job = shared.job.job_id.0.clone();
         let _ = shared
             .dispatch
             .broadcast(move || Work::Discard {
@@ -780,7 +781,7 @@ async fn run_shard(shared: Arc<Shared>, lease: pb::ShardLease) {
             error,
             reason: reason.into(),
             store_retries,
-            job_id: shared.job.job_id.clone(),
+            job_id: shared.job.job_id.0.clone(),
         })
         .await;
 }
@@ -807,13 +808,13 @@ async fn process_shard(
             worker_id: shared.worker_id.clone(),
             shard_id: lease.shard_id,
             lease_id: lease.lease_id,
-            job_id: shared.job.job_id.clone(),
+            job_id: shared.job.job_id.0.clone(),
         })),
     })
     .await
     .map_err(stream_closed)?;
     let submit = Submission::start(shared.link.clone(), shared.client.clone(), rx);
-    let batch_size = shared.job.batch_size as usize;
+    let batch_size = shared.job.batching.batch_size as usize;
     let side = shared.job.preprocess.resolution as i64;
     let prepared = futures::stream::iter(samples)
         .map(|(i, s)| {
@@ -866,13 +867,13 @@ async fn process_shard(
         .await
         .map_err(stream_closed)?;
     }
-    if shared.job.counts_only {
+    if shared.job.outputs.counts_only {
         let counts = shared
             .dispatch
             .reduce(
-                &shared.job.job_id,
+                &shared.job.job_id.0,
                 lease.lease_id,
-                i64::from(shared.job.num_classes),
+                i64::from(shared.job.model.num_classes),
             )
             .await
             .map_err(EnvironmentFault::Executor)?;
@@ -963,7 +964,7 @@ async fn run_batch(
 /// Fetches and preprocesses one sample; a failure says whose fault it is, and is never a crash.
 async fn prepare(shared: &Arc<Shared>, s: &Sample) -> Result<PreprocessedImage, Fault> {
     let side = shared.job.preprocess.resolution;
-    if shared.job.synthetic {
+    if shared.job.model.synthetic {
         // Benchmark mode: no fetch, no decode; the executor ignores the pixels.
         return Ok(PreprocessedImage {
             width: side,
@@ -1008,7 +1009,7 @@ async fn fetch(shared: &Arc<Shared>, s: &Sample) -> Result<bytes::Bytes, Fault> 
     let range = s.source.byte_range();
     let url = loc.object_url(path);
     let key = EntryKey {
-        dataset_fingerprint: &shared.job.dataset_fingerprint,
+        dataset_fingerprint: &shared.job.data.dataset_fingerprint,
         object_url: &url,
         range: range.clone(),
         size: s.source.size(),

@@ -10,10 +10,8 @@
 use tch::{Device, Kind, Tensor};
 use tresnet_common::protocol::pb::{ClassCount, ConfusionCell, ShardCounts};
 
-/// The report's "top-5" k before capping by `top_k` and the class count.
-pub const TOP5: i64 = 5;
-/// Calibration bins, as the coordinator's report uses.
-pub const ECE_BINS: i64 = 15;
+/// Calibration bins, as the coordinator's report uses (`tresnet_common::scoring`), as a tensor size.
+const ECE_BINS: i64 = tresnet_common::scoring::ECE_BINS as i64;
 /// Leading integer counters: evaluated, correct@1, correct@k.
 const HEAD: i64 = 3;
 
@@ -151,9 +149,9 @@ mod tests {
     fn host_counts(logits: &[Vec<f32>], labels: &[u32], k: usize) -> ShardCounts {
         let c = logits[0].len();
         let mut out = ShardCounts {
-            bin_count: vec![0; 15],
-            bin_confidence_sum: vec![0.0; 15],
-            bin_correct: vec![0; 15],
+            bin_count: vec![0; ECE_BINS as usize],
+            bin_confidence_sum: vec![0.0; ECE_BINS as usize],
+            bin_correct: vec![0; ECE_BINS as usize],
             ..Default::default()
         };
         let mut confusion = std::collections::BTreeMap::new();
@@ -167,7 +165,7 @@ mod tests {
             out.correct1 += u64::from(hit1);
             out.correct5 += u64::from(hitk);
             out.loss_sum += loss;
-            let bin = ((conf * 15.0).ceil() as usize).clamp(1, 15) - 1;
+            let bin = tresnet_common::scoring::ece_bin(conf);
             out.bin_count[bin] += 1;
             out.bin_confidence_sum[bin] += conf;
             out.bin_correct[bin] += u64::from(hit1);

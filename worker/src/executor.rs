@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
-use tresnet_common::job::SaveLogits;
-use tresnet_common::protocol::convert::WorkerJob;
+use tresnet_common::job::JobSpec;
+use tresnet_common::job::{ModelSpec, Precision, SaveLogits};
 use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 
 use crate::collective::Collective;
@@ -32,7 +32,7 @@ pub struct Batch {
     pub pixels: Vec<u8>,
     pub side: i64,
     /// The job the batch belongs to: how to score it and what to send back.
-    pub job: Arc<WorkerJob>,
+    pub job: Arc<JobSpec>,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, String>>,
 }
 
@@ -68,7 +68,7 @@ pub enum Work {
     /// Gather the lease's logits (kept on each device) to the first executor, which scores them and
     /// replies with the per-sample results; the others reply `None`.
     Gather {
-        job: Arc<WorkerJob>,
+        job: Arc<JobSpec>,
         lease: u64,
         reply: GatherReply,
     },
@@ -90,7 +90,7 @@ enum Engine {
 
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
-    pub job: WorkerJob,
+    pub job: JobSpec,
     pub fold_bn: bool,
     pub channels_last: Option<bool>,
     /// Test hook: sleep this long per batch to simulate a slow node.
@@ -101,36 +101,26 @@ pub struct ExecutorConfig {
 }
 
 /// Everything that decides which network the executors hold; two jobs with equal keys run on the
-/// same loaded model.
+/// same loaded model. Derived from the job's model part as a whole, so a new model parameter reloads
+/// the model without anyone adding it here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelKey {
-    model: String,
-    weights: String,
-    weights_sha256: String,
-    precision: String,
-    fold_bn: bool,
+    /// The job's model part, with this worker's BN folding (`--fold-bn` may override the job's).
+    model: ModelSpec,
     channels_last: Option<bool>,
-    leaky_slope: Option<f64>,
-    num_classes: u32,
-    synthetic: bool,
     /// Counts-only jobs give each executor its own queue (see [`Work`]), so a change restarts them.
     counts_only: bool,
 }
 
 impl ModelKey {
     pub fn of(cfg: &ExecutorConfig) -> Self {
-        let j = &cfg.job;
         ModelKey {
-            model: j.model.clone(),
-            weights: j.weights.clone(),
-            weights_sha256: j.weights_sha256.clone(),
-            precision: j.precision.clone(),
-            fold_bn: cfg.fold_bn,
+            model: ModelSpec {
+                fold_bn: cfg.fold_bn,
+                ..cfg.job.model.clone()
+            },
             channels_last: cfg.channels_last,
-            leaky_slope: j.leaky_slope,
-            num_classes: j.num_classes,
-            synthetic: j.synthetic,
-            counts_only: j.counts_only,
+            counts_only: cfg.job.outputs.counts_only,
         }
     }
 }
@@ -138,22 +128,21 @@ impl ModelKey {
 /// Loads the job's model on `device` (or nothing, in synthetic mode).
 fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
     let job = &cfg.job;
-    if job.synthetic {
+    if job.model.synthetic {
         return Ok(Engine::Synthetic {
-            classes: job.num_classes as usize,
+            classes: job.model.num_classes as usize,
         });
     }
-    let name: ModelName = job.model.parse()?;
+    let name: ModelName = job.model.model.parse()?;
     let mut arch = name.config();
-    if let Some(s) = job.leaky_slope {
+    if let Some(s) = job.model.leaky_slope {
         arch.stem_slope = s;
         arch.block_slope = s;
     }
-    let kind = match job.precision.as_str() {
-        "fp32" => Kind::Float,
-        "fp16" => Kind::Half,
-        "bf16" => Kind::BFloat16,
-        other => return Err(format!("unknown precision {other}")),
+    let kind = match job.model.precision {
+        Precision::Fp32 => Kind::Float,
+        Precision::Fp16 => Kind::Half,
+        Precision::Bf16 => Kind::BFloat16,
     };
     if kind == Kind::Half && device == Device::Cpu {
         return Err("precision fp16 needs a CUDA device".into());
@@ -164,12 +153,12 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
         fold_bn: cfg.fold_bn,
         channels_last: cfg.channels_last.unwrap_or(device != Device::Cpu),
     };
-    let loaded = load_model(name, &arch, std::path::Path::new(&job.weights), &opts)
+    let loaded = load_model(name, &arch, std::path::Path::new(&job.model.weights), &opts)
         .map_err(|e| format!("{e}"))?;
-    if loaded.num_classes != i64::from(job.num_classes) {
+    if loaded.num_classes != i64::from(job.model.num_classes) {
         return Err(format!(
             "checkpoint {} has {} classes but the job expects {} (the dataset's class count)",
-            job.weights, loaded.num_classes, job.num_classes
+            job.model.weights, loaded.num_classes, job.model.num_classes
         ));
     }
     Ok(Engine::Model(Box::new(loaded.model)))
@@ -236,9 +225,9 @@ pub fn start(
                         }
                         Ok(Work::Gather { job, lease, reply }) => {
                             // Leftovers of a finished job can never be gathered now.
-                            kept.retain(|(j, _), _| *j == job.job_id);
+                            kept.retain(|(j, _), _| *j == job.job_id.0);
                             let mine = kept
-                                .remove(&(job.job_id.clone(), lease))
+                                .remove(&(job.job_id.0.clone(), lease))
                                 .unwrap_or_default();
                             let out =
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -277,17 +266,20 @@ pub fn start(
                     // libtorch reports some failures by panicking inside tch; one bad batch must fail
                     // its shard (which is then retried) rather than kill this device's executor.
                     let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let acc = batch.job.counts_only.then(|| {
+                        let acc = batch.job.outputs.counts_only.then(|| {
                             counts
-                                .entry((batch.job.job_id.clone(), batch.lease))
+                                .entry((batch.job.job_id.0.clone(), batch.lease))
                                 .or_insert_with(|| {
-                                    DeviceCounts::zeros(i64::from(batch.job.num_classes), device)
+                                    DeviceCounts::zeros(
+                                        i64::from(batch.job.model.num_classes),
+                                        device,
+                                    )
                                 })
                         });
                         if acc.is_none() && cfg.gather_logits {
                             let y = device_logits(&engine, &batch.job, device, &batch)?;
                             let k = kept
-                                .entry((batch.job.job_id.clone(), batch.lease))
+                                .entry((batch.job.job_id.0.clone(), batch.lease))
                                 .or_default();
                             k.logits.push(y.to_kind(Kind::Float));
                             k.indices.extend(batch.indices.iter().map(|&i| i as i64));
@@ -327,9 +319,9 @@ fn gather(
     rank: usize,
     device: Device,
     mine: Kept,
-    job: &WorkerJob,
+    job: &JobSpec,
 ) -> Result<Option<Vec<SampleResult>>, String> {
-    let classes = i64::from(job.num_classes);
+    let classes = i64::from(job.model.num_classes);
     let logits = if mine.logits.is_empty() {
         Tensor::zeros([0, classes], (Kind::Float, device))
     } else {
@@ -422,7 +414,7 @@ fn synthetic_record(index: u64, classes: usize, k: usize) -> SampleResult {
 /// pseudo-logits from the sample indices).
 fn device_logits(
     engine: &Engine,
-    job: &WorkerJob,
+    job: &JobSpec,
     device: Device,
     b: &Batch,
 ) -> Result<Tensor, String> {
@@ -470,7 +462,7 @@ fn device_logits(
 /// device and no per-sample results at all.
 fn run_batch(
     engine: &Engine,
-    job: &WorkerJob,
+    job: &JobSpec,
     device: Device,
     b: &Batch,
     counts: Option<&mut DeviceCounts>,
@@ -484,17 +476,17 @@ fn run_batch(
         if let Some(bad) = b.labels.iter().find(|&&l| i64::from(l) >= classes) {
             return Err(format!("label {bad} outside the model's {classes} classes"));
         }
-        let k = (crate::counts::TOP5.min(i64::from(job.top_k))).min(classes);
+        let k = tresnet_common::scoring::top5_k(job.outputs.top_k, classes as u32) as i64;
         acc.add_batch(&y, &labels, k);
         return Ok(Vec::new());
     }
-    if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.save_logits) {
+    if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.outputs.save_logits) {
         // Capacity benchmarks measure the coordinator: O(k) work per sample keeps the simulated
         // workers from being the bottleneck on the same few cores.
         return Ok(b
             .indices
             .iter()
-            .map(|&i| synthetic_record(i, *classes, job.top_k as usize))
+            .map(|&i| synthetic_record(i, *classes, job.outputs.top_k as usize))
             .collect());
     }
     let y = device_logits(engine, job, device, b)?;
@@ -506,7 +498,7 @@ fn run_batch(
 
 /// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`.
 fn score_rows(
-    job: &WorkerJob,
+    job: &JobSpec,
     logits: &[f32],
     classes: usize,
     indices: &[u64],
@@ -514,9 +506,9 @@ fn score_rows(
 ) -> Vec<SampleResult> {
     let mut out = Vec::with_capacity(indices.len());
     for (j, row) in logits.chunks(classes).enumerate() {
-        let (topk_indices, topk_logits) = top_k(row, job.top_k as usize);
+        let (topk_indices, topk_logits) = top_k(row, job.outputs.top_k as usize);
         let (loss, confidence) = loss_and_confidence(row, labels[j]);
-        let logits = match job.save_logits {
+        let logits = match job.outputs.save_logits {
             SaveLogits::None => Vec::new(),
             SaveLogits::Fp32 => row.iter().flat_map(|v| v.to_le_bytes()).collect(),
             SaveLogits::Fp16 => row

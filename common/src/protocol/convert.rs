@@ -4,8 +4,9 @@ use object_store::path::Path;
 
 use super::pb;
 use crate::dataset::{Sample, SampleKey, SampleSource};
+use crate::ids::JobId;
 use crate::ids::SampleIndex;
-use crate::job::{JobSpec, SaveLogits};
+use crate::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, Precision, SaveLogits};
 use crate::preprocess::{CropMode, PreprocessConfig};
 use crate::software::WorkerSoftware;
 
@@ -24,15 +25,46 @@ fn bad(message: &'static str, reason: impl Into<String>) -> ConvertError {
     }
 }
 
+impl From<CropMode> for pb::CropMode {
+    fn from(c: CropMode) -> Self {
+        match c {
+            CropMode::Center => pb::CropMode::Center,
+            CropMode::Squish => pb::CropMode::Squish,
+        }
+    }
+}
+
+impl From<Precision> for pb::Precision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Fp32 => pb::Precision::Fp32,
+            Precision::Fp16 => pb::Precision::Fp16,
+            Precision::Bf16 => pb::Precision::Bf16,
+        }
+    }
+}
+
+impl From<SaveLogits> for pb::SaveLogits {
+    fn from(l: SaveLogits) -> Self {
+        match l {
+            SaveLogits::None => pb::SaveLogits::None,
+            SaveLogits::Fp16 => pb::SaveLogits::Fp16,
+            SaveLogits::Fp32 => pb::SaveLogits::Fp32,
+        }
+    }
+}
+
+/// An enum field's value, refusing unknown numbers and the unspecified 0.
+fn known<E: TryFrom<i32>>(message: &'static str, field: &str, v: i32) -> Result<E, ConvertError> {
+    E::try_from(v).map_err(|_| bad(message, format!("{field} {v} is not a known value")))
+}
+
 impl From<&PreprocessConfig> for pb::PreprocessSpec {
     fn from(p: &PreprocessConfig) -> Self {
         pb::PreprocessSpec {
             resolution: p.resolution,
             crop_pct: p.crop_pct,
-            crop_mode: match p.crop_mode {
-                CropMode::Center => "center".into(),
-                CropMode::Squish => "squish".into(),
-            },
+            crop_mode: pb::CropMode::from(p.crop_mode).into(),
             mean: p.mean.to_vec(),
             std: p.std.to_vec(),
             max_pixels: p.max_pixels,
@@ -52,13 +84,17 @@ impl TryFrom<pb::PreprocessSpec> for PreprocessConfig {
                 )
             })
         };
+        let crop_mode = match known("PreprocessSpec", "crop_mode", p.crop_mode)? {
+            pb::CropMode::Center => CropMode::Center,
+            pb::CropMode::Squish => CropMode::Squish,
+            pb::CropMode::Unspecified => {
+                return Err(bad("PreprocessSpec", "crop_mode is unspecified"));
+            }
+        };
         let cfg = PreprocessConfig {
             resolution: p.resolution,
             crop_pct: p.crop_pct,
-            crop_mode: p
-                .crop_mode
-                .parse()
-                .map_err(|e: String| bad("PreprocessSpec", e))?,
+            crop_mode,
             mean: three(p.mean, "mean")?,
             std: three(p.std, "std")?,
             max_pixels: p.max_pixels,
@@ -72,90 +108,112 @@ impl TryFrom<pb::PreprocessSpec> for PreprocessConfig {
 
 impl From<&JobSpec> for pb::JobSpec {
     fn from(j: &JobSpec) -> Self {
+        let m = &j.model;
         pb::JobSpec {
             job_id: j.job_id.0.clone(),
-            model: j.model.clone(),
-            weights: j.weights.clone(),
-            weights_sha256: j.weights_sha256.clone(),
-            data_url: j.data_url.clone(),
+            model: Some(pb::ModelSpec {
+                model: m.model.clone(),
+                weights: m.weights.clone(),
+                weights_sha256: m.weights_sha256.clone(),
+                precision: pb::Precision::from(m.precision).into(),
+                fold_bn: m.fold_bn,
+                leaky_slope: m.leaky_slope,
+                num_classes: m.num_classes,
+                synthetic: m.synthetic,
+            }),
+            data: Some(pb::DataSpec {
+                data_url: j.data.data_url.clone(),
+                format_json: serde_json::to_string(&j.data.format)
+                    .expect("a dataset format always serialises"),
+                dataset_fingerprint: j.data.dataset_fingerprint.clone(),
+                dataset_samples: j.data.dataset_samples,
+            }),
             preprocess: Some((&j.preprocess).into()),
-            top_k: j.top_k,
-            save_logits: j.save_logits.as_str().into(),
-            precision: j.precision.clone(),
-            fold_bn: j.fold_bn,
-            batch_size: j.batch_size,
-            num_classes: j.num_classes,
-            synthetic: j.synthetic,
-            leaky_slope: j.leaky_slope,
-            counts_only: j.counts_only,
-            dataset_fingerprint: j.dataset_fingerprint.clone(),
+            outputs: Some(pb::OutputSpec {
+                top_k: j.outputs.top_k,
+                save_logits: pb::SaveLogits::from(j.outputs.save_logits).into(),
+                counts_only: j.outputs.counts_only,
+            }),
+            batching: Some(pb::BatchingSpec {
+                batch_size: j.batching.batch_size,
+                shard_size: j.batching.shard_size,
+            }),
         }
     }
 }
 
-/// What a worker needs of the job, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkerJob {
-    pub job_id: String,
-    pub model: String,
-    pub weights: String,
-    pub weights_sha256: String,
-    pub data_url: String,
-    pub preprocess: PreprocessConfig,
-    pub top_k: u32,
-    pub save_logits: SaveLogits,
-    pub precision: String,
-    pub fold_bn: bool,
-    pub batch_size: u32,
-    pub num_classes: u32,
-    pub synthetic: bool,
-    pub leaky_slope: Option<f64>,
-    pub counts_only: bool,
-    pub dataset_fingerprint: String,
-}
-
-impl TryFrom<pb::JobSpec> for WorkerJob {
+/// The job as a worker receives it: the same [`JobSpec`] the coordinator planned, checked for what a
+/// worker relies on (a batch size, a top-k the model can produce, no logits in a counts-only job).
+impl TryFrom<pb::JobSpec> for JobSpec {
     type Error = ConvertError;
     fn try_from(j: pb::JobSpec) -> Result<Self, ConvertError> {
+        const M: &str = "JobSpec";
+        let part = |what: &str| bad(M, format!("no {what} part"));
+        let m = j.model.ok_or_else(|| part("model"))?;
+        let d = j.data.ok_or_else(|| part("data"))?;
+        let o = j.outputs.ok_or_else(|| part("outputs"))?;
+        let b = j.batching.ok_or_else(|| part("batching"))?;
         let preprocess = j
             .preprocess
-            .ok_or_else(|| bad("JobSpec", "no preprocess spec"))?
+            .ok_or_else(|| bad(M, "no preprocess spec"))?
             .try_into()?;
-        if j.batch_size == 0 {
-            return Err(bad("JobSpec", "batch_size is 0"));
+        let precision = match known(M, "precision", m.precision)? {
+            pb::Precision::Fp32 => Precision::Fp32,
+            pb::Precision::Fp16 => Precision::Fp16,
+            pb::Precision::Bf16 => Precision::Bf16,
+            pb::Precision::Unspecified => return Err(bad(M, "precision is unspecified")),
+        };
+        let save_logits = match known(M, "save_logits", o.save_logits)? {
+            pb::SaveLogits::None => SaveLogits::None,
+            pb::SaveLogits::Fp16 => SaveLogits::Fp16,
+            pb::SaveLogits::Fp32 => SaveLogits::Fp32,
+            pb::SaveLogits::Unspecified => return Err(bad(M, "save_logits is unspecified")),
+        };
+        if b.batch_size == 0 {
+            return Err(bad(M, "batch_size is 0"));
         }
-        if j.top_k == 0 || j.top_k > j.num_classes.max(1) {
+        if o.top_k == 0 || o.top_k > m.num_classes.max(1) {
             return Err(bad(
-                "JobSpec",
-                format!("top_k {} with {} classes", j.top_k, j.num_classes),
+                M,
+                format!("top_k {} with {} classes", o.top_k, m.num_classes),
             ));
         }
-        if j.counts_only && j.save_logits != "none" && !j.save_logits.is_empty() {
+        if o.counts_only && save_logits != SaveLogits::None {
             return Err(bad(
-                "JobSpec",
+                M,
                 "counts_only jobs ship no per-sample data, so save_logits must be none",
             ));
         }
-        Ok(WorkerJob {
-            job_id: j.job_id,
-            model: j.model,
-            weights: j.weights,
-            weights_sha256: j.weights_sha256,
-            data_url: j.data_url,
+        let format = serde_json::from_str(&d.format_json)
+            .map_err(|e| bad(M, format!("format_json {:?}: {e}", d.format_json)))?;
+        Ok(JobSpec {
+            job_id: JobId(j.job_id),
+            model: ModelSpec {
+                model: m.model,
+                weights: m.weights,
+                weights_sha256: m.weights_sha256,
+                precision,
+                fold_bn: m.fold_bn,
+                leaky_slope: m.leaky_slope,
+                num_classes: m.num_classes,
+                synthetic: m.synthetic,
+            },
+            data: DataSpec {
+                data_url: d.data_url,
+                format,
+                dataset_fingerprint: d.dataset_fingerprint,
+                dataset_samples: d.dataset_samples,
+            },
             preprocess,
-            top_k: j.top_k,
-            save_logits: j
-                .save_logits
-                .parse()
-                .map_err(|e: String| bad("JobSpec", e))?,
-            precision: j.precision,
-            fold_bn: j.fold_bn,
-            batch_size: j.batch_size,
-            num_classes: j.num_classes,
-            synthetic: j.synthetic,
-            leaky_slope: j.leaky_slope,
-            counts_only: j.counts_only,
-            dataset_fingerprint: j.dataset_fingerprint,
+            outputs: OutputSpec {
+                top_k: o.top_k,
+                save_logits,
+                counts_only: o.counts_only,
+            },
+            batching: BatchingSpec {
+                batch_size: b.batch_size,
+                shard_size: b.shard_size,
+            },
         })
     }
 }
@@ -319,9 +377,33 @@ mod tests {
                 .contains("mean")
         );
         let broken = pb::PreprocessSpec {
-            crop_mode: "zoom".into(),
+            crop_mode: 7,
             ..spec
         };
         assert!(PreprocessConfig::try_from(broken).is_err());
+    }
+
+    #[test]
+    fn job_specs_round_trip_and_validate() {
+        let mut job = crate::job::example_job();
+        job.model.precision = Precision::Bf16;
+        job.model.leaky_slope = Some(1e-6);
+        job.outputs.save_logits = SaveLogits::Fp16;
+        job.preprocess.dct_scaling = true;
+        job.preprocess.max_pixels = 1000;
+        let wire = pb::JobSpec::from(&job);
+        assert_eq!(JobSpec::try_from(wire.clone()), Ok(job));
+        let mut broken = wire.clone();
+        broken.model.as_mut().unwrap().precision = 0;
+        let e = JobSpec::try_from(broken).unwrap_err().to_string();
+        assert!(e.contains("precision"), "{e}");
+        let mut broken = wire.clone();
+        broken.outputs.as_mut().unwrap().counts_only = true;
+        let e = JobSpec::try_from(broken).unwrap_err().to_string();
+        assert!(e.contains("counts_only"), "{e}");
+        let mut broken = wire;
+        broken.batching = None;
+        let e = JobSpec::try_from(broken).unwrap_err().to_string();
+        assert!(e.contains("batching"), "{e}");
     }
 }

@@ -1,7 +1,8 @@
 //! Across real network boundaries: the coordinator and two workers each in a Linux network namespace of
 //! their own, joined by veth pairs to a bridge in a fourth (so no packet touches the machine's own
 //! network), with addresses of 10.231.0.0/24. A worker partitioned past its lease, the coordinator
-//! partitioned from every worker, and a worker's host gone all end with the clean report.
+//! partitioned from every worker, and a worker's host gone all end with the clean report; TLS and the
+//! token work with the coordinator on its namespace's address, verified by IP and by name.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -343,4 +344,94 @@ fn a_worker_whose_host_is_gone_has_its_shards_retried() {
         sched["lease_expiries"].as_u64().unwrap() >= 1,
         "the lost worker's leases never expired: {sched}"
     );
+}
+
+/// A CA and a coordinator certificate it signs for `names` (DNS names or IP addresses), as PEM files
+/// in `dir`: (CA, certificate, key).
+fn pki(dir: &Path, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn tls_and_the_token_work_on_a_non_loopback_address() {
+    let _one = serial();
+    let Some(net) = Net::new(&["coord", "a", "b"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let clean = clean_run(dir.path());
+    let run = dir.path().join("run");
+    let coord_ip = net.addr("coord");
+    let (ca, cert, key) = pki(dir.path(), &["coordinator.test", &coord_ip]);
+    let token = dir.path().join("token");
+    std::fs::write(&token, "netns-token").unwrap();
+    let (cert, key, ca, token) = (
+        cert.display().to_string(),
+        key.display().to_string(),
+        ca.display().to_string(),
+        token.display().to_string(),
+    );
+    let (mut coord, url) = coordinator(
+        &net,
+        &run,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--token-file",
+            &token,
+        ],
+    );
+    let url = url.replace("http://", "https://");
+    let tls_worker = |host: &str, extra: &[&str]| {
+        let mut c = Command::new(bin("tresnet-worker"));
+        c.args(["--coordinator", &url, "--worker-id", host, "--threads", "1"])
+            .args(["--tls-ca", &ca, "--token-file", &token])
+            .args(extra)
+            .env_remove("TRESNET_TOKEN");
+        Watched::spawn(net.exec(host, &c), host)
+    };
+    // A name the certificate does not carry is refused, across the bridge as on loopback.
+    let mut wrong = tls_worker("a", &["--tls-domain", "elsewhere.test"]);
+    assert!(!wrong.wait_exit(RUN_LIMIT).success());
+    assert!(
+        wrong
+            .stderr_at_exit()
+            .contains("certificate not valid for name \"elsewhere.test\""),
+        "{}",
+        wrong.stderr_at_exit()
+    );
+    // One worker verifies the coordinator's IP address, the other its name.
+    let mut a = tls_worker("a", &[]);
+    let mut b = tls_worker("b", &["--tls-domain", "coordinator.test"]);
+    assert_clean_end(&mut coord, &clean, &run, "TLS on the namespace's address");
+    // Both handshakes held: each worker heard that the job is over and exited 0 (a refused one exits 1).
+    for (w, how) in [(&mut a, "by IP"), (&mut b, "by name")] {
+        let status = w.wait_exit(RUN_LIMIT);
+        assert!(
+            status.success(),
+            "the worker verifying {how}: {status}: {}",
+            w.stderr_at_exit()
+        );
+    }
 }

@@ -11,6 +11,11 @@ source ops/azurite.sh
 source ops/gcs.sh
 # chromium (report.html rendering) and pyarrow (check_metrics.py) for tests/tests/reports.rs.
 source ops/report_tools.sh
+# Debian's slurm-wlm + munge for tests/tests/slurm.rs, which starts a private cluster per case through
+# ops/slurm_cluster.sh (no systemd, nothing system-wide) and stops it at the end.
+source ops/slurm_cluster.sh
+# kubernetes-validate and hadolint for tests/tests/k8s.rs and docker.rs (kubectl comes with the machine).
+source ops/k8s_tools.sh
 # The cross-process tests run the real binaries; `cargo test` only builds a package's binaries for that
 # package's own integration tests, so build them all first (also keeps them from going stale).
 cargo build --workspace --bins

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let Some(command) = cli.command else {
+        if cli.join.check_args {
+            println!("{:#?}", cli.join);
+            return Ok(());
+        }
         return join::run(cli.join);
     };
     match command {

@@ -363,11 +363,6 @@ impl Scheduler {
             .map(|(i, s)| (ShardId(i as u64), s.failures.clone()))
             .collect()
     }
-
-    /// Earliest lease deadline, so the caller knows when to run `expire` next.
-    pub fn next_deadline(&self) -> Option<Millis> {
-        self.leases.values().map(|l| l.deadline).min()
-    }
 }
 
 #[cfg(test)]

@@ -211,7 +211,7 @@ fn sweep_watching_children(file: &Path) -> (Output, Vec<u32>) {
         .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
         .env_remove("TRESNET_TOKEN")
         // The workers say when they load a model and when they keep it.
-        .env("RUST_LOG", "warn,tresnet_worker::agent=info")
+        .env("RUST_LOG", "warn,tresnet_worker::job_loop=info")
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

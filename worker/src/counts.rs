@@ -97,11 +97,9 @@ impl DeviceCounts {
     }
 
     /// The counts as the protocol message (sparse confusion and per-class hits).
-    pub fn to_pb(&self) -> Result<ShardCounts, String> {
-        let ints =
-            Vec::<i64>::try_from(self.ints.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
-        let floats =
-            Vec::<f64>::try_from(self.floats.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+    pub fn to_pb(&self) -> Result<ShardCounts, tch::TchError> {
+        let ints = Vec::<i64>::try_from(self.ints.to_device(Device::Cpu))?;
+        let floats = Vec::<f64>::try_from(self.floats.to_device(Device::Cpu))?;
         let u = |v: i64| v.max(0) as u64;
         let b = ECE_BINS as usize;
         let c = self.classes as usize;

@@ -16,9 +16,9 @@ use tresnet_common::job::JobSpec;
 use tresnet_common::job::{ModelSpec, Precision, SaveLogits};
 use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 
-use crate::collective::Collective;
+use crate::collective::{Collective, CollectiveError};
 use crate::counts::DeviceCounts;
-use crate::model::{BuildOptions, ModelName, TResNet, load_model};
+use crate::model::{BuildOptions, ForwardError, ModelName, TResNet, load_model};
 use crate::scoring::{loss_and_confidence, top_k};
 
 /// One batch of preprocessed images of one shard.
@@ -33,15 +33,41 @@ pub struct Batch {
     pub side: i64,
     /// The job the batch belongs to: how to score it and what to send back.
     pub job: Arc<JobSpec>,
-    pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, ExecutorError>>,
+}
+
+/// Why an executor could not answer a batch, gather or reduce; its shard is handed back and retried.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    /// libtorch reported a failure by panicking inside tch; the executor itself lives on.
+    #[error("{device}: libtorch failed: {panic}")]
+    Panicked { device: String, panic: String },
+    #[error("label {label} outside the model's {classes} classes")]
+    LabelOutOfRange { label: u32, classes: i64 },
+    #[error(transparent)]
+    Collective(#[from] CollectiveError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+impl ExecutorError {
+    fn panicked(device: Device, p: &(dyn std::any::Any + Send)) -> Self {
+        ExecutorError::Panicked {
+            device: format!("{device:?}"),
+            panic: panic_text(p),
+        }
+    }
 }
 
 /// Reply to a [`Work::Reduce`]: the lease's counts summed over every executor (rank 0), or `None`
 /// (the other ranks).
-pub type ReduceReply = tokio::sync::oneshot::Sender<Result<Option<ShardCounts>, String>>;
+pub type ReduceReply = tokio::sync::oneshot::Sender<Result<Option<ShardCounts>, ExecutorError>>;
 
 /// Reply to a [`Work::Gather`]: every executor's results of the lease (rank 0), or `None`.
-pub type GatherReply = tokio::sync::oneshot::Sender<Result<Option<Vec<SampleResult>>, String>>;
+pub type GatherReply =
+    tokio::sync::oneshot::Sender<Result<Option<Vec<SampleResult>>, ExecutorError>>;
 
 /// A lease's batches kept on one device for a gather: logits and, per row, index and label.
 #[derive(Debug, Default)]
@@ -91,8 +117,6 @@ enum Engine {
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub job: JobSpec,
-    pub fold_bn: bool,
-    pub channels_last: Option<bool>,
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
     /// Keep per-sample jobs' logits on the device until the lease's gather (`--gather-logits`).
@@ -105,9 +129,8 @@ pub struct ExecutorConfig {
 /// the model without anyone adding it here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelKey {
-    /// The job's model part, with this worker's BN folding (`--fold-bn` may override the job's).
+    /// The job's model part.
     model: ModelSpec,
-    channels_last: Option<bool>,
     /// Counts-only jobs give each executor its own queue (see [`Work`]), so a change restarts them.
     counts_only: bool,
 }
@@ -115,11 +138,7 @@ pub struct ModelKey {
 impl ModelKey {
     pub fn of(cfg: &ExecutorConfig) -> Self {
         ModelKey {
-            model: ModelSpec {
-                fold_bn: cfg.fold_bn,
-                ..cfg.job.model.clone()
-            },
-            channels_last: cfg.channels_last,
+            model: cfg.job.model.clone(),
             counts_only: cfg.job.outputs.counts_only,
         }
     }
@@ -150,8 +169,8 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
     let opts = BuildOptions {
         device,
         kind,
-        fold_bn: cfg.fold_bn,
-        channels_last: cfg.channels_last.unwrap_or(device != Device::Cpu),
+        fold_bn: job.model.fold_bn,
+        channels_last: device != Device::Cpu,
     };
     let loaded = load_model(name, &arch, std::path::Path::new(&job.model.weights), &opts)
         .map_err(|e| format!("{e}"))?;
@@ -233,12 +252,10 @@ pub fn start(
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                     gather(&collective, rank, device, mine, &job)
                                 }))
-                                .unwrap_or_else(|p| {
-                                    Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))
-                                });
+                                .unwrap_or_else(|p| Err(ExecutorError::panicked(device, &p)));
                             if let Err(e) = &out {
                                 // The other ranks must not wait out the timeout for this one.
-                                collective.abort(e);
+                                collective.abort(&e.to_string());
                             }
                             let _ = reply.send(out);
                             continue;
@@ -288,9 +305,7 @@ pub fn start(
                         }
                         run_batch(&engine, &batch.job, device, &batch, acc)
                     }))
-                    .unwrap_or_else(|p| {
-                        Err(format!("{device:?}: libtorch failed: {}", panic_text(&p)))
-                    });
+                    .unwrap_or_else(|p| Err(ExecutorError::panicked(device, &p)));
                     if out.is_ok() {
                         cfg.metrics
                             .batch_done(&label, batch.indices.len(), start.elapsed());
@@ -320,7 +335,7 @@ fn gather(
     device: Device,
     mine: Kept,
     job: &JobSpec,
-) -> Result<Option<Vec<SampleResult>>, String> {
+) -> Result<Option<Vec<SampleResult>>, ExecutorError> {
     let classes = i64::from(job.model.num_classes);
     let logits = if mine.logits.is_empty() {
         Tensor::zeros([0, classes], (Kind::Float, device))
@@ -329,17 +344,16 @@ fn gather(
     };
     let indices = Tensor::from_slice(&mine.indices).to_device(device);
     let labels = Tensor::from_slice(&mine.labels).to_device(device);
-    let e = |e: crate::collective::CollectiveError| e.to_string();
-    let all_logits = collective.gather(rank, &logits).map_err(e)?;
-    let all_indices = collective.gather(rank, &indices).map_err(e)?;
-    let all_labels = collective.gather(rank, &labels).map_err(e)?;
+    let all_logits = collective.gather(rank, &logits)?;
+    let all_indices = collective.gather(rank, &indices)?;
+    let all_labels = collective.gather(rank, &labels)?;
     let (Some(y), Some(i), Some(l)) = (all_logits, all_indices, all_labels) else {
         return Ok(None);
     };
     let y = y.to_device(Device::Cpu).contiguous();
-    let flat = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
-    let indices = Vec::<i64>::try_from(i.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
-    let labels = Vec::<i64>::try_from(l.to_device(Device::Cpu)).map_err(|e| e.to_string())?;
+    let flat = Vec::<f32>::try_from(y.flatten(0, -1))?;
+    let indices = Vec::<i64>::try_from(i.to_device(Device::Cpu))?;
+    let labels = Vec::<i64>::try_from(l.to_device(Device::Cpu))?;
     let indices: Vec<u64> = indices.iter().map(|&v| v as u64).collect();
     let labels: Vec<u32> = labels.iter().map(|&v| v as u32).collect();
     Ok(Some(score_rows(
@@ -356,15 +370,11 @@ fn reduce(
     collective: &Collective,
     rank: usize,
     mut c: DeviceCounts,
-) -> Result<Option<ShardCounts>, String> {
-    collective
-        .all_reduce_sum(rank, &mut c.ints)
-        .map_err(|e| e.to_string())?;
-    collective
-        .all_reduce_sum(rank, &mut c.floats)
-        .map_err(|e| e.to_string())?;
+) -> Result<Option<ShardCounts>, ExecutorError> {
+    collective.all_reduce_sum(rank, &mut c.ints)?;
+    collective.all_reduce_sum(rank, &mut c.floats)?;
     if rank == 0 {
-        c.to_pb().map(Some)
+        Ok(Some(c.to_pb()?))
     } else {
         Ok(None)
     }
@@ -417,7 +427,7 @@ fn device_logits(
     job: &JobSpec,
     device: Device,
     b: &Batch,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, ExecutorError> {
     let n = b.indices.len();
     match engine {
         Engine::Synthetic { classes } => {
@@ -453,7 +463,7 @@ fn device_logits(
                     .to_device(device);
                 x = (x - mean) / std;
             }
-            model.forward(&x).map_err(|e| e.to_string())
+            Ok(model.forward(&x)?)
         }
     }
 }
@@ -466,7 +476,7 @@ fn run_batch(
     device: Device,
     b: &Batch,
     counts: Option<&mut DeviceCounts>,
-) -> Result<Vec<SampleResult>, String> {
+) -> Result<Vec<SampleResult>, ExecutorError> {
     if let Some(acc) = counts {
         let y = device_logits(engine, job, device, b)?;
         let labels =
@@ -474,7 +484,10 @@ fn run_batch(
                 .to_device(y.device());
         let classes = y.size()[1];
         if let Some(bad) = b.labels.iter().find(|&&l| i64::from(l) >= classes) {
-            return Err(format!("label {bad} outside the model's {classes} classes"));
+            return Err(ExecutorError::LabelOutOfRange {
+                label: *bad,
+                classes,
+            });
         }
         let k = tresnet_common::scoring::top5_k(job.outputs.top_k, classes as u32) as i64;
         acc.add_batch(&y, &labels, k);
@@ -492,7 +505,7 @@ fn run_batch(
     let y = device_logits(engine, job, device, b)?;
     let y = y.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
     let classes = y.size()[1] as usize;
-    let logits = Vec::<f32>::try_from(y.flatten(0, -1)).map_err(|e| e.to_string())?;
+    let logits = Vec::<f32>::try_from(y.flatten(0, -1))?;
     Ok(score_rows(job, &logits, classes, &b.indices, &b.labels))
 }
 

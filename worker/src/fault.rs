@@ -35,8 +35,9 @@ pub enum EnvironmentFault {
     },
     #[error("the image decoder cannot run")]
     Decoder(#[source] PreprocessError),
+    #[cfg(feature = "torch")]
     #[error("executor failed: {0}")]
-    Executor(String),
+    Executor(crate::dispatch::DispatchError),
     #[error("coordinator: {0}")]
     Coordinator(String),
     #[error("malformed lease")]

@@ -43,7 +43,6 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         devices,
         prefetch_shards: args.prefetch_shards,
         decode_threads: args.decode_threads.unwrap_or(cpus),
-        fold_bn: None,
         debug_batch_delay: Duration::from_millis(args.debug_batch_delay_ms),
         gather_logits: args.gather_logits,
         token: tresnet_common::protocol::auth::load_token(args.token_file.as_deref())

@@ -16,11 +16,17 @@ pub mod dataset_cache;
 #[cfg(feature = "torch")]
 pub mod device;
 #[cfg(feature = "torch")]
+pub mod dispatch;
+#[cfg(feature = "torch")]
 pub mod executor;
 pub mod fault;
+#[cfg(feature = "torch")]
+mod fetch;
 pub mod fuzzing;
 #[cfg(feature = "torch")]
 pub mod infer;
+#[cfg(feature = "torch")]
+mod job_loop;
 #[cfg(feature = "torch")]
 pub mod join;
 #[cfg(feature = "torch")]
@@ -31,5 +37,7 @@ pub mod metrics;
 pub mod model;
 pub mod preprocess;
 pub mod scoring;
+#[cfg(feature = "torch")]
+mod shard;
 #[cfg(feature = "torch")]
 pub mod software;

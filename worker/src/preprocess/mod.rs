@@ -9,6 +9,8 @@
 pub mod command;
 pub mod crop;
 pub mod decode;
+#[cfg(feature = "torch")]
+pub(crate) mod prepare;
 pub mod resize;
 
 use tresnet_common::preprocess::{PreprocessConfig, PreprocessConfigError};
@@ -28,18 +30,6 @@ impl PreprocessedImage {
     /// multiplying by `1/255`), CHW.
     pub fn to_f32(&self) -> Vec<f32> {
         to_f32(&self.data)
-    }
-
-    /// `ToTensor` followed by `Normalize(mean, std)`, computed as torchvision does: `(x - mean) / std`.
-    pub fn to_f32_normalized(&self, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
-        let plane = self.width as usize * self.height as usize;
-        let mut out = self.to_f32();
-        for (c, chunk) in out.chunks_mut(plane.max(1)).enumerate().take(3) {
-            for v in chunk {
-                *v = (*v - mean[c]) / std[c];
-            }
-        }
-        out
     }
 }
 

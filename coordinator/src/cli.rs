@@ -12,6 +12,7 @@ use tresnet_common::preprocess::{CropMode, PreprocessConfig};
 
 use crate::journal::OnBadRecord;
 use crate::run::RunConfig;
+use crate::shard_size::ShardSize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -265,9 +266,10 @@ pub struct RunArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: u32,
-    /// Samples per shard (the unit of leasing and retry).
-    #[arg(long, default_value_t = 256)]
-    pub shard_size: u64,
+    /// Samples per shard (the unit of leasing, retry and journaling; never split across workers), or
+    /// auto: ceil(samples / (4 x local workers)), at most 256, recorded in job.json.
+    #[arg(long, default_value = "auto")]
+    pub shard_size: ShardSize,
     /// Override every LeakyReLU slope (the official v2 Stanford-Cars code uses 1e-6).
     #[arg(long)]
     pub leaky_slope: Option<f64>,
@@ -365,8 +367,8 @@ impl RunArgs {
                 self.precision
             );
         }
-        if self.batch_size == 0 || self.shard_size == 0 || self.top_k == 0 {
-            anyhow::bail!("--batch-size, --shard-size and --top-k must be positive");
+        if self.batch_size == 0 || self.top_k == 0 {
+            anyhow::bail!("--batch-size and --top-k must be positive");
         }
         if self.local_workers == 0 && self.listen.is_none() {
             anyhow::bail!("no workers: give --local-workers N or --listen ADDR");

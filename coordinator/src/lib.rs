@@ -13,6 +13,7 @@ pub mod report;
 pub mod run;
 pub mod scheduler;
 pub mod service;
+pub mod shard_size;
 pub mod shutdown;
 pub mod sweep;
 pub mod table;

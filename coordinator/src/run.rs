@@ -31,6 +31,7 @@ use crate::metrics::Observed;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig, ShardState};
 use crate::service::{CoordinatorService, Intake, RunState, Shared};
+use crate::shard_size::ShardSize;
 use crate::shutdown::{Interrupted, Shutdown, Signal};
 
 /// Settings of one `run`, validated from the command line.
@@ -47,7 +48,8 @@ pub struct RunConfig {
     pub precision: String,
     pub fold_bn: bool,
     pub batch_size: u32,
-    pub shard_size: u64,
+    /// Resolved per dataset by [`plan`]; the job spec holds the value used.
+    pub shard_size: ShardSize,
     pub leaky_slope: Option<f64>,
     pub synthetic: bool,
     pub counts_only: bool,
@@ -148,6 +150,19 @@ async fn open_run_dir(
                 "run directory {} holds a different job; refusing to mix results:\n  {}",
                 out.display(),
                 diff.join("\n  ")
+            );
+        }
+        // Not part of the identity (it changes no number), but journal record N holds shard N of
+        // this cut: resuming with another one would mix up which samples are done.
+        if old.shard_size != job.shard_size {
+            bail!(
+                "run directory {} was cut into shards of {} samples, this run would cut {}; \
+                 rerun with --shard-size {} to resume it",
+                out.display(),
+                old.shard_size,
+                cfg.shard_size
+                    .describe(job.dataset_samples, cfg.local_workers),
+                old.shard_size
             );
         }
     } else {
@@ -327,7 +342,9 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         precision: cfg.precision.clone(),
         fold_bn: cfg.fold_bn,
         batch_size: cfg.batch_size,
-        shard_size: cfg.shard_size,
+        shard_size: cfg
+            .shard_size
+            .resolve(index.len() as u64, cfg.local_workers),
         leaky_slope: cfg.leaky_slope,
         synthetic: cfg.synthetic,
         counts_only: cfg.counts_only,
@@ -367,9 +384,13 @@ pub async fn job_state(
     index: DatasetIndex,
 ) -> anyhow::Result<RunState> {
     let (journal, done) = open_run_dir(cfg, job, &index).await?;
+    tracing::info!(
+        shard_size = %cfg.shard_size.describe(index.len() as u64, cfg.local_workers),
+        "cutting the dataset into shards"
+    );
     let mut sched = Scheduler::new(
         index.len() as u64,
-        cfg.shard_size,
+        job.shard_size,
         SchedulerConfig {
             lease_timeout: cfg.lease_timeout,
             max_failures: cfg.max_failures,
@@ -723,6 +744,105 @@ fn shards_done(st: &RunState) -> usize {
         .count()
 }
 
+/// The progress line's figures. Accepted samples (whole shards, journaled) are the exactly-once count
+/// but move a shard at a time; computed samples add what each live worker reports in its heartbeats
+/// beyond what it has had accepted, so the line moves with every batch. The computed figure is an
+/// estimate: a speculative copy of a shard counts twice while both run, so it is capped at the total
+/// and never goes back.
+struct Progress {
+    /// Samples of shards already done when the watch began (a resume).
+    resumed: u64,
+    /// Accepted samples per worker, summed from the timeline up to `seen` entries.
+    accepted_by: std::collections::HashMap<String, u64>,
+    seen: usize,
+    shown: u64,
+}
+
+/// One reading of [`Progress`].
+struct ProgressNow {
+    computed: u64,
+    accepted: u64,
+    /// Samples per second computed since the first lease; `None` before anything was computed.
+    rate: Option<f64>,
+}
+
+impl Progress {
+    fn new(st: &RunState, total: u64) -> Self {
+        let done: u64 = (0..st.sched.shard_count() as u64)
+            .map(ShardId)
+            .filter(|&s| st.sched.state_of(s) == ShardState::Done)
+            .map(|s| {
+                let r = st.sched.samples_of(s);
+                r.end - r.start
+            })
+            .sum();
+        let resumed = done.saturating_sub(st.live.samples_done).min(total);
+        Progress {
+            resumed,
+            accepted_by: Default::default(),
+            seen: 0,
+            shown: resumed,
+        }
+    }
+
+    fn update(&mut self, st: &RunState) -> ProgressNow {
+        for e in &st.live.timeline[self.seen.min(st.live.timeline.len())..] {
+            *self.accepted_by.entry(e.worker.clone()).or_default() += e.samples;
+        }
+        self.seen = st.live.timeline.len();
+        let now = st.now();
+        let live_within = st.lease_timeout.as_millis() as u64;
+        // A worker not heard from within a lease timeout has lost its leases; its work is redone.
+        let in_flight: u64 = st
+            .workers
+            .iter()
+            .filter(|(_, w)| now.saturating_sub(w.last_seen) <= live_within)
+            .map(|(id, w)| {
+                let accepted = self.accepted_by.get(&id.0).copied().unwrap_or(0);
+                w.samples_done.saturating_sub(accepted)
+            })
+            .sum();
+        let total = st.index.len() as u64;
+        let accepted = self.resumed + st.live.samples_done;
+        let computed = (accepted + in_flight).min(total).max(self.shown);
+        self.shown = computed;
+        let rate = match st.live.first_lease_ms {
+            Some(t0) if computed > self.resumed && now > t0 => {
+                Some((computed - self.resumed) as f64 * 1000.0 / (now - t0) as f64)
+            }
+            _ => None,
+        };
+        ProgressNow {
+            computed,
+            accepted: accepted.min(total),
+            rate,
+        }
+    }
+}
+
+impl ProgressNow {
+    /// `12.3/s  eta 1m05s`, or `eta unknown` while nothing has been computed yet.
+    fn rate_and_eta(&self, total: u64) -> String {
+        match self.rate {
+            Some(rate) if rate > 0.0 => {
+                let left = total.saturating_sub(self.computed) as f64 / rate;
+                format!("{rate:.1}/s  eta {}", human_duration(left))
+            }
+            _ => "-/s  eta unknown".into(),
+        }
+    }
+}
+
+/// `45s`, `3m05s`, `2h07m`.
+fn human_duration(secs: f64) -> String {
+    let s = secs.ceil().max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Drives expiry, notices dead local workers and reports progress until the job is finished, or until
 /// a drain asked for by a signal is over.
 async fn watch(
@@ -735,14 +855,15 @@ async fn watch(
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} samples  {per_sec}  eta {eta}  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} samples computed  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
-    let start = Instant::now();
+    let mut progress = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        Progress::new(&st, total)
+    };
     let mut last_log = Instant::now();
     // When the drain began, by which signal, and the shards done by then.
     let mut draining: Option<(Instant, Signal, usize)> = None;
@@ -784,20 +905,21 @@ async fn watch(
             if let Some(f) = &st.fatal {
                 bail!("{f}");
             }
-            let done = st.live.samples_done;
+            let now = progress.update(&st);
             let msg = format!(
-                "workers {}  bad {}  in flight {}",
+                "{}  accepted {}/{total}  workers {}  bad {}  in flight {}",
+                now.rate_and_eta(total),
+                now.accepted,
                 st.workers.len(),
                 st.live.bad_samples,
                 st.sched.leases_in_flight()
             );
             if let Some(b) = &bar {
-                b.set_position(done);
-                b.set_message(msg.clone());
+                b.set_position(now.computed);
+                b.set_message(msg);
             } else if last_log.elapsed() >= LOG_EVERY {
                 last_log = Instant::now();
-                let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                eprintln!("progress: {done}/{total} samples ({rate:.1}/s)  {msg}");
+                eprintln!("progress: {}/{total} samples computed  {msg}", now.computed);
             }
             if st.finished() {
                 // Also when the last shards landed during a drain: the run is whole, and so is its

@@ -9,6 +9,7 @@ pub mod html;
 pub mod journal;
 pub mod metrics;
 pub mod parent_death;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod scheduler;

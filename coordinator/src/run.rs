@@ -28,6 +28,7 @@ use tresnet_common::storage::{StorageLocation, StoreArgs};
 use crate::atomic_file::write_atomic;
 use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
+use crate::progress::Progress;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig, ShardState};
 use crate::service::{CoordinatorService, Intake, RunState, Shared};
@@ -742,105 +743,6 @@ fn shards_done(st: &RunState) -> usize {
     (0..st.sched.shard_count() as u64)
         .filter(|&i| st.sched.state_of(ShardId(i)) == ShardState::Done)
         .count()
-}
-
-/// The progress line's figures. Accepted samples (whole shards, journaled) are the exactly-once count
-/// but move a shard at a time; computed samples add what each live worker reports in its heartbeats
-/// beyond what it has had accepted, so the line moves with every batch. The computed figure is an
-/// estimate: a speculative copy of a shard counts twice while both run, so it is capped at the total
-/// and never goes back.
-struct Progress {
-    /// Samples of shards already done when the watch began (a resume).
-    resumed: u64,
-    /// Accepted samples per worker, summed from the timeline up to `seen` entries.
-    accepted_by: std::collections::HashMap<String, u64>,
-    seen: usize,
-    shown: u64,
-}
-
-/// One reading of [`Progress`].
-struct ProgressNow {
-    computed: u64,
-    accepted: u64,
-    /// Samples per second computed since the first lease; `None` before anything was computed.
-    rate: Option<f64>,
-}
-
-impl Progress {
-    fn new(st: &RunState, total: u64) -> Self {
-        let done: u64 = (0..st.sched.shard_count() as u64)
-            .map(ShardId)
-            .filter(|&s| st.sched.state_of(s) == ShardState::Done)
-            .map(|s| {
-                let r = st.sched.samples_of(s);
-                r.end - r.start
-            })
-            .sum();
-        let resumed = done.saturating_sub(st.live.samples_done).min(total);
-        Progress {
-            resumed,
-            accepted_by: Default::default(),
-            seen: 0,
-            shown: resumed,
-        }
-    }
-
-    fn update(&mut self, st: &RunState) -> ProgressNow {
-        for e in &st.live.timeline[self.seen.min(st.live.timeline.len())..] {
-            *self.accepted_by.entry(e.worker.clone()).or_default() += e.samples;
-        }
-        self.seen = st.live.timeline.len();
-        let now = st.now();
-        let live_within = st.lease_timeout.as_millis() as u64;
-        // A worker not heard from within a lease timeout has lost its leases; its work is redone.
-        let in_flight: u64 = st
-            .workers
-            .iter()
-            .filter(|(_, w)| now.saturating_sub(w.last_seen) <= live_within)
-            .map(|(id, w)| {
-                let accepted = self.accepted_by.get(&id.0).copied().unwrap_or(0);
-                w.samples_done.saturating_sub(accepted)
-            })
-            .sum();
-        let total = st.index.len() as u64;
-        let accepted = self.resumed + st.live.samples_done;
-        let computed = (accepted + in_flight).min(total).max(self.shown);
-        self.shown = computed;
-        let rate = match st.live.first_lease_ms {
-            Some(t0) if computed > self.resumed && now > t0 => {
-                Some((computed - self.resumed) as f64 * 1000.0 / (now - t0) as f64)
-            }
-            _ => None,
-        };
-        ProgressNow {
-            computed,
-            accepted: accepted.min(total),
-            rate,
-        }
-    }
-}
-
-impl ProgressNow {
-    /// `12.3/s  eta 1m05s`, or `eta unknown` while nothing has been computed yet.
-    fn rate_and_eta(&self, total: u64) -> String {
-        match self.rate {
-            Some(rate) if rate > 0.0 => {
-                let left = total.saturating_sub(self.computed) as f64 / rate;
-                format!("{rate:.1}/s  eta {}", human_duration(left))
-            }
-            _ => "-/s  eta unknown".into(),
-        }
-    }
-}
-
-/// `45s`, `3m05s`, `2h07m`.
-fn human_duration(secs: f64) -> String {
-    let s = secs.ceil().max(0.0) as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-    }
 }
 
 /// Drives expiry, notices dead local workers and reports progress until the job is finished, or until

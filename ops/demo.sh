@@ -18,28 +18,28 @@ step "3/6 building tresnet-coordinator and tresnet-worker (cold: 5-10 minutes, c
 cargo build -p tresnet-coordinator -p tresnet-worker --bins
 C="$CARGO_TARGET_DIR/debug/tresnet-coordinator"
 
-step "4/6 run: TResNet-M on $(python -c "import json;print(json.load(open('$meta'))['val_samples'])") held-out crops, coordinator + 2 local workers (about a minute on 2 CPU cores)"
+step "4/6 run: TResNet-M on $(python -c "import json;print(json.load(open('$meta'))['val_samples'])") held-out crops, coordinator + 2 local workers (seconds to a minute on a CPU)"
 mkdir -p "$out"
 rm -rf "$out/run" "$out/run-160"
 # No --num-classes: the checkpoint's head has the dataset's 6 classes. No --shard-size: chosen from the
-# dataset size and the worker count (printed), so both workers get shards.
+# dataset size and the worker count (shards of 8 here, recorded in job.json), so both workers get shards.
 "$C" run --model tresnet_m --weights "$TRESNET_DEMO/weights/miil.pth" --data "$TRESNET_DEMO/val" \
   --format imagefolder --local-workers 2 --out "$out/run"
 python - "$meta" "$out/run/summary.json" <<'PY'
 import json, sys
 meta, summary = (json.load(open(p)) for p in sys.argv[1:])
-print(f"\nWhat this top-1 is: {summary['top1']:.1f}% of {meta['val_samples']} crops from held-out regions of six "
-      f"photos (chance {meta['chance_top1']:.1f}%; timm measured {meta['val_top1']:.1f}% on the same files).\n"
-      f"The weights are a seeded, never-trained TResNet-M backbone with only its 6-class head fitted (logistic\n"
-      f"regression on {meta['train_samples']} training crops, {meta['split']}). It shows the pipeline carries "
-      f"signal\nfrom pixels to report; it is not an ImageNet number. For that, see the README (real checkpoints).")
+print(f"""
+What this top-1 means: {summary['top1']:.1f}% of {meta['val_samples']} crops from held-out regions of six photos were
+classified right (chance {meta['chance_top1']:.1f}%; timm measured {meta['val_top1']:.1f}% on the same files).
+The weights: a seeded, never-trained TResNet-M backbone with only its 6-class head fitted (logistic
+regression on {meta['train_samples']} training crops from the left 60% of each photo; the test crops come from
+the rest). The pipeline carries signal from pixels to the report; this is not an ImageNet number.""")
 PY
 
 step "5/6 gate: write a baseline from this run, then check the run against it (exit 0 = within bounds)"
 "$C" gate --run "$out/run" --baseline "$out/baseline.json" --write-baseline
 "$C" gate --run "$out/run" --baseline "$out/baseline.json" --max-top1-drop 1 --max-class-drop 10 \
   --require-samples "$(python -c "import json;print(json.load(open('$meta'))['val_samples'])")"
-echo "gate passed (exit $?)"
 
 step "6/6 compare: the same run at 160 px (the head was fitted at 224), then B - A per class with McNemar's test"
 "$C" run --model tresnet_m --weights "$TRESNET_DEMO/weights/miil.pth" --data "$TRESNET_DEMO/val" \

@@ -817,8 +817,9 @@ async fn watch(
                 st.sched.leases_in_flight()
             );
             if let Some(b) = &bar {
-                b.set_position(now.computed);
+                // Message first: a redraw between the two would pair the new count with the old rate.
                 b.set_message(msg);
+                b.set_position(now.computed);
             } else if last_log.elapsed() >= LOG_EVERY {
                 last_log = Instant::now();
                 eprintln!("progress: {}/{total} samples computed  {msg}", now.computed);

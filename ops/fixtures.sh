@@ -4,12 +4,18 @@
 # editing either regenerates; a directory is written atomically (COMPLETE marker, then rename).
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-# _tresnet_fixtures VAR PREFIX GENERATOR [SUBDIR]: run GENERATOR --out $TRESNET_CACHE_DIR/fixtures/PREFIX-<hash>[/SUBDIR]
-# (the directory being the export VAR).
+# _tresnet_fixtures VAR PREFIX GENERATOR [SUBDIR [IMPORTED...]]: run GENERATOR --out
+# $TRESNET_CACHE_DIR/fixtures/PREFIX-<hash>[/SUBDIR] (the directory being the export VAR); IMPORTED are
+# the other ops/reference scripts it imports, hashed into the key too.
 _tresnet_fixtures() {
   local var="$1" prefix="$2" gen="$_root/ops/reference/$3" sub="${4:+/$4}"
-  local key dir
-  key="$(cat "$gen" "$_root/ops/requirements.txt" | sha256sum | cut -c1-16)"
+  local key dir dep deps=()
+  # TRESNET_FIXTURE_SETS="demo ...": only these sets (ops/demo.sh needs one, not the whole test suite's).
+  if [ -n "${TRESNET_FIXTURE_SETS:-}" ] && [[ " $TRESNET_FIXTURE_SETS " != *" $prefix "* ]]; then
+    return 0
+  fi
+  for dep in "${@:5}"; do deps+=("$_root/ops/reference/$dep"); done
+  key="$(cat "$gen" "${deps[@]}" "$_root/ops/requirements.txt" | sha256sum | cut -c1-16)"
   dir="$TRESNET_CACHE_DIR/fixtures/$prefix-$key"
   export "$var=$dir"
   if [ ! -f "$dir/COMPLETE" ]; then
@@ -28,7 +34,10 @@ _tresnet_fixtures() {
 _tresnet_fixtures TRESNET_FIXTURES model gen_model_fixtures.py || return 1 2>/dev/null || exit 1
 # Preprocessing parity and benchmarks (worker/tests/preprocess_parity.rs, worker/benches/preprocess.rs).
 _tresnet_fixtures TRESNET_PREPROCESS_FIXTURES preprocess gen_preprocess_fixtures.py || return 1 2>/dev/null || exit 1
-# The ImageFolder of real photos for the cross-process tests and ops/demo.sh ($TRESNET_SAMPLE_DATA/images).
+# The ImageFolder of real photos for the cross-process tests ($TRESNET_SAMPLE_DATA/images).
 _tresnet_fixtures TRESNET_SAMPLE_DATA sample make_sample_dataset.py images || return 1 2>/dev/null || exit 1
+# The demo's weights and held-out photos with a known top-1 (ops/demo.sh, tests/tests/demo_accuracy.rs).
+_tresnet_fixtures TRESNET_DEMO demo make_demo_fixture.py "" gen_model_fixtures.py make_sample_dataset.py \
+  || return 1 2>/dev/null || exit 1
 unset -f _tresnet_fixtures
 unset _root

@@ -167,8 +167,9 @@ pub struct BatchingSpec {
     /// Images per forward pass.
     #[arg(long, default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: u32,
-    /// Samples per shard (the unit of leasing and retry).
-    #[arg(long, default_value_t = DEFAULT_SHARD_SIZE)]
+    /// Samples per shard (the unit of leasing and retry), as resolved for this dataset: the
+    /// coordinator's `--shard-size` (a number or `auto`) is turned into it when the job is planned.
+    #[arg(skip = DEFAULT_SHARD_SIZE)]
     pub shard_size: u64,
 }
 

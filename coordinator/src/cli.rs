@@ -13,6 +13,7 @@ use tresnet_common::preprocess::PreprocessConfig;
 
 use crate::journal::OnBadRecord;
 use crate::run::RunConfig;
+use crate::shard_size::ShardSize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -303,6 +304,11 @@ pub struct RunArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub batching: BatchingSpec,
+    /// Samples per shard (the unit of leasing, retry and journaling; never split across workers), or
+    /// auto: ceil(samples / (4 x local workers)), at most 256, recorded in job.json.
+    #[arg(long, default_value = "auto")]
+    #[serde(default)]
+    pub shard_size: ShardSize,
     /// Run directory (created; an existing one with the same job is resumed).
     #[arg(long)]
     #[serde(skip)]
@@ -455,9 +461,8 @@ fn parse_format(s: &str) -> Result<DatasetFormat, String> {
 impl RunArgs {
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         self.preprocess.validate()?;
-        if self.batching.batch_size == 0 || self.batching.shard_size == 0 || self.outputs.top_k == 0
-        {
-            anyhow::bail!("--batch-size, --shard-size and --top-k must be positive");
+        if self.batching.batch_size == 0 || self.outputs.top_k == 0 {
+            anyhow::bail!("--batch-size and --top-k must be positive");
         }
         if self.model.fold_bn && self.model.no_fold_bn {
             anyhow::bail!("--fold-bn and --no-fold-bn contradict each other");
@@ -487,6 +492,7 @@ impl RunArgs {
             preprocess: self.preprocess,
             outputs: self.outputs,
             batching: self.batching,
+            shard_size: self.shard_size,
             out: self.out,
             local_workers: self.local_workers,
             listen: self.listen,

@@ -29,9 +29,11 @@ use crate::atomic_file::write_atomic;
 use crate::cli::{DataArgs, ModelArgs};
 use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
+use crate::progress::Progress;
 use crate::report::{self, Summary};
 use crate::scheduler::{Scheduler, SchedulerConfig, ShardState};
 use crate::service::{CoordinatorService, Intake, RunState, Shared};
+use crate::shard_size::ShardSize;
 use crate::shutdown::{Interrupted, Shutdown, Signal};
 
 /// Settings of one `run`, validated from the command line.
@@ -44,6 +46,8 @@ pub struct RunConfig {
     pub outputs: OutputSpec,
     pub batching: BatchingSpec,
     pub out: PathBuf,
+    /// `--shard-size`: resolved per dataset by [`plan`] into the job's `batching.shard_size`.
+    pub shard_size: ShardSize,
     pub local_workers: u32,
     pub listen: Option<SocketAddr>,
     pub worker_devices: String,
@@ -140,6 +144,19 @@ async fn open_run_dir(
                 "run directory {} holds a different job; refusing to mix results:\n  {}",
                 out.display(),
                 diff.join("\n  ")
+            );
+        }
+        // Not part of the identity (it changes no number), but journal record N holds shard N of
+        // this cut: resuming with another one would mix up which samples are done.
+        if old.batching.shard_size != job.batching.shard_size {
+            bail!(
+                "run directory {} was cut into shards of {} samples, this run would cut {}; \
+                 rerun with --shard-size {} to resume it",
+                out.display(),
+                old.batching.shard_size,
+                cfg.shard_size
+                    .describe(job.data.dataset_samples, cfg.local_workers),
+                old.batching.shard_size
             );
         }
     } else {
@@ -331,7 +348,12 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             top_k: cfg.outputs.top_k.min(num_classes),
             ..cfg.outputs.clone()
         },
-        batching: cfg.batching.clone(),
+        batching: BatchingSpec {
+            shard_size: cfg
+                .shard_size
+                .resolve(index.len() as u64, cfg.local_workers),
+            ..cfg.batching.clone()
+        },
     };
     Ok((job, index))
 }
@@ -368,6 +390,10 @@ pub async fn job_state(
     index: DatasetIndex,
 ) -> anyhow::Result<RunState> {
     let (journal, done) = open_run_dir(cfg, job, &index).await?;
+    tracing::info!(
+        shard_size = %cfg.shard_size.describe(index.len() as u64, cfg.local_workers),
+        "cutting the dataset into shards"
+    );
     let mut sched = Scheduler::new(
         index.len() as u64,
         job.batching.shard_size,
@@ -736,14 +762,15 @@ async fn watch(
     let bar = tty.then(|| {
         let b = indicatif::ProgressBar::new(total);
         b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} samples  {per_sec}  eta {eta}  {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} samples computed  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         b
     });
-    let start = Instant::now();
+    let mut progress = {
+        let st = state.lock().unwrap_or_else(|p| p.into_inner());
+        Progress::new(&st, total)
+    };
     let mut last_log = Instant::now();
     // When the drain began, by which signal, and the shards done by then.
     let mut draining: Option<(Instant, Signal, usize)> = None;
@@ -785,20 +812,22 @@ async fn watch(
             if let Some(f) = &st.fatal {
                 bail!("{f}");
             }
-            let done = st.live.samples_done;
+            let now = progress.update(&st);
             let msg = format!(
-                "workers {}  bad {}  in flight {}",
+                "{}  accepted {}/{total}  workers {}  bad {}  in flight {}",
+                now.rate_and_eta(total),
+                now.accepted,
                 st.workers.len(),
                 st.live.bad_samples,
                 st.sched.leases_in_flight()
             );
             if let Some(b) = &bar {
-                b.set_position(done);
-                b.set_message(msg.clone());
+                // Message first: a redraw between the two would pair the new count with the old rate.
+                b.set_message(msg);
+                b.set_position(now.computed);
             } else if last_log.elapsed() >= LOG_EVERY {
                 last_log = Instant::now();
-                let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-9);
-                eprintln!("progress: {done}/{total} samples ({rate:.1}/s)  {msg}");
+                eprintln!("progress: {}/{total} samples computed  {msg}", now.computed);
             }
             if st.finished() {
                 // Also when the last shards landed during a drain: the run is whole, and so is its

@@ -1,12 +1,11 @@
 #!/usr/bin/env python3
 """A small ImageFolder dataset cut from real photos that ship inside PyPI packages.
 
-Used by the cross-process tests (tests/tests/*.rs via ops/fixtures.sh); make_demo_fixture.py (the
-README's run command, ops/demo.sh) cuts its own train/validation crops from the same PHOTOS. Photos come
-from scikit-image's data folder and scikit-learn's sample images; each class is one photo, its samples
-are seeded random crops re-encoded as JPEG (several qualities and chroma subsamplings) or PNG, so
-decoding paths vary. The tests run these with the seeded random model fixtures, whose accuracy on them
-means nothing; the demo's fitted head is what carries signal.
+Used by the README's run command (ops/demo.sh) and the cross-process tests (tests/tests/*.rs via
+ops/fixtures.sh). Photos come from scikit-image's data folder and scikit-learn's sample images; each class
+is one photo, its samples are seeded random crops re-encoded as JPEG (several qualities and chroma
+subsamplings) or PNG, so decoding paths vary. Labels are arbitrary: with the project's seeded random
+weights the accuracy means nothing, which the run's output says.
 """
 import argparse
 import os

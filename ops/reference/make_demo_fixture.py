@@ -18,8 +18,8 @@ validation crops entirely in the rest: no pixel is in both. Validation crops are
 other JPEG/PNG settings and never flipped or colour-jittered.
 
 Outputs (--out DIR):
-  weights/miil.pth  {'model': sd, 'epoch': 0}: official MIIL layout, legacy (non-zip) torch.save, a
-                    6-class head.fc (the ImageFolder's sorted class order)
+  weights/miil.pth  {'model': sd, 'epoch': 0}: official MIIL layout (zip torch.save), a 6-class head.fc
+                    (the ImageFolder's sorted class order)
   val/CLASS/*.jpg|png   the demo's dataset (VAL_PER_CLASS crops per photo)
   train/CLASS/*.jpg     the crops the head was fitted on (the augmentation is applied before saving)
   val_logits.npy    float32 [N, 6]: timm eval() logits of val/ in sorted ImageFolder order
@@ -178,8 +178,9 @@ def main():
     os.makedirs(os.path.join(args.out, "weights"), exist_ok=True)
     sd_timm = {k: v.contiguous() for k, v in model.state_dict().items()}
     miil = gmf.to_miil(model, sd_timm, miil_gamma)
-    torch.save({"model": miil, "epoch": 0}, os.path.join(args.out, "weights", "miil.pth"),
-               _use_new_zipfile_serialization=False)
+    # The zip format: byte-identical for identical tensors (the legacy format keys storages by memory
+    # address), so the checkpoint's SHA-256 in ops/ci-example/baseline-demo.json stays valid.
+    torch.save({"model": miil, "epoch": 0}, os.path.join(args.out, "weights", "miil.pth"))
     np.save(os.path.join(args.out, "val_logits.npy"), val_logits)
     meta = {
         "what": "seeded random TResNet-M backbone (gen_model_fixtures.py tresnet_m_224, untrained) with "

@@ -115,7 +115,6 @@ mod tests {
 
     use tresnet_common::dataset::{DatasetFormat, DatasetIndex, Sample, SampleSource};
     use tresnet_common::ids::{ShardId, WorkerId};
-    use tresnet_common::protocol::pb;
     use tresnet_common::storage::{StorageLocation, StorageOptions};
 
     use super::{Progress, ProgressNow, human_duration};
@@ -152,7 +151,7 @@ mod tests {
         };
         let journal = Journal::open(dir, tresnet_common::job::JobIdentity([0; 32])).unwrap();
         let mut st = RunState::new(
-            pb::JobSpec::default(),
+            &tresnet_common::job::example_job(),
             Arc::new(index),
             Scheduler::new(10, 2, cfg),
             journal,

@@ -203,7 +203,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
                         let e = format!(
                             "{:?}: libtorch failed: {}",
                             cfg.devices[rank],
-                            crate::executor::panic_text(&p)
+                            crate::executor::panic_text(p)
                         );
                         collective.abort(&e);
                         Err(e)

@@ -185,7 +185,7 @@ pub fn run(cfg: &CheckConfig) -> Result<CheckReport, String> {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     check_rank(&cfg, rank, &c)
                 }))
-                .unwrap_or_else(|p| Err(crate::executor::panic_text(&p)));
+                .unwrap_or_else(|p| Err(crate::executor::panic_text(p)));
                 if let Err(e) = &out {
                     // The other ranks must not wait out the timeout for this one.
                     c.abort(e);

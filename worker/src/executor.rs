@@ -53,7 +53,7 @@ pub enum ExecutorError {
 }
 
 impl ExecutorError {
-    fn panicked(device: Device, p: &(dyn std::any::Any + Send)) -> Self {
+    fn panicked(device: Device, p: Box<dyn std::any::Any + Send>) -> Self {
         ExecutorError::Panicked {
             device: format!("{device:?}"),
             panic: panic_text(p),
@@ -252,7 +252,7 @@ pub fn start(
                                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                     gather(&collective, rank, device, mine, &job)
                                 }))
-                                .unwrap_or_else(|p| Err(ExecutorError::panicked(device, &p)));
+                                .unwrap_or_else(|p| Err(ExecutorError::panicked(device, p)));
                             if let Err(e) = &out {
                                 // The other ranks must not wait out the timeout for this one.
                                 collective.abort(&e.to_string());
@@ -305,7 +305,7 @@ pub fn start(
                         }
                         run_batch(&engine, &batch.job, device, &batch, acc)
                     }))
-                    .unwrap_or_else(|p| Err(ExecutorError::panicked(device, &p)));
+                    .unwrap_or_else(|p| Err(ExecutorError::panicked(device, p)));
                     if out.is_ok() {
                         cfg.metrics
                             .batch_done(&label, batch.indices.len(), start.elapsed());
@@ -380,7 +380,10 @@ fn reduce(
     }
 }
 
-pub(crate) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+/// The first line of a panic's message. Takes the payload box itself: a `&Box<dyn Any>` would coerce to
+/// a `&dyn Any` whose concrete type is the box, and no message would ever be found in it.
+pub(crate) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    let p: &(dyn std::any::Any + Send) = &*payload;
     p.downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| p.downcast_ref::<&str>().copied())
@@ -544,7 +547,25 @@ fn score_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::synthetic_record;
+    use super::{panic_text, synthetic_record};
+
+    /// A libtorch failure must reach the shard's reason with its message, not as a bare "panic".
+    #[test]
+    fn panic_messages_are_read_from_the_payload() {
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let formatted =
+            std::panic::catch_unwind(|| panic!("CUDA out of memory ({} MiB)\nmore", 512));
+        let literal = std::panic::catch_unwind(|| panic!("static message"));
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u32));
+        std::panic::set_hook(quiet);
+        assert_eq!(
+            panic_text(formatted.unwrap_err()),
+            "CUDA out of memory (512 MiB)"
+        );
+        assert_eq!(panic_text(literal.unwrap_err()), "static message");
+        assert_eq!(panic_text(other.unwrap_err()), "panic");
+    }
 
     #[test]
     fn synthetic_records_are_deterministic_distinct_and_descending() {

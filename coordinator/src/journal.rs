@@ -95,6 +95,15 @@ pub enum JournalError {
         url: String,
         differences: Vec<String>,
     },
+    #[error(
+        "journal {url} was cut into shards of {journaled} samples, this run would cut {requested}; \
+         rerun with --shard-size {journaled} to resume it"
+    )]
+    OtherCut {
+        url: String,
+        journaled: u64,
+        requested: u64,
+    },
     #[error("cannot move journal record {from} aside to {to}: {cause}")]
     Quarantine {
         from: String,
@@ -279,14 +288,23 @@ impl Journal {
                         reason: e.to_string(),
                     })?;
                 let differences = old.differences(job);
-                if differences.is_empty() {
-                    Ok(())
-                } else {
-                    Err(JournalError::OtherJob {
+                if !differences.is_empty() {
+                    return Err(JournalError::OtherJob {
                         url: self.url(),
                         differences,
-                    })
+                    });
                 }
+                // Not part of the identity (it changes no number), but record N holds shard N of the
+                // journal's cut: another cut would mix up which samples are done. The run directory's
+                // job.json says the same, but a journal elsewhere may be resumed from a fresh --out.
+                if old.batching.shard_size != job.batching.shard_size {
+                    return Err(JournalError::OtherCut {
+                        url: self.url(),
+                        journaled: old.batching.shard_size,
+                        requested: job.batching.shard_size,
+                    });
+                }
+                Ok(())
             }
             None => {
                 let bytes =
@@ -781,5 +799,10 @@ mod tests {
         other.model.model = "tresnet_l".into();
         let e = j.bind_job(&other).await.unwrap_err().to_string();
         assert!(e.contains("different job") && e.contains("model"), "{e}");
+        let mut recut = job();
+        recut.batching.shard_size = job().batching.shard_size + 1;
+        let e = j.bind_job(&recut).await.unwrap_err().to_string();
+        let want = format!("rerun with --shard-size {}", job().batching.shard_size);
+        assert!(e.contains("cut into shards") && e.contains(&want), "{e}");
     }
 }

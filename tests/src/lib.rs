@@ -65,6 +65,24 @@ pub fn files_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Waits until `child` accepts connections on 127.0.0.1:`port`; when it exits first or `limit` passes,
+/// kills and reaps it and returns false (the caller retries on another port or reports the failure).
+pub fn wait_listening(child: &mut Child, port: u16, limit: Duration) -> bool {
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + limit;
+    loop {
+        if std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Copies the folder tree `from` to `to`.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

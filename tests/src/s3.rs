@@ -1,10 +1,10 @@
 //! One s3s-fs process (an S3-compatible server that verifies SigV4) on loopback, from the binary in
 //! `TRESNET_S3S_FS` (installed and exported by `ops/s3.sh`, which `ops/test.sh` sources).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use object_store::{BackoffConfig, RetryConfig};
 use tresnet_common::storage::{StorageLocation, StorageOptions};
@@ -113,18 +113,8 @@ fn spawn_on(root: &Path, log: &Path) -> (Child, u16) {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.to_string_lossy()));
-        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok() {
-                return (child, port);
-            }
-            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if crate::wait_listening(&mut child, port, STARTUP_TIMEOUT) {
+            return (child, port);
         }
     }
     panic!("s3s-fs did not start (binary {})", binary.to_string_lossy());

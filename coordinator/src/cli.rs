@@ -79,6 +79,20 @@ pub struct GateArgs {
     /// Fail unless at least this many samples were evaluated.
     #[arg(long)]
     pub require_samples: Option<u64>,
+    /// Significance level α: a top-1/top-5 drop beyond its bound fails only when McNemar's test on the
+    /// samples paired with the baseline's gives p < α (needs per-sample results on both sides; falls
+    /// back to the plain bound with a note otherwise).
+    #[arg(long, value_parser = parse_alpha)]
+    pub significance: Option<f64>,
+}
+
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a significance level between 0 and 1 (exclusive)"
+        )),
+    }
 }
 
 fn parse_pp(s: &str) -> Result<f64, String> {
@@ -102,6 +116,14 @@ impl GateArgs {
                 "nothing to check: give --max-top1-drop, --max-top5-drop, --max-class-drop or --require-samples (or --write-baseline)"
             );
         }
+        if self.significance.is_some()
+            && self.max_top1_drop.is_none()
+            && self.max_top5_drop.is_none()
+        {
+            anyhow::bail!(
+                "--significance qualifies --max-top1-drop or --max-top5-drop; give one of them"
+            );
+        }
         Ok(crate::gate::GateConfig {
             run: self.run,
             baseline: self.baseline,
@@ -110,6 +132,7 @@ impl GateArgs {
             max_class_drop: self.max_class_drop,
             min_class_support: self.min_class_support,
             require_samples: self.require_samples,
+            significance: self.significance,
         })
     }
 }

@@ -12,6 +12,10 @@
 //! (|b − c| − 1)² / (b + c), against χ² with one degree of freedom (statsmodels'
 //! `mcnemar(exact=False, correction=True)`). 25 is the usual cut-off below which the chi-square
 //! approximation is poor. With no discordant pairs p = 1.
+//!
+//! Beside the test, the 95% paired-bootstrap interval of each difference (percentage points,
+//! [`crate::stats::paired_bootstrap_diff`]): how large the change plausibly is, where McNemar only
+//! says whether there is one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::finished_run::{self, Prediction, RunDirError, percent};
+use crate::stats::{Interval, paired_bootstrap_diff};
 use crate::table::Table;
 
 /// Discordant pairs below this use the exact binomial test.
@@ -84,6 +89,8 @@ pub struct McNemar {
     /// The chi-square statistic; `None` for the exact test.
     pub statistic: Option<f64>,
     pub p_value: f64,
+    /// 95% paired-bootstrap interval of B − A, percentage points; `None` with no pairs.
+    pub diff_ci95: Option<Interval>,
 }
 
 /// McNemar's test of `b` (A right, B wrong) against `c` (A wrong, B right) discordant pairs.
@@ -130,6 +137,7 @@ fn mcnemar(pairs: impl Iterator<Item = (bool, bool)>) -> McNemar {
         method,
         statistic,
         p_value,
+        diff_ci95: paired_bootstrap_diff(only_a, only_b, both + only_a + only_b + neither),
     }
 }
 
@@ -340,7 +348,7 @@ impl Comparison {
             self.samples
         );
         let mut t = Table::new([
-            "metric", "A %", "B %", "B-A pp", "A only", "B only", "test", "p",
+            "metric", "A %", "B %", "B-A pp", "95% CI", "A only", "B only", "test", "p",
         ]);
         for (name, d, m) in [
             ("top-1".to_string(), &self.top1, &self.mcnemar_top1),
@@ -360,6 +368,9 @@ impl Comparison {
                 format!("{:.3}", d.a),
                 format!("{:.3}", d.b),
                 signed(d.delta),
+                m.diff_ci95
+                    .map(|i| format!("{} to {}", signed(i.low), signed(i.high)))
+                    .unwrap_or_default(),
                 m.only_a.to_string(),
                 m.only_b.to_string(),
                 test,
@@ -367,7 +378,7 @@ impl Comparison {
             ]);
         }
         out += &t.render();
-        out += "McNemar on paired correctness: exact binomial when A only + B only < 25, else chi-square with continuity correction\n\n";
+        out += "McNemar on paired correctness: exact binomial when A only + B only < 25, else chi-square with continuity correction; 95% CI of B-A: paired bootstrap\n\n";
         let rows: Vec<&ClassDelta> = if limit == 0 || self.classes.len() <= 2 * limit {
             self.classes.iter().collect()
         } else {

@@ -46,6 +46,9 @@ pub struct RunSummary {
     #[serde(default)]
     pub throughput: f64,
     pub job: JobSpec,
+    /// 95% Wilson interval of `top1`; absent in run directories written before it was reported.
+    #[serde(default)]
+    pub top1_ci95: Option<crate::stats::Interval>,
 }
 
 fn default_k5() -> usize {
@@ -77,6 +80,8 @@ pub fn read_summary(run: &Path) -> Result<RunSummary, RunDirError> {
 /// One evaluated sample: its key, label and ranked classes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
+    /// Position in the dataset's listing (the same sample in every run with the same fingerprint).
+    pub index: u64,
     pub key: String,
     pub label: u32,
     pub topk: Vec<u32>,
@@ -94,6 +99,7 @@ pub fn read_predictions(run: &Path) -> Result<Vec<Prediction>, RunDirError> {
     let f = File::open(&path).map_err(|e| read_err(&path, e))?;
     let df = ParquetReader::new(f)
         .with_columns(Some(vec![
+            "index".into(),
             "key".into(),
             "label".into(),
             "topk_indices".into(),
@@ -101,6 +107,10 @@ pub fn read_predictions(run: &Path) -> Result<Vec<Prediction>, RunDirError> {
         .finish()
         .map_err(|e| read_err(&path, e))?;
     let col = |name: &str| df.column(name).map_err(|e| read_err(&path, e));
+    let indices = col("index")?
+        .cast(&DataType::UInt64)
+        .map_err(|e| read_err(&path, e))?;
+    let indices = indices.u64().map_err(|e| read_err(&path, e))?.clone();
     let keys = col("key")?.str().map_err(|e| read_err(&path, e))?.clone();
     let labels = col("label")?
         .cast(&DataType::UInt32)
@@ -112,12 +122,15 @@ pub fn read_predictions(run: &Path) -> Result<Vec<Prediction>, RunDirError> {
         .clone();
     let mut out = Vec::with_capacity(df.height());
     for i in 0..df.height() {
-        let (Some(key), Some(label), Some(top)) =
-            (keys.get(i), labels.get(i), topk.get_as_series(i))
-        else {
+        let (Some(index), Some(key), Some(label), Some(top)) = (
+            indices.get(i),
+            keys.get(i),
+            labels.get(i),
+            topk.get_as_series(i),
+        ) else {
             return Err(read_err(
                 &path,
-                "a row has a null key, label or topk_indices",
+                "a row has a null index, key, label or topk_indices",
             ));
         };
         let top = top
@@ -129,6 +142,7 @@ pub fn read_predictions(run: &Path) -> Result<Vec<Prediction>, RunDirError> {
             .into_no_null_iter()
             .collect();
         out.push(Prediction {
+            index,
             key: key.to_string(),
             label,
             topk: top,

@@ -13,9 +13,19 @@
 //!   "preprocess": { "resolution": 224, "crop_pct": 0.875, "crop_mode": "center", … },
 //!   "precision": "fp32",
 //!   "top1": 80.79, "top5": 95.24, "top5_k": 5, "samples": 50000,
-//!   "classes": [ { "class": 0, "name": "n01440764", "support": 50, "top1": 90.0 }, … ]
+//!   "classes": [ { "class": 0, "name": "n01440764", "support": 50, "top1": 90.0 }, … ],
+//!   "per_sample": { "evaluated": "base64…", "correct1": "base64…", "correct5": "base64…" }
 //! }
 //! ```
+//!
+//! `per_sample` (format 2; absent for a `--counts-only` run and in format-1 files, which are still
+//! read) holds one bit per dataset sample, bit `i` of byte `i / 8` (least significant first) for
+//! sample `i` of the listing: evaluated, right at top-1, right at top-`top5_k`. It is what lets
+//! `--significance` pair the run's samples with the baseline's (the dataset fingerprint guarantees
+//! that index `i` is the same image in both) and run McNemar's test: a drop beyond the bound fails the
+//! gate only when the test says it is real (p < α), so a CI gate on a small set does not fail on noise
+//! and a large set cannot hide a real regression below a generous bound. 50,000 samples take 8 KiB a
+//! field.
 //!
 //! Accuracies are percent; `classes` lists the classes with samples. The model name, the dataset
 //! fingerprint (hash of the sample keys and labels) and the class count are the baseline's identity: a
@@ -29,10 +39,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tresnet_common::preprocess::PreprocessConfig;
 
+use base64::Engine;
+
+use crate::compare::mcnemar_p;
 use crate::finished_run::{self, RunDirError, RunSummary, percent};
 use crate::table::Table;
 
-pub const BASELINE_FORMAT: &str = "tresnet-eval-baseline/1";
+pub const BASELINE_FORMAT: &str = "tresnet-eval-baseline/2";
+/// Still read: the same fields without `per_sample`.
+const BASELINE_FORMAT_1: &str = "tresnet-eval-baseline/1";
 
 /// Drops below this many percentage points are float noise, not violations.
 const EPS_PP: f64 = 1e-9;
@@ -91,6 +106,159 @@ pub struct Baseline {
     pub top5_k: usize,
     pub samples: u64,
     pub classes: Vec<BaselineClass>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_sample: Option<PerSample>,
+}
+
+/// Per-sample results of the baseline run as bitsets over the dataset's listing (the module docs give
+/// the layout), base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerSample {
+    pub evaluated: String,
+    pub correct1: String,
+    pub correct5: String,
+}
+
+/// One bit per dataset sample.
+#[derive(Debug, Clone, PartialEq)]
+struct Bits(Vec<u8>);
+
+impl Bits {
+    fn new(len: u64) -> Self {
+        Bits(vec![0; len.div_ceil(8) as usize])
+    }
+
+    fn set(&mut self, i: u64) {
+        self.0[(i / 8) as usize] |= 1 << (i % 8);
+    }
+
+    fn get(&self, i: u64) -> bool {
+        self.0
+            .get((i / 8) as usize)
+            .is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+
+    fn encode(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(&self.0)
+    }
+
+    /// Decodes a field of a baseline over `len` samples.
+    fn decode(field: &str, text: &str, len: u64) -> Result<Self, String> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("per_sample.{field} is not base64: {e}"))?;
+        if bytes.len() as u64 != len.div_ceil(8) {
+            return Err(format!(
+                "per_sample.{field} has {} bytes, expected {} for {len} samples",
+                bytes.len(),
+                len.div_ceil(8)
+            ));
+        }
+        Ok(Bits(bytes))
+    }
+}
+
+/// The per-sample bitsets of a finished run; `None` for a counts-only run, which has no per-sample rows.
+fn per_sample_of(run: &Path, s: &RunSummary) -> Result<Option<PerSample>, GateError> {
+    if s.job.outputs.counts_only {
+        return Ok(None);
+    }
+    let (mut evaluated, mut c1, mut c5) = (
+        Bits::new(s.dataset_size),
+        Bits::new(s.dataset_size),
+        Bits::new(s.dataset_size),
+    );
+    for p in finished_run::read_predictions(run)? {
+        if p.index >= s.dataset_size {
+            return Err(RunDirError::Incomplete {
+                path: run.join("predictions.parquet"),
+                reason: format!(
+                    "sample {} has index {} in a dataset of {}",
+                    p.key, p.index, s.dataset_size
+                ),
+            }
+            .into());
+        }
+        evaluated.set(p.index);
+        if p.correct_at(1) {
+            c1.set(p.index);
+        }
+        if p.correct_at(s.top5_k) {
+            c5.set(p.index);
+        }
+    }
+    Ok(Some(PerSample {
+        evaluated: evaluated.encode(),
+        correct1: c1.encode(),
+        correct5: c5.encode(),
+    }))
+}
+
+/// McNemar p-values of the run against the baseline on the samples both evaluated, for
+/// `--significance`; `None` per metric where the pairing is impossible (the notes say why).
+struct Paired {
+    samples: u64,
+    top1: f64,
+    top5: Option<f64>,
+}
+
+fn paired(
+    cfg: &GateConfig,
+    b: &Baseline,
+    s: &RunSummary,
+    notes: &mut Vec<String>,
+) -> Result<Option<Paired>, GateError> {
+    let fallback = "--significance falls back to the plain bounds";
+    let Some(ps) = &b.per_sample else {
+        notes.push(format!(
+            "the baseline has no per-sample results (a --counts-only run, or written before they were recorded); {fallback}"
+        ));
+        return Ok(None);
+    };
+    if s.job.outputs.counts_only {
+        notes.push(format!(
+            "the run is --counts-only: it has no per-sample results to pair; {fallback}"
+        ));
+        return Ok(None);
+    }
+    let invalid = |reason| GateError::BaselineInvalid {
+        path: cfg.baseline.clone(),
+        reason,
+    };
+    let size = b.dataset.size;
+    let evaluated = Bits::decode("evaluated", &ps.evaluated, size).map_err(invalid)?;
+    let c1 = Bits::decode("correct1", &ps.correct1, size).map_err(invalid)?;
+    let c5 = Bits::decode("correct5", &ps.correct5, size).map_err(invalid)?;
+    let (mut n, mut d1, mut d5) = (0u64, (0u64, 0u64), (0u64, 0u64));
+    for p in finished_run::read_predictions(&cfg.run)? {
+        if !evaluated.get(p.index) {
+            continue;
+        }
+        n += 1;
+        // (right in the baseline only, right in the run only)
+        let count = |base: bool, run: bool, d: &mut (u64, u64)| match (base, run) {
+            (true, false) => d.0 += 1,
+            (false, true) => d.1 += 1,
+            _ => {}
+        };
+        count(c1.get(p.index), p.correct_at(1), &mut d1);
+        count(c5.get(p.index), p.correct_at(b.top5_k), &mut d5);
+    }
+    let top5 = if b.top5_k == s.top5_k {
+        Some(mcnemar_p(d5.0, d5.1).2)
+    } else {
+        notes.push(format!(
+            "top-5 is top-{} in the baseline and top-{} in the run; the top-5 bound is checked without --significance",
+            b.top5_k, s.top5_k
+        ));
+        None
+    };
+    Ok(Some(Paired {
+        samples: n,
+        top1: mcnemar_p(d1.0, d1.1).2,
+        top5,
+    }))
 }
 
 /// Bounds to check; `None` skips a check.
@@ -106,6 +274,9 @@ pub struct GateConfig {
     /// two-image class is a 50-point swing.
     pub min_class_support: u64,
     pub require_samples: Option<u64>,
+    /// With a top-1/top-5 bound: a drop beyond it fails only when McNemar's test on the paired samples
+    /// gives p below this.
+    pub significance: Option<f64>,
 }
 
 /// One bound the run broke.
@@ -192,6 +363,7 @@ pub fn baseline_of(run: &Path) -> Result<Baseline, GateError> {
         top5_k: s.top5_k,
         samples: s.samples,
         classes,
+        per_sample: per_sample_of(run, &s)?,
     })
 }
 
@@ -219,9 +391,9 @@ pub fn read_baseline(path: &Path) -> Result<Baseline, GateError> {
     };
     let bytes = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
     let b: Baseline = serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
-    if b.format != BASELINE_FORMAT {
+    if b.format != BASELINE_FORMAT && b.format != BASELINE_FORMAT_1 {
         return Err(invalid(format!(
-            "format is {:?}, expected {BASELINE_FORMAT:?}",
+            "format is {:?}, expected {BASELINE_FORMAT:?} (or {BASELINE_FORMAT_1:?})",
             b.format
         )));
     }
@@ -300,28 +472,70 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
             b.precision, s.job.model.precision
         ));
     }
-    let mut overall = |name: &'static str, base: f64, run: f64, max: Option<f64>| {
+    let pairs = match cfg.significance {
+        Some(_) if cfg.max_top1_drop.is_some() || cfg.max_top5_drop.is_some() => {
+            paired(cfg, &b, &s, &mut r.notes)?
+        }
+        _ => None,
+    };
+    let mut overall = |name: &'static str,
+                       base: f64,
+                       run: f64,
+                       max: Option<f64>,
+                       p: Option<f64>| {
         let Some(max) = max else { return };
         let drop = base - run;
+        let test = match (cfg.significance, p, &pairs) {
+            (Some(alpha), Some(p), Some(pairs)) => Some((alpha, p, pairs.samples)),
+            _ => None,
+        };
         r.checked.push(format!(
-            "{name} {} (baseline {}, drop {} <= {})",
+            "{name} {} (baseline {}, drop {} <= {}{})",
             pp(run),
             pp(base),
             pp(drop),
-            pp(max)
+            pp(max),
+            match test {
+                Some((alpha, p, n)) => format!(
+                    " unless McNemar p < {alpha} over {n} paired samples; p = {}",
+                    p_text(p)
+                ),
+                None => String::new(),
+            }
         ));
-        if drop > max + EPS_PP {
-            r.violations.push(Violation {
+        if drop <= max + EPS_PP {
+            return;
+        }
+        match test {
+            Some((alpha, p, n)) if p >= alpha => r.notes.push(format!(
+                "{name} dropped {} pp, beyond {} pp, but not significantly: McNemar p = {} >= {alpha} over {n} paired samples",
+                pp(drop),
+                pp(max),
+                p_text(p)
+            )),
+            _ => r.violations.push(Violation {
                 check: name,
                 subject: "overall".into(),
                 baseline: pp(base),
                 run: pp(run),
-                allowed: format!("drop <= {} pp (was {})", pp(max), pp(drop)),
-            });
+                allowed: match test {
+                    Some((alpha, p, _)) => format!(
+                        "drop <= {} pp (was {}; McNemar p = {} < {alpha})",
+                        pp(max),
+                        pp(drop),
+                        p_text(p)
+                    ),
+                    None => format!("drop <= {} pp (was {})", pp(max), pp(drop)),
+                },
+            }),
         }
     };
-    overall("top-1", b.top1, s.top1, cfg.max_top1_drop);
-    overall("top-5", b.top5, s.top5, cfg.max_top5_drop);
+    let (p1, p5) = match &pairs {
+        Some(x) => (Some(x.top1), x.top5),
+        None => (None, None),
+    };
+    overall("top-1", b.top1, s.top1, cfg.max_top1_drop, p1);
+    overall("top-5", b.top5, s.top5, cfg.max_top5_drop, p5);
     if let Some(need) = cfg.require_samples {
         r.checked
             .push(format!("samples {} (required {need})", s.samples));
@@ -375,6 +589,14 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
         ));
     }
     Ok(r)
+}
+
+fn p_text(p: f64) -> String {
+    if p >= 1e-3 {
+        format!("{p:.4}")
+    } else {
+        format!("{p:.3e}")
+    }
 }
 
 fn short(sha: &str) -> &str {

@@ -127,6 +127,13 @@ fn headline(h: &mut String, s: &Summary) {
         s.failed_samples,
         s.failed_shards.len(),
     );
+    if let (Some(t1), Some(t5)) = (s.top1_ci95, s.top5_ci95) {
+        let _ = writeln!(
+            h,
+            "<p class=\"muted\" id=\"ci95\">95% confidence intervals (Wilson): top-1 {:.2}–{:.2}%, top-{} {:.2}–{:.2}%</p>",
+            t1.low, t1.high, s.top5_k, t5.low, t5.high
+        );
+    }
 }
 
 fn run_info(h: &mut String, s: &Summary, o: &Outcome) {

@@ -16,6 +16,8 @@ pub mod scheduler;
 pub mod service;
 pub mod shard_size;
 pub mod shutdown;
+pub mod stats;
 pub mod sweep;
 pub mod table;
 pub mod tally;
+pub mod timm_results;

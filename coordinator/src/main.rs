@@ -160,4 +160,10 @@ fn print_headline(summary: &tresnet_coordinator::report::Summary) {
         summary.failed_samples,
         summary.dataset_size
     );
+    if let (Some(t1), Some(t5)) = (summary.top1_ci95, summary.top5_ci95) {
+        println!(
+            "95% CI (Wilson): top-1 {:.2}-{:.2}%  top-{} {:.2}-{:.2}%",
+            t1.low, t1.high, summary.top5_k, t5.low, t5.high
+        );
+    }
 }

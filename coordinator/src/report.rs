@@ -19,6 +19,7 @@ use tresnet_common::software::WorkerSoftware;
 use crate::atomic_file::{AtomicFile, AtomicWriteError, write_atomic, write_atomic_with};
 use crate::journal::{Journal, JournalError};
 use crate::scheduler::{Scheduler, ShardState};
+use crate::stats::{Interval, wilson};
 use crate::tally::{Averages, BadSample, ECE_BINS, ReliabilityBin, Tally};
 
 /// Rows buffered before a parquet row group is written (and read back by [`rerender`]); bounds memory
@@ -200,6 +201,12 @@ pub struct Summary {
     pub workers: Vec<WorkerSummary>,
     pub scheduling: Scheduling,
     pub job: JobSpec,
+    /// 95% Wilson intervals of `top1` and `top5`, in percent (stats.rs says why Wilson); null when
+    /// nothing was evaluated, absent in run directories written before they were reported.
+    #[serde(default)]
+    pub top1_ci95: Option<Interval>,
+    #[serde(default)]
+    pub top5_ci95: Option<Interval>,
 }
 
 #[derive(Default)]
@@ -578,6 +585,8 @@ fn write_derived(
         workers: outcome.workers.clone(),
         scheduling: outcome.scheduling.clone(),
         job: job.clone(),
+        top1_ci95: wilson(tally.correct1, tally.evaluated),
+        top5_ci95: wilson(tally.correct5, tally.evaluated),
     };
     let summary_path = run_dir.join("summary.json");
     write_atomic(
@@ -614,8 +623,8 @@ fn write_csv(path: &Path, mut df: DataFrame) -> Result<(), ReportError> {
     })
 }
 
-/// One row per class of the model: support, top-1/top-5 accuracy (percent; null without support),
-/// precision/recall/F1 (fractions; null where undefined) and the class it is most confused with.
+/// One row per class of the model: support, top-1/top-5 accuracy (percent; null without support), the
+/// 95% Wilson interval of top-1, precision/recall/F1 (fractions; null where undefined) and the class it is most confused with.
 fn per_class_frame(t: &Tally, names: &[String]) -> PolarsResult<DataFrame> {
     let n = t.num_classes;
     let name = |c: usize| names.get(c).cloned().unwrap_or_default();
@@ -623,6 +632,7 @@ fn per_class_frame(t: &Tally, names: &[String]) -> PolarsResult<DataFrame> {
     let acc = |num: u64, den: u64| (den > 0).then(|| 100.0 * num as f64 / den as f64);
     let scores: Vec<_> = (0..n).map(|c| t.class_scores(c)).collect();
     let confused = t.most_confused();
+    let ci: Vec<Option<Interval>> = pc.iter().map(|c| wilson(c.correct1, c.support)).collect();
     DataFrame::new_infer_height(vec![
         Column::new("class".into(), (0..n as u32).collect::<Vec<_>>()),
         Column::new("name".into(), (0..n).map(name).collect::<Vec<_>>()),
@@ -645,6 +655,14 @@ fn per_class_frame(t: &Tally, names: &[String]) -> PolarsResult<DataFrame> {
             pc.iter()
                 .map(|c| acc(c.correct5, c.support))
                 .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "top1_ci95_low".into(),
+            ci.iter().map(|i| i.map(|i| i.low)).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "top1_ci95_high".into(),
+            ci.iter().map(|i| i.map(|i| i.high)).collect::<Vec<_>>(),
         ),
         Column::new(
             "precision".into(),

@@ -1,6 +1,7 @@
 //! `sweep`: a matrix of evaluations (models × weights × datasets × resolutions × crop modes ×
 //! precisions) run one after another, one run directory per cell, and the table of all of them
-//! (`sweep.parquet`, `sweep.csv`, `sweep.md`).
+//! (`sweep.parquet`, `sweep.csv`, `sweep.md`, with 95% Wilson intervals of top-1), plus one
+//! timm-shaped `results-<dataset>.csv` per dataset ([`crate::timm_results`]).
 //!
 //! Each cell is exactly a `run`: the `[run]` table of the sweep file holds any `run` flag by its long
 //! name (`batch-size = 64`, `no-fold-bn = true`, `dct-scaling = true`, `worker-arg = ["…"]`) and is
@@ -42,12 +43,14 @@
 //! format = "imagenet"                   # default imagefolder
 //! num_classes = 1000                    # optional, as `run --num-classes`
 //!
+//! # reference_dataset = "imagenet"      # what results-*.csv diff against; default: the only
+//!                                       # dataset of format "imagenet"
 //! [run]
 //! local-workers = 1
 //! devices = "cuda:0"
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -63,6 +66,7 @@ use crate::metrics::Observed;
 use crate::run::{self, WorkerPool};
 use crate::shutdown::{Interrupted, Shutdown};
 use crate::table::Table;
+use crate::timm_results::{ResultRow, results_tables};
 
 /// `run` flags the matrix sets itself; the `[run]` table may not.
 const MATRIX_FLAGS: &[&str] = &[
@@ -94,6 +98,9 @@ pub struct SweepFile {
     /// Any other `run` flag, by its long name without dashes in front (read by [`Self::run_args`]).
     #[serde(default)]
     pub run: toml::Table,
+    /// The `[[dataset]]` the timm-shaped `results-*.csv` tables diff the others against (timm diffs
+    /// against ImageNet-val); default: the one dataset of format `imagenet`, if there is exactly one.
+    pub reference_dataset: Option<String>,
 }
 
 fn default_crop_modes() -> Vec<CropMode> {
@@ -211,7 +218,28 @@ impl SweepFile {
         }
         f.run_args()
             .with_context(|| format!("sweep file {}", path.display()))?;
+        if let Some(r) = &f.reference_dataset
+            && !f.datasets.iter().any(|d| &d.name == r)
+        {
+            bail!(
+                "sweep file {}: reference_dataset {r:?} is not the name of a [[dataset]]",
+                path.display()
+            );
+        }
         Ok(f)
+    }
+
+    /// The dataset the timm-shaped tables diff against: [`Self::reference_dataset`], or the only
+    /// ImageNet-val (`imagenet` format) dataset.
+    pub fn reference(&self) -> Option<&str> {
+        if let Some(r) = &self.reference_dataset {
+            return Some(r);
+        }
+        let mut val = self.datasets.iter().filter(|d| d.format == "imagenet");
+        match (val.next(), val.next()) {
+            (Some(d), None) => Some(&d.name),
+            _ => None,
+        }
     }
 
     /// Every cell, in a fixed order (models, weights, datasets, resolutions, crop modes, precisions);
@@ -476,6 +504,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         cells: results,
     };
     write_tables(&outcome)?;
+    write_timm_results(&outcome, file.reference())?;
     Ok(outcome)
 }
 
@@ -567,6 +596,18 @@ fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
             c.iter().map(|r| opt_f64(r, |s| s.top5)).collect::<Vec<_>>(),
         ),
         Column::new(
+            "top1_ci95_low".into(),
+            c.iter()
+                .map(|r| r.summary.as_ref()?.top1_ci95.map(|i| i.low))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "top1_ci95_high".into(),
+            c.iter()
+                .map(|r| r.summary.as_ref()?.top1_ci95.map(|i| i.high))
+                .collect::<Vec<_>>(),
+        ),
+        Column::new(
             "samples".into(),
             c.iter()
                 .map(|r| opt_u64(r, |s| s.samples))
@@ -608,6 +649,7 @@ pub fn markdown(o: &SweepOutcome) -> String {
         "crop",
         "precision",
         "top-1 %",
+        "top-1 95% CI",
         "top-5 %",
         "samples",
         "status",
@@ -623,6 +665,11 @@ pub fn markdown(o: &SweepOutcome) -> String {
             crop_name(c.crop_mode).to_string(),
             c.precision.as_str().to_string(),
             num(opt_f64(r, |s| s.top1)),
+            r.summary
+                .as_ref()
+                .and_then(|s| s.top1_ci95)
+                .map(|i| format!("{:.2}-{:.2}", i.low, i.high))
+                .unwrap_or_default(),
             num(opt_f64(r, |s| s.top5)),
             opt_u64(r, |s| s.samples)
                 .map(|v| v.to_string())
@@ -649,6 +696,53 @@ fn write_tables(o: &SweepOutcome) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", pq.display()))
     })?;
     write_atomic(&o.out.join("sweep.md"), markdown(o).as_bytes())?;
+    Ok(())
+}
+
+/// Millions of parameters of a checkpoint, for the timm-shaped tables; `None` (an empty cell) when
+/// it cannot be read, which the cell's own run would already have reported.
+fn param_millions(weights: &Path) -> Option<f64> {
+    let sd = tresnet_common::checkpoint::load_state_dict(weights).ok()?;
+    Some(tresnet_common::checkpoint::parameter_count(&sd) as f64 / 1e6)
+}
+
+/// `results-<dataset>.csv` for every dataset of the sweep, from the cells that finished.
+fn write_timm_results(o: &SweepOutcome, reference: Option<&str>) -> anyhow::Result<()> {
+    let mut params: HashMap<PathBuf, Option<f64>> = HashMap::new();
+    let rows: Vec<ResultRow> = o
+        .cells
+        .iter()
+        .filter(|r| r.status != CellStatus::Failed)
+        .filter_map(|r| {
+            let s = r.summary.as_ref()?;
+            let c = &r.cell;
+            let param_count = *params
+                .entry(c.weights.clone())
+                .or_insert_with(|| param_millions(&c.weights));
+            Some(ResultRow {
+                dataset: c.dataset.clone(),
+                model: format!("{}.{}", c.model, c.weights_label),
+                top1: s.top1,
+                top5: s.top5,
+                param_count,
+                img_size: c.resolution,
+                crop_pct: s.job.preprocess.crop_pct,
+                crop_mode: crop_name(c.crop_mode).to_string(),
+                precision: c.precision.as_str().to_string(),
+            })
+        })
+        .collect();
+    for t in results_tables(rows, reference) {
+        let path = o.out.join(format!("results-{}.csv", sanitize(&t.dataset)));
+        let mut df = t
+            .frame()
+            .map_err(|e| anyhow::anyhow!("cannot build {}: {e}", path.display()))?;
+        write_atomic_with(&path, |f| {
+            CsvWriter::new(f)
+                .finish(&mut df)
+                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+        })?;
+    }
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 
 The reference is the run's full logits (logits.npy, written by `run --save-logits fp32|fp16`) and the
 labels in predictions.parquet; from them numpy, scipy and scikit-learn (top_k_accuracy_score,
-log_loss, confusion_matrix, precision_recall_fscore_support) recompute top-1/top-5, NLL, ECE, the
+log_loss, confusion_matrix, precision_recall_fscore_support, scipy's binomtest Wilson interval)
+recompute top-1/top-5 and their 95% intervals, NLL, ECE, the
 reliability bins, the confusion matrix, per-class and macro/weighted precision/recall/F1, and every
 per-sample column. Counts must match exactly, floats within 1e-9. Exit status 1 lists every mismatch.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from scipy.special import logsumexp, softmax
+from scipy.stats import binomtest
 from sklearn.metrics import (
     confusion_matrix,
     log_loss,
@@ -55,6 +57,14 @@ def equal(what, got, want):
     checked += 1
     if got != want:
         errors.append(f"{what}: file has {got!r}, reference {want!r}")
+
+
+def wilson(k: int, n: int):
+    """scipy's 95% Wilson score interval of k in n, in percent; None without trials."""
+    if n == 0:
+        return None
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return (100.0 * ci.low, 100.0 * ci.high)
 
 
 def ranked(logits32: np.ndarray) -> np.ndarray:
@@ -110,6 +120,11 @@ def main(run: Path) -> int:
     equal("samples", summary["samples"], n)
     close("top1", summary["top1"], 100.0 * sk1 / n if n else 0.0)
     close("top5", summary["top5"], 100.0 * sk5 / n if n else 0.0)
+    for key, k in (("top1_ci95", int(sk1)), ("top5_ci95", int(sk5))):
+        want = wilson(k, n)
+        got = summary.get(key)
+        close(f"{key}.low", got and got["low"], want and want[0])
+        close(f"{key}.high", got and got["high"], want and want[1])
 
     loss = logsumexp(L, axis=1) - L[np.arange(n), y]
     conf = np.exp(L.max(axis=1) - logsumexp(L, axis=1))
@@ -176,6 +191,9 @@ def main(run: Path) -> int:
         s = int(support[c])
         close(f"per_class.top1[{c}]", pc["top1"][c], 100.0 * cm[c, c] / s if s else None)
         close(f"per_class.top5[{c}]", pc["top5"][c], 100.0 * hit5[y == c].sum() / s if s else None)
+        ci = wilson(int(cm[c, c]), s)
+        close(f"per_class.top1_ci95_low[{c}]", pc["top1_ci95_low"][c], ci and ci[0])
+        close(f"per_class.top1_ci95_high[{c}]", pc["top1_ci95_high"][c], ci and ci[1])
         # Undefined scores are null in the file and 0 in sklearn (zero_division=0).
         for name, arr, defined in (
             ("precision", p, predicted[c] > 0),

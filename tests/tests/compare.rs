@@ -1,6 +1,8 @@
 //! `tresnet-coordinator compare` on two real runs whose predictions differ: the paired counts and
 //! McNemar p-values equal an independent scipy computation (tests/tests/mcnemar_reference.py) from the
-//! two predictions.parquet files; runs over different datasets or samples are refused.
+//! two predictions.parquet files; runs over different datasets or samples are refused. The paired
+//! bootstrap interval of the difference agrees with resampling the pairs themselves in numpy, and the
+//! Wilson interval with scipy (tests/tests/stats_reference.py).
 
 mod paired_runs;
 
@@ -26,6 +28,61 @@ fn close(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
         (x - y).abs() <= 1e-12 * x.abs().max(1e-300) + 1e-15,
         "{what}: {x} vs {y}"
     );
+}
+
+#[test]
+fn bootstrap_and_wilson_intervals_match_numpy_and_scipy() {
+    // (only_a, only_b, both, neither)
+    let cases = [
+        (30u64, 18u64, 300u64, 52u64),
+        (5, 40, 700, 255),
+        (120, 80, 1500, 300),
+        (0, 3, 40, 7),
+    ];
+    let json: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|&(a, b, both, neither)| {
+            serde_json::json!({"only_a": a, "only_b": b, "both": both, "neither": neither})
+        })
+        .collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stats_reference.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .arg(serde_json::Value::Array(json).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let r: Vec<serde_json::Value> = serde_json::from_slice(&py.stdout).unwrap();
+    for (&(a, b, both, neither), x) in cases.iter().zip(&r) {
+        let n = a + b + both + neither;
+        let ours = tresnet_coordinator::stats::paired_bootstrap_diff(a, b, n).unwrap();
+        // Both sides are Monte Carlo: allow a fraction of the difference's standard error and one
+        // step of the discrete distribution (100/n pp). An unpaired bootstrap would be ~1.6x as wide
+        // here and fail this.
+        let (pa, pb) = (a as f64 / n as f64, b as f64 / n as f64);
+        let se = 100.0 * ((pa + pb - (pb - pa).powi(2)) / n as f64).sqrt();
+        let tol = 0.15 * se + 100.0 / n as f64;
+        for (got, want) in [(ours.low, &x["low"]), (ours.high, &x["high"])] {
+            let want = want.as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= tol,
+                "{a},{b},{n}: {ours:?} vs {x} (tol {tol})"
+            );
+        }
+        let w = tresnet_coordinator::stats::wilson(a + both, n).unwrap();
+        assert!(
+            (w.low - x["wilson_low"].as_f64().unwrap()).abs() < 1e-9,
+            "{w:?} vs {x}"
+        );
+        assert!(
+            (w.high - x["wilson_high"].as_f64().unwrap()).abs() < 1e-9,
+            "{w:?} vs {x}"
+        );
+    }
 }
 
 #[test]
@@ -72,6 +129,12 @@ fn compare_matches_scipy_mcnemar_and_refuses_unpaired_runs() {
             close(&m["statistic"], &x["chi2_stat"], ours);
             close(&m["p_value"], &x["chi2_p"], ours);
         }
+    }
+    // The bootstrap interval brackets the observed difference.
+    for (ours, delta) in [("mcnemar_top1", "top1"), ("mcnemar_top5", "top5")] {
+        let (ci, d) = (&c[ours]["diff_ci95"], c[delta]["delta"].as_f64().unwrap());
+        let (lo, hi) = (ci["low"].as_f64().unwrap(), ci["high"].as_f64().unwrap());
+        assert!(lo <= d + 1e-9 && d <= hi + 1e-9, "{ours}: {d} not in {ci}");
     }
     // Discordant pairs both ways, so the test is not the trivial p = 1.
     let m1 = &c["mcnemar_top1"];

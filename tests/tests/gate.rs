@@ -1,5 +1,7 @@
 //! `tresnet-coordinator gate` on real runs: a run passes its own baseline, a run with lower top-1 and
 //! lower classes fails with every violation listed (exit 1), and bad inputs exit 2 naming the problem.
+//! With `--significance` a drop beyond the bound fails only when McNemar's test on the samples paired
+//! with the baseline's per-sample bits says it is real; without those bits the plain bound applies.
 
 mod paired_runs;
 
@@ -70,7 +72,7 @@ fn gate_passes_fails_and_refuses_bad_input_with_distinct_exit_codes() {
     let bl: serde_json::Value = serde_json::from_slice(&std::fs::read(&base).unwrap()).unwrap();
     let sa = summary(a);
     let sb = summary(b);
-    assert_eq!(bl["format"], "tresnet-eval-baseline/1");
+    assert_eq!(bl["format"], "tresnet-eval-baseline/2");
     assert_eq!(bl["model"], "tresnet_m");
     assert_eq!(
         bl["dataset"]["fingerprint"],
@@ -236,6 +238,111 @@ fn gate_passes_fails_and_refuses_bad_input_with_distinct_exit_codes() {
         p(&base),
         "--min-class-support",
         "3",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
+
+    significance(&runs, &bl, &base);
+}
+
+/// Popcount of a base64 bitset field of the baseline's `per_sample`.
+fn ones(bl: &serde_json::Value, field: &str) -> u64 {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(bl["per_sample"][field].as_str().unwrap())
+        .unwrap();
+    bytes.iter().map(|b| u64::from(b.count_ones())).sum()
+}
+
+fn significance(runs: &paired_runs::Paired, bl: &serde_json::Value, base: &Path) {
+    let (a, b) = (&runs.a, &runs.b);
+    let sa = summary(a);
+    // The bits are A's own results.
+    assert_eq!(ones(bl, "evaluated"), sa["samples"].as_u64().unwrap());
+    assert_eq!(ones(bl, "correct1"), sa["correct1"].as_u64().unwrap());
+    assert_eq!(ones(bl, "correct5"), sa["correct5"].as_u64().unwrap());
+
+    // McNemar's p of B against A, from the two predictions files paired by key.
+    let pb: std::collections::HashMap<String, bool> = predictions(b)
+        .into_iter()
+        .map(|(k, l, t)| (k, t[0] == l))
+        .collect();
+    let (mut only_a, mut only_b) = (0, 0);
+    for (k, l, t) in predictions(a) {
+        match (t[0] == l, pb[&k]) {
+            (true, false) => only_a += 1,
+            (false, true) => only_b += 1,
+            _ => {}
+        }
+    }
+    let (_, _, pval) = tresnet_coordinator::compare::mcnemar_p(only_a, only_b);
+    assert!(pval > 0.0 && pval < 1.0, "{only_a} {only_b} {pval}");
+    let gate_b = |baseline: &Path, alpha: f64| {
+        gate(&[
+            "--run",
+            p(b),
+            "--baseline",
+            p(baseline),
+            "--max-top1-drop",
+            "1",
+            "--significance",
+            &format!("{alpha:.9}"),
+        ])
+    };
+    // α at half of p: the drop (> 5 pp, beyond 1) is not significant, the gate passes and says why.
+    let o = gate_b(base, pval / 2.0);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(out.contains("but not significantly: McNemar p ="), "{out}");
+    // α between p and 1: significant, so the bound fails, with p in the table.
+    let o = gate_b(base, (pval + 1.0) / 2.0);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    let line = out.lines().find(|l| l.starts_with("top-1")).expect(&out);
+    assert!(line.contains("McNemar p ="), "{line}");
+
+    // A baseline that was right on every sample B got wrong: every discordant pair is one way, which
+    // is significant at 5% once there are six of them (exact p = 2 * 0.5^6).
+    let wrong_b = pb.values().filter(|r| !**r).count();
+    assert!(wrong_b >= 6, "{wrong_b}");
+    let mut perfect = bl.clone();
+    perfect["per_sample"]["correct1"] = perfect["per_sample"]["evaluated"].clone();
+    perfect["top1"] = 100.0.into();
+    let f = runs.dir.path().join("perfect.json");
+    std::fs::write(&f, serde_json::to_vec(&perfect).unwrap()).unwrap();
+    let o = gate_b(&f, 0.05);
+    assert_eq!(o.status.code(), Some(1), "{:?}", text(&o));
+
+    // No per-sample bits (a format-1 baseline): the plain bound, with a note saying so.
+    let mut old = bl.clone();
+    old.as_object_mut().unwrap().remove("per_sample");
+    old["format"] = "tresnet-eval-baseline/1".into();
+    let f = runs.dir.path().join("format1.json");
+    std::fs::write(&f, serde_json::to_vec(&old).unwrap()).unwrap();
+    let o = gate_b(&f, pval / 2.0);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}{err}");
+    assert!(out.contains("falls back to the plain bounds"), "{out}");
+
+    // Bits of the wrong length are an invalid baseline, naming the field.
+    let mut short = bl.clone();
+    short["per_sample"]["correct1"] = "AA==".into();
+    let f = runs.dir.path().join("short-bits.json");
+    std::fs::write(&f, serde_json::to_vec(&short).unwrap()).unwrap();
+    let o = gate_b(&f, 0.05);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("per_sample.correct1"), "{err}");
+
+    // --significance qualifies a top-1/top-5 bound.
+    let o = gate(&[
+        "--run",
+        p(b),
+        "--baseline",
+        p(base),
+        "--require-samples",
+        "1",
+        "--significance",
+        "0.05",
     ]);
     assert_eq!(o.status.code(), Some(2), "{:?}", text(&o));
 }

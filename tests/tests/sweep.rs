@@ -3,7 +3,8 @@
 //! whose summary is gone is the only one run again. The cells run on one pool of workers spawned once
 //! (the same processes in every cell, the model reloaded only when it changes) and give exactly the
 //! results of separate `run`s; a cell whose weights no worker can load fails with the workers' reasons
-//! and the next cell still runs on the same workers.
+//! and the next cell still runs on the same workers. The timm-shaped `results-*.csv` carry the runs'
+//! numbers in timm's format, with parameter counts equal to timm's own count of the model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -97,6 +98,13 @@ fn check_rows(out: &Path, df: &DataFrame) -> Vec<String> {
         let s = summary(&out.join(name));
         assert_eq!(top1.get(i), s["top1"].as_f64(), "{name}");
         assert_eq!(top5.get(i), s["top5"].as_f64(), "{name}");
+        for (col, end) in [("top1_ci95_low", "low"), ("top1_ci95_high", "high")] {
+            assert_eq!(
+                f64col(col).get(i),
+                s["top1_ci95"][end].as_f64(),
+                "{name} {col}"
+            );
+        }
         assert_eq!(samples.get(i), s["samples"].as_f64(), "{name}");
         assert_eq!(
             Some(u64::from(res.u32().unwrap().get(i).unwrap())),
@@ -106,6 +114,79 @@ fn check_rows(out: &Path, df: &DataFrame) -> Vec<String> {
         statuses.push(status.get(i).unwrap().to_string());
     }
     statuses
+}
+
+/// `results-sample.csv` has timm's columns and number formats, one row per cell, best top-1 first,
+/// each row equal to its cell's summary.json (no diff columns: the sweep has no ImageNet-val dataset).
+fn check_timm_results(out: &Path) {
+    let text = std::fs::read_to_string(out.join("results-sample.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "model,top1,top1_err,top5,top5_err,param_count,img_size,crop_pct,interpolation,crop_mode,precision"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), CELLS.len(), "{text}");
+    let top1: Vec<f64> = rows.iter().map(|r| r[1].parse().unwrap()).collect();
+    assert!(top1.windows(2).all(|w| w[0] >= w[1]), "{text}");
+    for r in &rows {
+        assert_eq!(r[0], "tresnet_m.seeded");
+        // timm.create_model("tresnet_m").parameters(): 31,389,032.
+        assert_eq!(r[5], "31.39");
+        assert_eq!((r[7], r[8], r[10]), ("0.875", "bilinear", "fp32"));
+        let cell = CELLS
+            .iter()
+            .find(|c| c.contains(&format!("-{}-{}-", r[6], r[9])))
+            .unwrap_or_else(|| panic!("no cell for {r:?}"));
+        let s = summary(&out.join(cell));
+        assert_eq!(
+            r[1],
+            format!("{:.3}", s["top1"].as_f64().unwrap()),
+            "{cell}"
+        );
+        assert_eq!(r[2], format!("{:.3}", 100.0 - s["top1"].as_f64().unwrap()));
+        assert_eq!(
+            r[3],
+            format!("{:.3}", s["top5"].as_f64().unwrap()),
+            "{cell}"
+        );
+    }
+}
+
+#[test]
+fn parameter_counts_of_checkpoints_equal_timms_count_of_the_model() {
+    for (case, model) in [
+        ("tresnet_m_224", "tresnet_m"),
+        ("tresnet_v2_l_224", "tresnet_v2_l"),
+        ("tresnet_xl_224", "tresnet_xl"),
+    ] {
+        let py = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, timm; m = timm.create_model(sys.argv[1], num_classes=1000); \
+                 print(sum(p.numel() for p in m.parameters()))",
+                model,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            py.status.success(),
+            "{}",
+            String::from_utf8_lossy(&py.stderr)
+        );
+        let timm: u64 = String::from_utf8_lossy(&py.stdout).trim().parse().unwrap();
+        // Both layouts: timm's state dict and the official (MIIL) checkpoint.
+        for file in ["timm.pth", "miil.pth"] {
+            let path = model_fixtures().join(case).join(file);
+            let sd = tresnet_common::checkpoint::load_state_dict(&path).unwrap();
+            assert_eq!(
+                tresnet_common::checkpoint::parameter_count(&sd),
+                timm,
+                "{}",
+                path.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -157,6 +238,7 @@ batch-size = 8
     let (csv, pq) = table(&out);
     assert_eq!(check_rows(&out, &csv), ["ran"; 4]);
     assert_eq!(check_rows(&out, &pq), ["ran"; 4]);
+    check_timm_results(&out);
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert_eq!(md.lines().count(), 2 + 4, "{md}");
     assert!(

@@ -101,6 +101,24 @@ impl RawTensor {
 /// Tensors by dotted PyTorch name, sorted for stable error messages.
 pub type StateDict = BTreeMap<String, RawTensor>;
 
+/// Suffixes of the tensors a checkpoint stores that are not parameters: BatchNorm's running statistics
+/// and step count, and the official code's fixed anti-aliasing filter.
+const BUFFER_SUFFIXES: [&str; 4] = [
+    "running_mean",
+    "running_var",
+    "num_batches_tracked",
+    ".filt",
+];
+
+/// The model's parameter count as timm reports it (`sum(p.numel() for p in model.parameters())`):
+/// every tensor of the state dict except the buffers.
+pub fn parameter_count(sd: &StateDict) -> u64 {
+    sd.iter()
+        .filter(|(name, _)| !BUFFER_SUFFIXES.iter().any(|s| name.ends_with(s)))
+        .map(|(_, t)| t.numel() as u64)
+        .sum()
+}
+
 /// Errors from reading a checkpoint file; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -25,6 +25,8 @@ pub const OWNER_ENV: &str = "TRESNET_TEST_OWNER";
 /// How long a test whose processes were killed gets to fail on its own before the binary exits: its
 /// waits return within seconds once the processes are gone.
 const GRACE: Duration = Duration::from_secs(60);
+/// Environment variable overriding [`GRACE`], in seconds (the watchdog's own test shortens it).
+pub const GRACE_ENV: &str = "TRESNET_TEST_GRACE_S";
 /// How often the watchdog looks at the clock: deadlines are minutes, a second late is nothing.
 const TICK: Duration = Duration::from_millis(250);
 /// The last lines of each process's log printed at a deadline (the test prints all of them).
@@ -151,7 +153,18 @@ pub fn reports() -> Vec<String> {
     lock().reports.clone()
 }
 
+/// Straight to the process's stderr: `eprintln!` would go to the capture of the test whose thread
+/// started the watchdog (threads inherit it), shown only if that test fails normally.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 fn watch() {
+    let grace = std::env::var(GRACE_ENV)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(GRACE, Duration::from_secs);
     loop {
         std::thread::sleep(TICK);
         let mut st = lock();
@@ -165,7 +178,7 @@ fn watch() {
             .collect();
         for id in due {
             let report = enforce(&st, id);
-            eprintln!("{report}");
+            say(&report);
             st.reports.push(report);
             if let Some(t) = st.tests.get_mut(&id) {
                 t.fired = Some(now);
@@ -174,15 +187,15 @@ fn watch() {
         if let Some(t) = st
             .tests
             .values()
-            .find(|t| t.fired.is_some_and(|f| now - f > GRACE))
+            .find(|t| t.fired.is_some_and(|f| now - f > grace))
         {
             exit = Some(t.name.clone());
         }
         if let Some(name) = exit {
-            eprintln!(
-                "test watchdog: {name} did not end within {GRACE:?} of its processes being killed; \
+            say(&format!(
+                "test watchdog: {name} did not end within {grace:?} of its processes being killed; \
                  killing every process of this test binary and exiting"
-            );
+            ));
             for pid in descendants(std::process::id()) {
                 kill(pid);
             }

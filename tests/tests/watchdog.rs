@@ -57,3 +57,37 @@ fn a_marked_process_run_to_completion_is_killed_at_the_deadline() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "partial-output\n");
 }
+
+/// Set only by [`a_test_hanging_without_processes_fails_its_binary`] for the run of itself it starts.
+const SELF_TEST_ENV: &str = "TRESNET_WATCHDOG_SELF_TEST";
+
+/// Hangs (without any process to kill) when [`SELF_TEST_ENV`] is set; otherwise returns at once.
+#[test]
+#[ignore = "run by a_test_hanging_without_processes_fails_its_binary"]
+fn hangs_without_processes() {
+    if std::env::var_os(SELF_TEST_ENV).is_none() {
+        return;
+    }
+    watchdog::enroll();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_test_hanging_without_processes_fails_its_binary() {
+    let start = Instant::now();
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "hangs_without_processes"])
+        .env(SELF_TEST_ENV, "1")
+        .env(watchdog::DEADLINE_ENV, "1")
+        .env(watchdog::GRACE_ENV, "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{err}");
+    assert!(start.elapsed() < WAIT, "exited after {:?}", start.elapsed());
+    assert!(
+        err.contains("hangs_without_processes has run for")
+            && err.contains("did not end within 1s"),
+        "{err}"
+    );
+}

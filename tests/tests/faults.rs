@@ -687,9 +687,10 @@ fn failed_shards_show_everywhere(out: &Path, failed: &[serde_json::Value], faile
     );
 }
 
-/// The store goes away for good once a shard is journaled (after the listing): the shards left fail
-/// with the store's error after `--max-failures` leases, the run exits 1 and counts no bad sample, and
-/// the failed shards show in summary, per class, report.html, gate and compare; once the store is back, the same command re-fetches exactly the failed shards' objects and ends
+/// The store goes away for good once the first shards' objects are fetched (after the listing): the
+/// shards left fail with the store's error after `--max-failures` leases, the run exits 1 and counts
+/// no bad sample, and the failed shards show in summary, per class, report.html, gate and compare;
+/// once the store is back, the same command re-fetches exactly the failed shards' objects and ends
 /// with the clean report.
 #[test]
 fn a_permanent_outage_fails_the_shards_left_and_a_rerun_completes_them() {
@@ -704,19 +705,29 @@ fn a_permanent_outage_fails_the_shards_left_and_a_rerun_completes_them() {
     let mut cmd = rig.command(&out, OUTAGE, &extra);
     cmd.env("RUST_LOG", "warn,object_store=info");
     let mut first = Watched::spawn(cmd, "coordinator");
+    // The store goes down once the objects of the shards the two workers prefetch first (two each)
+    // have come through: the other shards are fetched only when one of those completes, after its
+    // batch delays, so they meet the outage. (Waiting for the first journal record instead raced with
+    // the next shard's fetch, which starts the moment that record is written.)
+    const FIRST_FETCHED: u64 = 2 * 2 * SHARD_SIZE;
     let start = Instant::now();
-    while records_in(&journal) == 0 {
+    while rig.proxy.stats().object_gets < FIRST_FETCHED {
         assert!(
             first.child.try_wait().unwrap().is_none(),
-            "the run ended before its first journal record"
+            "the run ended before {FIRST_FETCHED} objects were fetched"
         );
         assert!(
             start.elapsed() < EVIDENCE_DEADLINE,
-            "no journal record within {EVIDENCE_DEADLINE:?}"
+            "{FIRST_FETCHED} objects not fetched within {EVIDENCE_DEADLINE:?}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     rig.proxy.set_fault(Fault::Down);
+    let fetched_before = rig.proxy.stats().object_gets;
+    assert!(
+        fetched_before < sample_dataset_size(),
+        "every object was fetched before the outage ({fetched_before})"
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(st) = first.child.try_wait().unwrap() {

@@ -405,12 +405,15 @@ fn a_slow_worker_is_absorbed_by_the_others() {
         *by_worker.entry(w).or_default() += 1;
     }
     let slow_shards = by_worker.get("slow").copied().unwrap_or(0);
-    let fast: Vec<u32> = ["fast-a", "fast-b"]
+    // Every fast worker that recorded anything did more than the slow one (on a loaded machine one of
+    // them may load its model only after the other has taken every shard).
+    let fast: Vec<u32> = by_worker
         .iter()
-        .map(|id| by_worker.get(*id).copied().unwrap_or(0))
+        .filter(|(k, _)| k.starts_with("fast-"))
+        .map(|(_, v)| *v)
         .collect();
     assert!(
-        fast.iter().all(|&f| f > slow_shards),
+        !fast.is_empty() && fast.iter().all(|&f| f > slow_shards),
         "shards per worker: {by_worker:?}"
     );
 }

@@ -11,6 +11,8 @@ source ops/azurite.sh
 source ops/gcs.sh
 # chromium (report.html rendering) and pyarrow (check_metrics.py) for tests/tests/reports.rs.
 source ops/report_tools.sh
+# statsmodels, the reference of compare's McNemar test (tests/tests/compare.rs).
+source ops/stats_tools.sh
 # Debian's slurm-wlm + munge for tests/tests/slurm.rs, which starts a private cluster per case through
 # ops/slurm_cluster.sh (no systemd, nothing system-wide) and stops it at the end.
 source ops/slurm_cluster.sh

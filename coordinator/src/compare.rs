@@ -10,7 +10,7 @@
 //! for X ~ Binomial(b + c, ½) (what `scipy.stats.binomtest(min(b, c), b + c).pvalue` and statsmodels'
 //! `mcnemar(exact=True)` give); otherwise the chi-square statistic with continuity correction,
 //! (|b − c| − 1)² / (b + c), against χ² with one degree of freedom (statsmodels'
-//! `mcnemar(exact=False, correction=True)`). 25 is the usual cut-off below which the chi-square
+//! `mcnemar(exact=False, correction=True)`, including its 1 / (b + c) when b == c). 25 is the usual cut-off below which the chi-square
 //! approximation is poor. With no discordant pairs p = 1.
 //!
 //! Beside the test, the 95% paired-bootstrap interval of each difference (percentage points,
@@ -110,8 +110,9 @@ pub fn mcnemar_p(b: u64, c: u64) -> (McNemarMethod, Option<f64>, f64) {
         }
         (McNemarMethod::ExactBinomial, None, (2.0 * cdf).min(1.0))
     } else {
+        // Not clamped at 0: with b == c the statistic is 1 / (b + c), as statsmodels computes it.
         let d = (b as f64 - c as f64).abs() - 1.0;
-        let stat = d.max(0.0).powi(2) / n as f64;
+        let stat = d.powi(2) / n as f64;
         // Survival function of χ²(1): P[Z² > x] = erfc(√(x/2)).
         let p = libm::erfc((stat / 2.0).sqrt());
         (McNemarMethod::ChiSquareCorrected, Some(stat), p)

@@ -153,6 +153,12 @@ impl Collector for Observed {
         )?;
         counter(
             &mut e,
+            "late_leases_cancelled",
+            "Expired leases whose worker was heard from again and told to drop the shard",
+            stats.late_leases_cancelled,
+        )?;
+        counter(
+            &mut e,
             "retries",
             "Shards requeued after an unsuccessful lease",
             stats.retries,

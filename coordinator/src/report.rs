@@ -145,6 +145,11 @@ pub struct Scheduling {
     /// error, timeout, body cut off) and were retried inside the workers.
     #[serde(default)]
     pub store_retries: u64,
+    /// Leases that expired while their worker was alive but silent (frozen, partitioned): when it
+    /// was heard from again it was told to drop the shard, whose result had gone elsewhere. A late
+    /// result that does arrive is a counted duplicate instead.
+    #[serde(default)]
+    pub late_leases_cancelled: u64,
 }
 
 /// `outcome.json`: everything a run recorded besides its predictions. With job.json and

@@ -600,6 +600,7 @@ impl WorkerPool {
                     duplicates_dropped: st.live.duplicates_dropped,
                     environment_faults: st.live.environment_faults,
                     store_retries: st.live.store_retries,
+                    late_leases_cancelled: stats.late_leases_cancelled,
                 }
             },
         };

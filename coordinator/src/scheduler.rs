@@ -5,7 +5,7 @@
 //! unsuccessful leases, with every reason kept); a result for a shard that is already done is a counted
 //! duplicate, never a second commit.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -80,6 +80,8 @@ pub struct SchedulerStats {
     pub expiries: u64,
     pub retries: u64,
     pub duplicates_dropped: u64,
+    /// Expired leases named again by their worker's heartbeat (it was alive after all) and cancelled.
+    pub late_leases_cancelled: u64,
 }
 
 /// Clone: the report is written from a snapshot, so the run's state lock is not held meanwhile.
@@ -92,6 +94,8 @@ pub struct Scheduler {
     leases: HashMap<LeaseId, Lease>,
     /// Every lease ever granted, so a late but complete result from an expired lease still counts.
     granted: HashMap<LeaseId, (ShardId, WorkerId)>,
+    /// Leases that expired and whose worker has not been heard from about them since.
+    expired: HashSet<LeaseId>,
     next_lease: u64,
     open: usize,
     stats: SchedulerStats,
@@ -119,6 +123,7 @@ impl Scheduler {
             pending,
             leases: HashMap::new(),
             granted: HashMap::new(),
+            expired: HashSet::new(),
             next_lease: 1,
             stats: SchedulerStats::default(),
         }
@@ -239,7 +244,14 @@ impl Scheduler {
         for id in leases {
             match self.leases.get_mut(id) {
                 Some(l) if &l.worker == worker => l.deadline = deadline,
-                _ => cancelled.push(*id),
+                _ => {
+                    if self.granted.get(id).is_some_and(|(_, w)| w == worker)
+                        && self.expired.remove(id)
+                    {
+                        self.stats.late_leases_cancelled += 1;
+                    }
+                    cancelled.push(*id);
+                }
             }
         }
         cancelled
@@ -261,6 +273,7 @@ impl Scheduler {
                 l.worker, self.cfg.lease_timeout, l.attempt
             );
             self.stats.expiries += 1;
+            self.expired.insert(id);
             self.end_lease(id, Some(reason));
         }
     }
@@ -329,6 +342,7 @@ impl Scheduler {
         if &owner != worker {
             return Completion::Unknown;
         }
+        self.expired.remove(&lease);
         self.leases.remove(&lease);
         let s = &mut self.shards[shard.0 as usize];
         s.active.retain(|&a| a != lease);
@@ -444,6 +458,27 @@ mod tests {
         assert_eq!(s.complete(&w(1), retry.lease), Completion::Duplicate);
         assert_eq!(s.stats().duplicates_dropped, 1);
         assert_eq!(s.complete(&w(2), retry.lease), Completion::Unknown);
+    }
+
+    #[test]
+    fn a_frozen_worker_heard_again_is_told_to_drop_its_expired_lease_once() {
+        let mut s = Scheduler::new(4, 4, cfg(false));
+        let frozen = s.lease(&w(0), 0).unwrap();
+        s.expire(200);
+        let retry = s.lease(&w(1), 200).unwrap();
+        assert_eq!(s.complete(&w(1), retry.lease), Completion::Accepted);
+        // Another worker naming the lease is not its owner coming back.
+        assert_eq!(s.heartbeat(&w(2), &[frozen.lease], 250), vec![frozen.lease]);
+        assert_eq!(s.stats().late_leases_cancelled, 0);
+        assert_eq!(s.heartbeat(&w(0), &[frozen.lease], 300), vec![frozen.lease]);
+        assert_eq!(s.heartbeat(&w(0), &[frozen.lease], 400), vec![frozen.lease]);
+        assert_eq!(s.stats().late_leases_cancelled, 1);
+        // A lease that ended by its own result is not late.
+        let mut s = Scheduler::new(4, 4, cfg(false));
+        let g = s.lease(&w(0), 0).unwrap();
+        assert_eq!(s.complete(&w(0), g.lease), Completion::Accepted);
+        s.heartbeat(&w(0), &[g.lease], 50);
+        assert_eq!(s.stats().late_leases_cancelled, 0);
     }
 
     #[test]

@@ -273,6 +273,8 @@ impl Coordinator for CoordinatorService {
                 break;
             };
             st.live.first_lease_ms.get_or_insert(now);
+            // The evidence fault tests wait for before killing a worker that holds a lease.
+            tracing::debug!(worker = %id, shard = g.shard.0, lease = g.lease.0, attempt = g.attempt, "lease granted");
             let samples = g
                 .samples
                 .clone()
@@ -420,6 +422,8 @@ impl Coordinator for CoordinatorService {
                 }
                 results.push(r);
             }
+            // The evidence fault tests wait for before cutting a stream in the middle.
+            tracing::debug!(worker = %id, shard = shard.0, received = results.len(), expected, "submit batch received");
         }
         let evaluated = match (&counts, counts_only) {
             (Some(c), _) => {

@@ -7,8 +7,10 @@
 # safetensors, pyarrow, scikit-image, scikit-learn; release binaries built with `--features nccl`:
 #   cargo build --release -p tresnet-coordinator -p tresnet-worker --features tresnet-worker/nccl
 #   TRESNET_BIN_DIR=$CARGO_TARGET_DIR/release OUT=gpu-results bash ops/gpu/check.sh
-# Each step writes $OUT/<step>.json (or .log) and the script goes on after a failure; the last line
-# says which steps failed. BENCH_SECONDS shortens or lengthens the throughput windows.
+# Each step writes $OUT/<step>.json (or .log) and the script goes on after a failure; then
+# ops/gpu/bounds.py checks every figure against its bound (parity in sigma, top-1 agreement, throughput
+# as a fraction of timm's), printing each beside it. The last line says which steps failed; the exit
+# status is 1 if any step failed or any figure missed its bound. BENCH_SECONDS shortens or lengthens the throughput windows.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 py="${PYTHON:-python3}"
@@ -86,6 +88,11 @@ for cfg in "fp16 224 256" "bf16 224 256" "fp32 224 256" "fp16 448 64"; do
   step "bench-timm-$1-$2" "$py" ops/gpu/timm_reference.py bench --weights "$w" --precision "$1" \
     --resolution "$2" --batch-size "$3" --seconds "$secs"
 done
+
+# 5. Every figure against its bound (ops/gpu/bounds.py prints each beside its bound; tested on canned
+# figures by tests/tests/gpu_bounds.rs).
+"$py" ops/gpu/bounds.py "$out" | tee "$out/bounds.log" >&2
+[ "${PIPESTATUS[0]}" -eq 0 ] || failed+=("bounds")
 
 rm -rf "$work"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -5,6 +5,7 @@ pub mod azurite;
 pub mod fault_proxy;
 pub mod gcs;
 pub mod s3;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -19,6 +20,8 @@ use polars::prelude::*;
 /// --all-targets`, as ops/test.sh runs it, builds them all), or in `TRESNET_BIN_DIR` when set (to test
 /// release builds, or binaries copied away from a target directory that other checkouts share).
 pub fn bin(name: &str) -> PathBuf {
+    // Every cross-process test comes here first: it runs under the watchdog's deadline from now on.
+    watchdog::enroll();
     // Checkouts sharing one target directory overwrite each other's binaries; this pins a copy.
     if let Some(dir) = std::env::var_os("TRESNET_BIN_DIR") {
         return PathBuf::from(dir).join(name);
@@ -135,6 +138,7 @@ pub fn coordinator_run_with(
     extra: &[&str],
 ) -> Command {
     let mut c = Command::new(bin("tresnet-coordinator"));
+    watchdog::mark(&mut c);
     c.arg("run")
         .args(["--model", "tresnet_m", "--weights"])
         .arg(weights)
@@ -172,6 +176,7 @@ pub fn dataset_cache_of(out: &Path) -> PathBuf {
 
 /// Starts a coordinator with `--listen 127.0.0.1:0` and returns it with the address it bound.
 pub fn spawn_listening(mut cmd: Command) -> (Child, String) {
+    watchdog::mark(&mut cmd);
     cmd.args(["--listen", "127.0.0.1:0"])
         .stderr(Stdio::piped())
         .stdout(Stdio::piped());
@@ -262,6 +267,8 @@ pub fn assert_same_report(clean: &Path, other: &Path, what: &str) {
 }
 
 pub fn run_ok(mut cmd: Command) -> std::process::Output {
+    // Past the test's deadline the watchdog kills it, and the failure below prints what it wrote.
+    watchdog::mark(&mut cmd);
     let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
@@ -335,14 +342,21 @@ pub struct Watched {
 
 impl Watched {
     pub fn spawn(mut cmd: Command, name: &str) -> Watched {
+        watchdog::mark(&mut cmd);
         cmd.stderr(Stdio::piped()).stdout(Stdio::null());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("start {name}: {e}"));
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
+        // The watchdog prints it if the test outlives its deadline.
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        watchdog::track(child.id(), name, log.clone());
         let name = name.to_string();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[{name}] {line}");
+                log.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone());
                 let _ = tx.send(line);
             }
         });

@@ -1,8 +1,8 @@
 //! `tresnet-coordinator compare` on two real runs whose predictions differ: the paired counts and
-//! McNemar p-values equal an independent scipy computation (tests/tests/mcnemar_reference.py) from the
-//! two predictions.parquet files; runs over different datasets or samples are refused. The paired
-//! bootstrap interval of the difference agrees with resampling the pairs themselves in numpy, and the
-//! Wilson interval with scipy (tests/tests/stats_reference.py).
+//! McNemar p-values equal statsmodels' `mcnemar` (tests/tests/mcnemar_reference.py) on the two
+//! predictions.parquet files, and `mcnemar_p` equals it in every mode; runs over different datasets or
+//! samples are refused. The paired bootstrap interval of the difference agrees with resampling the
+//! pairs themselves in numpy, and the Wilson interval with scipy (tests/tests/stats_reference.py).
 
 mod paired_runs;
 
@@ -30,6 +30,26 @@ fn close(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
     );
 }
 
+/// Runs tests/tests/mcnemar_reference.py (statsmodels; ops/stats_tools.sh installs it) with `args`.
+fn statsmodels(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcnemar_reference.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "{} (statsmodels comes from ops/stats_tools.sh, which ops/test.sh sources)",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    serde_json::from_slice(&py.stdout).unwrap()
+}
+
+/// `mcnemar_p` against statsmodels' `mcnemar` itself in every mode, on discordant counts that reach
+/// each branch: none, one-sided, b == c below and above the cut-off, either side of n = 25, large n.
+/// Below 25 ours is statsmodels' exact test; from 25 its chi-square with continuity correction (and
+/// not the uncorrected one, which the reference also computes to show the two apart).
 #[test]
 fn bootstrap_and_wilson_intervals_match_numpy_and_scipy() {
     // (only_a, only_b, both, neither)
@@ -86,7 +106,54 @@ fn bootstrap_and_wilson_intervals_match_numpy_and_scipy() {
 }
 
 #[test]
-fn compare_matches_scipy_mcnemar_and_refuses_unpaired_runs() {
+fn mcnemar_p_equals_statsmodels_in_every_mode() {
+    use tresnet_coordinator::compare::{EXACT_BELOW, McNemarMethod, mcnemar_p};
+    let pairs: [(u64, u64); 17] = [
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (3, 3),
+        (5, 12),
+        (12, 12),
+        (24, 0),
+        (12, 13),
+        (13, 12),
+        (13, 13),
+        (40, 40),
+        (30, 70),
+        (70, 30),
+        (26, 25),
+        (100, 100),
+        (500, 430),
+        (1000, 1),
+    ];
+    let args: Vec<std::ffi::OsString> = std::iter::once("counts".into())
+        .chain(pairs.iter().map(|(b, c)| format!("{b}:{c}").into()))
+        .collect();
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let reference = statsmodels(&args);
+    for ((b, c), r) in pairs.iter().zip(reference.as_array().unwrap()) {
+        let what = format!("b={b} c={c}");
+        let (method, stat, p) = mcnemar_p(*b, *c);
+        if b + c < EXACT_BELOW {
+            assert_eq!(method, McNemarMethod::ExactBinomial, "{what}");
+            close(&p.into(), &r["exact_p"], &format!("{what}: exact p"));
+            continue;
+        }
+        assert_eq!(method, McNemarMethod::ChiSquareCorrected, "{what}");
+        let stat = stat.unwrap();
+        close(&stat.into(), &r["chi2_stat"], &format!("{what}: statistic"));
+        close(&p.into(), &r["chi2_p"], &format!("{what}: p"));
+        let uncorrected = r["chi2_uncorrected_stat"].as_f64().unwrap();
+        assert!(
+            (stat - uncorrected).abs() > 1e-9,
+            "{what}: the statistic {stat} is the uncorrected one"
+        );
+    }
+}
+
+#[test]
+fn compare_matches_statsmodels_mcnemar_and_refuses_unpaired_runs() {
     let runs = paired_runs();
     let (a, b) = (runs.a.as_path(), runs.b.as_path());
 

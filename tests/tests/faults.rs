@@ -582,8 +582,114 @@ fn a_store_killed_and_restarted_changes_nothing_journal_on_the_store() {
     );
 }
 
-/// The store goes away for good once a shard is journaled (after the listing): the shards left fail
-/// with the store's error after `--max-failures` leases, the run exits 1 and counts no bad sample;
+/// Per class name, the support in `run`'s per_class.parquet.
+fn class_support(run: &Path) -> BTreeMap<String, u64> {
+    let f = std::fs::File::open(run.join("per_class.parquet")).unwrap();
+    use polars::prelude::SerReader;
+    let df = polars::prelude::ParquetReader::new(f).finish().unwrap();
+    let names = df.column("name").unwrap().str().unwrap().clone();
+    let support = df.column("support").unwrap().u64().unwrap().clone();
+    (0..df.height())
+        .map(|i| (names.get(i).unwrap().to_string(), support.get(i).unwrap()))
+        .collect()
+}
+
+/// A run whose shards `failed` (with samples `failed_keys`) each failed `--max-failures` leases shows
+/// them in every place a user looks: each shard's reasons, one per lease; per class, support short of
+/// the clean run's by exactly its failed samples; report.html's headline and failed-shards table;
+/// `gate --require-samples` refuses it (exit 1) and `compare` against the clean run refuses to pair it,
+/// naming the missing samples.
+fn failed_shards_show_everywhere(out: &Path, failed: &[serde_json::Value], failed_keys: &[String]) {
+    for shard in failed {
+        assert_eq!(
+            shard["reasons"].as_array().unwrap().len(),
+            tresnet_coordinator::cli::DEFAULT_MAX_FAILURES as usize,
+            "{shard}"
+        );
+    }
+    let (clean, run) = (class_support(reference()), class_support(out));
+    for (class, n) in &clean {
+        let missing = failed_keys
+            .iter()
+            .filter(|k| k.split('/').next() == Some(class.as_str()))
+            .count() as u64;
+        assert_eq!(n - run[class], missing, "per-class support of {class}");
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for needle in [
+        format!(
+            "<th>failed samples</th><td class=\"num\">{} ({} shards)</td>",
+            failed_keys.len(),
+            failed.len()
+        ),
+        format!("<h2>Failed shards ({})</h2>", failed.len()),
+        "<table id=\"failed-shards\">".to_string(),
+    ] {
+        assert!(html.contains(&needle), "report.html lacks {needle}");
+    }
+
+    let coordinator = |args: &[&std::ffi::OsStr]| {
+        let o = Command::new(tresnet_tests::bin("tresnet-coordinator"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), text)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = dir.path().join("baseline.json");
+    let (code, text) = coordinator(&[
+        "gate".as_ref(),
+        "--run".as_ref(),
+        reference().as_os_str(),
+        "--baseline".as_ref(),
+        baseline.as_os_str(),
+        "--write-baseline".as_ref(),
+    ]);
+    assert_eq!(code, Some(0), "{text}");
+    let total = sample_dataset_size().to_string();
+    let (code, text) = coordinator(&[
+        "gate".as_ref(),
+        "--run".as_ref(),
+        out.as_os_str(),
+        "--baseline".as_ref(),
+        baseline.as_os_str(),
+        "--require-samples".as_ref(),
+        total.as_ref(),
+    ]);
+    assert_eq!(
+        code,
+        Some(1),
+        "gate passed a run with failed shards: {text}"
+    );
+    let evaluated = sample_dataset_size() - failed_keys.len() as u64;
+    assert!(
+        text.contains("samples") && text.contains(&evaluated.to_string()),
+        "{text}"
+    );
+    let (code, text) = coordinator(&["compare".as_ref(), reference().as_os_str(), out.as_os_str()]);
+    assert_ne!(
+        code,
+        Some(0),
+        "compare paired a run with failed shards: {text}"
+    );
+    let mut sorted = failed_keys.to_vec();
+    sorted.sort();
+    assert!(
+        text.contains("did not evaluate the same samples")
+            && text.contains(&format!("{} only in the first", failed_keys.len()))
+            && text.contains(&sorted[0]),
+        "{text}"
+    );
+}
+
+/// The store goes away for good once the first shards' objects are fetched (after the listing): the
+/// shards left fail with the store's error after `--max-failures` leases, the run exits 1 and counts
+/// no bad sample, and the failed shards show in summary, per class, report.html, gate and compare;
 /// once the store is back, the same command re-fetches exactly the failed shards' objects and ends
 /// with the clean report.
 #[test]
@@ -599,19 +705,29 @@ fn a_permanent_outage_fails_the_shards_left_and_a_rerun_completes_them() {
     let mut cmd = rig.command(&out, OUTAGE, &extra);
     cmd.env("RUST_LOG", "warn,object_store=info");
     let mut first = Watched::spawn(cmd, "coordinator");
+    // The store goes down once the objects of the shards the two workers prefetch first (two each)
+    // have come through: the other shards are fetched only when one of those completes, after its
+    // batch delays, so they meet the outage. (Waiting for the first journal record instead raced with
+    // the next shard's fetch, which starts the moment that record is written.)
+    const FIRST_FETCHED: u64 = 2 * 2 * SHARD_SIZE;
     let start = Instant::now();
-    while records_in(&journal) == 0 {
+    while rig.proxy.stats().object_gets < FIRST_FETCHED {
         assert!(
             first.child.try_wait().unwrap().is_none(),
-            "the run ended before its first journal record"
+            "the run ended before {FIRST_FETCHED} objects were fetched"
         );
         assert!(
             start.elapsed() < EVIDENCE_DEADLINE,
-            "no journal record within {EVIDENCE_DEADLINE:?}"
+            "{FIRST_FETCHED} objects not fetched within {EVIDENCE_DEADLINE:?}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
     rig.proxy.set_fault(Fault::Down);
+    let fetched_before = rig.proxy.stats().object_gets;
+    assert!(
+        fetched_before < sample_dataset_size(),
+        "every object was fetched before the outage ({fetched_before})"
+    );
     let start = Instant::now();
     let status = loop {
         if let Some(st) = first.child.try_wait().unwrap() {
@@ -667,6 +783,7 @@ fn a_permanent_outage_fails_the_shards_left_and_a_rerun_completes_them() {
         s["scheduling"]
     );
     drop(first);
+    failed_shards_show_everywhere(&out, &failed, &failed_keys);
 
     // The store is back: the same command.
     rig.proxy.set_fault(Fault::PassThrough);

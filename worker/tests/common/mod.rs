@@ -69,3 +69,27 @@ pub fn compare(got: &npy::NpyF32, want: &npy::NpyF32) -> (f64, bool) {
 /// The parity bar from the foundation issue: equivalent fp32 algorithms differ by ~0.2% of the
 /// between-image spread, real bugs by ~100%.
 pub const TOLERANCE_IN_SIGMA: f64 = 0.01;
+
+/// The intra-op thread count ops/reference/gen_model_fixtures.py gave torch:
+/// `max(1, os.cpu_count())`, which on Linux is the number of online CPUs. Bit-identical logits need the
+/// same count here, because libtorch splits a convolution's or matmul's reductions by thread (one
+/// thread instead of two moved tresnet_m_224's logits by 6.9e-6).
+pub fn generator_threads() -> i32 {
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|s| count_cpu_list(s.trim()));
+    online
+        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+        .unwrap_or(1)
+        .max(1) as i32
+}
+
+/// The number of CPUs in a kernel CPU list such as `0-3,8,10-11`.
+fn count_cpu_list(list: &str) -> Option<usize> {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => Some(b.parse::<usize>().ok()? + 1 - a.parse::<usize>().ok()?),
+            None => part.parse::<usize>().ok().map(|_| 1),
+        })
+        .sum()
+}

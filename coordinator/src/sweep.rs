@@ -327,6 +327,7 @@ impl Cell {
                     anyhow::anyhow!("dataset {}: {e}", self.dataset)
                 })?,
             num_classes: self.num_classes,
+            ..DataArgs::default()
         };
         a.preprocess.resolution = self.resolution;
         a.preprocess.crop_mode = self.crop_mode;

@@ -19,7 +19,7 @@ use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 use crate::collective::{Collective, CollectiveError};
 use crate::counts::DeviceCounts;
 use crate::model::{BuildOptions, ForwardError, ModelName, TResNet, load_model};
-use crate::scoring::{loss_and_confidence, top_k};
+use crate::scoring::{loss_and_confidence, non_finite_reason, top_k};
 
 /// One batch of preprocessed images of one shard.
 #[derive(Debug)]
@@ -472,7 +472,8 @@ fn device_logits(
 }
 
 /// Per-sample results of a batch; or, with `counts` (counts-only jobs), the batch added to them on the
-/// device and no per-sample results at all.
+/// device and per-sample results only for its rows of non-finite logits. A result with an `error` from
+/// an executor always means non-finite logits (the shard runner counts them as the model's).
 fn run_batch(
     engine: &Engine,
     job: &JobSpec,
@@ -493,8 +494,34 @@ fn run_batch(
             });
         }
         let k = tresnet_common::scoring::top5_k(job.outputs.top_k, classes as u32) as i64;
-        acc.add_batch(&y, &labels, k);
-        return Ok(Vec::new());
+        // Rows with NaN or infinite logits are bad samples, sent one by one; the counts cover the rest.
+        let finite = y.isfinite().all_dim(1, false);
+        if finite.all().int64_value(&[]) != 0 {
+            acc.add_batch(&y, &labels, k);
+            return Ok(Vec::new());
+        }
+        let host = y
+            .to_kind(Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .flatten(0, -1);
+        let host = Vec::<f32>::try_from(host)?;
+        let errors: Vec<SampleResult> = host
+            .chunks(classes as usize)
+            .zip(&b.indices)
+            .filter_map(|(row, &index)| {
+                non_finite_reason(row).map(|error| SampleResult {
+                    index,
+                    error,
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let keep = finite.nonzero().squeeze_dim(1);
+        if keep.size()[0] > 0 {
+            acc.add_batch(&y.index_select(0, &keep), &labels.index_select(0, &keep), k);
+        }
+        return Ok(errors);
     }
     if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.outputs.save_logits) {
         // Capacity benchmarks measure the coordinator: O(k) work per sample keeps the simulated
@@ -522,6 +549,14 @@ fn score_rows(
 ) -> Vec<SampleResult> {
     let mut out = Vec::with_capacity(indices.len());
     for (j, row) in logits.chunks(classes).enumerate() {
+        if let Some(error) = non_finite_reason(row) {
+            out.push(SampleResult {
+                index: indices[j],
+                error,
+                ..Default::default()
+            });
+            continue;
+        }
         let (topk_indices, topk_logits) = top_k(row, job.outputs.top_k as usize);
         let (loss, confidence) = loss_and_confidence(row, labels[j]);
         let logits = match job.outputs.save_logits {
@@ -547,7 +582,21 @@ fn score_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{panic_text, synthetic_record};
+    use super::{panic_text, score_rows, synthetic_record};
+
+    /// NaN ranks above every number, so a NaN row would "predict" its NaN classes: it must be a bad
+    /// sample with its reason, never a ranking.
+    #[test]
+    fn rows_of_non_finite_logits_are_bad_samples_not_rankings() {
+        let job = tresnet_common::job::example_job();
+        let logits = [f32::NAN, 1.0, 0.5, 2.0];
+        let r = score_rows(&job, &logits, 2, &[7, 8], &[0, 1]);
+        assert_eq!(r[0].index, 7);
+        assert_eq!(r[0].error, "logits are not finite (NaN in 1 of 2 classes)");
+        assert!(r[0].topk_indices.is_empty());
+        assert_eq!((r[1].index, r[1].error.as_str()), (8, ""));
+        assert_eq!(r[1].topk_indices, [1, 0]);
+    }
 
     /// A libtorch failure must reach the shard's reason with its message, not as a bare "panic".
     #[test]

@@ -61,7 +61,10 @@ pub async fn list_dataset(
         }
         DatasetFormat::Flowers102 { split } => flowers::list(location, *split).await,
         DatasetFormat::StanfordCars { images_dir } => cars::list(location, images_dir).await,
-        DatasetFormat::Manifest { file } => manifest::list(location, file.as_deref()).await,
+        DatasetFormat::Manifest {
+            file,
+            allow_absolute_paths,
+        } => manifest::list(location, file.as_deref(), *allow_absolute_paths).await,
         DatasetFormat::Tar => tar::list(location).await,
     }
 }

@@ -297,3 +297,38 @@ fn the_class_count_comes_from_the_checkpoint_when_the_dataset_does_not_fix_it() 
         "{err}"
     );
 }
+
+/// One non-UTF-8 file name refuses the dataset once, with every such name (lossily shown), instead of
+/// object_store's first error repeated down its chain.
+#[test]
+fn non_utf8_file_names_refuse_the_dataset_once_naming_each() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_dir(&sample_images(), &data);
+    for (class, name) in [("coffee", &b"caf\xe9.jpg"[..]), ("flower", b"\xff.jpg")] {
+        std::fs::copy(
+            data.join("chelsea/chelsea_000.jpg"),
+            data.join(class).join(OsStr::from_bytes(name)),
+        )
+        .unwrap();
+    }
+    let out = dir.path().join("run");
+    let o = coordinator_run_on(&data, "imagefolder", &out, &[])
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("2 file names under file://")
+            && err.contains("coffee/caf\u{fffd}.jpg, flower/\u{fffd}.jpg"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("caf\u{fffd}.jpg").count(),
+        1,
+        "said once:\n{err}"
+    );
+    assert_no_report(&out);
+}

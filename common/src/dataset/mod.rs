@@ -27,6 +27,7 @@ pub mod imagenet;
 pub mod index;
 pub mod manifest;
 pub mod mat;
+pub mod names;
 pub mod sample;
 pub mod tar;
 
@@ -95,7 +96,8 @@ impl Listing {
     pub async fn of(location: &StorageLocation) -> Result<Self, DatasetError> {
         let objects: Vec<Listed> = location
             .list()
-            .await?
+            .await
+            .map_err(|e| names::explain_list_failure(location, e))?
             .into_iter()
             .filter_map(|meta| {
                 let rel = location.relative(&meta.location)?;

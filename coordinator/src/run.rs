@@ -294,6 +294,10 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
     let location = StorageLocation::parse(&cfg.data.data, &cfg.store.options())?;
     let format = &cfg.data.dataset_format()?;
     tracing::info!(data = %location.url(), format = format.name(), "listing dataset");
+    let listed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64);
     let index: DatasetIndex = list_dataset(&location, format).await?;
     if index.is_empty() && index.bad_samples.is_empty() {
         bail!(
@@ -353,6 +357,7 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             format: format.clone(),
             dataset_fingerprint: index.fingerprint.clone(),
             dataset_samples: index.len() as u64,
+            listed_at_unix_ms: listed_at,
         },
         preprocess: cfg.preprocess.clone(),
         outputs: OutputSpec {

@@ -332,3 +332,54 @@ fn non_utf8_file_names_refuse_the_dataset_once_naming_each() {
     );
     assert_no_report(&out);
 }
+
+/// A local file that grows after the listing (and before its shard is fetched) is a bad sample
+/// "changed since listing", not evaluated as if it were the listed file. A manifest's files are not
+/// listed, so no size can tell: the file's modification time, later than the listing, does.
+#[test]
+fn a_local_file_changed_after_listing_is_a_bad_sample() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let data = manifest_dataset(dir.path(), &[]);
+    // The last row of the manifest, in the last shard.
+    let text = std::fs::read_to_string(data.join("manifest.csv")).unwrap();
+    let last = text
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let out = dir.path().join("run");
+    let mut cmd = coordinator_run_on(
+        &data,
+        "manifest",
+        &out,
+        &[
+            "--shard-size",
+            "2",
+            "--local-workers",
+            "1",
+            // Slow batches: the last shard is fetched seconds after the listing.
+            "--worker-arg=--debug-batch-delay-ms=200",
+        ],
+    );
+    cmd.env("RUST_LOG", "tresnet_coordinator=info");
+    let mut run = tresnet_tests::Watched::spawn(cmd, "coordinator");
+    // The listing is done once the shards are cut; no worker has started yet.
+    run.wait_for_line_containing("cutting the dataset into shards", Duration::from_secs(60));
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join(&last))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"appended after listing").unwrap();
+    drop(f);
+    let status = run.wait_exit(Duration::from_secs(180));
+    assert!(status.success(), "{}", run.stderr_at_exit());
+    let s = summary(&out);
+    assert_eq!(s["bad_samples"], 1, "{s}");
+    assert_eq!(s["bad"][0]["key"], last.as_str(), "{s}");
+    let reason = s["bad"][0]["reason"].as_str().unwrap();
+    assert!(reason.ends_with("(changed since listing)"), "{reason}");
+}

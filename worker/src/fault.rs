@@ -22,6 +22,15 @@ pub enum SampleFault {
         "object {url} has {got} bytes but the dataset listing said {listed} (changed since listing)"
     )]
     SizeChanged { url: String, got: u64, listed: u64 },
+    #[error(
+        "file {url} was modified at {modified} (Unix ms), after the dataset was listed at {listed} \
+         (changed since listing)"
+    )]
+    ModifiedSinceListing {
+        url: String,
+        modified: i64,
+        listed: u64,
+    },
 }
 
 /// Something other than the sample failed; its samples must not be counted, the shard is retried.

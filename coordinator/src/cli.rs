@@ -262,7 +262,8 @@ pub struct DataArgs {
     /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
     #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
     pub format: DatasetFormat,
-    /// Number of model outputs (default: the dataset's class count).
+    /// Number of model outputs (default: the dataset's class count where its format fixes one, else the
+    /// checkpoint's head; it must equal the head).
     #[arg(long)]
     pub num_classes: Option<u32>,
     /// Let manifest rows name objects anywhere in the dataset's store (`/x.jpg`, a URL of the same

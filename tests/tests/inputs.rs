@@ -114,6 +114,25 @@ fn a_model_whose_logits_overflow_fails_the_run_naming_the_cause() {
         "the error names the likely cause:\n{err}"
     );
     assert_no_report(&out);
+
+    // Counts-only workers reduce on the device, and check the rows before they do.
+    let out = dir.path().join("counts-run");
+    let o = coordinator_run_with(
+        &weights,
+        &sample_images(),
+        "imagefolder",
+        &out,
+        &["--shard-size", "8", "--counts-only"],
+    )
+    .output()
+    .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "counts-only: exit 0:\n{err}");
+    assert!(
+        err.contains("produced non-finite logits (NaN or inf) for 8 of the 8 samples"),
+        "counts-only:\n{err}"
+    );
+    assert_no_report(&out);
 }
 
 /// A manifest next to a copy of the sample images, one row per image, plus `extra` rows.

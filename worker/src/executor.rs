@@ -176,7 +176,7 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
         .map_err(|e| format!("{e}"))?;
     if loaded.num_classes != i64::from(job.model.num_classes) {
         return Err(format!(
-            "checkpoint {} has {} classes but the job expects {} (the dataset's class count)",
+            "checkpoint {} has {} classes but the job expects {} (its class count)",
             job.model.weights, loaded.num_classes, job.model.num_classes
         ));
     }
@@ -495,33 +495,11 @@ fn run_batch(
         }
         let k = tresnet_common::scoring::top5_k(job.outputs.top_k, classes as u32) as i64;
         // Rows with NaN or infinite logits are bad samples, sent one by one; the counts cover the rest.
-        let finite = y.isfinite().all_dim(1, false);
-        if finite.all().int64_value(&[]) != 0 {
+        let split = split_non_finite(&y, &labels, &b.indices)?;
+        if let Some((y, labels)) = split.finite {
             acc.add_batch(&y, &labels, k);
-            return Ok(Vec::new());
         }
-        let host = y
-            .to_kind(Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .flatten(0, -1);
-        let host = Vec::<f32>::try_from(host)?;
-        let errors: Vec<SampleResult> = host
-            .chunks(classes as usize)
-            .zip(&b.indices)
-            .filter_map(|(row, &index)| {
-                non_finite_reason(row).map(|error| SampleResult {
-                    index,
-                    error,
-                    ..Default::default()
-                })
-            })
-            .collect();
-        let keep = finite.nonzero().squeeze_dim(1);
-        if keep.size()[0] > 0 {
-            acc.add_batch(&y.index_select(0, &keep), &labels.index_select(0, &keep), k);
-        }
-        return Ok(errors);
+        return Ok(split.errors);
     }
     if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.outputs.save_logits) {
         // Capacity benchmarks measure the coordinator: O(k) work per sample keeps the simulated
@@ -537,6 +515,52 @@ fn run_batch(
     let classes = y.size()[1] as usize;
     let logits = Vec::<f32>::try_from(y.flatten(0, -1))?;
     Ok(score_rows(job, &logits, classes, &b.indices, &b.labels))
+}
+
+/// A counts-only batch split by its logits (see [`split_non_finite`]).
+struct FiniteSplit {
+    /// The finite rows and their labels; `None` when no row is finite.
+    finite: Option<(Tensor, Tensor)>,
+    /// An error result for each row that is not.
+    errors: Vec<SampleResult>,
+}
+
+/// Splits a counts-only batch into its finite rows and error results for the others. Only a batch
+/// with a non-finite row is copied to the host.
+fn split_non_finite(
+    y: &Tensor,
+    labels: &Tensor,
+    indices: &[u64],
+) -> Result<FiniteSplit, ExecutorError> {
+    let finite = y.isfinite().all_dim(1, false);
+    if finite.all().int64_value(&[]) != 0 {
+        return Ok(FiniteSplit {
+            finite: Some((y.shallow_clone(), labels.shallow_clone())),
+            errors: Vec::new(),
+        });
+    }
+    let classes = y.size()[1] as usize;
+    let host = y
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .flatten(0, -1);
+    let host = Vec::<f32>::try_from(host)?;
+    let errors = host
+        .chunks(classes)
+        .zip(indices)
+        .filter_map(|(row, &index)| {
+            non_finite_reason(row).map(|error| SampleResult {
+                index,
+                error,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let keep = finite.nonzero().squeeze_dim(1);
+    let finite =
+        (keep.size()[0] > 0).then(|| (y.index_select(0, &keep), labels.index_select(0, &keep)));
+    Ok(FiniteSplit { finite, errors })
 }
 
 /// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`.
@@ -582,7 +606,43 @@ fn score_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{panic_text, score_rows, synthetic_record};
+    use super::{panic_text, score_rows, split_non_finite, synthetic_record};
+    use tch::Tensor;
+
+    /// Counts-only batches: the finite rows go on to the counts with their own labels; the others
+    /// come back as bad samples.
+    #[test]
+    fn counts_only_batches_keep_finite_rows_and_report_the_rest() {
+        let y = Tensor::from_slice(&[1.0f32, 2.0, f32::NAN, 0.0, 3.0, 4.0, 5.0, f32::INFINITY])
+            .view([4, 2]);
+        let labels = Tensor::from_slice(&[0i64, 1, 0, 1]);
+        let split = split_non_finite(&y, &labels, &[10, 11, 12, 13]).unwrap();
+        let (ky, kl) = split.finite.unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(ky.flatten(0, -1)).unwrap(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+        assert_eq!(Vec::<i64>::try_from(kl).unwrap(), [0, 0]);
+        let errs: Vec<(u64, &str)> = split
+            .errors
+            .iter()
+            .map(|e| (e.index, e.error.as_str()))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                (11, "logits are not finite (NaN in 1 of 2 classes)"),
+                (13, "logits are not finite (inf in 1 of 2 classes)")
+            ]
+        );
+        let all_bad = Tensor::from_slice(&[f32::NAN, 0.0]).view([1, 2]);
+        let split = split_non_finite(&all_bad, &Tensor::from_slice(&[0i64]), &[3]).unwrap();
+        assert!(split.finite.is_none());
+        assert_eq!(split.errors.len(), 1);
+        let fine = Tensor::from_slice(&[0.5f32, 0.0]).view([1, 2]);
+        let split = split_non_finite(&fine, &Tensor::from_slice(&[1i64]), &[3]).unwrap();
+        assert!(split.finite.is_some() && split.errors.is_empty());
+    }
 
     /// NaN ranks above every number, so a NaN row would "predict" its NaN classes: it must be a bad
     /// sample with its reason, never a ranking.

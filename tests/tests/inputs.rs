@@ -402,3 +402,53 @@ fn a_local_file_changed_after_listing_is_a_bad_sample() {
     let reason = s["bad"][0]["reason"].as_str().unwrap();
     assert!(reason.ends_with("(changed since listing)"), "{reason}");
 }
+
+/// `pack` reads manifests as `run` does: a row outside the manifest's folder needs the same opt-in.
+#[test]
+fn pack_confines_manifest_rows_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.jpg");
+    std::fs::copy(sample_images().join("chelsea/chelsea_000.jpg"), &outside).unwrap();
+    let data = manifest_dataset(dir.path(), &[&format!("{},1", outside.display())]);
+    let pack = |out: &str, extra: &[&str]| {
+        Command::new(bin("tresnet-coordinator"))
+            .args(["pack", "--format", "manifest", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.path().join(out))
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let o = pack("refused", &[]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is absolute, outside the manifest's folder")
+            && stderr(&o).contains("--allow-absolute-paths"),
+        "{}",
+        stderr(&o)
+    );
+    let o = pack("allowed", &["--allow-absolute-paths"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let packed = String::from_utf8_lossy(&o.stdout).into_owned();
+    let n = sample_dataset_size() + 1;
+    assert!(
+        packed.contains(&format!("packed {n} samples (0 bad)")),
+        "{packed}"
+    );
+    // Any other format has no paths to allow.
+    let o = Command::new(bin("tresnet-coordinator"))
+        .args(["pack", "--allow-absolute-paths", "--data"])
+        .arg(sample_images())
+        .arg("--out")
+        .arg(dir.path().join("folder"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("--allow-absolute-paths applies to manifests only"),
+        "{}",
+        stderr(&o)
+    );
+}

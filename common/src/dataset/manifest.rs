@@ -680,6 +680,20 @@ mod tests {
             ),
             (
                 vec![
+                    Column::new("path".into(), ["a.jpg", "/etc/passwd"]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "row 2: path \"/etc/passwd\" is absolute, outside the manifest's folder",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), ["file:///etc/hostname", "a.jpg"]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "row 1: path \"file:///etc/hostname\" is a URL, outside the manifest's folder",
+            ),
+            (
+                vec![
                     Column::new("path".into(), ["a.jpg", "a.jpg"]),
                     Column::new("label".into(), [0i64, 1]),
                 ],

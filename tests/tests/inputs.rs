@@ -452,3 +452,94 @@ fn pack_confines_manifest_rows_unless_allowed() {
         stderr(&o)
     );
 }
+
+/// Some samples' logits overflow, most do not (an fp16-like failure confined to a few inputs): those
+/// are bad samples with the reason, the rest is scored, and `--on-bad-sample fail` stops on them.
+#[test]
+fn samples_whose_logits_overflow_are_bad_samples_and_fail_stops_on_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--shard-size",
+        "64",
+        "--batch-size",
+        "8",
+        "--local-workers",
+        "1",
+    ];
+    // Class 0's logit becomes the sum of the pooled features (all >= 0 after the last ReLU) ...
+    let probe = derived_weights(dir.path(), "probe.safetensors", |sd| {
+        set_f32(sd, "head.fc.weight", |i| if i < 2048 { 1.0 } else { 0.01 });
+        set_f32(sd, "head.fc.bias", |_| 0.0);
+    });
+    let out = dir.path().join("probe");
+    let o = coordinator_run_with(
+        &probe,
+        &sample_images(),
+        "imagefolder",
+        &out,
+        &[&args[..], &["--save-logits", "fp32"]].concat(),
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let logits = tresnet_common::npy::read_f32(&out.join("logits.npy")).unwrap();
+    let classes = logits.shape[1];
+    let mut sums: Vec<f32> = logits.data.chunks(classes).map(|row| row[0]).collect();
+    sums.sort_by(f32::total_cmp);
+    // ... and is scaled so that it overflows for the samples with the largest sums only: a threshold
+    // in the widest gap among the top quarter, far from any sample's value.
+    let n = sums.len();
+    let (at, _) = (n * 3 / 4..n - 1)
+        .map(|i| (i, sums[i + 1] / sums[i]))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    assert!(sums[at + 1] / sums[at] > 1.001, "no usable gap: {sums:?}");
+    let threshold = (sums[at] + sums[at + 1]) / 2.0;
+    let overflowing = n - 1 - at;
+    let scale = f32::MAX / threshold;
+    let weights = derived_weights(dir.path(), "overflow-some.safetensors", |sd| {
+        set_f32(
+            sd,
+            "head.fc.weight",
+            |i| if i < 2048 { scale } else { 0.01 },
+        );
+        set_f32(sd, "head.fc.bias", |_| 0.0);
+    });
+
+    let out = dir.path().join("skip");
+    let o = coordinator_run_with(&weights, &sample_images(), "imagefolder", &out, &args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
+    assert_eq!(s["bad_samples"], overflowing as u64, "{s}");
+    assert_eq!(s["samples"], (n - overflowing) as u64, "{s}");
+    for bad in s["bad"].as_array().unwrap() {
+        assert_eq!(
+            bad["reason"], "logits are not finite (inf in 1 of 1000 classes)",
+            "{bad}"
+        );
+    }
+    assert!(
+        s["top1"].as_f64().is_some() && s["nll"].as_f64().is_some(),
+        "{s}"
+    );
+
+    let out = dir.path().join("fail");
+    let o = coordinator_run_with(
+        &weights,
+        &sample_images(),
+        "imagefolder",
+        &out,
+        &[&args[..], &["--on-bad-sample", "fail"]].concat(),
+    )
+    .output()
+    .unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("logits are not finite") && err.contains("--on-bad-sample=fail"),
+        "{err}"
+    );
+    assert_no_report(&out);
+}

@@ -182,11 +182,24 @@ pub fn manifest(data: &[u8]) {
         StorageLocation::parse("memory://fuzz/sets", &StorageOptions::default())
             .expect("a memory:// URL parses")
     });
-    let base = location.path_of("mine").expect("a plain relative path");
-    if let Ok((names, samples)) =
-        manifest::parse(location, "memory://fuzz/sets/mine/m.csv", &base, data)
-    {
-        assert!(samples.iter().all(|s| (s.label as usize) < names.len()));
+    for allow_absolute_paths in [false, true] {
+        let base = manifest::Base {
+            folder: location.path_of("mine").expect("a plain relative path"),
+            allow_absolute_paths,
+        };
+        if let Ok((names, samples)) =
+            manifest::parse(location, "memory://fuzz/sets/mine/m.csv", &base, data)
+        {
+            assert!(samples.iter().all(|s| (s.label as usize) < names.len()));
+            if !allow_absolute_paths {
+                // Confined: every sample lies under the manifest's folder.
+                assert!(
+                    samples
+                        .iter()
+                        .all(|s| s.source.path().prefix_matches(&base.folder))
+                );
+            }
+        }
     }
 }
 

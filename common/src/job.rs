@@ -121,6 +121,12 @@ pub struct DataSpec {
     /// DatasetIndex fingerprint (keys, labels, sizes).
     pub dataset_fingerprint: String,
     pub dataset_samples: u64,
+    /// When this run's listing began (Unix ms): workers treat a local file modified later as a bad
+    /// sample ("changed since listing"), as they do an object whose size differs from the listing.
+    /// Sent to workers only, never stored (so never in the identity): each run, resumes included,
+    /// lists anew and checks against its own listing.
+    #[serde(skip)]
+    pub listed_at_unix_ms: Option<u64>,
 }
 
 /// What comes back per sample. Also the `run` flags and sweep `[run]` keys of the same names.
@@ -310,6 +316,7 @@ pub fn example_job() -> JobSpec {
             format: DatasetFormat::ImageFolder,
             dataset_fingerprint: "f".into(),
             dataset_samples: 3,
+            listed_at_unix_ms: None,
         },
         preprocess: PreprocessConfig::default(),
         outputs: OutputSpec {

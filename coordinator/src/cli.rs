@@ -174,6 +174,9 @@ pub struct PackArgs {
     /// Source dataset format.
     #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
     pub format: DatasetFormat,
+    /// As `run --allow-absolute-paths`: manifest rows may name objects anywhere in the source's store.
+    #[arg(long)]
+    pub allow_absolute_paths: bool,
     /// Destination location (path or URL) for the shards, their indexes and dataset.json.
     #[arg(long)]
     pub out: String,
@@ -282,9 +285,14 @@ pub struct DataArgs {
     /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
     #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
     pub format: DatasetFormat,
-    /// Number of model outputs (default: the dataset's class count).
+    /// Number of model outputs (default: the dataset's class count where its format fixes one, else the
+    /// checkpoint's head; it must equal the head).
     #[arg(long)]
     pub num_classes: Option<u32>,
+    /// Let manifest rows name objects anywhere in the dataset's store (`/x.jpg`, a URL of the same
+    /// store); without it a row outside the manifest's folder is refused. Part of the job identity.
+    #[arg(long)]
+    pub allow_absolute_paths: bool,
 }
 
 impl Default for DataArgs {
@@ -293,7 +301,30 @@ impl Default for DataArgs {
             data: String::new(),
             format: DatasetFormat::ImageFolder,
             num_classes: None,
+            allow_absolute_paths: false,
         }
+    }
+}
+
+impl DataArgs {
+    /// The format with `--allow-absolute-paths` applied.
+    pub fn dataset_format(&self) -> anyhow::Result<DatasetFormat> {
+        with_absolute_paths(self.format.clone(), self.allow_absolute_paths)
+    }
+}
+
+/// `format` with `--allow-absolute-paths` set; only manifests name paths, so any other format refuses it.
+pub fn with_absolute_paths(format: DatasetFormat, allow: bool) -> anyhow::Result<DatasetFormat> {
+    match format {
+        DatasetFormat::Manifest { file, .. } => Ok(DatasetFormat::Manifest {
+            file,
+            allow_absolute_paths: allow,
+        }),
+        other if allow => anyhow::bail!(
+            "--allow-absolute-paths applies to manifests only (format {} names no paths)",
+            other.name()
+        ),
+        other => Ok(other),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The tresnet-eval coordinator: leases shards to workers, accounts every sample exactly once, reports.
 
 pub mod atomic_file;
+pub mod checkpoint_facts;
+pub mod classes;
 pub mod cli;
 pub mod compare;
 pub mod finished_run;

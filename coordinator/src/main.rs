@@ -64,7 +64,11 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             use tresnet_common::storage::StorageLocation;
             let src = StorageLocation::parse(&a.data, &a.store.options())?;
             let dst = StorageLocation::parse(&a.out, &a.store.options())?;
-            let index = tresnet_common::dataset::list_dataset(&src, &a.format).await?;
+            let format = tresnet_coordinator::cli::with_absolute_paths(
+                a.format.clone(),
+                a.allow_absolute_paths,
+            )?;
+            let index = tresnet_common::dataset::list_dataset(&src, &format).await?;
             let s = tresnet_common::dataset::tar::pack_dataset(
                 &index,
                 &src,

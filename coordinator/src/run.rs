@@ -292,8 +292,12 @@ pub async fn plan_unless_stopped(
 /// finished cell's summary to skip it).
 pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
     let location = StorageLocation::parse(&cfg.data.data, &cfg.store.options())?;
-    let format = &cfg.data.format;
+    let format = &cfg.data.dataset_format()?;
     tracing::info!(data = %location.url(), format = format.name(), "listing dataset");
+    let listed_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64);
     let index: DatasetIndex = list_dataset(&location, format).await?;
     if index.is_empty() && index.bad_samples.is_empty() {
         bail!(
@@ -303,15 +307,26 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         );
     }
     let m = &cfg.model;
-    let num_classes = cfg
-        .data
-        .num_classes
-        .unwrap_or(index.class_names.len() as u32);
-    let weights_sha256 = match (&m.weights, m.synthetic) {
-        (Some(w), _) => sha256_file(w)?,
-        (None, true) => String::new(),
+    let (weights_sha256, head_classes) = match (&m.weights, m.synthetic) {
+        (Some(w), false) => {
+            let facts = crate::checkpoint_facts::inspect(w)?;
+            (facts.sha256, facts.head_classes)
+        }
+        (Some(w), true) => (sha256_file(w)?, None),
+        (None, true) => (String::new(), None),
         (None, false) => bail!("--weights is required (or --synthetic for benchmarks)"),
     };
+    let weights_name = m
+        .weights
+        .as_ref()
+        .map_or_else(String::new, |w| w.display().to_string());
+    let num_classes = crate::classes::resolve(
+        cfg.data.num_classes,
+        &index,
+        location.url(),
+        &weights_name,
+        head_classes,
+    )?;
     let job = JobSpec {
         job_id: JobId(format!(
             "{}-{}",
@@ -342,6 +357,7 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             format: format.clone(),
             dataset_fingerprint: index.fingerprint.clone(),
             dataset_samples: index.len() as u64,
+            listed_at_unix_ms: listed_at,
         },
         preprocess: cfg.preprocess.clone(),
         outputs: OutputSpec {

@@ -42,6 +42,7 @@
 //! data = "/data/imagenet/val"           # path or URL, as for `run --data`
 //! format = "imagenet"                   # default imagefolder
 //! num_classes = 1000                    # optional, as `run --num-classes`
+//! allow_absolute_paths = false          # optional, as `run --allow-absolute-paths` (manifests)
 //!
 //! # reference_dataset = "imagenet"      # what results-*.csv diff against; default: the only
 //!                                       # dataset of format "imagenet"
@@ -138,6 +139,8 @@ pub struct DatasetEntry {
     #[serde(default = "default_format")]
     pub format: String,
     pub num_classes: Option<u32>,
+    #[serde(default)]
+    pub allow_absolute_paths: bool,
 }
 
 fn default_format() -> String {
@@ -156,6 +159,7 @@ pub struct Cell {
     pub data: String,
     pub format: String,
     pub num_classes: Option<u32>,
+    pub allow_absolute_paths: bool,
     pub resolution: u32,
     pub crop_mode: CropMode,
     pub precision: Precision,
@@ -280,6 +284,7 @@ impl SweepFile {
                                     data: resolve(base, &d.data),
                                     format: d.format.clone(),
                                     num_classes: d.num_classes,
+                                    allow_absolute_paths: d.allow_absolute_paths,
                                     resolution,
                                     crop_mode,
                                     precision,
@@ -355,6 +360,7 @@ impl Cell {
                     anyhow::anyhow!("dataset {}: {e}", self.dataset)
                 })?,
             num_classes: self.num_classes,
+            allow_absolute_paths: self.allow_absolute_paths,
         };
         a.preprocess.resolution = self.resolution;
         a.preprocess.crop_mode = self.crop_mode;

@@ -58,7 +58,8 @@ fn parquet_manifest_equals_the_image_folder() {
             .collect();
         files.sort();
         for f in files {
-            // Absolute paths: the manifest lives elsewhere on the same (file://) store.
+            // Absolute paths (hence --allow-absolute-paths): the manifest lives elsewhere on the
+            // same (file://) store.
             paths.push(f.to_str().unwrap().to_string());
             labels.push(label as i64);
             names.push(class.file_name().unwrap().to_str().unwrap().to_string());
@@ -85,7 +86,7 @@ fn parquet_manifest_equals_the_image_folder() {
         &manifest,
         "manifest",
         &from_parquet,
-        &args,
+        &[&args[..], &["--allow-absolute-paths"]].concat(),
     ));
 
     let (a, b) = (summary(&folder), summary(&from_parquet));

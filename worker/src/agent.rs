@@ -75,6 +75,9 @@ pub enum AgentError {
     /// The coordinator stayed silent for the whole `--coordinator-patience-ms`.
     #[error(transparent)]
     Unreachable(#[from] Unreachable),
+    /// The job's model gives non-finite logits: the worker refuses the job (it cannot run it).
+    #[error(transparent)]
+    Model(#[from] crate::fault::ModelFault),
 }
 
 pub(crate) type Client = crate::link::Client;

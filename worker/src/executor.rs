@@ -19,7 +19,7 @@ use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 use crate::collective::{Collective, CollectiveError};
 use crate::counts::DeviceCounts;
 use crate::model::{BuildOptions, ForwardError, ModelName, TResNet, load_model};
-use crate::scoring::{loss_and_confidence, top_k};
+use crate::scoring::{loss_and_confidence, non_finite_reason, top_k};
 
 /// One batch of preprocessed images of one shard.
 #[derive(Debug)]
@@ -176,7 +176,7 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
         .map_err(|e| format!("{e}"))?;
     if loaded.num_classes != i64::from(job.model.num_classes) {
         return Err(format!(
-            "checkpoint {} has {} classes but the job expects {} (the dataset's class count)",
+            "checkpoint {} has {} classes but the job expects {} (its class count)",
             job.model.weights, loaded.num_classes, job.model.num_classes
         ));
     }
@@ -472,7 +472,8 @@ fn device_logits(
 }
 
 /// Per-sample results of a batch; or, with `counts` (counts-only jobs), the batch added to them on the
-/// device and no per-sample results at all.
+/// device and per-sample results only for its rows of non-finite logits. A result with an `error` from
+/// an executor always means non-finite logits (the shard runner counts them as the model's).
 fn run_batch(
     engine: &Engine,
     job: &JobSpec,
@@ -493,8 +494,12 @@ fn run_batch(
             });
         }
         let k = tresnet_common::scoring::top5_k(job.outputs.top_k, classes as u32) as i64;
-        acc.add_batch(&y, &labels, k);
-        return Ok(Vec::new());
+        // Rows with NaN or infinite logits are bad samples, sent one by one; the counts cover the rest.
+        let split = split_non_finite(&y, &labels, &b.indices)?;
+        if let Some((y, labels)) = split.finite {
+            acc.add_batch(&y, &labels, k);
+        }
+        return Ok(split.errors);
     }
     if let (Engine::Synthetic { classes }, SaveLogits::None) = (engine, job.outputs.save_logits) {
         // Capacity benchmarks measure the coordinator: O(k) work per sample keeps the simulated
@@ -512,6 +517,52 @@ fn run_batch(
     Ok(score_rows(job, &logits, classes, &b.indices, &b.labels))
 }
 
+/// A counts-only batch split by its logits (see [`split_non_finite`]).
+struct FiniteSplit {
+    /// The finite rows and their labels; `None` when no row is finite.
+    finite: Option<(Tensor, Tensor)>,
+    /// An error result for each row that is not.
+    errors: Vec<SampleResult>,
+}
+
+/// Splits a counts-only batch into its finite rows and error results for the others. Only a batch
+/// with a non-finite row is copied to the host.
+fn split_non_finite(
+    y: &Tensor,
+    labels: &Tensor,
+    indices: &[u64],
+) -> Result<FiniteSplit, ExecutorError> {
+    let finite = y.isfinite().all_dim(1, false);
+    if finite.all().int64_value(&[]) != 0 {
+        return Ok(FiniteSplit {
+            finite: Some((y.shallow_clone(), labels.shallow_clone())),
+            errors: Vec::new(),
+        });
+    }
+    let classes = y.size()[1] as usize;
+    let host = y
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .flatten(0, -1);
+    let host = Vec::<f32>::try_from(host)?;
+    let errors = host
+        .chunks(classes)
+        .zip(indices)
+        .filter_map(|(row, &index)| {
+            non_finite_reason(row).map(|error| SampleResult {
+                index,
+                error,
+                ..Default::default()
+            })
+        })
+        .collect();
+    let keep = finite.nonzero().squeeze_dim(1);
+    let finite =
+        (keep.size()[0] > 0).then(|| (y.index_select(0, &keep), labels.index_select(0, &keep)));
+    Ok(FiniteSplit { finite, errors })
+}
+
 /// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`.
 fn score_rows(
     job: &JobSpec,
@@ -522,6 +573,14 @@ fn score_rows(
 ) -> Vec<SampleResult> {
     let mut out = Vec::with_capacity(indices.len());
     for (j, row) in logits.chunks(classes).enumerate() {
+        if let Some(error) = non_finite_reason(row) {
+            out.push(SampleResult {
+                index: indices[j],
+                error,
+                ..Default::default()
+            });
+            continue;
+        }
         let (topk_indices, topk_logits) = top_k(row, job.outputs.top_k as usize);
         let (loss, confidence) = loss_and_confidence(row, labels[j]);
         let logits = match job.outputs.save_logits {
@@ -547,7 +606,57 @@ fn score_rows(
 
 #[cfg(test)]
 mod tests {
-    use super::{panic_text, synthetic_record};
+    use super::{panic_text, score_rows, split_non_finite, synthetic_record};
+    use tch::Tensor;
+
+    /// Counts-only batches: the finite rows go on to the counts with their own labels; the others
+    /// come back as bad samples.
+    #[test]
+    fn counts_only_batches_keep_finite_rows_and_report_the_rest() {
+        let y = Tensor::from_slice(&[1.0f32, 2.0, f32::NAN, 0.0, 3.0, 4.0, 5.0, f32::INFINITY])
+            .view([4, 2]);
+        let labels = Tensor::from_slice(&[0i64, 1, 0, 1]);
+        let split = split_non_finite(&y, &labels, &[10, 11, 12, 13]).unwrap();
+        let (ky, kl) = split.finite.unwrap();
+        assert_eq!(
+            Vec::<f32>::try_from(ky.flatten(0, -1)).unwrap(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
+        assert_eq!(Vec::<i64>::try_from(kl).unwrap(), [0, 0]);
+        let errs: Vec<(u64, &str)> = split
+            .errors
+            .iter()
+            .map(|e| (e.index, e.error.as_str()))
+            .collect();
+        assert_eq!(
+            errs,
+            [
+                (11, "logits are not finite (NaN in 1 of 2 classes)"),
+                (13, "logits are not finite (inf in 1 of 2 classes)")
+            ]
+        );
+        let all_bad = Tensor::from_slice(&[f32::NAN, 0.0]).view([1, 2]);
+        let split = split_non_finite(&all_bad, &Tensor::from_slice(&[0i64]), &[3]).unwrap();
+        assert!(split.finite.is_none());
+        assert_eq!(split.errors.len(), 1);
+        let fine = Tensor::from_slice(&[0.5f32, 0.0]).view([1, 2]);
+        let split = split_non_finite(&fine, &Tensor::from_slice(&[1i64]), &[3]).unwrap();
+        assert!(split.finite.is_some() && split.errors.is_empty());
+    }
+
+    /// NaN ranks above every number, so a NaN row would "predict" its NaN classes: it must be a bad
+    /// sample with its reason, never a ranking.
+    #[test]
+    fn rows_of_non_finite_logits_are_bad_samples_not_rankings() {
+        let job = tresnet_common::job::example_job();
+        let logits = [f32::NAN, 1.0, 0.5, 2.0];
+        let r = score_rows(&job, &logits, 2, &[7, 8], &[0, 1]);
+        assert_eq!(r[0].index, 7);
+        assert_eq!(r[0].error, "logits are not finite (NaN in 1 of 2 classes)");
+        assert!(r[0].topk_indices.is_empty());
+        assert_eq!((r[1].index, r[1].error.as_str()), (8, ""));
+        assert_eq!(r[1].topk_indices, [1, 0]);
+    }
 
     /// A libtorch failure must reach the shard's reason with its message, not as a bare "panic".
     #[test]

@@ -3,6 +3,7 @@
 //! fault of the environment (store, network, coordinator, local disk, device), and the shard is handed
 //! back to be retried rather than recorded with made-up bad samples. The types decide, never the text.
 
+use tresnet_common::job::{JobSpec, Precision};
 use tresnet_common::protocol::convert::ConvertError;
 use tresnet_common::storage::StorageError;
 
@@ -21,6 +22,15 @@ pub enum SampleFault {
         "object {url} has {got} bytes but the dataset listing said {listed} (changed since listing)"
     )]
     SizeChanged { url: String, got: u64, listed: u64 },
+    #[error(
+        "file {url} was modified at {modified} (Unix ms), after the dataset was listed at {listed} \
+         (changed since listing)"
+    )]
+    ModifiedSinceListing {
+        url: String,
+        modified: i64,
+        listed: u64,
+    },
 }
 
 /// Something other than the sample failed; its samples must not be counted, the shard is retried.
@@ -67,6 +77,56 @@ impl From<PreprocessError> for Fault {
     }
 }
 
+/// The model, not the data, is at fault: it produced non-finite logits (NaN or inf) for more than half
+/// of the samples of one shard that it ran on. One such sample is a bad sample with its reason (an
+/// fp16 overflow on one odd image); a majority of a shard means the weights or the precision are
+/// wrong, so the worker hands the shard back and refuses the job, and the run fails naming this
+/// instead of reporting an accuracy over the few samples left.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "model {model} at precision {precision} produced non-finite logits (NaN or inf) for {non_finite} \
+     of the {evaluated} samples it ran on in shard {shard}: {hint}"
+)]
+pub struct ModelFault {
+    pub model: String,
+    pub precision: Precision,
+    pub shard: u64,
+    pub non_finite: u64,
+    pub evaluated: u64,
+    pub hint: &'static str,
+}
+
+/// Samples of one shard the model ran on, and how many of them gave non-finite logits.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ModelTally {
+    pub evaluated: u64,
+    pub non_finite: u64,
+}
+
+impl ModelTally {
+    /// The [`ModelFault`] of a shard whose tally this is: more than half of its evaluated samples
+    /// non-finite.
+    pub fn fault(&self, job: &JobSpec, shard: u64) -> Option<ModelFault> {
+        (self.non_finite * 2 > self.evaluated).then(|| ModelFault {
+            model: job.model.model.clone(),
+            precision: job.model.precision,
+            shard,
+            non_finite: self.non_finite,
+            evaluated: self.evaluated,
+            hint: match job.model.precision {
+                Precision::Fp16 => {
+                    "fp16 overflows (its largest value is 65504) somewhere in this network; \
+                     try --precision bf16 or fp32"
+                }
+                Precision::Fp32 | Precision::Bf16 => {
+                    "the weights are likely damaged (values so large that the forward pass \
+                     overflows), or the input normalisation (--mean/--std) is far off"
+                }
+            },
+        })
+    }
+}
+
 /// Why a leased shard ends without a submitted result.
 #[derive(Debug, thiserror::Error)]
 pub enum ShardError {
@@ -76,6 +136,9 @@ pub enum ShardError {
     /// The worker is shutting down: the shard is handed back cleanly, not counted as a failure.
     #[error("worker draining")]
     Draining,
+    /// The model's logits are not finite for most of the shard: handed back, and the job refused.
+    #[error(transparent)]
+    Model(#[from] ModelFault),
 }
 
 pub use tresnet_common::error_text::error_chain as chain;
@@ -120,6 +183,32 @@ mod tests {
         assert!(matches!(Fault::from(corrupt), Fault::Sample(_)));
         let init = PreprocessError::DecoderInit("out of memory".into());
         assert!(matches!(Fault::from(init), Fault::Environment(_)));
+    }
+
+    #[test]
+    fn a_majority_of_non_finite_logits_is_the_models_fault() {
+        let mut job = tresnet_common::job::example_job();
+        let tally = |evaluated, non_finite| ModelTally {
+            evaluated,
+            non_finite,
+        };
+        assert!(tally(0, 0).fault(&job, 0).is_none());
+        assert!(tally(4, 2).fault(&job, 0).is_none(), "half is not most");
+        assert!(tally(4, 1).fault(&job, 0).is_none());
+        let f = tally(4, 3).fault(&job, 7).unwrap().to_string();
+        assert!(
+            f.starts_with(
+                "model tresnet_m at precision fp32 produced non-finite logits (NaN or inf) for 3 \
+                 of the 4 samples it ran on in shard 7: the weights are likely damaged"
+            ),
+            "{f}"
+        );
+        job.model.precision = Precision::Fp16;
+        let f = tally(1, 1).fault(&job, 0).unwrap().to_string();
+        assert!(
+            f.contains("fp16 overflows") && f.contains("--precision bf16 or fp32"),
+            "{f}"
+        );
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub(crate) struct Fetcher {
     cache: Option<Arc<DatasetCache>>,
     /// Part of every cache key: entries of one dataset version never serve another.
     dataset_fingerprint: String,
+    /// For a local dataset, when the coordinator listed it (Unix ms): a file modified later is not
+    /// the file that was listed. Object stores are checked by size alone (as listed).
+    local_listed_at: Option<u64>,
     metrics: WorkerMetrics,
 }
 
@@ -44,10 +47,15 @@ impl Fetcher {
             .any(|s| location.root_url().starts_with(s));
         let cache = cache
             .filter(|_| remote && !job.data.dataset_fingerprint.is_empty() && !job.model.synthetic);
+        let local_listed_at = job
+            .data
+            .listed_at_unix_ms
+            .filter(|_| location.root_url() == "file://");
         Fetcher {
             location,
             cache,
             dataset_fingerprint: job.data.dataset_fingerprint.clone(),
+            local_listed_at,
             metrics,
         }
     }
@@ -113,10 +121,90 @@ impl Fetcher {
             tokio::time::sleep(FETCH_RETRY_PAUSE).await;
             attempt += 1;
         };
+        if let Some(listed) = self.local_listed_at {
+            // After the read, so that a write racing it is seen too.
+            let modified = match loc.head(path).await {
+                Ok(meta) => meta.last_modified.timestamp_millis(),
+                Err(e) if e.is_sample_fault() => {
+                    return Err(SampleFault::Object(Box::new(e)).into());
+                }
+                Err(source) => {
+                    return Err(EnvironmentFault::Store {
+                        url,
+                        attempts: 1,
+                        source: Box::new(source),
+                    }
+                    .into());
+                }
+            };
+            if modified > listed as i64 {
+                return Err(SampleFault::ModifiedSinceListing {
+                    url,
+                    modified,
+                    listed,
+                }
+                .into());
+            }
+        }
         if let Some(cache) = &self.cache {
             cache.put(&key, &bytes).await;
             self.metrics.dataset_cache_misses.inc();
         }
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tresnet_common::dataset::{Sample, SampleSource};
+    use tresnet_common::storage::StorageOptions;
+
+    use super::*;
+
+    /// A local file rewritten after the listing (same size, so the size check cannot see it) is a bad
+    /// sample; one untouched since is read.
+    #[tokio::test]
+    async fn a_local_file_modified_after_listing_is_a_bad_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.jpg");
+        std::fs::write(&file, b"0123").unwrap();
+        let modified = std::fs::metadata(&file)
+            .unwrap()
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let location =
+            StorageLocation::parse(dir.path().to_str().unwrap(), &StorageOptions::default())
+                .unwrap();
+        let sample = Sample {
+            key: "a.jpg".into(),
+            label: 0,
+            source: SampleSource::Object {
+                path: location.path_of("a.jpg").unwrap(),
+                size: Some(4),
+            },
+        };
+        let fetcher = |listed_at: Option<u64>| {
+            let mut job = tresnet_common::job::example_job();
+            job.data.listed_at_unix_ms = listed_at;
+            Fetcher::new(location.clone(), None, &job, WorkerMetrics::default())
+        };
+        let read = fetcher(Some(modified + 1)).fetch(&sample).await.unwrap();
+        assert_eq!(&read[..], b"0123");
+        assert_eq!(&fetcher(None).fetch(&sample).await.unwrap()[..], b"0123");
+        let err = fetcher(Some(modified - 1000))
+            .fetch(&sample)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Fault::Sample(SampleFault::ModifiedSinceListing { .. })),
+            "{err}"
+        );
+        assert!(
+            err.to_string().ends_with("(changed since listing)"),
+            "{err}"
+        );
     }
 }

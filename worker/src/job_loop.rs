@@ -254,10 +254,15 @@ async fn run_job(
         samples_done: AtomicU64::new(0),
         draining: draining.clone(),
         active: Mutex::new(HashMap::new()),
+        model_fault: Mutex::new(None),
         metrics: cfg.metrics.clone(),
     });
     cfg.metrics.set_ready();
     shard::run_leases(shared, cfg.prefetch_shards.max(1), heartbeat_every, url)
         .await
-        .map_err(JobError::Agent)
+        .map_err(|e| match e {
+            // The model itself is broken: every shard would fail alike, so the job is refused.
+            AgentError::Model(_) => JobError::Refused(e),
+            e => JobError::Agent(e),
+        })
 }

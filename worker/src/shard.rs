@@ -20,7 +20,9 @@ use tresnet_common::storage::request_failures;
 use crate::agent::{AgentError, Client, call_error, status_text};
 use crate::dispatch::{Dispatch, DispatchError};
 use crate::executor::{Batch, Work};
-use crate::fault::{self, EnvironmentFault, Fault, SampleFault, ShardError};
+use crate::fault::{
+    self, EnvironmentFault, Fault, ModelFault, ModelTally, SampleFault, ShardError,
+};
 use crate::fetch::Fetcher;
 use crate::link::{CallError, Link, Submission};
 use crate::metrics::{Stage, WorkerMetrics};
@@ -46,6 +48,8 @@ pub(crate) struct JobContext {
     pub(crate) draining: Arc<AtomicBool>,
     /// Live leases and the tasks running them, so a cancelled lease can be stopped.
     pub(crate) active: Mutex<HashMap<u64, JoinHandle<()>>>,
+    /// Set by a shard whose logits were mostly non-finite: the lease loop then refuses the job.
+    pub(crate) model_fault: Mutex<Option<ModelFault>>,
     pub(crate) metrics: WorkerMetrics,
 }
 
@@ -83,6 +87,14 @@ async fn lease_loop(shared: &Arc<JobContext>, capacity: u32, url: &str) -> Resul
         // The heartbeat task gave up on the coordinator while every lease slot was busy.
         if let Some(lost) = shared.link.lost() {
             return Err(lost.into());
+        }
+        let broken = shared
+            .model_fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(fault) = broken {
+            return Err(fault.into());
         }
         let active = {
             let mut a = shared.active.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,6 +236,12 @@ async fn run_shard(shared: Arc<JobContext>, lease: pb::ShardLease) {
             shared.metrics.shards_failed.inc();
             (pb::ReleaseReason::Environment, why)
         }
+        ShardError::Model(fault) => {
+            tracing::error!(lease = lease_id, error = %fault, "shard handed back: the model's logits are not finite");
+            shared.metrics.shards_failed.inc();
+            *shared.model_fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault.clone());
+            (pb::ReleaseReason::Environment, fault.to_string())
+        }
     };
     let mut client = shared.client.clone();
     let _ = client
@@ -287,6 +305,7 @@ async fn process_shard(
     futures::pin_mut!(prepared);
     let mut pending = Vec::new();
     let mut done = false;
+    let mut tally = ModelTally::default();
     while !done {
         if shared.draining.load(Ordering::SeqCst) {
             return Err(ShardError::Draining);
@@ -301,7 +320,7 @@ async fn process_shard(
         if pending.len() >= batch_size || (done && !pending.is_empty()) {
             let items = std::mem::take(&mut pending);
             let n = items.len() as u64;
-            let results = run_batch(shared, lease.lease_id, items, side).await?;
+            let results = run_batch(shared, lease.lease_id, items, side, &mut tally).await?;
             shared.samples_done.fetch_add(n, Ordering::Relaxed);
             if results.is_empty() {
                 continue;
@@ -319,6 +338,8 @@ async fn process_shard(
             .gather(&shared.job, lease.lease_id)
             .await
             .map_err(EnvironmentFault::Executor)?;
+        // Executors' error results are non-finite logits (see `run_batch`).
+        tally.non_finite += results.iter().filter(|r| !r.error.is_empty()).count() as u64;
         results.sort_by_key(|r| r.index);
         tx.send(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
@@ -341,6 +362,10 @@ async fn process_shard(
         })
         .await
         .map_err(stream_closed)?;
+    }
+    // Before the trailer: a shard whose model output is mostly non-finite is never submitted.
+    if let Some(fault) = tally.fault(&shared.job, lease.shard_id) {
+        return Err(fault.into());
     }
     tx.send(pb::SubmitRequest {
         item: Some(pb::submit_request::Item::Trailer(pb::ShardTrailer {
@@ -366,12 +391,15 @@ async fn process_shard(
     Ok(())
 }
 
-/// Sends the good images of a group to an executor; bad ones become error results right away.
+/// Sends the good images of a group to an executor; bad ones become error results right away. `tally`
+/// counts the samples the model ran on and those whose logits were not finite (the executor's error
+/// results).
 async fn run_batch(
     shared: &Arc<JobContext>,
     lease: u64,
     items: Vec<(SampleIndex, u32, Result<PreprocessedImage, SampleFault>)>,
     side: i64,
+    tally: &mut ModelTally,
 ) -> Result<Vec<SampleResult>, EnvironmentFault> {
     let mut out = Vec::with_capacity(items.len());
     let mut indices = Vec::new();
@@ -395,6 +423,7 @@ async fn run_batch(
         }
     }
     if !indices.is_empty() {
+        tally.evaluated += indices.len() as u64;
         let (reply, rx) = tokio::sync::oneshot::channel();
         let batch = Batch {
             lease,
@@ -410,11 +439,14 @@ async fn run_batch(
             .send_batch(batch)
             .await
             .map_err(EnvironmentFault::Executor)?;
-        out.extend(
-            rx.await
-                .map_err(|_| EnvironmentFault::Executor(DispatchError::BatchDropped))?
-                .map_err(|e| EnvironmentFault::Executor(e.into()))?,
-        );
+        let results = rx
+            .await
+            .map_err(|_| EnvironmentFault::Executor(DispatchError::BatchDropped))?
+            .map_err(|e| EnvironmentFault::Executor(e.into()))?;
+        let non_finite = results.iter().filter(|r| !r.error.is_empty()).count();
+        shared.metrics.bad_samples.inc_by(non_finite as u64);
+        tally.non_finite += non_finite as u64;
+        out.extend(results);
     }
     out.sort_by_key(|r| r.index);
     Ok(out)

@@ -181,3 +181,23 @@ fn class_count_is_inferred_from_the_checkpoint() {
         }
     }
 }
+
+/// NaN or infinite weights are refused at load naming the tensor (and how many others): evaluated, they
+/// would rank NaN first and report a made-up accuracy.
+#[test]
+fn non_finite_weights_are_refused_naming_the_tensor() {
+    let mut sd = m_state_dict();
+    let bias = sd.get_mut("head.fc.bias").unwrap();
+    let mut values = vec![0.0f32; bias.numel()];
+    values[5] = f32::NAN;
+    *bias = RawTensor::from_f32(bias.shape.clone(), &values);
+    let w = sd.get_mut("body.layer1.0.conv1.conv.weight").unwrap();
+    let values = vec![f32::INFINITY; w.numel()];
+    *w = RawTensor::from_f32(w.shape.clone(), &values);
+    let msg = load_err(&sd);
+    assert!(
+        msg.contains("tensor body.layer1.0.conv1.conv.weight holds 0 NaN and")
+            && msg.contains("(and 1 more such tensors)"),
+        "{msg}"
+    );
+}

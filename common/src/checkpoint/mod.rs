@@ -119,6 +119,53 @@ pub fn parameter_count(sd: &StateDict) -> u64 {
         .sum()
 }
 
+/// A float tensor holding NaN or infinite values: every logit computed through it is suspect, so a
+/// checkpoint with one is refused at load rather than evaluated into made-up accuracy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tensor {key} holds {nan} NaN and {inf} infinite values among its {numel}")]
+pub struct NonFiniteTensor {
+    pub key: String,
+    pub nan: usize,
+    pub inf: usize,
+    pub numel: usize,
+}
+
+/// The float tensors of `sd` that hold NaN or infinite values, in key order.
+pub fn non_finite_tensors(sd: &StateDict) -> Vec<NonFiniteTensor> {
+    sd.iter()
+        .filter_map(|(key, t)| {
+            let (nan, inf) = count_non_finite(t);
+            (nan + inf > 0).then(|| NonFiniteTensor {
+                key: key.clone(),
+                nan,
+                inf,
+                numel: t.numel(),
+            })
+        })
+        .collect()
+}
+
+/// (NaN, infinite) value counts of a float tensor; integers are always finite.
+fn count_non_finite(t: &RawTensor) -> (usize, usize) {
+    fn tally(values: impl Iterator<Item = f64>) -> (usize, usize) {
+        values.fold((0, 0), |(nan, inf), v| {
+            (
+                nan + usize::from(v.is_nan()),
+                inf + usize::from(v.is_infinite()),
+            )
+        })
+    }
+    let es = t.dtype.size_bytes();
+    let raw = t.data.chunks_exact(es);
+    match t.dtype {
+        DType::F64 => tally(raw.map(|b| f64::from_le_bytes(b.try_into().unwrap()))),
+        DType::F32 => tally(raw.map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64)),
+        DType::F16 => tally(raw.map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64())),
+        DType::BF16 => tally(raw.map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())),
+        _ => (0, 0),
+    }
+}
+
 /// Errors from reading a checkpoint file; every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -193,4 +240,38 @@ pub(crate) fn fuzz_unpickle(bytes: &[u8]) -> Result<usize, String> {
 /// [`crate::fuzzing`]'s way into the safetensors reader without the sniffing.
 pub(crate) fn fuzz_safetensors(bytes: &[u8]) -> Result<StateDict, CheckpointError> {
     safetensors_file::read(Path::new("fuzz.safetensors"), bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_tensors_are_named_with_their_counts() {
+        let mut sd = StateDict::new();
+        sd.insert("a.weight".into(), RawTensor::from_f32(vec![2], &[1.0, 2.0]));
+        sd.insert(
+            "head.fc.bias".into(),
+            RawTensor::from_f32(vec![3], &[f32::NAN, f32::INFINITY, f32::NAN]),
+        );
+        let half_inf = RawTensor {
+            dtype: DType::F16,
+            shape: vec![2],
+            data: [half::f16::NEG_INFINITY, half::f16::ONE]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        };
+        sd.insert("b.h".into(), half_inf);
+        let bad = non_finite_tensors(&sd);
+        assert_eq!(
+            bad.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            [
+                "tensor b.h holds 0 NaN and 1 infinite values among its 2",
+                "tensor head.fc.bias holds 2 NaN and 1 infinite values among its 3",
+            ]
+        );
+        sd.retain(|k, _| k == "a.weight");
+        assert!(non_finite_tensors(&sd).is_empty());
+    }
 }

@@ -48,6 +48,18 @@ pub enum DatasetError {
         classes: usize,
     },
     #[error(
+        "{} file names under {url} are not UTF-8, which object keys must be; rename them (shown with \
+         U+FFFD for the undecodable bytes): {}{}",
+        names.len() + more,
+        names.join(", "),
+        if *more > 0 { format!(" and {more} more") } else { String::new() }
+    )]
+    NonUtf8Names {
+        url: String,
+        names: Vec<String>,
+        more: usize,
+    },
+    #[error(
         "unknown dataset format {0:?} (expected imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest or tar)"
     )]
     UnknownFormat(String),

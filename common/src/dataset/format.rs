@@ -39,6 +39,11 @@ pub enum DatasetFormat {
         /// The manifest relative to the prefix; `None` means the prefix is the manifest itself when it
         /// ends in `.csv` or `.parquet`, else `manifest.csv` under it.
         file: Option<String>,
+        /// `--allow-absolute-paths`: rows may name objects anywhere in the store (`/x.jpg`, a URL of
+        /// the same store); otherwise every row must lie under the manifest's folder. Left out of
+        /// the JSON when off, so job identities from before the option are unchanged.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_absolute_paths: bool,
     },
     /// WebDataset-style tar shards with offset indexes: see [`super::tar`].
     Tar,
@@ -109,7 +114,10 @@ impl FromStr for DatasetFormat {
             "cars" | "stanford-cars" | "stanfordcars" => Self::StanfordCars {
                 images_dir: "cars_test".into(),
             },
-            "manifest" | "csv" => Self::Manifest { file: None },
+            "manifest" | "csv" => Self::Manifest {
+                file: None,
+                allow_absolute_paths: false,
+            },
             "tar" | "wds" | "webdataset" => Self::Tar,
             _ => return Err(DatasetError::UnknownFormat(name.to_string())),
         })

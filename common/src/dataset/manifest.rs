@@ -9,9 +9,12 @@
 //!   row, counted from 1). A null or empty `class_name` leaves the label unnamed.
 //! - CSV: an optional header row is recognised by its second field not being a number (it must then name the
 //!   columns `path,label[,class_name]`).
-//! - `path` is relative to the manifest's folder (`images/001.jpg`), absolute within the manifest's store
-//!   when it starts with `/`, or a full URL of the same store (`s3://bucket/images/001.jpg`); a URL of
-//!   another store is an error. `.` and `..` segments are rejected.
+//! - `path` is relative to the manifest's folder (`images/001.jpg`) and must stay under it: `.` and `..`
+//!   segments are rejected, and so are absolute paths (`/etc/passwd`)
+//!   and URLs (`file:///etc/hostname`, `s3://bucket/x.jpg`), naming the row, unless the format option
+//!   `allow_absolute_paths` (`--allow-absolute-paths`) is set: then a path starting with `/` is
+//!   absolute within the manifest's store and a full URL of the same store is accepted (a URL of
+//!   another store is still an error).
 //! - `label` is the class index as written (a non-negative integer below [`MAX_CLASSES`]); the class
 //!   count is the largest label + 1. `class_name`, where given, names that label; the same label with two
 //!   names is an error. Labels never named are called by their decimal form.
@@ -38,6 +41,7 @@ pub const MAX_CLASSES: u32 = 1 << 20;
 pub(crate) async fn list(
     location: &StorageLocation,
     file: Option<&str>,
+    allow_absolute_paths: bool,
 ) -> Result<DatasetIndex, DatasetError> {
     let manifest = match file {
         Some(rel) => location.path_of(rel)?,
@@ -52,7 +56,10 @@ pub(crate) async fn list(
     };
     let url = location.object_url(&manifest);
     let bytes = location.get(&manifest).await?;
-    let base = manifest.parent().unwrap_or_default();
+    let base = Base {
+        folder: manifest.parent().unwrap_or_default(),
+        allow_absolute_paths,
+    };
     let (class_names, samples) = if is_parquet(&manifest, &bytes) {
         parse_parquet(location, &url, &base, &bytes)?
     } else {
@@ -62,11 +69,19 @@ pub(crate) async fn list(
         &url,
         DatasetFormat::Manifest {
             file: file.map(str::to_string),
+            allow_absolute_paths,
         },
         class_names,
         samples,
         vec![],
     )
+}
+
+/// Where a row's `path` may point: under `folder` (the manifest's), or with `allow_absolute_paths`
+/// anywhere in the store.
+pub(crate) struct Base {
+    pub folder: Path,
+    pub allow_absolute_paths: bool,
 }
 
 /// Parquet's magic number, at both ends of every Parquet file.
@@ -84,7 +99,7 @@ fn is_parquet(manifest: &Path, bytes: &[u8]) -> bool {
 /// Rows as they are read, checked and turned into samples the same way for CSV and Parquet.
 struct Rows<'a> {
     location: &'a StorageLocation,
-    base: &'a Path,
+    base: &'a Base,
     /// What a position is called in messages: `line` (CSV) or `row` (Parquet).
     unit: &'static str,
     samples: Vec<Sample>,
@@ -93,7 +108,7 @@ struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn new(location: &'a StorageLocation, base: &'a Path, unit: &'static str) -> Self {
+    fn new(location: &'a StorageLocation, base: &'a Base, unit: &'static str) -> Self {
         Self {
             location,
             base,
@@ -161,7 +176,7 @@ impl<'a> Rows<'a> {
 pub(crate) fn parse(
     location: &StorageLocation,
     url: &str,
-    base: &Path,
+    base: &Base,
     bytes: &[u8],
 ) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
     let mut reader = csv::ReaderBuilder::new()
@@ -228,7 +243,7 @@ pub(crate) fn parse(
 pub(crate) fn parse_parquet(
     location: &StorageLocation,
     url: &str,
-    base: &Path,
+    base: &Base,
     bytes: &[u8],
 ) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
     use polars::prelude::{DataType, ParquetReader, SerReader};
@@ -320,7 +335,7 @@ pub(crate) fn parse_parquet(
 pub(crate) fn parse_parquet(
     _location: &StorageLocation,
     url: &str,
-    _base: &Path,
+    _base: &Base,
     _bytes: &[u8],
 ) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
     Err(DatasetError::invalid(
@@ -330,12 +345,22 @@ pub(crate) fn parse_parquet(
     ))
 }
 
-/// A manifest `path` field → object path (see the module doc for the three forms).
-fn resolve(location: &StorageLocation, base: &Path, field: &str) -> Result<Path, String> {
+/// A manifest `path` field → object path (see the module doc for the forms it may take).
+fn resolve(location: &StorageLocation, base: &Base, field: &str) -> Result<Path, String> {
     if field.is_empty() {
         return Err("empty path".into());
     }
+    let outside = |what: &str| {
+        format!(
+            "path {field:?} is {what}, outside the manifest's folder {}; pass --allow-absolute-paths \
+             to read objects anywhere in the store",
+            location.object_url(&base.folder)
+        )
+    };
     let (start, rest) = if field.contains("://") {
+        if !base.allow_absolute_paths {
+            return Err(outside("a URL"));
+        }
         let root = location.root_url();
         let rest = field
             .strip_prefix(root)
@@ -343,9 +368,12 @@ fn resolve(location: &StorageLocation, base: &Path, field: &str) -> Result<Path,
             .ok_or_else(|| format!("{field} is not in the manifest's store {root}"))?;
         (Path::default(), rest)
     } else if let Some(rest) = field.strip_prefix('/') {
+        if !base.allow_absolute_paths {
+            return Err(outside("absolute"));
+        }
         (Path::default(), rest)
     } else {
-        (base.clone(), field)
+        (base.folder.clone(), field)
     };
     if rest
         .split('/')
@@ -391,7 +419,7 @@ mod tests {
                     /elsewhere/b.png,0,\n\
                     memory://mf-ok/x/c.jpg,2,dog\n\n";
         let location = manifest("mf-ok", text).await;
-        let index = list(&location.sub("mine/manifest.csv").unwrap(), None)
+        let index = list(&location.sub("mine/manifest.csv").unwrap(), None, true)
             .await
             .unwrap();
         assert_eq!(index.class_names, ["0", "1", "dog"]);
@@ -409,7 +437,9 @@ mod tests {
             ]
         );
         // The same manifest addressed as folder + file name.
-        let by_file = list(&location, Some("mine/manifest.csv")).await.unwrap();
+        let by_file = list(&location, Some("mine/manifest.csv"), true)
+            .await
+            .unwrap();
         assert_eq!(by_file.fingerprint, index.fingerprint);
     }
 
@@ -424,7 +454,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let index = list(&location, None).await.unwrap();
+        let index = list(&location, None, false).await.unwrap();
         assert_eq!(index.samples.len(), 2);
         assert_eq!(index.class_names, ["0", "1"]);
     }
@@ -450,7 +480,7 @@ mod tests {
             ),
             (
                 "s3://other/b.jpg,1\n",
-                "line 1: s3://other/b.jpg is not in the manifest's store memory://mf-bad",
+                "line 1: path \"s3://other/b.jpg\" is a URL, outside the manifest's folder",
             ),
             (
                 "file,class\na.jpg,1\n",
@@ -460,7 +490,7 @@ mod tests {
             ("path,label\n", "no rows found"),
         ] {
             let location = manifest("mf-bad", text).await;
-            let err = list(&location, Some("mine/manifest.csv"))
+            let err = list(&location, Some("mine/manifest.csv"), false)
                 .await
                 .unwrap_err()
                 .to_string();
@@ -470,6 +500,44 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    /// Without `allow_absolute_paths` no row may leave the manifest's folder: absolute paths and URLs
+    /// (any store, this one included) are configuration errors naming the line; with it, those of the
+    /// same store are read.
+    #[tokio::test]
+    async fn rows_are_confined_to_the_manifest_folder_unless_allowed() {
+        for (row, what) in [
+            ("/etc/passwd", "is absolute"),
+            ("file:///etc/hostname", "is a URL"),
+            ("memory://mf-conf/sets/other.jpg", "is a URL"),
+            ("s3://bucket/x.jpg", "is a URL"),
+        ] {
+            let location = manifest("mf-conf", &format!("a.jpg,0\n{row},1\n")).await;
+            let err = list(&location, Some("mine/manifest.csv"), false)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "manifest.csv line 2: path {row:?} {what}, outside the manifest's folder \
+                     memory://mf-conf/sets/mine; pass --allow-absolute-paths"
+                )),
+                "{row}: {err}"
+            );
+        }
+        let location = manifest("mf-conf", "a.jpg,0\n/sets/other.jpg,1\n").await;
+        let index = list(&location, Some("mine/manifest.csv"), true)
+            .await
+            .unwrap();
+        assert_eq!(index.samples[1].source.path().as_ref(), "sets/other.jpg");
+        assert_eq!(
+            index.format,
+            DatasetFormat::Manifest {
+                file: Some("mine/manifest.csv".into()),
+                allow_absolute_paths: true
+            }
+        );
     }
 
     /// `columns` written as a Parquet file by polars.
@@ -505,7 +573,7 @@ mod tests {
                     /elsewhere/b.png,0,\n\
                     memory://pq-ok/x/c.jpg,2,dog\n";
         let csv = manifest("pq-ok", text).await;
-        let from_csv = list(&csv, Some("mine/manifest.csv")).await.unwrap();
+        let from_csv = list(&csv, Some("mine/manifest.csv"), true).await.unwrap();
         let bytes = parquet(vec![
             Column::new(
                 "path".into(),
@@ -518,14 +586,16 @@ mod tests {
         ]);
         assert!(bytes.starts_with(b"PAR1"));
         let location = parquet_at("pq-ok", "mine/manifest.parquet", bytes.clone()).await;
-        let index = list(&location.sub("mine/manifest.parquet").unwrap(), None)
+        let index = list(&location.sub("mine/manifest.parquet").unwrap(), None, true)
             .await
             .unwrap();
         assert_eq!(index.class_names, from_csv.class_names);
         assert_eq!(index.samples, from_csv.samples);
         // Recognised by its bytes under any name, and through the `file` option.
         let location = parquet_at("pq-ok", "mine/manifest.data", bytes).await;
-        let by_magic = list(&location, Some("mine/manifest.data")).await.unwrap();
+        let by_magic = list(&location, Some("mine/manifest.data"), true)
+            .await
+            .unwrap();
         assert_eq!(by_magic.samples, from_csv.samples);
         // Without class names, labels are named by their decimal form, as in CSV.
         let bytes = parquet(vec![
@@ -533,7 +603,7 @@ mod tests {
             Column::new("label".into(), [1u64, 0]),
         ]);
         let location = parquet_at("pq-ok", "plain.parquet", bytes).await;
-        let index = list(&location, Some("plain.parquet")).await.unwrap();
+        let index = list(&location, Some("plain.parquet"), false).await.unwrap();
         assert_eq!(index.class_names, ["0", "1"]);
         assert_eq!(index.samples[0].source.path().as_ref(), "sets/a.jpg");
     }
@@ -610,6 +680,20 @@ mod tests {
             ),
             (
                 vec![
+                    Column::new("path".into(), ["a.jpg", "/etc/passwd"]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "row 2: path \"/etc/passwd\" is absolute, outside the manifest's folder",
+            ),
+            (
+                vec![
+                    Column::new("path".into(), ["file:///etc/hostname", "a.jpg"]),
+                    Column::new("label".into(), [0i64, 1]),
+                ],
+                "row 1: path \"file:///etc/hostname\" is a URL, outside the manifest's folder",
+            ),
+            (
+                vec![
                     Column::new("path".into(), ["a.jpg", "a.jpg"]),
                     Column::new("label".into(), [0i64, 1]),
                 ],
@@ -624,7 +708,7 @@ mod tests {
             ),
         ] {
             let location = parquet_at("pq-bad", "m.parquet", parquet(columns)).await;
-            let err = list(&location, Some("m.parquet"))
+            let err = list(&location, Some("m.parquet"), false)
                 .await
                 .unwrap_err()
                 .to_string();
@@ -633,7 +717,7 @@ mod tests {
         }
         // A file named .parquet that is not Parquet.
         let location = parquet_at("pq-bad", "text.parquet", Bytes::from_static(b"a.jpg,1\n")).await;
-        let err = list(&location, Some("text.parquet"))
+        let err = list(&location, Some("text.parquet"), false)
             .await
             .unwrap_err()
             .to_string();
@@ -653,7 +737,7 @@ mod tests {
             .put(&path, Bytes::from_static(b"PAR1....PAR1"))
             .await
             .unwrap();
-        let err = list(&location, Some("m.parquet"))
+        let err = list(&location, Some("m.parquet"), false)
             .await
             .unwrap_err()
             .to_string();
@@ -670,7 +754,8 @@ mod tests {
         #[test]
         fn arbitrary_manifests_parse_or_fail_cleanly(text in "[a-z0-9./,\"\n -]{0,200}") {
             let location = StorageLocation::parse("memory://mf-prop/", &StorageOptions::default()).unwrap();
-            if let Ok((names, samples)) = parse(&location, "memory://mf-prop/m.csv", &Path::default(), text.as_bytes()) {
+            let base = Base { folder: Path::default(), allow_absolute_paths: false };
+            if let Ok((names, samples)) = parse(&location, "memory://mf-prop/m.csv", &base, text.as_bytes()) {
                 for sample in &samples {
                     prop_assert!((sample.label as usize) < names.len());
                 }

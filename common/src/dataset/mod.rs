@@ -27,6 +27,7 @@ pub mod imagenet;
 pub mod index;
 pub mod manifest;
 pub mod mat;
+pub mod names;
 pub mod sample;
 pub mod tar;
 
@@ -61,7 +62,10 @@ pub async fn list_dataset(
         }
         DatasetFormat::Flowers102 { split } => flowers::list(location, *split).await,
         DatasetFormat::StanfordCars { images_dir } => cars::list(location, images_dir).await,
-        DatasetFormat::Manifest { file } => manifest::list(location, file.as_deref()).await,
+        DatasetFormat::Manifest {
+            file,
+            allow_absolute_paths,
+        } => manifest::list(location, file.as_deref(), *allow_absolute_paths).await,
         DatasetFormat::Tar => tar::list(location).await,
     }
 }
@@ -92,7 +96,8 @@ impl Listing {
     pub async fn of(location: &StorageLocation) -> Result<Self, DatasetError> {
         let objects: Vec<Listed> = location
             .list()
-            .await?
+            .await
+            .map_err(|e| names::explain_list_failure(location, e))?
             .into_iter()
             .filter_map(|meta| {
                 let rel = location.relative(&meta.location)?;

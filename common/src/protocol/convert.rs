@@ -127,6 +127,7 @@ impl From<&JobSpec> for pb::JobSpec {
                     .expect("a dataset format always serialises"),
                 dataset_fingerprint: j.data.dataset_fingerprint.clone(),
                 dataset_samples: j.data.dataset_samples,
+                listed_at_unix_ms: j.data.listed_at_unix_ms,
             }),
             preprocess: Some((&j.preprocess).into()),
             outputs: Some(pb::OutputSpec {
@@ -203,6 +204,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 format,
                 dataset_fingerprint: d.dataset_fingerprint,
                 dataset_samples: d.dataset_samples,
+                listed_at_unix_ms: d.listed_at_unix_ms,
             },
             preprocess,
             outputs: OutputSpec {
@@ -391,6 +393,7 @@ mod tests {
         job.outputs.save_logits = SaveLogits::Fp16;
         job.preprocess.dct_scaling = true;
         job.preprocess.max_pixels = 1000;
+        job.data.listed_at_unix_ms = Some(1_700_000_000_000);
         let wire = pb::JobSpec::from(&job);
         assert_eq!(JobSpec::try_from(wire.clone()), Ok(job));
         let mut broken = wire.clone();

@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use tresnet_common::checkpoint::{CheckpointLayout, load_state_dict, to_timm_layout};
+use tresnet_common::checkpoint::{
+    CheckpointLayout, load_state_dict, non_finite_tensors, to_timm_layout,
+};
 
 use super::config::{ModelName, TResNetConfig};
 use super::tresnet::TResNet;
@@ -25,6 +27,14 @@ pub fn load_model(
     opts: &BuildOptions,
 ) -> Result<LoadedModel, LoadError> {
     let (sd, layout) = to_timm_layout(load_state_dict(path)?);
+    let mut non_finite = non_finite_tensors(&sd).into_iter();
+    if let Some(tensor) = non_finite.next() {
+        return Err(LoadError::NonFinite {
+            path: path.to_path_buf(),
+            tensor,
+            more: non_finite.count(),
+        });
+    }
     let store = WeightStore::from_state_dict(sd);
     let num_classes = match store.shape_of("head.fc.weight").as_deref() {
         Some([classes, features]) if *features as i64 == cfg.num_features() && *classes > 0 => {

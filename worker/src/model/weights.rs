@@ -62,6 +62,13 @@ pub enum LoadError {
     },
     #[error("{path}: cannot infer the number of classes: {reason}")]
     Classes { path: PathBuf, reason: String },
+    /// NaN or infinite weights: the logits would be meaningless, so nothing is evaluated.
+    #[error("checkpoint {path}: {tensor} (and {more} more such tensors); the weights are damaged")]
+    NonFinite {
+        path: PathBuf,
+        tensor: tresnet_common::checkpoint::NonFiniteTensor,
+        more: usize,
+    },
 }
 
 #[derive(Debug)]

@@ -43,8 +43,9 @@ pub fn to_f32(data: &[u8]) -> Vec<f32> {
 pub enum PreprocessError {
     #[error("empty input (0 bytes)")]
     Empty,
-    #[error("not an image: the first bytes ({head}) match no known image signature")]
-    NotAnImage { head: String },
+    /// Says nothing of the bytes themselves: the reason reaches reports, and a sample may be any file.
+    #[error("not an image: its {len} bytes start with no known image signature (jpeg, png)")]
+    NotAnImage { len: usize },
     #[error("unsupported image format {format} (supported: jpeg, png)")]
     UnsupportedFormat { format: &'static str },
     #[error(

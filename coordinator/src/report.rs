@@ -85,6 +85,9 @@ pub struct WorkerSummary {
     /// What it computed with, as it reported at registration.
     #[serde(default)]
     pub software: Option<WorkerSoftware>,
+    /// Its submissions refused as invalid (each failed its shard's attempt; none is in the numbers).
+    #[serde(default)]
+    pub submissions_rejected: u64,
 }
 
 /// Versions of the software that produced the numbers.
@@ -144,6 +147,10 @@ pub struct Scheduling {
     /// error, timeout, body cut off) and were retried inside the workers.
     #[serde(default)]
     pub store_retries: u64,
+    /// Submissions refused as invalid (samples outside the shard, repeated or missing; values no
+    /// softmax gives; a message over the cap): the worker's fault, each a failed attempt of its shard.
+    #[serde(default)]
+    pub submissions_rejected: u64,
 }
 
 /// `outcome.json`: everything a run recorded besides its predictions. With job.json and

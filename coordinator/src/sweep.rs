@@ -515,7 +515,7 @@ async fn run_cell(
     eprintln!("{tag}: running");
     let mut state = run::job_state(&run_cfg, &job, index).await?;
     // The pool outlives the cell: its workers wait for the next one instead of exiting.
-    state.last_job = false;
+    state.set_last_job(false);
     let pool = match pool {
         Some(p) => {
             p.install(state);

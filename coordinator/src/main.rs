@@ -41,6 +41,17 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let summary = run::run(args.into_config()?).await?;
             print_headline(&summary);
             println!("report: {}", out.join("summary.json").display());
+            if summary.samples == 0 {
+                // Metrics of nothing are not a result, however the report renders them.
+                anyhow::bail!(
+                    "no samples evaluated: of {} samples {} were bad and {} in failed shards \
+                     (reasons in {}); the metrics are null",
+                    summary.dataset_size,
+                    summary.bad_samples,
+                    summary.failed_samples,
+                    out.join("summary.json").display()
+                );
+            }
             if summary.failed_samples > 0 {
                 // The report is written, but it does not cover the dataset: a gate must not read it
                 // as a result. The journal keeps every accepted shard, so a rerun does only the rest.
@@ -150,11 +161,18 @@ fn print_headline(summary: &tresnet_coordinator::report::Summary) {
     if summary.synthetic {
         println!("SYNTHETIC run (no model): accuracy numbers are meaningless");
     }
+    if summary.samples == 0 {
+        println!(
+            "no samples evaluated  bad {}  failed {}  (dataset {})",
+            summary.bad_samples, summary.failed_samples, summary.dataset_size
+        );
+        return;
+    }
     println!(
         "top-1 {:.3}%  top-{} {:.3}%  samples {}  bad {}  failed {}  (dataset {})",
-        summary.top1,
+        summary.top1.unwrap_or_default(),
         summary.top5_k,
-        summary.top5,
+        summary.top5.unwrap_or_default(),
         summary.samples,
         summary.bad_samples,
         summary.failed_samples,

@@ -172,13 +172,15 @@ pub struct Outcome {
     pub scheduling: Scheduling,
 }
 
+/// `top1`, `top5`, `nll` and `ece` are null when no sample was evaluated (every one bad or failed):
+/// a mean over nothing is no number, and 0.0 would read as a result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
-    pub top1: f64,
-    pub top5: f64,
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
     pub top5_k: usize,
-    pub nll: f64,
-    pub ece: f64,
+    pub nll: Option<f64>,
+    pub ece: Option<f64>,
     pub ece_bins: usize,
     pub reliability: Vec<ReliabilityBin>,
     #[serde(rename = "macro")]
@@ -546,17 +548,27 @@ fn write_derived(
     outcome: &Outcome,
 ) -> Result<Summary, ReportError> {
     let (macro_avg, weighted_avg) = tally.averages();
+    let evaluated = tally.evaluated > 0;
+    if evaluated && !(tally.nll().is_finite() && tally.ece().is_finite()) {
+        // Every row was checked finite when it was submitted (coordinator/src/submission.rs); a
+        // non-finite mean here would otherwise reach summary.json as a silent null.
+        return Err(ReportError::Accounting(format!(
+            "NLL {} or ECE {} is not finite: a row with a non-finite loss or confidence was recorded",
+            tally.nll(),
+            tally.ece()
+        )));
+    }
     let failed_samples = outcome
         .failed_shards
         .iter()
         .map(|f| f.samples.len() as u64)
         .sum();
     let summary = Summary {
-        top1: tally.top1(),
-        top5: tally.top5(),
+        top1: evaluated.then(|| tally.top1()),
+        top5: evaluated.then(|| tally.top5()),
         top5_k: tally.k5,
-        nll: tally.nll(),
-        ece: tally.ece(),
+        nll: evaluated.then(|| tally.nll()),
+        ece: evaluated.then(|| tally.ece()),
         ece_bins: ECE_BINS,
         reliability: tally.reliability(),
         macro_avg,
@@ -773,5 +785,83 @@ impl LogitsWriter {
             f.commit()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod nothing_evaluated_tests {
+    use tresnet_common::protocol::pb;
+
+    use super::*;
+    use crate::run_state::testing::state;
+
+    /// Finalizes a 2-sample run whose one shard holds `results`.
+    async fn finalize_one_shard(results: Vec<pb::SampleResult>) -> Result<Summary, ReportError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(&dir.path().join("journal"), "J#1", 2);
+        let journal = st.journal().clone();
+        journal
+            .write(&pb::ShardRecord {
+                shard_id: 0,
+                worker_id: "w".into(),
+                results,
+                counts: None,
+            })
+            .await
+            .unwrap();
+        st.sched_mut().mark_done(ShardId(0));
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        let (job, index, sched) = (st.job().clone(), st.index().clone(), st.sched().clone());
+        let s = finalize(&out, &job, &index, &sched, &journal, RunFacts::default());
+        if let Ok(s) = &s {
+            let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+            assert_eq!(
+                html.contains(crate::html::NOTHING_EVALUATED),
+                s.samples == 0,
+                "report.html says \"no samples evaluated\" exactly when none was"
+            );
+        }
+        s
+    }
+
+    /// Every sample bad: the metrics are null (not 0.0), in summary.json too.
+    #[tokio::test]
+    async fn metrics_of_nothing_are_null() {
+        let bad = |index| pb::SampleResult {
+            index,
+            error: "corrupt jpeg".into(),
+            ..Default::default()
+        };
+        let s = finalize_one_shard(vec![bad(0), bad(1)]).await.unwrap();
+        assert_eq!((s.samples, s.bad_samples), (0, 2));
+        assert_eq!((s.top1, s.top5, s.nll, s.ece), (None, None, None, None));
+        let json = serde_json::to_value(&s).unwrap();
+        for m in ["top1", "top5", "nll", "ece"] {
+            assert!(json[m].is_null(), "{m}: {}", json[m]);
+        }
+        let rows = |range: std::ops::Range<u64>| -> Vec<pb::SampleResult> {
+            range
+                .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+                .collect()
+        };
+        let s = finalize_one_shard(rows(0..2)).await.unwrap();
+        assert_eq!(s.top1, Some(50.0));
+        assert!(s.nll.is_some_and(f64::is_finite) && s.ece.is_some_and(f64::is_finite));
+    }
+
+    /// A non-finite loss that got into a journal (an older coordinator, a hand-edited record) fails the
+    /// report instead of becoming a silent null NLL.
+    #[tokio::test]
+    async fn a_recorded_nan_fails_the_report_rather_than_nulling_nll() {
+        let mut rows: Vec<pb::SampleResult> = (0..2)
+            .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+            .collect();
+        rows[1].loss = f64::NAN;
+        let e = finalize_one_shard(rows).await.unwrap_err();
+        assert!(
+            matches!(&e, ReportError::Accounting(m) if m.contains("not finite")),
+            "{e}"
+        );
     }
 }

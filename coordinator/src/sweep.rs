@@ -529,8 +529,8 @@ async fn run_cell(
     Ok((CellStatus::Ran, s))
 }
 
-fn opt_f64(r: &CellResult, f: impl Fn(&RunSummary) -> f64) -> Option<f64> {
-    r.summary.as_ref().map(f)
+fn opt_f64(r: &CellResult, f: impl Fn(&RunSummary) -> Option<f64>) -> Option<f64> {
+    r.summary.as_ref().and_then(f)
 }
 
 fn opt_u64(r: &CellResult, f: impl Fn(&RunSummary) -> u64) -> Option<u64> {
@@ -587,7 +587,7 @@ fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
         Column::new(
             "throughput".into(),
             c.iter()
-                .map(|r| opt_f64(r, |s| s.throughput))
+                .map(|r| opt_f64(r, |s| Some(s.throughput)))
                 .collect::<Vec<_>>(),
         ),
         Column::new("run_dir".into(), s(&|r| r.dir.display().to_string())),

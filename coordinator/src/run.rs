@@ -564,49 +564,7 @@ impl WorkerPool {
         };
         watch(&self.state, &mut self.workers, total, &drain).await?;
         let st = self.lock();
-        let live = st.live();
-        let window = match (live.first_lease_ms, live.last_accept_ms) {
-            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
-            _ => 0.0,
-        };
-        let workers = st
-            .workers()
-            .iter()
-            .map(|(id, w)| report::WorkerSummary {
-                id: id.0.clone(),
-                hostname: w.hostname.clone(),
-                devices: w.devices.clone(),
-                accepted_samples: live
-                    .timeline
-                    .iter()
-                    .filter(|e| e.worker == id.0)
-                    .map(|e| e.samples)
-                    .sum(),
-                pid: w.pid,
-                software: w.software.clone(),
-                submissions_rejected: w.submissions_rejected,
-            })
-            .collect();
-        let facts = report::RunFacts {
-            eval_seconds: window,
-            samples_timed: live.samples_done,
-            wall_seconds: started.elapsed().as_secs_f64(),
-            workers,
-            timeline: live.timeline.clone(),
-            scheduling: {
-                let stats = st.sched().stats();
-                report::Scheduling {
-                    leases_granted: stats.leases_granted,
-                    speculative_leases: stats.speculative_leases,
-                    lease_expiries: stats.expiries,
-                    retries: stats.retries,
-                    duplicates_dropped: live.duplicates_dropped,
-                    environment_faults: live.environment_faults,
-                    store_retries: live.store_retries,
-                    submissions_rejected: live.submissions_rejected,
-                }
-            },
-        };
+        let facts = st.report_facts(started.elapsed().as_secs_f64());
         // Writing the report reads every journal record (GETs on an object store) and takes seconds;
         // holding the state lock meanwhile would block every RPC handler of the still-serving pool
         // on its worker thread, and with them the runtime those GETs need.

@@ -247,6 +247,53 @@ impl RunState {
         ShardJob::new(&self.job, shard, samples, labels)
     }
 
+    /// What the report records of this job's run, as of now: the evaluation window, the workers and
+    /// what each contributed or had refused, the timeline and the scheduling counts.
+    pub fn report_facts(&self, wall_seconds: f64) -> crate::report::RunFacts {
+        use crate::report::{RunFacts, Scheduling, WorkerSummary};
+        let live = &self.live;
+        let eval_seconds = match (live.first_lease_ms, live.last_accept_ms) {
+            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        let workers = self
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerSummary {
+                id: id.0.clone(),
+                hostname: w.hostname.clone(),
+                devices: w.devices.clone(),
+                accepted_samples: live
+                    .timeline
+                    .iter()
+                    .filter(|e| e.worker == id.0)
+                    .map(|e| e.samples)
+                    .sum(),
+                pid: w.pid,
+                software: w.software.clone(),
+                submissions_rejected: w.submissions_rejected,
+            })
+            .collect();
+        let stats = self.sched.stats();
+        RunFacts {
+            eval_seconds,
+            samples_timed: live.samples_done,
+            wall_seconds,
+            workers,
+            timeline: live.timeline.clone(),
+            scheduling: Scheduling {
+                leases_granted: stats.leases_granted,
+                speculative_leases: stats.speculative_leases,
+                lease_expiries: stats.expiries,
+                retries: stats.retries,
+                duplicates_dropped: live.duplicates_dropped,
+                environment_faults: live.environment_faults,
+                store_retries: live.store_retries,
+                submissions_rejected: live.submissions_rejected,
+            },
+        }
+    }
+
     // ---- the job's life ----
 
     /// The id this job has on the wire (unique within the process).
@@ -599,6 +646,16 @@ mod tests {
             Acceptance::Duplicate
         ));
         assert_eq!(st.live().duplicates_dropped, 1);
+        // summary.json reports the refusal in its scheduling counts and against the worker.
+        let facts = st.report_facts(1.0);
+        assert_eq!(facts.scheduling.submissions_rejected, 1);
+        assert_eq!(facts.scheduling.duplicates_dropped, 1);
+        let by_id = |id: &str| facts.workers.iter().find(|w| w.id == id).unwrap().clone();
+        assert_eq!(
+            (by_id("a").submissions_rejected, by_id("a").accepted_samples),
+            (1, 2)
+        );
+        assert_eq!(by_id("b").submissions_rejected, 0);
     }
 
     #[test]

@@ -436,6 +436,15 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         }
         let ran = run_cell(&cell, &dir, &shared, &tag, &mut pool, &observed, &shutdown).await;
         let (status, summary, error) = match ran {
+            // Written, but its metrics are null: no result, whatever else it says.
+            Ok((_, s)) if s.samples == 0 => {
+                let why = format!(
+                    "no samples evaluated: {} bad, {} in failed shards, of {} (see its summary.json)",
+                    s.bad_samples, s.failed_samples, s.dataset_size
+                );
+                eprintln!("{tag}: FAILED: {why}");
+                (CellStatus::Failed, Some(s), Some(why))
+            }
             // Written, but short of the dataset: the cell is not done, and a rerun resumes it.
             Ok((_, s)) if s.failed_samples > 0 => {
                 let why = format!(

@@ -8,7 +8,6 @@
 //! standard as the counts-only path's [`check_counts`]: a worker bug, an fp16 overflow or a forged
 //! message fails the submission, never a metric.
 
-use std::collections::BTreeSet;
 use std::ops::Range;
 
 use tresnet_common::ids::ShardId;
@@ -204,7 +203,8 @@ pub struct Checked {
 #[derive(Debug)]
 pub struct SubmissionCheck {
     job: ShardJob,
-    seen: BTreeSet<u64>,
+    /// Per sample of the shard, whether a row for it arrived.
+    seen: Vec<bool>,
     results: Vec<SampleResult>,
     counts: Option<ShardCounts>,
     trailer: Option<ShardTrailer>,
@@ -214,8 +214,8 @@ impl SubmissionCheck {
     pub fn new(job: ShardJob) -> Self {
         let capacity = if job.counts_only { 0 } else { job.expected() };
         SubmissionCheck {
+            seen: vec![false; job.expected()],
             job,
-            seen: BTreeSet::new(),
             results: Vec::with_capacity(capacity),
             counts: None,
             trailer: None,
@@ -261,7 +261,8 @@ impl SubmissionCheck {
                     index: r.index,
                 });
             }
-            if !self.seen.insert(r.index) {
+            let seen = &mut self.seen[(r.index - self.job.samples.start) as usize];
+            if std::mem::replace(seen, true) {
                 return Err(Rejection::Repeated {
                     shard,
                     index: r.index,
@@ -346,17 +347,14 @@ pub fn check_row(r: &SampleResult, label: u32, job: &ShardJob) -> Result<(), Row
             want,
         });
     }
-    let mut classes = BTreeSet::new();
-    for &c in &r.topk_indices {
-        if c >= nc {
-            return Err(RowProblem::ClassOutOfRange {
-                class: c,
-                classes: nc,
-            });
-        }
-        if !classes.insert(c) {
-            return Err(RowProblem::RepeatedClass { class: c });
-        }
+    if let Some(&c) = r.topk_indices.iter().find(|&&c| c >= nc) {
+        return Err(RowProblem::ClassOutOfRange {
+            class: c,
+            classes: nc,
+        });
+    }
+    if let Some(class) = repeated(&r.topk_indices) {
+        return Err(RowProblem::RepeatedClass { class });
     }
     if let Some((rank, &value)) = r
         .topk_logits
@@ -392,6 +390,22 @@ pub fn check_row(r: &SampleResult, label: u32, job: &ShardJob) -> Result<(), Row
         });
     }
     check_label(r, label, nc)
+}
+
+/// A class ranked twice, if any. The usual top-5 is compared pairwise: no allocation on the path
+/// every row of every shard takes (the coordinator accounts hundreds of thousands of rows a second).
+fn repeated(classes: &[u32]) -> Option<u32> {
+    const PAIRWISE_UP_TO: usize = 16;
+    if classes.len() <= PAIRWISE_UP_TO {
+        return classes
+            .iter()
+            .enumerate()
+            .find(|(i, c)| classes[..*i].contains(c))
+            .map(|(_, &c)| c);
+    }
+    let mut sorted = classes.to_vec();
+    sorted.sort_unstable();
+    sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0])
 }
 
 /// The loss is `lse - logit[label]` and the confidence `exp(logit[top1] - lse)`, so the two and the
@@ -746,6 +760,12 @@ mod tests {
         );
         let p = row_problem(2, |r| r.topk_indices[3] = r.topk_indices[0]);
         assert!(matches!(p, RowProblem::RepeatedClass { .. }), "{p}");
+        // Long top-k lists take the sorting path.
+        let long: Vec<u32> = (0..40).collect();
+        assert_eq!(repeated(&long), None);
+        let mut twice = long.clone();
+        twice[39] = 7;
+        assert_eq!(repeated(&twice), Some(7));
     }
 
     #[test]

@@ -188,8 +188,12 @@ fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
             o.workers
                 .iter()
                 .map(|w| {
+                    let refused = match w.submissions_rejected {
+                        0 => String::new(),
+                        n => format!(", {n} submissions refused as invalid"),
+                    };
                     format!(
-                        "{} ({}, {}): {} samples",
+                        "{} ({}, {}): {} samples{refused}",
                         w.id,
                         w.hostname,
                         w.devices.join(","),

@@ -797,6 +797,16 @@ mod nothing_evaluated_tests {
 
     /// Finalizes a 2-sample run whose one shard holds `results`.
     async fn finalize_one_shard(results: Vec<pb::SampleResult>) -> Result<Summary, ReportError> {
+        finalize_with(results, RunFacts::default())
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// [`finalize_one_shard`] with `facts`, also returning report.html.
+    async fn finalize_with(
+        results: Vec<pb::SampleResult>,
+        facts: RunFacts,
+    ) -> Result<(Summary, String), ReportError> {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(&dir.path().join("journal"), "J#1", 2);
         let journal = st.journal().clone();
@@ -813,16 +823,43 @@ mod nothing_evaluated_tests {
         let out = dir.path().join("run");
         std::fs::create_dir_all(&out).unwrap();
         let (job, index, sched) = (st.job().clone(), st.index().clone(), st.sched().clone());
-        let s = finalize(&out, &job, &index, &sched, &journal, RunFacts::default());
-        if let Ok(s) = &s {
-            let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-            assert_eq!(
-                html.contains(crate::html::NOTHING_EVALUATED),
-                s.samples == 0,
-                "report.html says \"no samples evaluated\" exactly when none was"
-            );
-        }
-        s
+        let s = finalize(&out, &job, &index, &sched, &journal, facts)?;
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        assert_eq!(
+            html.contains(crate::html::NOTHING_EVALUATED),
+            s.samples == 0,
+            "report.html says \"no samples evaluated\" exactly when none was"
+        );
+        Ok((s, html))
+    }
+
+    /// A worker's refused submissions are reported with it, in summary.json and report.html.
+    #[tokio::test]
+    async fn refused_submissions_are_reported_per_worker() {
+        let rows = (0..2)
+            .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+            .collect();
+        let worker = WorkerSummary {
+            id: "w1".into(),
+            hostname: "h".into(),
+            devices: vec!["cpu".into()],
+            accepted_samples: 2,
+            pid: 1,
+            software: None,
+            submissions_rejected: 3,
+        };
+        let facts = RunFacts {
+            workers: vec![worker],
+            scheduling: Scheduling {
+                submissions_rejected: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (s, html) = finalize_with(rows, facts).await.unwrap();
+        assert_eq!(s.scheduling.submissions_rejected, 3);
+        assert_eq!(s.workers[0].submissions_rejected, 3);
+        assert!(html.contains("w1 (h, cpu): 2 samples, 3 submissions refused as invalid"));
     }
 
     /// Every sample bad: the metrics are null (not 0.0), in summary.json too.

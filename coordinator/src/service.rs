@@ -237,6 +237,7 @@ impl Coordinator for CoordinatorService {
         }
         let checked = match verdict.and_then(|()| check.finish()) {
             Ok(c) => c,
+            Err(why) if !why.blames_worker() => return Err(Status::aborted(why.to_string())),
             Err(why) => {
                 self.lock().reject_submission(&id, lease, &why);
                 return Err(Status::invalid_argument(why.to_string()));
@@ -560,7 +561,15 @@ mod tests {
                 "sample 1 submitted twice",
                 vec![batch(rows(0..2)), batch(rows(1..2))],
             ),
-            ("1 of 2 samples", results(0..1)),
+            ("1 of 2 samples", {
+                let mut short = results(0..1);
+                short.push(pb::SubmitRequest {
+                    item: Some(pb::submit_request::Item::Trailer(
+                        pb::ShardTrailer::default(),
+                    )),
+                });
+                short
+            }),
             ("loss NaN", vec![batch(nan_loss)]),
             ("not in descending order", vec![batch(unsorted)]),
             ("confidence 1.5", vec![batch(high_confidence)]),
@@ -654,6 +663,48 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }
+    }
+
+    /// A worker that gives a shard up midway (its store failed) ends the stream short, without the
+    /// trailer, and hands the lease back with the reason: nothing is recorded, nobody is blamed, and
+    /// the shard's failure names the store's error, not a refused submission.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_stream_is_not_recorded_and_not_blamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared: Shared = Arc::new(Mutex::new(state(dir.path(), "J#1", 2)));
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
+        let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
+        let mut submit = vec![header("J#1", 0, l[0].lease_id)];
+        submit.extend(results(0..1));
+        let e = c.submit(futures::stream::iter(submit)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+        {
+            let st = shared.lock().unwrap();
+            assert_eq!(st.live().submissions_rejected, 0);
+            assert!(st.sched().failures_of(ShardId(0)).is_empty());
+            assert_eq!(
+                st.sched().leases_in_flight(),
+                1,
+                "the lease is still the worker's"
+            );
+        }
+        c.release(pb::ReleaseRequest {
+            worker_id: "w".into(),
+            lease_id: l[0].lease_id,
+            error: "fetching s0.jpg: connection refused".into(),
+            reason: pb::ReleaseReason::Environment.into(),
+            store_retries: 0,
+            job_id: "J#1".into(),
+        })
+        .await
+        .unwrap();
+        let st = shared.lock().unwrap();
+        assert!(st.sched().failures_of(ShardId(0))[0].contains("connection refused"));
+        assert_eq!(st.live().environment_faults, 1);
     }
 
     /// Under `--on-bad-sample fail` a shard holding a bad sample is refused before it is journaled, and

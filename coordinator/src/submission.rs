@@ -145,8 +145,8 @@ pub enum RowProblem {
     NonFiniteSavedLogit { class: usize },
 }
 
-/// Why a submission is refused. Every variant is the submitting worker's fault: its shard is retried
-/// on another worker, and nothing of it is journaled or reported.
+/// Why a submission is refused; nothing of it is journaled or reported. Every variant but
+/// [`Rejection::Unfinished`] is the submitting worker's fault: its shard is retried on another worker.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Rejection {
     #[error("nothing may follow the shard trailer of {shard}")]
@@ -185,6 +185,24 @@ pub enum Rejection {
     },
     #[error("a message of the {shard} submission is over the {limit}-byte cap")]
     OverMessageCap { shard: ShardId, limit: usize },
+    /// Not the worker's fault: see [`Rejection::blames_worker`].
+    #[error(
+        "{shard} submission ended without its trailer after {got} of {expected} samples: abandoned, not recorded"
+    )]
+    Unfinished {
+        shard: ShardId,
+        got: usize,
+        expected: usize,
+    },
+}
+
+impl Rejection {
+    /// Whether the submission broke a rule. A shard the worker abandoned midway (its store failed, it
+    /// is draining) ends its stream early without a trailer; the worker hands the lease back with the
+    /// reason, and nothing of the stream is recorded, but nobody is blamed.
+    pub fn blames_worker(&self) -> bool {
+        !matches!(self, Rejection::Unfinished { .. })
+    }
 }
 
 /// A submission that passed every check.
@@ -289,15 +307,27 @@ impl SubmissionCheck {
                     .map_err(|reason| Rejection::BadCounts { shard, reason })?;
                 usize::try_from(c.evaluated).unwrap_or(usize::MAX)
             }
-            (None, true) => return Err(Rejection::NoCounts { shard }),
-            (None, false) => 0,
+            (None, true) if self.trailer.is_some() => return Err(Rejection::NoCounts { shard }),
+            (None, _) => 0,
         };
         let got = self.results.len().saturating_add(evaluated);
-        if got != self.job.expected() {
-            return Err(Rejection::Missing {
-                shard,
-                got,
-                expected: self.job.expected(),
+        let incomplete =
+            got != self.job.expected() || (self.job.counts_only && self.counts.is_none());
+        if incomplete {
+            let expected = self.job.expected();
+            // The trailer goes last, once the shard is complete: a stream that ends short without it
+            // is a shard the worker gave up on (it hands the lease back with its reason).
+            return Err(match self.trailer {
+                None => Rejection::Unfinished {
+                    shard,
+                    got,
+                    expected,
+                },
+                Some(_) => Rejection::Missing {
+                    shard,
+                    got,
+                    expected,
+                },
             });
         }
         self.results.sort_by_key(|r| r.index);
@@ -631,14 +661,25 @@ mod tests {
         );
         let mut rows = good_rows();
         rows.pop();
+        let trailer = Some(Item::Trailer(ShardTrailer::default()));
+        let missing = check_submission(job(), [batch(rows.clone()), trailer]).unwrap_err();
         assert_eq!(
-            check_submission(job(), [batch(rows)]),
-            Err(Rejection::Missing {
+            missing,
+            Rejection::Missing {
                 shard: ShardId(3),
                 got: 3,
                 expected: 4
-            })
+            }
         );
+        assert!(missing.blames_worker());
+        // Ended short without the trailer: abandoned by the worker, not a broken rule.
+        let abandoned = check_submission(job(), [batch(rows)]).unwrap_err();
+        assert!(
+            matches!(abandoned, Rejection::Unfinished { got: 3, .. }) && !abandoned.blames_worker(),
+            "{abandoned}"
+        );
+        // Complete without a trailer (it is optional): accepted.
+        check_submission(job(), [batch(good_rows())]).unwrap();
     }
 
     #[test]
@@ -687,9 +728,14 @@ mod tests {
             check_submission(counts_only(), [batch(good_rows())]),
             Err(Rejection::CountsOnlyResult { index: 6, .. })
         ));
+        let trailer = || Some(Item::Trailer(ShardTrailer::default()));
+        assert!(matches!(
+            check_submission(counts_only(), [batch(vec![error_row.clone()]), trailer()]),
+            Err(Rejection::NoCounts { .. })
+        ));
         assert!(matches!(
             check_submission(counts_only(), [batch(vec![error_row.clone()])]),
-            Err(Rejection::NoCounts { .. })
+            Err(Rejection::Unfinished { .. })
         ));
         let mut skewed = counts.clone();
         skewed.loss_sum = f64::NAN;
@@ -702,7 +748,7 @@ mod tests {
         ));
         // Counts covering fewer samples than the shard holds.
         assert!(matches!(
-            check_submission(counts_only(), [Some(Item::Counts(counts))]),
+            check_submission(counts_only(), [Some(Item::Counts(counts)), trailer()]),
             Err(Rejection::Missing {
                 got: 3,
                 expected: 4,

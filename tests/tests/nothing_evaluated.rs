@@ -1,6 +1,7 @@
 //! A run that evaluated nothing (every image corrupt) with the real binaries: it writes its report but
 //! exits non-zero saying "no samples evaluated", its metrics are null in summary.json (never 0.0), the
-//! HTML report and the console say so, and `gate` refuses it as a baseline and as a candidate.
+//! HTML report and the console say so (also when `report` re-renders it), and `gate` refuses it as a
+//! baseline (as a candidate: `coordinator/src/gate.rs`).
 
 use std::process::Command;
 
@@ -55,6 +56,27 @@ fn a_run_of_only_corrupt_images_fails_with_null_metrics_and_no_gate() {
         !html.contains(">0.000%<"),
         "report.html shows a 0% accuracy"
     );
+
+    // `report` re-renders it the same way: null metrics, said on the console.
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    let o = Command::new(bin("tresnet-coordinator"))
+        .arg("report")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("no samples evaluated"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let again = summary(&out);
+    for metric in ["top1", "top5", "nll", "ece"] {
+        assert!(
+            again[metric].is_null(),
+            "rerendered {metric}: {}",
+            again[metric]
+        );
+    }
 
     let gate = |args: &[&str]| {
         let o = Command::new(bin("tresnet-coordinator"))

@@ -538,6 +538,7 @@ pub fn row_from_logits(index: u64, logits: &[f32], label: u32, top_k: usize) -> 
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use tresnet_common::protocol::pb::ResultBatch;
 
     use super::*;
@@ -947,6 +948,38 @@ mod tests {
             check_row(&r, 0, &job()),
             Err(RowProblem::SavedLogitsLength { want: 0, .. })
         ));
+    }
+
+    proptest! {
+        /// No false refusals: whatever the logits (wide ranges, ties, every class ranked or one), the
+        /// label and --top-k, the row a correct worker computes passes every rule, and moving its loss
+        /// off by more than the tolerance is caught when the label is ranked.
+        #[test]
+        fn rows_a_correct_worker_computes_always_pass(
+            logits in proptest::collection::vec(
+                prop_oneof![(-60i32..60).prop_map(|v| v as f32 * 0.5), -1e4f32..1e4],
+                1..40,
+            ),
+            label in 0u32..40,
+            top_k in 1u32..45,
+        ) {
+            let classes = logits.len() as u32;
+            let label = label % classes;
+            let job = ShardJob {
+                samples: 0..1,
+                labels: vec![label],
+                num_classes: classes,
+                top_k,
+                ..job()
+            };
+            let r = row_from_logits(0, &logits, label, job.k());
+            prop_assert_eq!(check_row(&r, label, &job), Ok(()));
+            if r.topk_indices.contains(&label) {
+                let mut off = r.clone();
+                off.loss += 1e-3 * (1.0 + off.loss.abs() + f64::from(off.topk_logits[0]).abs());
+                prop_assert!(check_row(&off, label, &job).is_err());
+            }
+        }
     }
 
     #[test]

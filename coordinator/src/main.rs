@@ -41,27 +41,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let summary = run::run(args.into_config()?).await?;
             print_headline(&summary);
             println!("report: {}", out.join("summary.json").display());
-            if summary.samples == 0 {
-                // Metrics of nothing are not a result, however the report renders them.
-                anyhow::bail!(
-                    "no samples evaluated: of {} samples {} were bad and {} in failed shards \
-                     (reasons in {}); the metrics are null",
-                    summary.dataset_size,
-                    summary.bad_samples,
-                    summary.failed_samples,
-                    out.join("summary.json").display()
-                );
-            }
-            if summary.failed_samples > 0 {
-                // The report is written, but it does not cover the dataset: a gate must not read it
-                // as a result. The journal keeps every accepted shard, so a rerun does only the rest.
-                anyhow::bail!(
-                    "{} of {} samples were not evaluated: their shards failed on faults of the \
-                     environment (reasons in {}); rerun the same command to retry only them",
-                    summary.failed_samples,
-                    summary.dataset_size,
-                    out.join("summary.json").display()
-                );
+            if let Some(why) = summary.shortfall(&out.join("summary.json")) {
+                anyhow::bail!("{why}");
             }
             Ok(ExitCode::SUCCESS)
         }

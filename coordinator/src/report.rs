@@ -211,6 +211,34 @@ pub struct Summary {
     pub job: JobSpec,
 }
 
+impl Summary {
+    /// Why a run with this summary must not exit 0 although its report is written, if it must not:
+    /// it evaluated nothing (its metrics are null), or shards failed (it does not cover the dataset;
+    /// the journal keeps every accepted shard, so a rerun does only the rest). `summary` is where it
+    /// was written, for the message.
+    pub fn shortfall(&self, summary: &Path) -> Option<String> {
+        if self.samples == 0 {
+            return Some(format!(
+                "no samples evaluated: of {} samples {} were bad and {} in failed shards (reasons in \
+                 {}); the metrics are null",
+                self.dataset_size,
+                self.bad_samples,
+                self.failed_samples,
+                summary.display()
+            ));
+        }
+        (self.failed_samples > 0).then(|| {
+            format!(
+                "{} of {} samples were not evaluated: their shards failed on faults of the \
+                 environment (reasons in {}); rerun the same command to retry only them",
+                self.failed_samples,
+                self.dataset_size,
+                summary.display()
+            )
+        })
+    }
+}
+
 #[derive(Default)]
 struct PredictionColumns {
     index: Vec<u64>,
@@ -885,6 +913,61 @@ mod nothing_evaluated_tests {
         let s = finalize_one_shard(rows(0..2)).await.unwrap();
         assert_eq!(s.top1, Some(50.0));
         assert!(s.nll.is_some_and(f64::is_finite) && s.ece.is_some_and(f64::is_finite));
+    }
+
+    /// Every shard failed: nothing evaluated either, null metrics, and the run may not exit 0 (as
+    /// with every sample bad); a run with some failed shards may not either, for another reason.
+    #[tokio::test]
+    async fn every_shard_failed_is_nothing_evaluated_and_no_exit_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(&dir.path().join("journal"), "J#1", 2);
+        let w = tresnet_common::ids::WorkerId("w".into());
+        for attempt in 0..3 {
+            let g = st.sched_mut().lease(&w, attempt).unwrap();
+            assert!(
+                st.sched_mut()
+                    .release(&w, g.lease, Some("store gone".into()))
+            );
+        }
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        let (job, index, sched, journal) = (
+            st.job().clone(),
+            st.index().clone(),
+            st.sched().clone(),
+            st.journal().clone(),
+        );
+        let s = finalize(&out, &job, &index, &sched, &journal, RunFacts::default()).unwrap();
+        assert_eq!((s.samples, s.failed_samples), (0, 2));
+        assert_eq!((s.top1, s.nll), (None, None));
+        let why = s.shortfall(Path::new("S")).unwrap();
+        assert!(
+            why.starts_with("no samples evaluated") && why.contains("2 in failed"),
+            "{why}"
+        );
+
+        let bad = |index| pb::SampleResult {
+            index,
+            error: "corrupt jpeg".into(),
+            ..Default::default()
+        };
+        let all_bad = finalize_one_shard(vec![bad(0), bad(1)]).await.unwrap();
+        assert!(
+            all_bad
+                .shortfall(Path::new("S"))
+                .unwrap()
+                .starts_with("no samples evaluated")
+        );
+        let mut partial = all_bad.clone();
+        (partial.samples, partial.failed_samples) = (1, 1);
+        assert!(
+            partial
+                .shortfall(Path::new("S"))
+                .unwrap()
+                .contains("were not evaluated")
+        );
+        partial.failed_samples = 0;
+        assert_eq!(partial.shortfall(Path::new("S")), None);
     }
 
     /// A non-finite loss that got into a journal (an older coordinator, a hand-edited record) fails the

@@ -5,19 +5,27 @@
 
 use std::process::Command;
 
-use tresnet_tests::{bin, coordinator_run_on, summary};
+use std::path::{Path, PathBuf};
+
+use tresnet_tests::{bin, coordinator_run_on, summary, tresnet_m_weights};
 
 const CORRUPT: [&str; 3] = ["cat/a.jpg", "cat/b.jpg", "dog/c.jpg"];
 
-#[test]
-fn a_run_of_only_corrupt_images_fails_with_null_metrics_and_no_gate() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+/// An ImageFolder under `dir` whose every file is a corrupt JPEG.
+fn corrupt_images(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
     for f in CORRUPT {
         let p = data.join(f);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
     }
+    data
+}
+
+#[test]
+fn a_run_of_only_corrupt_images_fails_with_null_metrics_and_no_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corrupt_images(dir.path());
     let out = dir.path().join("run");
     let o = coordinator_run_on(&data, "imagefolder", &out, &["--local-workers", "1"])
         .output()
@@ -104,4 +112,50 @@ fn a_run_of_only_corrupt_images_fails_with_null_metrics_and_no_gate() {
         "{err}"
     );
     assert!(!base.exists(), "no baseline written");
+}
+
+/// A sweep cell that evaluated nothing is a failed cell, and the sweep exits non-zero.
+#[test]
+fn a_sweep_cell_that_evaluated_nothing_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = corrupt_images(dir.path());
+    let file = dir.path().join("sweep.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+out = "runs"
+resolutions = [64]
+
+[[model]]
+name = "tresnet_m"
+weights = [{{ path = {w:?}, label = "seeded" }}]
+
+[[dataset]]
+name = "corrupt"
+data = {d:?}
+num_classes = 1000
+
+[run]
+local-workers = 1
+worker-threads = 1
+"#,
+            w = tresnet_m_weights().display().to_string(),
+            d = data.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let o = Command::new(bin("tresnet-coordinator"))
+        .arg("sweep")
+        .arg(&file)
+        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        .env_remove("TRESNET_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "sweep exited 0\n{stderr}");
+    assert!(
+        stderr.contains("FAILED: no samples evaluated") && stderr.contains("1 of 1 cells failed"),
+        "{stderr}"
+    );
 }

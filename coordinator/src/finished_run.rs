@@ -33,10 +33,10 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> RunDirError {
 /// The part of `summary.json` these commands use.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RunSummary {
-    /// Percent.
-    pub top1: f64,
-    /// Percent, at `top5_k`.
-    pub top5: f64,
+    /// Percent; null when no sample was evaluated.
+    pub top1: Option<f64>,
+    /// Percent, at `top5_k`; null when no sample was evaluated.
+    pub top5: Option<f64>,
     #[serde(default = "default_k5")]
     pub top5_k: usize,
     pub dataset_size: u64,

@@ -71,6 +71,34 @@ pub enum GateError {
     },
     #[error("cannot write baseline {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    #[error(
+        "run {run} evaluated no samples ({bad} bad, {failed} in failed shards, of {dataset}): it has no \
+         accuracy to gate{as_baseline}"
+    )]
+    NothingEvaluated {
+        run: PathBuf,
+        bad: u64,
+        failed: u64,
+        dataset: u64,
+        /// Empty, or why it matters that this run is a baseline.
+        as_baseline: &'static str,
+    },
+}
+
+/// The summary of `run`, refused when it evaluated nothing: its null metrics can be neither a
+/// baseline nor a candidate (a drop from or to nothing means nothing).
+fn evaluated_summary(run: &Path, as_baseline: &'static str) -> Result<RunSummary, GateError> {
+    let s = finished_run::read_summary(run)?;
+    match (s.samples, s.top1, s.top5) {
+        (1.., Some(_), Some(_)) => Ok(s),
+        _ => Err(GateError::NothingEvaluated {
+            run: run.to_path_buf(),
+            bad: s.bad_samples,
+            failed: s.failed_samples,
+            dataset: s.dataset_size,
+            as_baseline,
+        }),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -332,7 +360,7 @@ impl GateReport {
 
 /// The baseline of a finished run.
 pub fn baseline_of(run: &Path) -> Result<Baseline, GateError> {
-    let s = finished_run::read_summary(run)?;
+    let s = evaluated_summary(run, "; it cannot be a baseline")?;
     let names = finished_run::read_class_names(run)?;
     let classes = finished_run::run_class_counts(run, &s)?
         .into_iter()
@@ -358,8 +386,8 @@ pub fn baseline_of(run: &Path) -> Result<Baseline, GateError> {
         },
         preprocess: s.job.preprocess.clone(),
         precision: s.job.model.precision,
-        top1: s.top1,
-        top5: s.top5,
+        top1: s.top1.unwrap_or_default(),
+        top5: s.top5.unwrap_or_default(),
         top5_k: s.top5_k,
         samples: s.samples,
         classes,
@@ -400,6 +428,11 @@ pub fn read_baseline(path: &Path) -> Result<Baseline, GateError> {
     let pct_ok = |v: f64| (0.0..=100.0).contains(&v);
     if !pct_ok(b.top1) || !pct_ok(b.top5) || b.classes.iter().any(|c| !pct_ok(c.top1)) {
         return Err(invalid("an accuracy is outside 0..=100 percent".into()));
+    }
+    if b.samples == 0 {
+        return Err(invalid(
+            "it evaluated no samples, so it has no accuracy to gate against".into(),
+        ));
     }
     Ok(b)
 }
@@ -443,7 +476,7 @@ fn pp(v: f64) -> String {
 /// Checks the run against the baseline; every violated bound is reported, not only the first.
 pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
     let b = read_baseline(&cfg.baseline)?;
-    let s = finished_run::read_summary(&cfg.run)?;
+    let s = evaluated_summary(&cfg.run, "")?;
     check_identity(&cfg.baseline, &b, &s)?;
     let mut r = GateReport {
         checked: Vec::new(),
@@ -534,8 +567,20 @@ pub fn gate(cfg: &GateConfig) -> Result<GateReport, GateError> {
         Some(x) => (Some(x.top1), x.top5),
         None => (None, None),
     };
-    overall("top-1", b.top1, s.top1, cfg.max_top1_drop, p1);
-    overall("top-5", b.top5, s.top5, cfg.max_top5_drop, p5);
+    overall(
+        "top-1",
+        b.top1,
+        s.top1.unwrap_or_default(),
+        cfg.max_top1_drop,
+        p1,
+    );
+    overall(
+        "top-5",
+        b.top5,
+        s.top5.unwrap_or_default(),
+        cfg.max_top5_drop,
+        p5,
+    );
     if let Some(need) = cfg.require_samples {
         r.checked
             .push(format!("samples {} (required {need})", s.samples));
@@ -604,5 +649,83 @@ fn short(sha: &str) -> &str {
         "none"
     } else {
         &sha[..12.min(sha.len())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run directory holding only the summary.json fields `gate` reads.
+    fn run_dir(dir: &Path, samples: u64, top1: Option<f64>) -> PathBuf {
+        let run = dir.join(format!("run-{samples}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let s = serde_json::json!({
+            "top1": top1, "top5": top1, "top5_k": 5, "dataset_size": 3, "samples": samples,
+            "bad_samples": 3 - samples, "failed_samples": 0,
+            "job": tresnet_common::job::example_job(),
+        });
+        std::fs::write(run.join("summary.json"), s.to_string()).unwrap();
+        run
+    }
+
+    fn baseline(samples: u64) -> Baseline {
+        let job = tresnet_common::job::example_job();
+        Baseline {
+            format: BASELINE_FORMAT.into(),
+            model: job.model.model.clone(),
+            weights_sha256: job.model.weights_sha256.clone(),
+            dataset: BaselineDataset {
+                url: job.data.data_url.clone(),
+                format: job.data.format.name().to_string(),
+                fingerprint: job.data.dataset_fingerprint.clone(),
+                size: 3,
+                num_classes: job.model.num_classes,
+            },
+            preprocess: job.preprocess.clone(),
+            precision: job.model.precision,
+            top1: 50.0,
+            top5: 100.0,
+            top5_k: 2,
+            samples,
+            classes: Vec::new(),
+            per_sample: None,
+        }
+    }
+
+    /// A run that evaluated nothing has null metrics: gating it as a candidate, or against a baseline
+    /// that evaluated nothing, is refused naming why, however loose the bounds.
+    #[test]
+    fn a_run_that_evaluated_nothing_is_neither_candidate_nor_baseline() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("baseline.json");
+        std::fs::write(&base, serde_json::to_vec(&baseline(2)).unwrap()).unwrap();
+        let cfg = |run: PathBuf| GateConfig {
+            run,
+            baseline: base.clone(),
+            max_top1_drop: Some(100.0),
+            ..Default::default()
+        };
+        assert!(
+            gate(&cfg(run_dir(dir.path(), 2, Some(50.0))))
+                .unwrap()
+                .passed()
+        );
+        let nothing = run_dir(dir.path(), 0, None);
+        let e = gate(&cfg(nothing.clone())).unwrap_err();
+        assert!(
+            matches!(e, GateError::NothingEvaluated { bad: 3, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("evaluated no samples"), "{e}");
+        let e = baseline_of(&nothing).unwrap_err();
+        assert!(e.to_string().contains("cannot be a baseline"), "{e}");
+
+        std::fs::write(&base, serde_json::to_vec(&baseline(0)).unwrap()).unwrap();
+        let e = gate(&cfg(run_dir(dir.path(), 2, Some(50.0)))).unwrap_err();
+        assert!(
+            matches!(&e, GateError::BaselineInvalid { reason, .. } if reason.contains("no samples")),
+            "{e}"
+        );
     }
 }

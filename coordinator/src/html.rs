@@ -95,26 +95,41 @@ pub fn render(s: &Summary, t: &Tally, o: &Outcome) -> String {
     h
 }
 
+/// What a metric cell says when no sample was evaluated.
+pub const NOTHING_EVALUATED: &str = "no samples evaluated";
+
 fn headline(h: &mut String, s: &Summary) {
+    if s.samples == 0 {
+        let _ = writeln!(
+            h,
+            "<p class=\"warn\" id=\"nothing-evaluated\"><b>{NOTHING_EVALUATED}</b>: all {} samples \
+             were bad ({}) or in failed shards ({}); there is no accuracy, NLL or ECE to report.</p>",
+            s.dataset_size, s.bad_samples, s.failed_samples
+        );
+    }
+    let metric = |v: Option<f64>, decimals: usize, unit: &str| match v {
+        Some(v) => format!("{v:.decimals$}{unit}"),
+        None => NOTHING_EVALUATED.to_string(),
+    };
     let _ = write!(
         h,
         "<h2>Headline</h2>\n<table class=\"headline\">\
-         <tr><th>top-1</th><td class=\"num\" id=\"top1\">{:.3}%</td></tr>\
-         <tr><th>top-{}</th><td class=\"num\" id=\"top5\">{:.3}%</td></tr>\
-         <tr><th>NLL</th><td class=\"num\" id=\"nll\">{:.4}</td></tr>\
-         <tr><th>ECE ({} bins)</th><td class=\"num\" id=\"ece\">{:.4}</td></tr>\
+         <tr><th>top-1</th><td class=\"num\" id=\"top1\">{}</td></tr>\
+         <tr><th>top-{}</th><td class=\"num\" id=\"top5\">{}</td></tr>\
+         <tr><th>NLL</th><td class=\"num\" id=\"nll\">{}</td></tr>\
+         <tr><th>ECE ({} bins)</th><td class=\"num\" id=\"ece\">{}</td></tr>\
          <tr><th>macro precision / recall / F1</th><td class=\"num\">{:.4} / {:.4} / {:.4}</td></tr>\
          <tr><th>weighted precision / recall / F1</th><td class=\"num\">{:.4} / {:.4} / {:.4}</td></tr>\
          <tr><th>samples evaluated</th><td class=\"num\" id=\"samples\">{} of {}</td></tr>\
          <tr><th>bad samples</th><td class=\"num\">{}</td></tr>\
          <tr><th>failed samples</th><td class=\"num\">{} ({} shards)</td></tr>\
          </table>\n",
-        s.top1,
+        metric(s.top1, 3, "%"),
         s.top5_k,
-        s.top5,
-        s.nll,
+        metric(s.top5, 3, "%"),
+        metric(s.nll, 4, ""),
         s.ece_bins,
-        s.ece,
+        metric(s.ece, 4, ""),
         s.macro_avg.precision,
         s.macro_avg.recall,
         s.macro_avg.f1,
@@ -180,8 +195,12 @@ fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
             o.workers
                 .iter()
                 .map(|w| {
+                    let refused = match w.submissions_rejected {
+                        0 => String::new(),
+                        n => format!(", {n} submissions refused as invalid"),
+                    };
                     format!(
-                        "{} ({}, {}): {} samples",
+                        "{} ({}, {}): {} samples{refused}",
                         w.id,
                         w.hostname,
                         w.devices.join(","),
@@ -360,10 +379,11 @@ fn reliability_chart(h: &mut String, s: &Summary) {
         h,
         "<line x1=\"{PAD_L}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{PAD_T}\" stroke=\"#c00\" \
          stroke-dasharray=\"5,4\"/></svg>\n<p class=\"muted\">blue: accuracy of each confidence \
-         bin; orange outline: its mean confidence; dashed: perfect calibration; ECE {:.4}</p>\n",
+         bin; orange outline: its mean confidence; dashed: perfect calibration; ECE {}</p>\n",
         PAD_T + H,
         PAD_L + W,
         s.ece
+            .map_or_else(|| NOTHING_EVALUATED.to_string(), |e| format!("{e:.4}"))
     );
 }
 

@@ -41,16 +41,8 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let summary = run::run(args.into_config()?).await?;
             print_headline(&summary);
             println!("report: {}", out.join("summary.json").display());
-            if summary.failed_samples > 0 {
-                // The report is written, but it does not cover the dataset: a gate must not read it
-                // as a result. The journal keeps every accepted shard, so a rerun does only the rest.
-                anyhow::bail!(
-                    "{} of {} samples were not evaluated: their shards failed on faults of the \
-                     environment (reasons in {}); rerun the same command to retry only them",
-                    summary.failed_samples,
-                    summary.dataset_size,
-                    out.join("summary.json").display()
-                );
+            if let Some(why) = summary.shortfall(&out.join("summary.json")) {
+                anyhow::bail!("{why}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -154,11 +146,18 @@ fn print_headline(summary: &tresnet_coordinator::report::Summary) {
     if summary.synthetic {
         println!("SYNTHETIC run (no model): accuracy numbers are meaningless");
     }
+    if summary.samples == 0 {
+        println!(
+            "no samples evaluated  bad {}  failed {}  (dataset {})",
+            summary.bad_samples, summary.failed_samples, summary.dataset_size
+        );
+        return;
+    }
     println!(
         "top-1 {:.3}%  top-{} {:.3}%  samples {}  bad {}  failed {}  (dataset {})",
-        summary.top1,
+        summary.top1.unwrap_or_default(),
         summary.top5_k,
-        summary.top5,
+        summary.top5.unwrap_or_default(),
         summary.samples,
         summary.bad_samples,
         summary.failed_samples,

@@ -53,9 +53,9 @@ impl Observed {
             None => Err("loading the job (listing the dataset)".into()),
             Some(s) => {
                 let st = s.lock().unwrap_or_else(|p| p.into_inner());
-                match &st.fatal {
+                match st.fatal() {
                     Some(f) => Err(format!("job failed: {f}")),
-                    None => Ok(format!("serving job {}", st.pb_job.job_id)),
+                    None => Ok(format!("serving job {}", st.job_id())),
                 }
             }
         }
@@ -87,9 +87,9 @@ impl Collector for Observed {
         };
         let st = state.lock().unwrap_or_else(|p| p.into_inner());
         let now = st.now();
-        let listed_bad = st.index.bad_samples.len() as u64;
-        let live = &st.live;
-        let stats = st.sched.stats();
+        let listed_bad = st.index().bad_samples.len() as u64;
+        let live = st.live();
+        let stats = st.sched().stats();
         counter(
             &mut e,
             "samples_accounted",
@@ -130,9 +130,21 @@ impl Collector for Observed {
         counter(
             &mut e,
             "submissions_rejected",
-            "Submissions refused for missing samples",
+            "Submissions refused as invalid (samples outside the shard, repeated or missing, values \
+             no softmax gives, a message over the cap): each failed its shard's attempt",
             live.submissions_rejected,
         )?;
+        let rejected = ConstCounter::new(0u64);
+        let mut m = e.encode_descriptor(
+            "worker_submissions_rejected",
+            "Submissions refused as invalid, by the worker that sent them",
+            None,
+            rejected.metric_type(),
+        )?;
+        for (id, w) in st.workers() {
+            ConstCounter::new(w.submissions_rejected)
+                .encode(m.encode_family(&[("worker", id.0.as_str())])?)?;
+        }
         counter(
             &mut e,
             "leases_granted",
@@ -167,23 +179,23 @@ impl Collector for Observed {
             &mut e,
             "queue_depth",
             "Shards waiting for a lease",
-            st.sched.pending_count() as i64,
+            st.sched().pending_count() as i64,
         )?;
         gauge(
             &mut e,
             "leases_in_flight",
             "Live leases",
-            st.sched.leases_in_flight() as i64,
+            st.sched().leases_in_flight() as i64,
         )?;
         gauge(
             &mut e,
             "workers_registered",
             "Workers that registered",
-            st.workers.len() as i64,
+            st.workers().len() as i64,
         )?;
-        let timeout = st.lease_timeout.as_millis() as u64;
+        let timeout = st.lease_timeout().as_millis() as u64;
         let alive = st
-            .workers
+            .workers()
             .values()
             .filter(|w| now.saturating_sub(w.last_seen) <= timeout)
             .count();
@@ -197,11 +209,11 @@ impl Collector for Observed {
             &mut e,
             "dataset_samples",
             "Samples in the dataset, bad ones included",
-            st.index.len() as i64 + listed_bad as i64,
+            st.index().len() as i64 + listed_bad as i64,
         )?;
         let mut by_state = [0i64; 4];
-        for i in 0..st.sched.shard_count() {
-            by_state[match st.sched.state_of(ShardId(i as u64)) {
+        for i in 0..st.sched().shard_count() {
+            by_state[match st.sched().state_of(ShardId(i as u64)) {
                 ShardState::Pending => 0,
                 ShardState::InFlight => 1,
                 ShardState::Done => 2,
@@ -216,11 +228,11 @@ impl Collector for Observed {
         {
             ConstGauge::new(n).encode(m.encode_family(&[("state", label)])?)?;
         }
-        st.accept_seconds.encode(e.encode_descriptor(
+        st.accept_seconds().encode(e.encode_descriptor(
             "accept",
             "Time to validate and journal a complete shard submission",
             Some(&Unit::Seconds),
-            st.accept_seconds.metric_type(),
+            st.accept_seconds().metric_type(),
         )?)
     }
 }

@@ -29,15 +29,16 @@ pub struct ProgressNow {
 
 impl Progress {
     pub fn new(st: &RunState, total: u64) -> Self {
-        let done: u64 = (0..st.sched.shard_count() as u64)
+        let sched = st.sched();
+        let done: u64 = (0..sched.shard_count() as u64)
             .map(ShardId)
-            .filter(|&s| st.sched.state_of(s) == ShardState::Done)
+            .filter(|&s| sched.state_of(s) == ShardState::Done)
             .map(|s| {
-                let r = st.sched.samples_of(s);
+                let r = sched.samples_of(s);
                 r.end - r.start
             })
             .sum();
-        let resumed = done.saturating_sub(st.live.samples_done).min(total);
+        let resumed = done.saturating_sub(st.live().samples_done).min(total);
         Progress {
             resumed,
             accepted_by: Default::default(),
@@ -52,14 +53,15 @@ impl Progress {
 
     /// [`Self::update`] as if the coordinator's clock read `now`.
     fn update_at(&mut self, st: &RunState, now: Millis) -> ProgressNow {
-        for e in &st.live.timeline[self.seen.min(st.live.timeline.len())..] {
+        let live = st.live();
+        for e in &live.timeline[self.seen.min(live.timeline.len())..] {
             *self.accepted_by.entry(e.worker.clone()).or_default() += e.samples;
         }
-        self.seen = st.live.timeline.len();
-        let live_within = st.lease_timeout.as_millis() as u64;
+        self.seen = live.timeline.len();
+        let live_within = st.lease_timeout().as_millis() as u64;
         // A worker not heard from within a lease timeout has lost its leases; its work is redone.
         let in_flight: u64 = st
-            .workers
+            .workers()
             .iter()
             .filter(|(_, w)| now.saturating_sub(w.last_seen) <= live_within)
             .map(|(id, w)| {
@@ -67,11 +69,11 @@ impl Progress {
                 w.samples_done.saturating_sub(accepted)
             })
             .sum();
-        let total = st.index.len() as u64;
-        let accepted = self.resumed + st.live.samples_done;
+        let total = st.index().len() as u64;
+        let accepted = self.resumed + live.samples_done;
         let computed = (accepted + in_flight).min(total).max(self.shown);
         self.shown = computed;
-        let rate = match st.live.first_lease_ms {
+        let rate = match live.first_lease_ms {
             Some(t0) if computed > self.resumed && now > t0 => {
                 Some((computed - self.resumed) as f64 * 1000.0 / (now - t0) as f64)
             }
@@ -110,71 +112,31 @@ fn human_duration(secs: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use tresnet_common::dataset::{DatasetFormat, DatasetIndex, Sample, SampleSource};
     use tresnet_common::ids::{ShardId, WorkerId};
-    use tresnet_common::storage::{StorageLocation, StorageOptions};
 
     use super::{Progress, ProgressNow, human_duration};
-    use crate::journal::Journal;
     use crate::report::TimelineEvent;
-    use crate::scheduler::{Scheduler, SchedulerConfig};
     use crate::service::{RunState, WorkerInfo};
 
     /// A job over 10 samples in shards of 2 with workers `a` and `b`, last heard from at 0 ms.
     fn state(dir: &std::path::Path) -> RunState {
-        let root = StorageLocation::parse("/d", &StorageOptions::default()).unwrap();
-        let samples = (0..10)
-            .map(|i| Sample {
-                key: format!("s{i}.jpg").as_str().into(),
-                label: 0,
-                source: SampleSource::Object {
-                    path: root.path_of(&format!("s{i}.jpg")).unwrap(),
-                    size: Some(10),
-                },
-            })
-            .collect();
-        let index = DatasetIndex::new(
-            "file:///d",
-            DatasetFormat::ImageFolder,
-            vec!["a".into()],
-            samples,
-            Vec::new(),
-        )
-        .unwrap();
-        let cfg = SchedulerConfig {
-            lease_timeout: Duration::from_secs(30),
-            max_failures: 3,
-            speculative: false,
-        };
-        let journal = Journal::open(dir, tresnet_common::job::JobIdentity([0; 32])).unwrap();
-        let mut st = RunState::new(
-            &tresnet_common::job::example_job(),
-            Arc::new(index),
-            Scheduler::new(10, 2, cfg),
-            journal,
-            false,
-            4,
-            Duration::from_secs(30),
-        );
+        let mut st = crate::run_state::testing::state(dir, "J#1", 10);
         for id in ["a", "b"] {
-            st.workers
+            st.workers_mut()
                 .insert(WorkerId(id.into()), WorkerInfo::default());
         }
         st
     }
 
     fn heartbeat(st: &mut RunState, id: &str, samples_done: u64, at: u64) {
-        let w = st.workers.get_mut(&WorkerId(id.into())).unwrap();
+        let w = st.workers_mut().get_mut(&WorkerId(id.into())).unwrap();
         w.samples_done = samples_done;
         w.last_seen = at;
     }
 
     fn accept(st: &mut RunState, id: &str, samples: u64) {
-        st.live.samples_done += samples;
-        st.live.timeline.push(TimelineEvent {
+        st.live_mut().samples_done += samples;
+        st.live_mut().timeline.push(TimelineEvent {
             t_ms: 0,
             worker: id.into(),
             shard: 0,
@@ -191,7 +153,7 @@ mod tests {
         assert_eq!((now.computed, now.accepted, now.rate), (0, 0, None));
         assert_eq!(now.rate_and_eta(10), "-/s  eta unknown");
 
-        st.live.first_lease_ms = Some(0);
+        st.live_mut().first_lease_ms = Some(0);
         heartbeat(&mut st, "a", 3, 2000);
         heartbeat(&mut st, "b", 1, 2000);
         let now = p.update_at(&st, 2000);
@@ -221,8 +183,8 @@ mod tests {
     fn a_resume_starts_from_the_journaled_shards() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path());
-        st.sched.mark_done(ShardId(0));
-        st.sched.mark_done(ShardId(4));
+        st.sched_mut().mark_done(ShardId(0));
+        st.sched_mut().mark_done(ShardId(4));
         let mut p = Progress::new(&st, 10);
         let now = p.update_at(&st, 1000);
         assert_eq!((now.computed, now.accepted, now.rate), (4, 4, None));

@@ -86,6 +86,9 @@ pub struct WorkerSummary {
     /// What it computed with, as it reported at registration.
     #[serde(default)]
     pub software: Option<WorkerSoftware>,
+    /// Its submissions refused as invalid (each failed its shard's attempt; none is in the numbers).
+    #[serde(default)]
+    pub submissions_rejected: u64,
 }
 
 /// Versions of the software that produced the numbers.
@@ -150,6 +153,10 @@ pub struct Scheduling {
     /// result that does arrive is a counted duplicate instead.
     #[serde(default)]
     pub late_leases_cancelled: u64,
+    /// Submissions refused as invalid (samples outside the shard, repeated or missing; values no
+    /// softmax gives; a message over the cap): the worker's fault, each a failed attempt of its shard.
+    #[serde(default)]
+    pub submissions_rejected: u64,
 }
 
 /// `outcome.json`: everything a run recorded besides its predictions. With job.json and
@@ -171,13 +178,15 @@ pub struct Outcome {
     pub scheduling: Scheduling,
 }
 
+/// `top1`, `top5`, `nll` and `ece` are null when no sample was evaluated (every one bad or failed):
+/// a mean over nothing is no number, and 0.0 would read as a result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
-    pub top1: f64,
-    pub top5: f64,
+    pub top1: Option<f64>,
+    pub top5: Option<f64>,
     pub top5_k: usize,
-    pub nll: f64,
-    pub ece: f64,
+    pub nll: Option<f64>,
+    pub ece: Option<f64>,
     pub ece_bins: usize,
     pub reliability: Vec<ReliabilityBin>,
     #[serde(rename = "macro")]
@@ -212,6 +221,34 @@ pub struct Summary {
     pub top1_ci95: Option<Interval>,
     #[serde(default)]
     pub top5_ci95: Option<Interval>,
+}
+
+impl Summary {
+    /// Why a run with this summary must not exit 0 although its report is written, if it must not:
+    /// it evaluated nothing (its metrics are null), or shards failed (it does not cover the dataset;
+    /// the journal keeps every accepted shard, so a rerun does only the rest). `summary` is where it
+    /// was written, for the message.
+    pub fn shortfall(&self, summary: &Path) -> Option<String> {
+        if self.samples == 0 {
+            return Some(format!(
+                "no samples evaluated: of {} samples {} were bad and {} in failed shards (reasons in \
+                 {}); the metrics are null",
+                self.dataset_size,
+                self.bad_samples,
+                self.failed_samples,
+                summary.display()
+            ));
+        }
+        (self.failed_samples > 0).then(|| {
+            format!(
+                "{} of {} samples were not evaluated: their shards failed on faults of the \
+                 environment (reasons in {}); rerun the same command to retry only them",
+                self.failed_samples,
+                self.dataset_size,
+                summary.display()
+            )
+        })
+    }
 }
 
 #[derive(Default)]
@@ -551,17 +588,27 @@ fn write_derived(
     outcome: &Outcome,
 ) -> Result<Summary, ReportError> {
     let (macro_avg, weighted_avg) = tally.averages();
+    let evaluated = tally.evaluated > 0;
+    if evaluated && !(tally.nll().is_finite() && tally.ece().is_finite()) {
+        // Every row was checked finite when it was submitted (coordinator/src/submission.rs); a
+        // non-finite mean here would otherwise reach summary.json as a silent null.
+        return Err(ReportError::Accounting(format!(
+            "NLL {} or ECE {} is not finite: a row with a non-finite loss or confidence was recorded",
+            tally.nll(),
+            tally.ece()
+        )));
+    }
     let failed_samples = outcome
         .failed_shards
         .iter()
         .map(|f| f.samples.len() as u64)
         .sum();
     let summary = Summary {
-        top1: tally.top1(),
-        top5: tally.top5(),
+        top1: evaluated.then(|| tally.top1()),
+        top5: evaluated.then(|| tally.top5()),
         top5_k: tally.k5,
-        nll: tally.nll(),
-        ece: tally.ece(),
+        nll: evaluated.then(|| tally.nll()),
+        ece: evaluated.then(|| tally.ece()),
         ece_bins: ECE_BINS,
         reliability: tally.reliability(),
         macro_avg,
@@ -789,5 +836,175 @@ impl LogitsWriter {
             f.commit()?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod nothing_evaluated_tests {
+    use tresnet_common::protocol::pb;
+
+    use super::*;
+    use crate::run_state::testing::state;
+
+    /// Finalizes a 2-sample run whose one shard holds `results`.
+    async fn finalize_one_shard(results: Vec<pb::SampleResult>) -> Result<Summary, ReportError> {
+        finalize_with(results, RunFacts::default())
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// [`finalize_one_shard`] with `facts`, also returning report.html.
+    async fn finalize_with(
+        results: Vec<pb::SampleResult>,
+        facts: RunFacts,
+    ) -> Result<(Summary, String), ReportError> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(&dir.path().join("journal"), "J#1", 2);
+        let journal = st.journal().clone();
+        journal
+            .write(&pb::ShardRecord {
+                shard_id: 0,
+                worker_id: "w".into(),
+                results,
+                counts: None,
+            })
+            .await
+            .unwrap();
+        st.sched_mut().mark_done(ShardId(0));
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        let (job, index, sched) = (st.job().clone(), st.index().clone(), st.sched().clone());
+        let s = finalize(&out, &job, &index, &sched, &journal, facts)?;
+        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        assert_eq!(
+            html.contains(crate::html::NOTHING_EVALUATED),
+            s.samples == 0,
+            "report.html says \"no samples evaluated\" exactly when none was"
+        );
+        Ok((s, html))
+    }
+
+    /// A worker's refused submissions are reported with it, in summary.json and report.html.
+    #[tokio::test]
+    async fn refused_submissions_are_reported_per_worker() {
+        let rows = (0..2)
+            .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+            .collect();
+        let worker = WorkerSummary {
+            id: "w1".into(),
+            hostname: "h".into(),
+            devices: vec!["cpu".into()],
+            accepted_samples: 2,
+            pid: 1,
+            software: None,
+            submissions_rejected: 3,
+        };
+        let facts = RunFacts {
+            workers: vec![worker],
+            scheduling: Scheduling {
+                submissions_rejected: 3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (s, html) = finalize_with(rows, facts).await.unwrap();
+        assert_eq!(s.scheduling.submissions_rejected, 3);
+        assert_eq!(s.workers[0].submissions_rejected, 3);
+        assert!(html.contains("w1 (h, cpu): 2 samples, 3 submissions refused as invalid"));
+    }
+
+    /// Every sample bad: the metrics are null (not 0.0), in summary.json too.
+    #[tokio::test]
+    async fn metrics_of_nothing_are_null() {
+        let bad = |index| pb::SampleResult {
+            index,
+            error: "corrupt jpeg".into(),
+            ..Default::default()
+        };
+        let s = finalize_one_shard(vec![bad(0), bad(1)]).await.unwrap();
+        assert_eq!((s.samples, s.bad_samples), (0, 2));
+        assert_eq!((s.top1, s.top5, s.nll, s.ece), (None, None, None, None));
+        let json = serde_json::to_value(&s).unwrap();
+        for m in ["top1", "top5", "nll", "ece"] {
+            assert!(json[m].is_null(), "{m}: {}", json[m]);
+        }
+        let rows = |range: std::ops::Range<u64>| -> Vec<pb::SampleResult> {
+            range
+                .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+                .collect()
+        };
+        let s = finalize_one_shard(rows(0..2)).await.unwrap();
+        assert_eq!(s.top1, Some(50.0));
+        assert!(s.nll.is_some_and(f64::is_finite) && s.ece.is_some_and(f64::is_finite));
+    }
+
+    /// Every shard failed: nothing evaluated either, null metrics, and the run may not exit 0 (as
+    /// with every sample bad); a run with some failed shards may not either, for another reason.
+    #[tokio::test]
+    async fn every_shard_failed_is_nothing_evaluated_and_no_exit_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = state(&dir.path().join("journal"), "J#1", 2);
+        let w = tresnet_common::ids::WorkerId("w".into());
+        for attempt in 0..3 {
+            let g = st.sched_mut().lease(&w, attempt).unwrap();
+            assert!(
+                st.sched_mut()
+                    .release(&w, g.lease, Some("store gone".into()))
+            );
+        }
+        let out = dir.path().join("run");
+        std::fs::create_dir_all(&out).unwrap();
+        let (job, index, sched, journal) = (
+            st.job().clone(),
+            st.index().clone(),
+            st.sched().clone(),
+            st.journal().clone(),
+        );
+        let s = finalize(&out, &job, &index, &sched, &journal, RunFacts::default()).unwrap();
+        assert_eq!((s.samples, s.failed_samples), (0, 2));
+        assert_eq!((s.top1, s.nll), (None, None));
+        let why = s.shortfall(Path::new("S")).unwrap();
+        assert!(
+            why.starts_with("no samples evaluated") && why.contains("2 in failed"),
+            "{why}"
+        );
+
+        let bad = |index| pb::SampleResult {
+            index,
+            error: "corrupt jpeg".into(),
+            ..Default::default()
+        };
+        let all_bad = finalize_one_shard(vec![bad(0), bad(1)]).await.unwrap();
+        assert!(
+            all_bad
+                .shortfall(Path::new("S"))
+                .unwrap()
+                .starts_with("no samples evaluated")
+        );
+        let mut partial = all_bad.clone();
+        (partial.samples, partial.failed_samples) = (1, 1);
+        assert!(
+            partial
+                .shortfall(Path::new("S"))
+                .unwrap()
+                .contains("were not evaluated")
+        );
+        partial.failed_samples = 0;
+        assert_eq!(partial.shortfall(Path::new("S")), None);
+    }
+
+    /// A non-finite loss that got into a journal (an older coordinator, a hand-edited record) fails the
+    /// report instead of becoming a silent null NLL.
+    #[tokio::test]
+    async fn a_recorded_nan_fails_the_report_rather_than_nulling_nll() {
+        let mut rows: Vec<pb::SampleResult> = (0..2)
+            .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+            .collect();
+        rows[1].loss = f64::NAN;
+        let e = finalize_one_shard(rows).await.unwrap_err();
+        assert!(
+            matches!(&e, ReportError::Accounting(m) if m.contains("not finite")),
+            "{e}"
+        );
     }
 }

@@ -473,7 +473,8 @@ impl WorkerPool {
         shutdown: Shutdown,
     ) -> anyhow::Result<Self> {
         let mut first = first;
-        first.pb_job.job_id = wire_job_id(&first.pb_job.job_id, 1);
+        let wire = wire_job_id(first.job_id(), 1);
+        first.set_wire_job_id(wire);
         let state: Shared = Arc::new(Mutex::new(first));
         let bind = cfg
             .listen
@@ -545,13 +546,14 @@ impl WorkerPool {
     pub fn install(&mut self, next: RunState) {
         self.jobs += 1;
         let mut next = next;
-        next.pb_job.job_id = wire_job_id(&next.pb_job.job_id, self.jobs);
+        let wire = wire_job_id(next.job_id(), self.jobs);
+        next.set_wire_job_id(wire);
         self.lock().succeed(next);
     }
 
     /// Whether more jobs will follow the current one (workers wait for them instead of exiting).
     pub fn set_last_job(&self, last: bool) {
-        self.lock().last_job = last;
+        self.lock().set_last_job(last);
     }
 
     /// The pids of the local workers still running (in spawn order).
@@ -571,59 +573,19 @@ impl WorkerPool {
         job: &JobSpec,
         started: Instant,
     ) -> anyhow::Result<Summary> {
-        let total = self.lock().index.len() as u64;
+        let total = self.lock().index().len() as u64;
         let drain = Drain {
             shutdown: &self.shutdown,
             timeout: cfg.drain_timeout,
         };
         watch(&self.state, &mut self.workers, total, &drain).await?;
         let st = self.lock();
-        let window = match (st.live.first_lease_ms, st.live.last_accept_ms) {
-            (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
-            _ => 0.0,
-        };
-        let workers = st
-            .workers
-            .iter()
-            .map(|(id, w)| report::WorkerSummary {
-                id: id.0.clone(),
-                hostname: w.hostname.clone(),
-                devices: w.devices.clone(),
-                accepted_samples: st
-                    .live
-                    .timeline
-                    .iter()
-                    .filter(|e| e.worker == id.0)
-                    .map(|e| e.samples)
-                    .sum(),
-                pid: w.pid,
-                software: w.software.clone(),
-            })
-            .collect();
-        let facts = report::RunFacts {
-            eval_seconds: window,
-            samples_timed: st.live.samples_done,
-            wall_seconds: started.elapsed().as_secs_f64(),
-            workers,
-            timeline: st.live.timeline.clone(),
-            scheduling: {
-                let stats = st.sched.stats();
-                report::Scheduling {
-                    leases_granted: stats.leases_granted,
-                    speculative_leases: stats.speculative_leases,
-                    lease_expiries: stats.expiries,
-                    retries: stats.retries,
-                    duplicates_dropped: st.live.duplicates_dropped,
-                    environment_faults: st.live.environment_faults,
-                    store_retries: st.live.store_retries,
-                    late_leases_cancelled: stats.late_leases_cancelled,
-                }
-            },
-        };
+        let facts = st.report_facts(started.elapsed().as_secs_f64());
         // Writing the report reads every journal record (GETs on an object store) and takes seconds;
         // holding the state lock meanwhile would block every RPC handler of the still-serving pool
         // on its worker thread, and with them the runtime those GETs need.
-        let (index, sched, journal) = (st.index.clone(), st.sched.clone(), st.journal.clone());
+        let (index, sched, journal) =
+            (st.index().clone(), st.sched().clone(), st.journal().clone());
         drop(st);
         Ok(report::finalize(
             &cfg.out, job, &index, &sched, &journal, facts,
@@ -638,8 +600,7 @@ impl WorkerPool {
         {
             let mut st = self.lock();
             if !st.done() {
-                st.fatal
-                    .get_or_insert_with(|| "the coordinator is shutting down".into());
+                st.fail("the coordinator is shutting down");
             }
         }
         // Workers learn that the job is done from their next lease or heartbeat, then that nothing
@@ -654,9 +615,9 @@ impl WorkerPool {
             }
             let waiting: Vec<WorkerId> = {
                 let st = self.lock();
-                st.workers
+                st.workers()
                     .keys()
-                    .filter(|id| !st.told_finished.contains(*id))
+                    .filter(|id| !st.told_finished().contains(*id))
                     .filter(|id| !self.workers.iter().any(|w| !w.alive && &w.id == *id))
                     .cloned()
                     .collect()
@@ -762,8 +723,8 @@ struct Drain<'a> {
 
 /// Shards of the current job with an accepted result.
 fn shards_done(st: &RunState) -> usize {
-    (0..st.sched.shard_count() as u64)
-        .filter(|&i| st.sched.state_of(ShardId(i)) == ShardState::Done)
+    (0..st.sched().shard_count() as u64)
+        .filter(|&i| st.sched().state_of(ShardId(i)) == ShardState::Done)
         .count()
 }
 
@@ -801,9 +762,8 @@ async fn watch(
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 if !st.done() {
                     tracing::warn!(worker = %w.id, %status, "local worker exited; requeueing its shards");
-                    st.sched
-                        .worker_lost(&w.id, &format!("process exited with {status}"));
                 }
+                st.worker_lost(&w.id, &format!("process exited with {status}"));
             }
         }
         // Set when the drain is over: (signal, shards done when it began, shards abandoned).
@@ -812,21 +772,22 @@ async fn watch(
             if draining.is_none()
                 && let Some(signal) = drain.shutdown.requested()
             {
-                st.intake = Intake::Draining;
+                st.narrow_intake(Intake::Draining);
                 eprintln!(
                     "tresnet-coordinator: {signal}: draining: no new leases; waiting up to {:.1} s for \
                      the {} shards in flight (send {signal} again to exit at once)",
                     drain.timeout.as_secs_f64(),
-                    st.sched.leases_in_flight()
+                    st.sched().leases_in_flight()
                 );
                 draining = Some((Instant::now(), signal, shards_done(&st)));
             }
-            let now = st.now();
-            st.sched.expire(now);
-            if st.fatal.is_none() {
-                st.fatal = refused_by_all(&st, children);
+            st.expire();
+            if st.fatal().is_none()
+                && let Some(why) = refused_by_all(&st, children)
+            {
+                st.fail(why);
             }
-            if let Some(f) = &st.fatal {
+            if let Some(f) = st.fatal() {
                 bail!("{f}");
             }
             let now = progress.update(&st);
@@ -834,9 +795,9 @@ async fn watch(
                 "{}  accepted {}/{total}  workers {}  bad {}  in flight {}",
                 now.rate_and_eta(total),
                 now.accepted,
-                st.workers.len(),
-                st.live.bad_samples,
-                st.sched.leases_in_flight()
+                st.workers().len(),
+                st.live().bad_samples,
+                st.sched().leases_in_flight()
             );
             if let Some(b) = &bar {
                 // Message first: a redraw between the two would pair the new count with the old rate.
@@ -856,11 +817,11 @@ async fn watch(
             }
             match draining {
                 Some((since, signal, done_before)) => {
-                    let in_flight = st.sched.leases_in_flight();
+                    let in_flight = st.sched().leases_in_flight();
                     (in_flight == 0 || since.elapsed() >= drain.timeout).then(|| {
                         // From here on nothing more is accepted, so the journal writes waited for
                         // below are the last ones.
-                        st.intake = Intake::Closed;
+                        st.narrow_intake(Intake::Closed);
                         (signal, done_before, in_flight)
                     })
                 }
@@ -898,7 +859,7 @@ async fn stop_after_drain(
         let pending = state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .journal_pending;
+            .journal_pending();
         if pending == 0 || Instant::now() >= deadline {
             break;
         }
@@ -909,16 +870,16 @@ async fn stop_after_drain(
     let mut progress = format!(
         "{} of {} shards are journaled in {}; {} results in flight were taken in while draining, {} \
          shards still in flight were abandoned",
-        done - st.journal_pending as usize,
-        st.sched.shard_count(),
-        st.journal.url(),
+        done - st.journal_pending() as usize,
+        st.sched().shard_count(),
+        st.journal().url(),
         done.saturating_sub(done_before),
         abandoned
     );
-    if st.journal_pending > 0 {
+    if st.journal_pending() > 0 {
         progress.push_str(&format!(
             "; {} journal writes did not finish within {:?} (their shards are recomputed on resume)",
-            st.journal_pending, JOURNAL_FLUSH_LIMIT
+            st.journal_pending(), JOURNAL_FLUSH_LIMIT
         ));
     }
     Interrupted {
@@ -931,32 +892,32 @@ async fn stop_after_drain(
 /// The job's failure when every worker that could still run it has refused it (its model or weights
 /// do not load there, its dataset is unreachable): waiting longer would hang, so the reasons end it.
 fn refused_by_all(st: &RunState, local: &[LocalWorker]) -> Option<String> {
-    if st.refusals.is_empty() {
+    if st.refusals().is_empty() {
         return None;
     }
     // A local worker still starting up may yet load the model: wait until each has registered.
     if local
         .iter()
-        .any(|w| w.alive && !st.workers.contains_key(&w.id))
+        .any(|w| w.alive && !st.workers().contains_key(&w.id))
     {
         return None;
     }
     let gone = |id: &WorkerId| local.iter().any(|w| !w.alive && &w.id == id);
     let all = st
-        .workers
+        .workers()
         .keys()
         .filter(|id| !gone(id))
-        .all(|id| st.refusals.contains_key(id));
+        .all(|id| st.refusals().contains_key(id));
     all.then(|| {
         let reasons: Vec<String> = st
-            .refusals
+            .refusals()
             .iter()
             .map(|(id, e)| format!("worker {id}: {e}"))
             .collect();
         format!(
             "no worker can run model {} with weights {}:\n  {}",
-            st.job.model.model,
-            st.job.model.weights,
+            st.job().model.model,
+            st.job().model.weights,
             reasons.join("\n  ")
         )
     })

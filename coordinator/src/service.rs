@@ -1,5 +1,7 @@
 //! The gRPC service workers talk to. All shared state sits behind one mutex that is never held across
-//! an await, so every RPC sees the scheduler, journal and live counters consistently.
+//! an await, so every RPC sees the scheduler, journal and live counters consistently; the state itself
+//! ([`RunState`]) keeps its invariants, and a submission is checked by the pure
+//! [`crate::submission`] rules before the state sees it.
 //!
 //! The service outlives a job: `sweep` swaps the next cell's [`RunState`] in under the same mutex
 //! ([`RunState::succeed`]) and the registered workers carry over. Shard and lease ids restart with every
@@ -8,22 +10,20 @@
 //! worker whose job is over asks `NextJob`, which hands out the current job, "retry" while the
 //! coordinator is between jobs, or "finished" after the last one.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
-use tresnet_common::dataset::DatasetIndex;
-use tresnet_common::ids::{LeaseId, SampleIndex, ShardId, WorkerId};
-use tresnet_common::job::JobSpec;
-use tresnet_common::protocol::PROTOCOL_VERSION;
+use tresnet_common::ids::{LeaseId, SampleIndex, WorkerId};
 use tresnet_common::protocol::convert::sample_to_pb;
 use tresnet_common::protocol::pb::{self, coordinator_server::Coordinator};
+use tresnet_common::protocol::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
 use tresnet_common::software::WorkerSoftware;
 
-use crate::journal::Journal;
-use crate::scheduler::{Completion, Millis, Scheduler};
+use crate::run_state::Acceptance;
+pub use crate::run_state::{Intake, LiveStats, RunState, Shared, WorkerInfo};
+use crate::submission::{HeaderProblem, Rejection, SubmissionCheck, check_header};
 
 /// How often workers heartbeat: a third of the lease timeout so two lost heartbeats are tolerated, and
 /// at most [`PROGRESS_HEARTBEAT`] apart because they also carry the samples each worker has computed.
@@ -42,143 +42,6 @@ const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// dataset (seconds); idle workers poll this often, a negligible load that keeps the switch prompt.
 const NEXT_JOB_RETRY: Duration = Duration::from_millis(200);
 
-#[derive(Debug, Clone, Default)]
-pub struct WorkerInfo {
-    pub hostname: String,
-    pub devices: Vec<String>,
-    pub last_seen: Millis,
-    pub samples_done: u64,
-    pub pid: u32,
-    /// `None` when the worker did not say (it is not optional in the protocol, but may be empty).
-    pub software: Option<WorkerSoftware>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct LiveStats {
-    /// Coordinator-clock times of the first grant and the last accepted result: the steady-state
-    /// evaluation window that throughput is measured over (start-up and report writing excluded).
-    pub first_lease_ms: Option<Millis>,
-    pub last_accept_ms: Option<Millis>,
-    pub samples_done: u64,
-    pub bad_samples: u64,
-    pub duplicates_dropped: u64,
-    pub submissions_rejected: u64,
-    /// Leases handed back because of a fault of the environment (store, network, device, worker).
-    pub environment_faults: u64,
-    /// Object-store requests that failed and were retried inside the workers, as they reported.
-    pub store_retries: u64,
-    /// Every accepted shard (one entry per shard, so bounded by the shard count): the report's
-    /// throughput-over-time chart.
-    pub timeline: Vec<crate::report::TimelineEvent>,
-}
-
-/// Whether the coordinator takes on work: a drain (SIGTERM/SIGINT) first stops leasing while results in
-/// flight are still recorded, then stops recording too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Intake {
-    Open,
-    /// No new leases (workers are told to ask again later, so they keep and finish what they hold);
-    /// complete results are still accepted and journaled.
-    Draining,
-    /// Nothing more is accepted: the journal is final for this process.
-    Closed,
-}
-
-/// Everything the RPC handlers and the run loop share.
-#[derive(Debug)]
-pub struct RunState {
-    /// The job being served, and its wire form (whose job id is unique within this process).
-    pub job: Arc<JobSpec>,
-    pub pb_job: pb::JobSpec,
-    pub index: Arc<DatasetIndex>,
-    pub sched: Scheduler,
-    pub journal: Journal,
-    pub workers: BTreeMap<WorkerId, WorkerInfo>,
-    pub live: LiveStats,
-    /// Set when the run must stop (a bad sample under --on-bad-sample=fail, a journal write error).
-    pub fatal: Option<String>,
-    pub fail_on_bad_sample: bool,
-    pub max_shards_per_lease: u32,
-    pub lease_timeout: Duration,
-    /// Accepted shards whose journal write is still in flight; the run is not finished until it is 0.
-    pub journal_pending: u32,
-    /// Validate + journal time of each accepted submission (exported on /metrics).
-    pub accept_seconds: prometheus_client::metrics::histogram::Histogram,
-    /// Workers that cannot run this job at all, with their reasons.
-    pub refusals: BTreeMap<WorkerId, String>,
-    /// No job follows this one: `NextJob` answers "finished" once it is done.
-    pub last_job: bool,
-    /// Workers that heard "finished": the coordinator keeps serving until each registered one has.
-    pub told_finished: BTreeSet<WorkerId>,
-    pub intake: Intake,
-    start: Instant,
-}
-
-impl RunState {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        job: &JobSpec,
-        index: Arc<DatasetIndex>,
-        sched: Scheduler,
-        journal: Journal,
-        fail_on_bad_sample: bool,
-        max_shards_per_lease: u32,
-        lease_timeout: Duration,
-    ) -> Self {
-        RunState {
-            job: Arc::new(job.clone()),
-            pb_job: job.into(),
-            index,
-            sched,
-            journal,
-            workers: BTreeMap::new(),
-            live: LiveStats::default(),
-            fatal: None,
-            fail_on_bad_sample,
-            max_shards_per_lease,
-            lease_timeout,
-            journal_pending: 0,
-            accept_seconds: crate::metrics::accept_histogram(),
-            refusals: BTreeMap::new(),
-            last_job: true,
-            told_finished: BTreeSet::new(),
-            intake: Intake::Open,
-            start: Instant::now(),
-        }
-    }
-
-    /// Replaces the finished job with `next` (a job id of its own), keeping the registered workers
-    /// and the accept histogram, which describe the process rather than one job.
-    pub fn succeed(&mut self, mut next: RunState) {
-        next.workers = std::mem::take(&mut self.workers);
-        for w in next.workers.values_mut() {
-            w.last_seen = 0;
-            w.samples_done = 0;
-        }
-        next.accept_seconds = self.accept_seconds.clone();
-        *self = next;
-    }
-
-    pub fn job_id(&self) -> &str {
-        &self.pb_job.job_id
-    }
-
-    pub fn now(&self) -> Millis {
-        self.start.elapsed().as_millis() as u64
-    }
-
-    /// Every shard has a result and every result is durably journaled.
-    pub fn finished(&self) -> bool {
-        self.sched.is_finished() && self.journal_pending == 0
-    }
-
-    pub fn done(&self) -> bool {
-        self.finished() || self.fatal.is_some()
-    }
-}
-
-pub type Shared = Arc<Mutex<RunState>>;
-
 #[derive(Debug, Clone)]
 pub struct CoordinatorService {
     state: Shared,
@@ -189,10 +52,19 @@ impl CoordinatorService {
         CoordinatorService { state }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+    fn lock(&self) -> MutexGuard<'_, RunState> {
         // A panic while holding the lock is a bug; keep serving the consistent-enough state rather than
         // turning one bug into a dead coordinator.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The opening every worker request shares: a valid worker id, then the state, with the worker
+    /// noted as heard from; the flag says whether it is registered.
+    fn open(&self, worker: &str) -> Result<(WorkerId, bool, MutexGuard<'_, RunState>), Status> {
+        let id = worker_id(worker)?;
+        let mut st = self.lock();
+        let registered = st.touch(&id);
+        Ok((id, registered, st))
     }
 }
 
@@ -201,6 +73,10 @@ fn worker_id(s: &str) -> Result<WorkerId, Status> {
         return Err(Status::invalid_argument("worker_id must be 1..=256 bytes"));
     }
     Ok(WorkerId(s.to_string()))
+}
+
+fn not_registered(id: &WorkerId) -> Status {
+    Status::failed_precondition(format!("worker {id} is not registered"))
 }
 
 #[tonic::async_trait]
@@ -219,24 +95,22 @@ impl Coordinator for CoordinatorService {
         }
         let id = worker_id(&r.worker_id)?;
         let mut st = self.lock();
-        let now = st.now();
         let software = r.software.map(WorkerSoftware::from);
         tracing::info!(worker = %id, host = %r.hostname, devices = ?r.devices, ?software, "worker registered");
-        st.workers.insert(
+        st.register(
             id,
             WorkerInfo {
                 hostname: r.hostname,
                 devices: r.devices,
-                last_seen: now,
-                samples_done: 0,
                 pid: r.pid,
                 software,
+                ..Default::default()
             },
         );
         Ok(Response::new(pb::RegisterResponse {
-            job: (!st.done()).then(|| st.pb_job.clone()),
-            heartbeat_interval_ms: heartbeat_interval(st.lease_timeout).as_millis() as u32,
-            lease_timeout_ms: st.lease_timeout.as_millis() as u32,
+            job: (!st.done()).then(|| st.pb_job().clone()),
+            heartbeat_interval_ms: heartbeat_interval(st.lease_timeout()).as_millis() as u32,
+            lease_timeout_ms: st.lease_timeout().as_millis() as u32,
         }))
     }
 
@@ -245,16 +119,9 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::LeaseRequest>,
     ) -> Result<Response<pb::LeaseResponse>, Status> {
         let r = req.into_inner();
-        let id = worker_id(&r.worker_id)?;
-        let mut st = self.lock();
-        let now = st.now();
-        if !st.workers.contains_key(&id) {
-            return Err(Status::failed_precondition(format!(
-                "worker {id} is not registered"
-            )));
-        }
-        if let Some(w) = st.workers.get_mut(&id) {
-            w.last_seen = now;
+        let (id, registered, mut st) = self.open(&r.worker_id)?;
+        if !registered {
+            return Err(not_registered(&id));
         }
         if st.done() || r.job_id != st.job_id() {
             return Ok(Response::new(pb::LeaseResponse {
@@ -262,31 +129,21 @@ impl Coordinator for CoordinatorService {
                 ..Default::default()
             }));
         }
-        let mut leases = Vec::new();
         // Draining: none, and the worker asks again later (keeping the leases it holds alive).
-        let wanted = match st.intake {
-            Intake::Open => r.max_shards.clamp(1, st.max_shards_per_lease),
-            Intake::Draining | Intake::Closed => 0,
-        };
-        for _ in 0..wanted {
-            let Some(g) = st.sched.lease(&id, now) else {
-                break;
-            };
-            st.live.first_lease_ms.get_or_insert(now);
-            // The evidence fault tests wait for before killing a worker that holds a lease.
-            tracing::debug!(worker = %id, shard = g.shard.0, lease = g.lease.0, attempt = g.attempt, "lease granted");
-            let samples = g
-                .samples
-                .clone()
-                .map(|i| sample_to_pb(SampleIndex(i), &st.index.samples[i as usize]))
-                .collect();
-            leases.push(pb::ShardLease {
+        let leases: Vec<pb::ShardLease> = st
+            .grant(&id, r.max_shards)
+            .into_iter()
+            .map(|g| pb::ShardLease {
                 shard_id: g.shard.0,
                 lease_id: g.lease.0,
                 attempt: g.attempt,
-                samples,
-            });
-        }
+                samples: g
+                    .samples
+                    .clone()
+                    .map(|i| sample_to_pb(SampleIndex(i), &st.index().samples[i as usize]))
+                    .collect(),
+            })
+            .collect();
         let retry_after_ms = if leases.is_empty() {
             RETRY_AFTER.as_millis() as u32
         } else {
@@ -304,12 +161,7 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
-        let id = worker_id(&r.worker_id)?;
-        let mut st = self.lock();
-        let now = st.now();
-        if let Some(w) = st.workers.get_mut(&id) {
-            w.last_seen = now;
-        }
+        let (id, _, mut st) = self.open(&r.worker_id)?;
         if r.job_id != st.job_id() {
             // Its lease ids mean nothing to this job's scheduler (they may even collide with live ones).
             return Ok(Response::new(pb::HeartbeatResponse {
@@ -318,10 +170,7 @@ impl Coordinator for CoordinatorService {
             }));
         }
         let leases: Vec<LeaseId> = r.lease_ids.iter().map(|&l| LeaseId(l)).collect();
-        let cancelled = st.sched.heartbeat(&id, &leases, now);
-        if let Some(w) = st.workers.get_mut(&id) {
-            w.samples_done = r.samples_done;
-        }
+        let cancelled = st.heartbeat(&id, &leases, r.samples_done);
         Ok(Response::new(pb::HeartbeatResponse {
             cancelled_lease_ids: cancelled.into_iter().map(|l| l.0).collect(),
             job_done: st.done(),
@@ -344,141 +193,71 @@ impl Coordinator for CoordinatorService {
                 ));
             }
         };
-        let id = worker_id(&header.worker_id)?;
-        let shard = ShardId(header.shard_id);
-        let (range, counts_only, num_classes, k5) = {
-            let st = self.lock();
-            if header.job_id != st.job_id() {
+        let lease = LeaseId(header.lease_id);
+        let (id, mut check) = {
+            let (id, _, mut st) = self.open(&header.worker_id)?;
+            match check_header(&header, st.job_id(), st.sched().shard_count()) {
+                Ok(shard) => (id, SubmissionCheck::new(st.shard_job(shard))),
                 // A late result of an earlier job: that job already accounted every shard.
-                return Ok(Response::new(pb::SubmitResponse {
-                    accepted: false,
-                    reason: format!("job {:?} is over; result dropped", header.job_id),
-                }));
+                Err(stale @ HeaderProblem::StaleJob { .. }) => {
+                    return Ok(Response::new(pb::SubmitResponse {
+                        accepted: false,
+                        reason: stale.to_string(),
+                    }));
+                }
+                Err(unknown @ HeaderProblem::UnknownShard { .. }) => {
+                    st.count_rejection(&id);
+                    return Err(Status::invalid_argument(unknown.to_string()));
+                }
             }
-            if header.shard_id >= st.sched.shard_count() as u64 {
-                return Err(Status::invalid_argument(format!("unknown {shard}")));
-            }
-            let j = &st.job;
-            (
-                st.sched.samples_of(shard),
-                j.outputs.counts_only,
-                j.model.num_classes as usize,
-                j.outputs.k5(j.model.num_classes),
-            )
         };
-        // Collect the shard's results, refusing anything that would break exactly-once accounting.
-        let expected = (range.end - range.start) as usize;
-        let mut seen = BTreeSet::new();
-        let mut results = Vec::with_capacity(if counts_only { 0 } else { expected });
-        let mut counts: Option<pb::ShardCounts> = None;
-        let mut trailer: Option<pb::ShardTrailer> = None;
+        let shard = check.shard();
+        // Every message is checked as it arrives, so a stream that breaks the rules is refused at once
+        // rather than buffered.
+        let mut verdict = Ok(());
         while let Some(item) = stream.next().await {
-            let item = item?.item;
-            if trailer.is_some() {
-                return Err(Status::invalid_argument(
-                    "nothing may follow the shard trailer",
-                ));
-            }
-            let batch = match item {
-                Some(pb::submit_request::Item::Trailer(t)) => {
-                    trailer = Some(t);
-                    continue;
+            let item = match item {
+                Ok(i) => i.item,
+                // Over the cap: the worker built a message the protocol forbids.
+                Err(e) if e.code() == tonic::Code::OutOfRange => {
+                    verdict = Err(Rejection::OverMessageCap {
+                        shard,
+                        limit: MAX_MESSAGE_BYTES,
+                    });
+                    break;
                 }
-                Some(pb::submit_request::Item::Batch(b)) if counts.is_none() => b,
-                Some(pb::submit_request::Item::Counts(c)) if counts_only && counts.is_none() => {
-                    counts = Some(c);
-                    continue;
-                }
-                Some(pb::submit_request::Item::Counts(_)) if !counts_only => {
-                    return Err(Status::invalid_argument(
-                        "shard counts sent for a job that is not counts-only",
-                    ));
-                }
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "only result batches, then (counts-only jobs) one shard-counts message, \
-                         may follow the header",
-                    ));
-                }
+                // The transport broke: nobody's fault that the worker should pay for; it sends the
+                // shard again or hands the lease back.
+                Err(e) => return Err(e),
             };
-            for r in batch.results {
-                if counts_only && r.error.is_empty() {
-                    return Err(Status::invalid_argument(format!(
-                        "sample {} of counts-only {shard} sent as a result without an error",
-                        r.index
-                    )));
-                }
-                if !range.contains(&r.index) {
-                    return Err(Status::invalid_argument(format!(
-                        "sample {} is not in {shard} ({}..{})",
-                        r.index, range.start, range.end
-                    )));
-                }
-                if !seen.insert(r.index) {
-                    return Err(Status::invalid_argument(format!(
-                        "sample {} submitted twice for {shard}",
-                        r.index
-                    )));
-                }
-                results.push(r);
+            verdict = check.push(item);
+            if verdict.is_err() {
+                break;
             }
             // The evidence fault tests wait for before cutting a stream in the middle.
-            tracing::debug!(worker = %id, shard = shard.0, received = results.len(), expected, "submit batch received");
+            let (received, expected) = check.progress();
+            tracing::debug!(worker = %id, shard = shard.0, received, expected, "submit batch received");
         }
-        let evaluated = match (&counts, counts_only) {
-            (Some(c), _) => {
-                if let Err(e) = crate::tally::check_counts(c, num_classes, k5) {
-                    self.lock().live.submissions_rejected += 1;
-                    return Err(Status::invalid_argument(format!(
-                        "{shard} counts are inconsistent: {e}"
-                    )));
-                }
-                c.evaluated as usize
+        let checked = match verdict.and_then(|()| check.finish()) {
+            Ok(c) => c,
+            Err(why) if !why.blames_worker() => return Err(Status::aborted(why.to_string())),
+            Err(why) => {
+                self.lock().reject_submission(&id, lease, &why);
+                return Err(Status::invalid_argument(why.to_string()));
             }
-            (None, true) => {
-                self.lock().live.submissions_rejected += 1;
-                return Err(Status::invalid_argument(format!(
-                    "counts-only {shard} submission has no shard counts"
-                )));
-            }
-            (None, false) => 0,
         };
-        if results.len() + evaluated != expected {
-            let mut st = self.lock();
-            st.live.submissions_rejected += 1;
-            return Err(Status::invalid_argument(format!(
-                "{shard} submission has {} of {expected} samples",
-                results.len() + evaluated
-            )));
-        }
         let accept_start = Instant::now();
-        results.sort_by_key(|r| r.index);
-        // The scheduler decides first-wins under the lock; the journal write happens outside it (it may
-        // be a PUT to an object store) while `journal_pending` keeps the run from finishing early.
-        let (record, journal, n_bad) = {
-            let mut st = self.lock();
-            if st.intake == Intake::Closed {
+        let bad = checked.bad;
+        let accepted = self.lock().accept_shard(&id, lease, shard, checked);
+        let (record, journal) = match accepted {
+            Acceptance::Accepted { record, journal } => (record, journal),
+            Acceptance::Closed => {
                 return Err(Status::failed_precondition(format!(
                     "the coordinator is shutting down and records nothing more; {shard} was not \
                      recorded (a rerun recomputes it)"
                 )));
             }
-            // The store's failures happened whether or not this result is used.
-            st.live.store_retries += trailer.map_or(0, |t| t.store_retries);
-            let bad = results.iter().find(|r| !r.error.is_empty());
-            if st.fail_on_bad_sample
-                && let Some(b) = bad
-            {
-                // Stop before anything of this shard is journaled, so that a resume under the same
-                // policy meets the bad sample again and fails the same way.
-                let key = st.index.samples[b.index as usize].key.clone();
-                if st.fatal.is_none() {
-                    st.fatal = Some(format!(
-                        "bad sample {key}: {} (--on-bad-sample=fail)",
-                        b.error
-                    ));
-                }
-                st.sched.release(&id, LeaseId(header.lease_id), None);
+            Acceptance::BadSampleStops { key } => {
                 return Ok(Response::new(pb::SubmitResponse {
                     accepted: false,
                     reason: format!(
@@ -486,31 +265,17 @@ impl Coordinator for CoordinatorService {
                     ),
                 }));
             }
-            match st.sched.complete(&id, LeaseId(header.lease_id)) {
-                Completion::Unknown => {
-                    return Err(Status::failed_precondition(format!(
-                        "lease {} of {shard} was not granted to worker {id}",
-                        header.lease_id
-                    )));
-                }
-                Completion::Duplicate => {
-                    st.live.duplicates_dropped += 1;
-                    return Ok(Response::new(pb::SubmitResponse {
-                        accepted: false,
-                        reason: format!("{shard} already has a result; duplicate dropped"),
-                    }));
-                }
-                Completion::Accepted => {}
+            Acceptance::UnknownLease => {
+                return Err(Status::failed_precondition(format!(
+                    "{lease} of {shard} was not granted to worker {id}"
+                )));
             }
-            let n_bad = results.iter().filter(|r| !r.error.is_empty()).count() as u64;
-            st.journal_pending += 1;
-            let record = pb::ShardRecord {
-                shard_id: shard.0,
-                worker_id: id.0.clone(),
-                results,
-                counts,
-            };
-            (record, st.journal.clone(), n_bad)
+            Acceptance::Duplicate => {
+                return Ok(Response::new(pb::SubmitResponse {
+                    accepted: false,
+                    reason: format!("{shard} already has a result; duplicate dropped"),
+                }));
+            }
         };
         // The write and its bookkeeping run as their own task: if the worker drops the RPC meanwhile
         // (its job ended and it aborted its tasks), this handler is dropped too, and an accepted
@@ -518,31 +283,13 @@ impl Coordinator for CoordinatorService {
         // wait for it forever.
         let state = self.state.clone();
         let record_it = tokio::spawn(async move {
-            let written = journal.write(&record).await;
+            let written = journal
+                .write(&record)
+                .await
+                .map_err(|e| tresnet_common::error_text::error_chain(&e));
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-            st.journal_pending -= 1;
-            if let Err(e) = written {
-                st.fatal = Some(format!(
-                    "cannot record {shard}: {}",
-                    tresnet_common::error_text::error_chain(&e)
-                ));
-                return Err(Status::internal(format!(
-                    "coordinator cannot record {shard}"
-                )));
-            }
-            st.live.samples_done += expected as u64;
-            let now = st.now();
-            st.live.last_accept_ms = Some(now);
-            st.live.timeline.push(crate::report::TimelineEvent {
-                t_ms: now,
-                worker: id.0.clone(),
-                shard: shard.0,
-                samples: expected as u64,
-            });
-            st.live.bad_samples += n_bad;
-            st.accept_seconds
-                .observe(accept_start.elapsed().as_secs_f64());
-            Ok(())
+            st.recorded(&id, shard, bad, written, accept_start)
+                .map_err(|_| Status::internal(format!("coordinator cannot record {shard}")))
         });
         record_it
             .await
@@ -558,7 +305,6 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         let r = req.into_inner();
-        let id = worker_id(&r.worker_id)?;
         let reason = pb::ReleaseReason::try_from(r.reason).map_err(|_| {
             Status::invalid_argument(format!("unknown release reason {}", r.reason))
         })?;
@@ -575,14 +321,12 @@ impl Coordinator for CoordinatorService {
                 ));
             }
         };
-        let mut st = self.lock();
+        let (id, _, mut st) = self.open(&r.worker_id)?;
         if r.job_id == st.job_id() {
-            st.live.store_retries += r.store_retries;
             if let Some(e) = &error {
                 tracing::warn!(worker = %id, lease = r.lease_id, error = %e, "worker handed a shard back: fault of the environment");
-                st.live.environment_faults += 1;
             }
-            st.sched.release(&id, LeaseId(r.lease_id), error);
+            st.release(&id, LeaseId(r.lease_id), error, r.store_retries);
         }
         Ok(Response::new(pb::ReleaseResponse {}))
     }
@@ -592,22 +336,17 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::NextJobRequest>,
     ) -> Result<Response<pb::NextJobResponse>, Status> {
         let r = req.into_inner();
-        let id = worker_id(&r.worker_id)?;
-        let mut st = self.lock();
-        let now = st.now();
-        let Some(w) = st.workers.get_mut(&id) else {
-            return Err(Status::failed_precondition(format!(
-                "worker {id} is not registered"
-            )));
-        };
-        w.last_seen = now;
+        let (id, registered, mut st) = self.open(&r.worker_id)?;
+        if !registered {
+            return Err(not_registered(&id));
+        }
         let resp = if !st.done() && r.previous_job_id != st.job_id() {
             pb::NextJobResponse {
-                job: Some(st.pb_job.clone()),
+                job: Some(st.pb_job().clone()),
                 ..Default::default()
             }
-        } else if st.last_job && st.done() {
-            st.told_finished.insert(id);
+        } else if st.last_job() && st.done() {
+            st.tell_finished(id);
             pb::NextJobResponse {
                 finished: true,
                 ..Default::default()
@@ -627,11 +366,10 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::RefuseJobRequest>,
     ) -> Result<Response<pb::RefuseJobResponse>, Status> {
         let r = req.into_inner();
-        let id = worker_id(&r.worker_id)?;
-        let mut st = self.lock();
+        let (id, _, mut st) = self.open(&r.worker_id)?;
         if r.job_id == st.job_id() {
             tracing::warn!(worker = %id, job = %r.job_id, error = %r.error, "worker cannot run the job");
-            st.refusals.insert(id, r.error);
+            st.refuse(id, r.error);
         }
         Ok(Response::new(pb::RefuseJobResponse {}))
     }
@@ -639,74 +377,31 @@ impl Coordinator for CoordinatorService {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use tokio::net::TcpListener;
-    use tresnet_common::dataset::{DatasetFormat, Sample, SampleSource};
+    use tresnet_common::ids::{ShardId, WorkerId};
     use tresnet_common::protocol::pb::coordinator_client::CoordinatorClient;
-    use tresnet_common::storage::{StorageLocation, StorageOptions};
 
     use super::*;
-    use crate::scheduler::SchedulerConfig;
 
-    /// A job over `n` samples in shards of 2, journaled under `dir`, with wire id `id`.
-    fn state(dir: &std::path::Path, id: &str, n: u64) -> RunState {
-        let root = StorageLocation::parse("/d", &StorageOptions::default()).unwrap();
-        let samples = (0..n)
-            .map(|i| Sample {
-                key: format!("s{i}.jpg").as_str().into(),
-                label: 0,
-                source: SampleSource::Object {
-                    path: root.path_of(&format!("s{i}.jpg")).unwrap(),
-                    size: Some(10),
-                },
-            })
-            .collect();
-        let index = DatasetIndex::new(
-            "file:///d",
-            DatasetFormat::ImageFolder,
-            vec!["a".into()],
-            samples,
-            Vec::new(),
-        )
-        .unwrap();
-        let sched = Scheduler::new(
-            n,
-            2,
-            SchedulerConfig {
-                lease_timeout: Duration::from_secs(30),
-                max_failures: 3,
-                speculative: false,
-            },
-        );
-        let mut job = tresnet_common::job::example_job();
-        job.job_id = tresnet_common::ids::JobId(id.into());
-        let journal = Journal::open(dir, tresnet_common::job::JobIdentity([0; 32])).unwrap();
-        let mut st = RunState::new(
-            &job,
-            Arc::new(index),
-            sched,
-            journal,
-            false,
-            4,
-            Duration::from_secs(30),
-        );
-        st.last_job = false;
-        st
+    use crate::run_state::testing::state;
+
+    /// Valid rows for samples `range` of [`state`]'s job (2 classes, label `i % 2`).
+    fn rows(range: std::ops::Range<u64>) -> Vec<pb::SampleResult> {
+        range
+            .map(|i| crate::submission::row_from_logits(i, &[1.0, -0.5], (i % 2) as u32, 2))
+            .collect()
+    }
+
+    fn batch(results: Vec<pb::SampleResult>) -> pb::SubmitRequest {
+        pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
+        }
     }
 
     fn results(range: std::ops::Range<u64>) -> Vec<pb::SubmitRequest> {
-        vec![pb::SubmitRequest {
-            item: Some(pb::submit_request::Item::Batch(pb::ResultBatch {
-                results: range
-                    .map(|index| pb::SampleResult {
-                        index,
-                        topk_indices: vec![0],
-                        topk_logits: vec![1.0],
-                        confidence: 1.0,
-                        ..Default::default()
-                    })
-                    .collect(),
-            })),
-        }]
+        vec![batch(rows(range))]
     }
 
     fn header(job: &str, shard: u64, lease: u64) -> pb::SubmitRequest {
@@ -729,6 +424,10 @@ mod tests {
     }
 
     async fn serve_registered(shared: &Shared, pid: u32) -> Served {
+        serve_as(shared, pid, "w").await
+    }
+
+    async fn serve_as(shared: &Shared, pid: u32, worker: &str) -> Served {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -747,7 +446,7 @@ mod tests {
         let registration = client
             .register(pb::RegisterRequest {
                 protocol_version: PROTOCOL_VERSION,
-                worker_id: "w".into(),
+                worker_id: worker.into(),
                 pid,
                 ..Default::default()
             })
@@ -810,24 +509,211 @@ mod tests {
         }
         let journal = {
             let st = shared.lock().unwrap();
-            let failed = st.sched.failed();
+            let failed = st.sched().failed();
             assert_eq!(failed.len(), 1);
             assert_eq!(failed[&ShardId(0)].len(), 3, "{failed:?}");
             assert!(failed[&ShardId(0)][2].contains("connection refused (2)"));
             assert_eq!(
-                (st.live.bad_samples, st.live.samples_done),
+                (st.live().bad_samples, st.live().samples_done),
                 (0, 0),
                 "nothing counted"
             );
-            assert_eq!(st.live.environment_faults, 3);
+            assert_eq!(st.live().environment_faults, 3);
             assert_eq!(
-                st.live.store_retries,
+                st.live().store_retries,
                 4 * 5,
                 "the drain's retries count too"
             );
-            st.journal.clone()
+            st.journal().clone()
         };
         assert!(journal.completed().await.unwrap().is_empty());
+    }
+
+    /// Every submission check, against the served service: a refused submission answers
+    /// InvalidArgument naming the problem, fails the shard's attempt on that worker (the retry goes to
+    /// another worker), is counted in total and against the worker, and nothing of it is journaled or
+    /// counted; a result for an earlier job is dropped without blame; the retry elsewhere is accepted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn submission_checks_refuse_count_and_retry_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared: Shared = Arc::new(Mutex::new(state(dir.path(), "J#1", 2)));
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
+        let mut nan_loss = rows(0..2);
+        nan_loss[1].loss = f64::NAN;
+        let mut unsorted = rows(0..2);
+        unsorted[0].topk_logits.reverse();
+        let mut high_confidence = rows(0..2);
+        high_confidence[0].confidence = 1.5;
+        let mut short_topk = rows(0..2);
+        short_topk[1].topk_indices.pop();
+        short_topk[1].topk_logits.pop();
+        let mut wrong_label = rows(0..2);
+        // Sample 1 has label 1: a loss as if its label were the top-1 class.
+        wrong_label[1].loss = wrong_label[0].loss;
+        let over_cap = pb::SampleResult {
+            logits: vec![0; tresnet_common::protocol::MAX_MESSAGE_BYTES + 1],
+            ..rows(0..1).remove(0)
+        };
+        let cases: Vec<(&str, Vec<pb::SubmitRequest>)> = vec![
+            ("sample 2 is not in shard-0", results(1..3)),
+            (
+                "sample 1 submitted twice",
+                vec![batch(rows(0..2)), batch(rows(1..2))],
+            ),
+            ("1 of 2 samples", {
+                let mut short = results(0..1);
+                short.push(pb::SubmitRequest {
+                    item: Some(pb::submit_request::Item::Trailer(
+                        pb::ShardTrailer::default(),
+                    )),
+                });
+                short
+            }),
+            ("loss NaN", vec![batch(nan_loss)]),
+            ("not in descending order", vec![batch(unsorted)]),
+            ("confidence 1.5", vec![batch(high_confidence)]),
+            ("1 top-k classes, expected 2", vec![batch(short_topk)]),
+            ("contradicts label 1", vec![batch(wrong_label)]),
+            ("over the 67108864-byte cap", vec![batch(vec![over_cap])]),
+        ];
+        for (round, (needle, body)) in cases.into_iter().enumerate() {
+            // A fresh job each round, so the shard's attempts never run out.
+            shared
+                .lock()
+                .unwrap()
+                .succeed(state(&dir.path().join(round.to_string()), "J#1", 2));
+            let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
+            let mut submit = vec![header("J#1", 0, l[0].lease_id)];
+            submit.extend(body);
+            let e = c.submit(futures::stream::iter(submit)).await.unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{needle}: {e:?}");
+            assert!(e.message().contains(needle), "{needle}: {}", e.message());
+            let journal = {
+                let st = shared.lock().unwrap();
+                assert_eq!(st.live().submissions_rejected, 1, "{needle}");
+                assert_eq!(st.workers()[&WorkerId("w".into())].submissions_rejected, 1);
+                let failures = st.sched().failures_of(ShardId(0));
+                assert!(
+                    failures.len() == 1 && failures[0].contains(needle),
+                    "{needle}: {failures:?}"
+                );
+                assert_eq!(
+                    (st.live().samples_done, st.sched().leases_in_flight()),
+                    (0, 0)
+                );
+                assert!(
+                    !st.sched().is_finished(),
+                    "{needle}: one failure requeues the shard"
+                );
+                st.journal().clone()
+            };
+            assert!(
+                journal.completed().await.unwrap().is_empty(),
+                "{needle}: journaled"
+            );
+        }
+
+        // The retry goes to another worker, whose valid result is accepted.
+        let Served {
+            client: mut other,
+            stop: _stop_other,
+            ..
+        } = serve_as(&shared, 0, "v").await;
+        let l = other
+            .lease(pb::LeaseRequest {
+                worker_id: "v".into(),
+                max_shards: 1,
+                job_id: "J#1".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .leases;
+        assert_eq!((l[0].shard_id, l[0].attempt), (0, 2));
+        let mut submit = vec![pb::SubmitRequest {
+            item: Some(pb::submit_request::Item::Header(pb::SubmitHeader {
+                worker_id: "v".into(),
+                shard_id: 0,
+                lease_id: l[0].lease_id,
+                job_id: "J#1".into(),
+            })),
+        }];
+        submit.extend(results(0..2));
+        let r = other.submit(futures::stream::iter(submit)).await.unwrap();
+        assert!(r.into_inner().accepted);
+        // A result naming an earlier job is dropped, not blamed on the worker.
+        let mut stale = vec![header("J#0", 0, 1)];
+        stale.extend(results(0..2));
+        let r = c
+            .submit(futures::stream::iter(stale))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.accepted && r.reason.contains("J#0"), "{r:?}");
+        let st = shared.lock().unwrap();
+        assert_eq!(st.live().samples_done, 2);
+        assert_eq!(st.live().submissions_rejected, 1);
+        assert_eq!(st.workers()[&WorkerId("v".into())].submissions_rejected, 0);
+        drop(st);
+        // /metrics says the same, in total and by worker.
+        let observed = crate::metrics::Observed::default();
+        observed.serving(shared.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &observed.endpoint().registry)
+            .unwrap();
+        for line in [
+            "tresnet_coordinator_submissions_rejected_total 1",
+            "tresnet_coordinator_worker_submissions_rejected_total{worker=\"w\"} 1",
+            "tresnet_coordinator_worker_submissions_rejected_total{worker=\"v\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    /// A worker that gives a shard up midway (its store failed) ends the stream short, without the
+    /// trailer, and hands the lease back with the reason: nothing is recorded, nobody is blamed, and
+    /// the shard's failure names the store's error, not a refused submission.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_stream_is_not_recorded_and_not_blamed() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared: Shared = Arc::new(Mutex::new(state(dir.path(), "J#1", 2)));
+        let Served {
+            client: mut c,
+            stop: _stop,
+            ..
+        } = serve_registered(&shared, 0).await;
+        let l = c.lease(lease_req("J#1")).await.unwrap().into_inner().leases;
+        let mut submit = vec![header("J#1", 0, l[0].lease_id)];
+        submit.extend(results(0..1));
+        let e = c.submit(futures::stream::iter(submit)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Aborted, "{e:?}");
+        {
+            let st = shared.lock().unwrap();
+            assert_eq!(st.live().submissions_rejected, 0);
+            assert!(st.sched().failures_of(ShardId(0)).is_empty());
+            assert_eq!(
+                st.sched().leases_in_flight(),
+                1,
+                "the lease is still the worker's"
+            );
+        }
+        c.release(pb::ReleaseRequest {
+            worker_id: "w".into(),
+            lease_id: l[0].lease_id,
+            error: "fetching s0.jpg: connection refused".into(),
+            reason: pb::ReleaseReason::Environment.into(),
+            store_retries: 0,
+            job_id: "J#1".into(),
+        })
+        .await
+        .unwrap();
+        let st = shared.lock().unwrap();
+        assert!(st.sched().failures_of(ShardId(0))[0].contains("connection refused"));
+        assert_eq!(st.live().environment_faults, 1);
     }
 
     /// Under `--on-bad-sample fail` a shard holding a bad sample is refused before it is journaled, and
@@ -836,7 +722,7 @@ mod tests {
     async fn fail_policy_refuses_the_shard_before_it_is_journaled() {
         let dir = tempfile::tempdir().unwrap();
         let mut st = state(dir.path(), "J#1", 2);
-        st.fail_on_bad_sample = true;
+        st.set_fail_on_bad_sample(true);
         let shared: Shared = Arc::new(Mutex::new(st));
         // The stopper is held: dropping it would stop the server.
         let Served {
@@ -849,13 +735,7 @@ mod tests {
         submit.push(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Batch(pb::ResultBatch {
                 results: vec![
-                    pb::SampleResult {
-                        index: 0,
-                        topk_indices: vec![0],
-                        topk_logits: vec![1.0],
-                        confidence: 1.0,
-                        ..Default::default()
-                    },
+                    rows(0..1).remove(0),
                     pb::SampleResult {
                         index: 1,
                         error: "corrupt jpeg: bad huffman table".into(),
@@ -877,14 +757,14 @@ mod tests {
         assert!(!r.accepted && r.reason.contains("s1.jpg"), "{r:?}");
         let journal = {
             let st = shared.lock().unwrap();
-            let fatal = st.fatal.clone().unwrap();
+            let fatal = st.fatal().unwrap().to_string();
             assert!(
                 fatal.contains("bad sample s1.jpg") && fatal.contains("bad huffman"),
                 "{fatal}"
             );
-            assert_eq!((st.live.samples_done, st.live.bad_samples), (0, 0));
-            assert_eq!(st.live.store_retries, 2);
-            st.journal.clone()
+            assert_eq!((st.live().samples_done, st.live().bad_samples), (0, 0));
+            assert_eq!(st.live().store_retries, 2);
+            st.journal().clone()
         };
         assert!(
             journal.completed().await.unwrap().is_empty(),
@@ -967,11 +847,11 @@ mod tests {
         .unwrap();
         {
             let st = shared.lock().unwrap();
-            assert_eq!(st.live.samples_done, 0);
-            assert_eq!(st.sched.leases_in_flight(), 1);
-            assert!(st.sched.failures_of(ShardId(0)).is_empty());
+            assert_eq!(st.live().samples_done, 0);
+            assert_eq!(st.sched().leases_in_flight(), 1);
+            assert!(st.sched().failures_of(ShardId(0)).is_empty());
             // The registry carried over.
-            assert_eq!(st.workers[&WorkerId("w".into())].pid, 7);
+            assert_eq!(st.workers()[&WorkerId("w".into())].pid, 7);
         }
         // A refusal of B is recorded against B; then, with B over and nothing after it, "finished".
         c.refuse_job(pb::RefuseJobRequest {
@@ -983,9 +863,9 @@ mod tests {
         .unwrap();
         {
             let mut st = shared.lock().unwrap();
-            assert_eq!(st.refusals[&WorkerId("w".into())], "no such model");
-            st.fatal = Some("refused".into());
-            st.last_job = true;
+            assert_eq!(st.refusals()[&WorkerId("w".into())], "no such model");
+            st.fail("refused");
+            st.set_last_job(true);
         }
         let done = c.next_job(next("B#2")).await.unwrap().into_inner();
         assert!(done.finished && done.job.is_none());
@@ -993,7 +873,7 @@ mod tests {
             shared
                 .lock()
                 .unwrap()
-                .told_finished
+                .told_finished()
                 .contains(&WorkerId("w".into()))
         );
         let _ = stop.send(());

@@ -470,6 +470,15 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
         }
         let ran = run_cell(&cell, &dir, &shared, &tag, &mut pool, &observed, &shutdown).await;
         let (status, summary, error) = match ran {
+            // Written, but its metrics are null: no result, whatever else it says.
+            Ok((_, s)) if s.samples == 0 => {
+                let why = format!(
+                    "no samples evaluated: {} bad, {} in failed shards, of {} (see its summary.json)",
+                    s.bad_samples, s.failed_samples, s.dataset_size
+                );
+                eprintln!("{tag}: FAILED: {why}");
+                (CellStatus::Failed, Some(s), Some(why))
+            }
             // Written, but short of the dataset: the cell is not done, and a rerun resumes it.
             Ok((_, s)) if s.failed_samples > 0 => {
                 let why = format!(
@@ -550,7 +559,7 @@ async fn run_cell(
     eprintln!("{tag}: running");
     let mut state = run::job_state(&run_cfg, &job, index).await?;
     // The pool outlives the cell: its workers wait for the next one instead of exiting.
-    state.last_job = false;
+    state.set_last_job(false);
     let pool = match pool {
         Some(p) => {
             p.install(state);
@@ -564,8 +573,8 @@ async fn run_cell(
     Ok((CellStatus::Ran, s))
 }
 
-fn opt_f64(r: &CellResult, f: impl Fn(&RunSummary) -> f64) -> Option<f64> {
-    r.summary.as_ref().map(f)
+fn opt_f64(r: &CellResult, f: impl Fn(&RunSummary) -> Option<f64>) -> Option<f64> {
+    r.summary.as_ref().and_then(f)
 }
 
 fn opt_u64(r: &CellResult, f: impl Fn(&RunSummary) -> u64) -> Option<u64> {
@@ -634,7 +643,7 @@ fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
         Column::new(
             "throughput".into(),
             c.iter()
-                .map(|r| opt_f64(r, |s| s.throughput))
+                .map(|r| opt_f64(r, |s| Some(s.throughput)))
                 .collect::<Vec<_>>(),
         ),
         Column::new("run_dir".into(), s(&|r| r.dir.display().to_string())),
@@ -728,8 +737,8 @@ fn write_timm_results(o: &SweepOutcome, reference: Option<&str>) -> anyhow::Resu
             Some(ResultRow {
                 dataset: c.dataset.clone(),
                 model: format!("{}.{}", c.model, c.weights_label),
-                top1: s.top1,
-                top5: s.top5,
+                top1: s.top1?,
+                top5: s.top5?,
                 param_count,
                 img_size: c.resolution,
                 crop_pct: s.job.preprocess.crop_pct,

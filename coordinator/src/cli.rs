@@ -262,6 +262,11 @@ pub struct DataArgs {
     /// Number of model outputs (default: the dataset's class count).
     #[arg(long)]
     pub num_classes: Option<u32>,
+    /// Score on these classes only: `imagenet-a`, `imagenet-r`, or a file of class indices or WNIDs
+    /// (one per line). Workers drop the other logits before top-k, loss and confidence; reports use
+    /// the subset's own indices (class_subset.csv maps them). Implied by --format imagenet-a/-r.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub class_subset: Option<String>,
 }
 
 impl Default for DataArgs {
@@ -270,6 +275,7 @@ impl Default for DataArgs {
             data: String::new(),
             format: DatasetFormat::ImageFolder,
             num_classes: None,
+            class_subset: None,
         }
     }
 }

@@ -160,4 +160,10 @@ fn print_headline(summary: &tresnet_coordinator::report::Summary) {
         summary.failed_samples,
         summary.dataset_size
     );
+    if summary.excluded_samples > 0 {
+        println!(
+            "excluded {} samples by the scoring rule (reasons in outcome.json)",
+            summary.excluded_samples
+        );
+    }
 }

@@ -15,7 +15,8 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tresnet_common::dataset::{DatasetIndex, list_dataset};
+use tresnet_common::dataset::subset::restrict;
+use tresnet_common::dataset::{ClassSubset, DatasetIndex, list_dataset};
 use tresnet_common::ids::{JobId, ShardId, WorkerId};
 use tresnet_common::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec};
 use tresnet_common::preprocess::PreprocessConfig;
@@ -294,7 +295,8 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
     let location = StorageLocation::parse(&cfg.data.data, &cfg.store.options())?;
     let format = &cfg.data.format;
     tracing::info!(data = %location.url(), format = format.name(), "listing dataset");
-    let index: DatasetIndex = list_dataset(&location, format).await?;
+    let class_subset = class_subset_of(&cfg.data)?;
+    let mut index: DatasetIndex = list_dataset(&location, format).await?;
     if index.is_empty() && index.bad_samples.is_empty() {
         bail!(
             "dataset {} ({}) has no samples",
@@ -303,10 +305,34 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         );
     }
     let m = &cfg.model;
+    // The model's outputs: the dataset's full class list, before any subset narrows it.
     let num_classes = cfg
         .data
         .num_classes
         .unwrap_or(index.class_names.len() as u32);
+    if let Some(subset) = &class_subset {
+        subset
+            .check_within(num_classes)
+            .context("--class-subset does not fit the model")?;
+        index = restrict(index, subset, location.url())?;
+        if index.samples.is_empty() && index.bad_samples.is_empty() {
+            bail!(
+                "no sample of dataset {} is in the class subset ({} excluded)",
+                location.url(),
+                index.excluded.len()
+            );
+        }
+    }
+    if index.label_sets.is_some() && cfg.outputs.counts_only {
+        bail!(
+            "--format {} scores each image against a list of labels, which counts-only workers do not \
+             have; run without --counts-only",
+            format.name()
+        );
+    }
+    let scored = class_subset
+        .as_ref()
+        .map_or(num_classes, |s| s.len() as u32);
     let weights_sha256 = match (&m.weights, m.synthetic) {
         (Some(w), _) => sha256_file(w)?,
         (None, true) => String::new(),
@@ -342,10 +368,11 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             format: format.clone(),
             dataset_fingerprint: index.fingerprint.clone(),
             dataset_samples: index.len() as u64,
+            class_subset,
         },
         preprocess: cfg.preprocess.clone(),
         outputs: OutputSpec {
-            top_k: cfg.outputs.top_k.min(num_classes),
+            top_k: cfg.outputs.top_k.min(scored),
             ..cfg.outputs.clone()
         },
         batching: BatchingSpec {
@@ -356,6 +383,25 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         },
     };
     Ok((job, index))
+}
+
+/// The class subset a run is scored on: `--class-subset`, or the one its format implies (ImageNet-A,
+/// -R); naming another subset than the format's own is refused.
+fn class_subset_of(data: &DataArgs) -> anyhow::Result<Option<ClassSubset>> {
+    let given = data
+        .class_subset
+        .as_deref()
+        .map(ClassSubset::resolve)
+        .transpose()?;
+    match (data.format.implied_subset(), given) {
+        (Some(implied), Some(given)) if implied != given => bail!(
+            "--format {} is scored on its own {} classes; --class-subset {} names other classes",
+            data.format.name(),
+            implied.len(),
+            data.class_subset.as_deref().unwrap_or_default()
+        ),
+        (implied, given) => Ok(given.or(implied)),
+    }
 }
 
 /// Runs a job made by [`plan`] from the same `cfg`, reporting its state to `observed`.

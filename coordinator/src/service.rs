@@ -360,8 +360,8 @@ impl Coordinator for CoordinatorService {
             (
                 st.sched.samples_of(shard),
                 j.outputs.counts_only,
-                j.model.num_classes as usize,
-                j.outputs.k5(j.model.num_classes),
+                j.scored_classes() as usize,
+                j.outputs.k5(j.scored_classes()),
             )
         };
         // Collect the shard's results, refusing anything that would break exactly-once accounting.

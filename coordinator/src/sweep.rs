@@ -41,6 +41,7 @@
 //! data = "/data/imagenet/val"           # path or URL, as for `run --data`
 //! format = "imagenet"                   # default imagefolder
 //! num_classes = 1000                    # optional, as `run --num-classes`
+//! class_subset = "imagenet-r"           # optional, as `run --class-subset` (a file: relative to here)
 //!
 //! [run]
 //! local-workers = 1
@@ -75,6 +76,7 @@ const MATRIX_FLAGS: &[&str] = &[
     "precision",
     "out",
     "num-classes",
+    "class-subset",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,6 +133,8 @@ pub struct DatasetEntry {
     #[serde(default = "default_format")]
     pub format: String,
     pub num_classes: Option<u32>,
+    /// As `run --class-subset`: a built-in name or a file (relative to the sweep file's folder).
+    pub class_subset: Option<String>,
 }
 
 fn default_format() -> String {
@@ -149,6 +153,7 @@ pub struct Cell {
     pub data: String,
     pub format: String,
     pub num_classes: Option<u32>,
+    pub class_subset: Option<String>,
     pub resolution: u32,
     pub crop_mode: CropMode,
     pub precision: Precision,
@@ -252,6 +257,12 @@ impl SweepFile {
                                     data: resolve(base, &d.data),
                                     format: d.format.clone(),
                                     num_classes: d.num_classes,
+                                    class_subset: d.class_subset.as_ref().map(|c| {
+                                        match tresnet_common::dataset::ClassSubset::builtin(c) {
+                                            Some(_) => c.clone(),
+                                            None => resolve(base, c),
+                                        }
+                                    }),
                                     resolution,
                                     crop_mode,
                                     precision,
@@ -327,6 +338,7 @@ impl Cell {
                     anyhow::anyhow!("dataset {}: {e}", self.dataset)
                 })?,
             num_classes: self.num_classes,
+            class_subset: self.class_subset.clone(),
         };
         a.preprocess.resolution = self.resolution;
         a.preprocess.crop_mode = self.crop_mode;

@@ -3,7 +3,7 @@
 use object_store::path::Path;
 
 use super::pb;
-use crate::dataset::{Sample, SampleKey, SampleSource};
+use crate::dataset::{ClassSubset, Sample, SampleKey, SampleSource};
 use crate::ids::JobId;
 use crate::ids::SampleIndex;
 use crate::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, Precision, SaveLogits};
@@ -127,6 +127,12 @@ impl From<&JobSpec> for pb::JobSpec {
                     .expect("a dataset format always serialises"),
                 dataset_fingerprint: j.data.dataset_fingerprint.clone(),
                 dataset_samples: j.data.dataset_samples,
+                class_subset: j
+                    .data
+                    .class_subset
+                    .as_ref()
+                    .map(|c| c.classes().to_vec())
+                    .unwrap_or_default(),
             }),
             preprocess: Some((&j.preprocess).into()),
             outputs: Some(pb::OutputSpec {
@@ -172,11 +178,23 @@ impl TryFrom<pb::JobSpec> for JobSpec {
         if b.batch_size == 0 {
             return Err(bad(M, "batch_size is 0"));
         }
-        if o.top_k == 0 || o.top_k > m.num_classes.max(1) {
-            return Err(bad(
-                M,
-                format!("top_k {} with {} classes", o.top_k, m.num_classes),
-            ));
+        // An empty list is no subset; a given one must name distinct classes the model has.
+        let class_subset = match d.class_subset.is_empty() {
+            true => None,
+            false => {
+                let subset = ClassSubset::try_from(d.class_subset)
+                    .map_err(|e| bad(M, format!("class_subset: {e}")))?;
+                subset
+                    .check_within(m.num_classes)
+                    .map_err(|e| bad(M, e.to_string()))?;
+                Some(subset)
+            }
+        };
+        let scored = class_subset
+            .as_ref()
+            .map_or(m.num_classes, |s| s.len() as u32);
+        if o.top_k == 0 || o.top_k > scored.max(1) {
+            return Err(bad(M, format!("top_k {} with {scored} classes", o.top_k)));
         }
         if o.counts_only && save_logits != SaveLogits::None {
             return Err(bad(
@@ -203,6 +221,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 format,
                 dataset_fingerprint: d.dataset_fingerprint,
                 dataset_samples: d.dataset_samples,
+                class_subset,
             },
             preprocess,
             outputs: OutputSpec {

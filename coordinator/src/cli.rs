@@ -48,6 +48,37 @@ pub enum Command {
     /// Re-render a finished run's derived files (summary.json, per_class.{parquet,csv},
     /// confusion.parquet, report.html) from its predictions.parquet, job.json and outcome.json.
     Report(ReportArgs),
+    /// Score a finished run again without inference, into a new run directory: against ImageNet-ReaL
+    /// label lists (`--labels real.json`, from the stored top-k) or on a class subset
+    /// (`--class-subset`, from the stored full logits of `run --save-logits`).
+    Rescore(RescoreArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("rule").required(true).args(["labels", "class_subset"])))]
+pub struct RescoreArgs {
+    /// The finished run directory to rescore (read only).
+    pub run: PathBuf,
+    /// The new run directory (created; must not hold files).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// ImageNet-ReaL's real.json: top-1 is correct when the prediction is in the image's list, top-5
+    /// when any of the five is; images with an empty list are excluded.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// `imagenet-a`, `imagenet-r` or a file of class indices or WNIDs: needs the run's logits.npy.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub class_subset: Option<String>,
+}
+
+impl RescoreArgs {
+    pub fn rule(&self) -> crate::rescore::Rescoring {
+        match (&self.labels, &self.class_subset) {
+            (Some(labels), _) => crate::rescore::Rescoring::RealLabels(labels.clone()),
+            (None, Some(subset)) => crate::rescore::Rescoring::ClassSubset(subset.clone()),
+            (None, None) => unreachable!("clap requires --labels or --class-subset"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

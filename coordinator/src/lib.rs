@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod parent_death;
 pub mod progress;
 pub mod report;
+pub mod rescore;
 pub mod run;
 pub mod scheduler;
 pub mod service;

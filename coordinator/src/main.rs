@@ -60,6 +60,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("report: {}", a.run.join("report.html").display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rescore(a) => {
+            let summary = tresnet_coordinator::rescore::rescore(&a.run, &a.out, &a.rule())?;
+            print_headline(&summary);
+            println!("report: {}", a.out.join("report.html").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pack(a) => {
             use tresnet_common::storage::StorageLocation;
             let src = StorageLocation::parse(&a.data, &a.store.options())?;

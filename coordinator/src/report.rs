@@ -474,7 +474,64 @@ fn check_accounting(tally: &Tally, outcome: &Outcome) -> Result<(), ReportError>
     Ok(())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+/// One sample's result as `rescore` recomputed it, for [`write_scored`].
+pub(crate) struct ScoredRow {
+    pub index: u64,
+    pub key: String,
+    pub label: u32,
+    /// Multi-label jobs: the classes counted correct.
+    pub accepted: Option<Vec<u32>>,
+    pub result: SampleResult,
+}
+
+/// Writes a run directory from results scored outside a run (`rescore`): predictions.parquet,
+/// outcome.json and every derived file, through the same tally and writers as [`finalize`], with the
+/// same accounting check.
+pub(crate) fn write_scored(
+    run_dir: &Path,
+    job: &JobSpec,
+    outcome: &Outcome,
+    rows: &[ScoredRow],
+) -> Result<Summary, ReportError> {
+    let mut tally = Tally::new(job.scored_classes() as usize, job.outputs.top_k as usize);
+    let mut preds = PredictionWriter::new(run_dir)?;
+    for row in rows {
+        let single = [row.label];
+        let accepted = row.accepted.as_deref().unwrap_or(&single);
+        if !tally.add_accepting(row.index, &row.key, row.label, accepted, &row.result) {
+            let reason = tally.bad.last().map_or("", |b| b.reason.as_str());
+            return Err(ReportError::Accounting(format!(
+                "{} is not a valid prediction for the rescored job: {reason}",
+                row.key
+            )));
+        }
+        preds.cols.push(
+            row.index,
+            &row.key,
+            row.label,
+            row.accepted.as_deref(),
+            &row.result,
+            tally.k5,
+        );
+        preds.maybe_flush()?;
+    }
+    preds.finish()?;
+    tally.bad = outcome.bad.clone();
+    check_accounting(&tally, outcome)?;
+    let path = run_dir.join("outcome.json");
+    write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(outcome).map_err(|e| write_err(&path, e))?,
+    )?;
+    let path = run_dir.join("job.json");
+    write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(job).map_err(|e| write_err(&path, e))?,
+    )?;
+    write_derived(run_dir, job, &tally, outcome)
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
     let bytes = std::fs::read(path).map_err(|e| read_err(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| read_err(path, e))
 }

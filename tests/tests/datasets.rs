@@ -112,6 +112,46 @@ fn rows(run: &Path) -> BTreeMap<String, Row> {
         .collect()
 }
 
+fn rescore(run: &Path, out: &Path, rule: &[&str]) -> std::process::Output {
+    Command::new(bin("tresnet-coordinator"))
+        .arg("rescore")
+        .arg(run)
+        .arg("--out")
+        .arg(out)
+        .args(rule)
+        .output()
+        .unwrap()
+}
+
+/// A rescored run reports what a direct run of the same rule reports: the same samples, counts and
+/// per-key top-k.
+fn assert_same_scores(direct: &Path, rescored: &Path) {
+    let (a, b) = (summary(direct), summary(rescored));
+    for field in [
+        "samples",
+        "excluded_samples",
+        "dataset_size",
+        "correct1",
+        "correct5",
+        "top1",
+        "top5",
+        "top5_k",
+    ] {
+        assert_eq!(a[field], b[field], "rescore: {field}");
+    }
+    let close = |f: &str| (a[f].as_f64().unwrap() - b[f].as_f64().unwrap()).abs() < 1e-9;
+    assert!(close("nll") && close("ece"), "rescore: nll/ece differ");
+    let (ra, rb) = (rows(direct), rows(rescored));
+    assert_eq!(ra.keys().collect::<Vec<_>>(), rb.keys().collect::<Vec<_>>());
+    for (key, row) in &ra {
+        assert_eq!(
+            (row.label, &row.topk),
+            (rb[key].label, &rb[key].topk),
+            "{key}"
+        );
+    }
+}
+
 fn run(data: &Path, format: &str, out: &Path, extra: &[&str]) {
     let mut args = vec!["--save-logits", "fp32", "--batch-size", "8"];
     args.extend_from_slice(extra);
@@ -248,6 +288,48 @@ fn imagenet_a_is_scored_on_its_200_classes_on_the_worker() {
         nll(&c),
         nll(&s)
     );
+
+    // The same images run unmasked (as ImageNet class folders), then rescored on the subset from
+    // their saved logits, give the direct run's numbers.
+    let val = dir.path().join("a-as-val");
+    run(&data, "imagenet", &val, &[]);
+    assert_eq!(summary(&val)["job"].get("class_subset"), None);
+    let rescored = dir.path().join("a-rescored");
+    let o = rescore(&val, &rescored, &["--class-subset", "imagenet-a"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_scores(&out, &rescored);
+    check_metrics(&rescored);
+
+    // Refusals: a counts-only run has no top-k, a run without logits cannot be masked, and the new
+    // directory must be new.
+    let o = rescore(
+        &counts,
+        &dir.path().join("x1"),
+        &["--class-subset", "imagenet-a"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--counts-only run"),
+        "{err}"
+    );
+    let no_logits = dir.path().join("no-logits");
+    copy_dir(&val, &no_logits);
+    std::fs::remove_file(no_logits.join("logits.npy")).unwrap();
+    let o = rescore(
+        &no_logits,
+        &dir.path().join("x2"),
+        &["--class-subset", "imagenet-r"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("needs the full logits")
+            && err.contains("--save-logits"),
+        "{err}"
+    );
+    let o = rescore(&val, &rescored, &["--class-subset", "imagenet-r"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("is not empty"), "{err}");
 }
 
 /// A subset from a file of WNIDs on an ImageNet-format dataset: images of other classes are excluded
@@ -297,6 +379,16 @@ fn a_class_subset_file_excludes_the_other_classes() {
     );
     assert_eq!(frame(&out.join("per_class.csv")).height(), 4);
     check_metrics(&out);
+
+    // The subset is part of the job's identity: resuming the directory without it is refused.
+    let resumed = coordinator_run_on(&data, "imagenet", &out, &["--save-logits", "fp32"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(
+        !resumed.status.success() && err.contains("different job") && err.contains("class_subset"),
+        "{err}"
+    );
 
     let refused = Command::new(bin("tresnet-coordinator"))
         .args(["run", "--model", "tresnet_m", "--synthetic", "--data"])
@@ -361,6 +453,33 @@ fn imagenet_real_scores_label_lists_and_excludes_empty_ones() {
     assert_eq!(s["samples"].as_u64(), Some(24 - empty));
     assert_eq!(s["dataset_size"], 24);
     check_metrics(&out);
+
+    // One pass over the images as plain ImageNet-val, rescored with real.json (top-k only: the copy
+    // has no logits), gives the direct ReaL run's numbers.
+    let val = dir.path().join("val");
+    run(&variants().join("imagenet-real"), "imagenet", &val, &[]);
+    assert_eq!(summary(&val)["samples"], 24);
+    let no_logits = dir.path().join("val-no-logits");
+    copy_dir(&val, &no_logits);
+    std::fs::remove_file(no_logits.join("logits.npy")).unwrap();
+    let rescored = dir.path().join("val-real");
+    let labels = variants().join("imagenet-real").join("real.json");
+    let o = rescore(
+        &no_logits,
+        &rescored,
+        &["--labels", labels.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_scores(&out, &rescored);
+    // With the logits copied along, check_metrics.py recomputes the rescored run too.
+    let rescored_full = dir.path().join("val-real-full");
+    let o = rescore(
+        &val,
+        &rescored_full,
+        &["--labels", labels.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_metrics(&rescored_full);
 
     // Rename half of the evaluated images to a val image whose ReaL list holds their top-1.
     let real: Vec<Vec<u32>> = serde_json::from_slice(

@@ -287,7 +287,8 @@ pub struct DataArgs {
     /// Dataset location: a path, file://, s3://, gs://, az:// or memory:// URL.
     #[arg(long)]
     pub data: String,
-    /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
+    /// Dataset format: imagefolder, imagenet, imagenet-real, imagenet-v2, imagenet-a, imagenet-r,
+    /// imagenet-sketch, cifar10, cifar100, flowers102, cars, manifest, tar.
     #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
     pub format: DatasetFormat,
     /// Number of model outputs (default: the dataset's class count).

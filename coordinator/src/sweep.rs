@@ -711,6 +711,32 @@ worker-arg = ["--x", "--y"]
 
     /// A `[run]` table deserialises into the same defaults as a `run` command line that gives only the
     /// matrix's flags, and every job parameter (`dct-scaling`, `max-pixels`, ...) is a key.
+    /// A dataset's class subset reaches its cells' `run`: a built-in name as it is, a file relative to
+    /// the sweep file's folder.
+    #[test]
+    fn datasets_carry_their_class_subset_to_the_cells() {
+        let text = FILE.replace(
+            "data = \"images\"\n",
+            "data = \"images\"\nformat = \"imagenet\"\nclass_subset = \"imagenet-r\"\n\
+             [[dataset]]\nname = \"mine\"\ndata = \"m\"\nclass_subset = \"subsets/mine.txt\"\n",
+        );
+        let f: SweepFile = toml::from_str(&text).unwrap();
+        let shared = f.run_args().unwrap();
+        let cells = f.cells(Path::new("/sweeps")).unwrap();
+        let subset_of = |dataset: &str| {
+            let cell = cells.iter().find(|c| c.dataset == dataset).unwrap();
+            cell.run_args(Path::new("/out"), &shared)
+                .unwrap()
+                .data
+                .class_subset
+        };
+        assert_eq!(subset_of("sample").as_deref(), Some("imagenet-r"));
+        assert_eq!(
+            subset_of("mine").as_deref(),
+            Some("/sweeps/subsets/mine.txt")
+        );
+    }
+
     #[test]
     fn the_run_table_has_the_command_lines_defaults_and_keys() {
         use clap::Parser;

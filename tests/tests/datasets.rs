@@ -258,6 +258,11 @@ fn imagenet_a_is_scored_on_its_200_classes_on_the_worker() {
     );
     let per_class = frame(&out.join("per_class.csv"));
     assert_eq!(per_class.height(), 200);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("200 of the model&#39;s 1000 classes (the imagenet-a subset"),
+        "report.html does not say the run is scored on the subset"
+    );
     let map = frame(&out.join("class_subset.csv"));
     assert_eq!(map.height(), 200);
     assert_eq!(
@@ -452,6 +457,12 @@ fn imagenet_real_scores_label_lists_and_excludes_empty_ones() {
     assert_eq!(s["excluded_samples"].as_u64(), Some(empty));
     assert_eq!(s["samples"].as_u64(), Some(24 - empty));
     assert_eq!(s["dataset_size"], 24);
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains(&format!("id=\"excluded\">{empty}<"))
+            && html.contains("ImageNet-ReaL label lists"),
+        "report.html lacks the excluded count or the scoring rule"
+    );
     check_metrics(&out);
 
     // One pass over the images as plain ImageNet-val, rescored with real.json (top-k only: the copy

@@ -71,6 +71,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             let src = StorageLocation::parse(&a.data, &a.store.options())?;
             let dst = StorageLocation::parse(&a.out, &a.store.options())?;
             let index = tresnet_common::dataset::list_dataset(&src, &a.format).await?;
+            if index.label_sets.is_some() || !index.excluded.is_empty() {
+                anyhow::bail!(
+                    "pack writes one label per sample and every image, so --format {}'s label lists \
+                     would be lost; pack the images as --format imagenet and score the run with \
+                     `rescore --labels`",
+                    a.format.name()
+                );
+            }
             let s = tresnet_common::dataset::tar::pack_dataset(
                 &index,
                 &src,

@@ -266,6 +266,20 @@ mod tests {
         s.check_within(11).unwrap();
     }
 
+    proptest::proptest! {
+        /// Any text parses or fails with a line-numbered reason, never a panic; what parses is a
+        /// sorted set without repeats, and every position maps back to its class.
+        #[test]
+        fn arbitrary_subset_files_parse_or_fail_cleanly(text in "(([0-9]{1,4}|n0[0-9]{7}|#.*| *|x)\n){0,12}") {
+            if let Ok(s) = ClassSubset::parse(&text, "f.txt") {
+                proptest::prop_assert!(s.classes().windows(2).all(|w| w[0] < w[1]));
+                for (i, &c) in s.classes().iter().enumerate() {
+                    proptest::prop_assert_eq!(s.position(c), Some(i as u32));
+                }
+            }
+        }
+    }
+
     #[test]
     fn json_is_the_sorted_list_and_refuses_repeats() {
         let s = ClassSubset::try_from(vec![5, 1]).unwrap();

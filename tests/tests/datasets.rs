@@ -395,6 +395,29 @@ fn a_class_subset_file_excludes_the_other_classes() {
         "{err}"
     );
 
+    // A subset may name model classes past a small dataset's own (the sample ImageFolder's six
+    // folders are classes 0 to 5 of the 1000-class model): they get no name and no sample.
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "999\n1\n0\n").unwrap();
+    let out = dir.path().join("small");
+    run(
+        &tresnet_tests::sample_images(),
+        "imagefolder",
+        &out,
+        &["--class-subset", small.to_str().unwrap()],
+    );
+    let s = summary(&out);
+    let per_folder = tresnet_tests::sample_dataset_size() / 6;
+    assert_eq!(s["samples"].as_u64(), Some(2 * per_folder));
+    assert_eq!(s["excluded_samples"].as_u64(), Some(4 * per_folder));
+    let outcome: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("outcome.json")).unwrap()).unwrap();
+    assert_eq!(
+        outcome["class_names"],
+        serde_json::json!(["astronaut", "chelsea", ""])
+    );
+    check_metrics(&out);
+
     let refused = Command::new(bin("tresnet-coordinator"))
         .args(["run", "--model", "tresnet_m", "--synthetic", "--data"])
         .arg(&data)

@@ -47,7 +47,7 @@ pub enum SubsetError {
     Empty { source_name: String },
     #[error("class subset lists class {class} twice")]
     Repeated { class: u32 },
-    #[error("class subset holds class {class} but the model has {classes} classes")]
+    #[error("class subset holds class {class}, beyond the {classes} classes")]
     OutOfRange { class: u32, classes: u32 },
 }
 
@@ -167,20 +167,17 @@ impl ClassSubset {
     }
 }
 
-/// `index` in the subset's terms: class names and descriptions of the subset, labels as subset
-/// positions, and samples of a class outside the subset moved to `excluded` (with the class named).
-/// The fingerprint is recomputed, so it covers the relabelled samples and the excluded keys. `url`
-/// names the dataset in errors. Multi-label indexes (ImageNet-ReaL) are refused: a subset of ReaL is
-/// not a defined benchmark.
+/// `index` in the subset's terms: class names and descriptions of the subset (empty for a class
+/// past the dataset's list: the caller checks the subset against the model's outputs), labels as
+/// subset positions, and samples of a class outside the subset moved to `excluded` (with the class
+/// named). The fingerprint is recomputed, so it covers the relabelled samples and the excluded keys.
+/// `url` names the dataset in errors. Multi-label indexes (ImageNet-ReaL) are refused: a subset of
+/// ReaL is not a defined benchmark.
 pub fn restrict(
     index: DatasetIndex,
     subset: &ClassSubset,
     url: &str,
 ) -> Result<DatasetIndex, DatasetError> {
-    let classes = index.class_names.len() as u32;
-    subset
-        .check_within(classes)
-        .map_err(|e| DatasetError::invalid(url, format!("{e} (the dataset's class list)")))?;
     if index.label_sets.is_some() {
         return Err(DatasetError::invalid(
             url,
@@ -194,7 +191,7 @@ pub fn restrict(
         subset
             .classes()
             .iter()
-            .map(|&c| names[c as usize].clone())
+            .map(|&c| names.get(c as usize).cloned().unwrap_or_default())
             .collect()
     };
     let class_names = pick(&index.class_names);

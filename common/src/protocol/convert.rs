@@ -178,10 +178,14 @@ impl TryFrom<pb::JobSpec> for JobSpec {
         if b.batch_size == 0 {
             return Err(bad(M, "batch_size is 0"));
         }
-        // An empty list is no subset; a given one must name distinct classes the model has.
+        // An empty list is no subset; a given one must name distinct classes the model has, in
+        // ascending order (positions are indices into it: a reordered list would relabel silently).
         let class_subset = match d.class_subset.is_empty() {
             true => None,
             false => {
+                if d.class_subset.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(bad(M, "class_subset is not strictly ascending"));
+                }
                 let subset = ClassSubset::try_from(d.class_subset)
                     .map_err(|e| bad(M, format!("class_subset: {e}")))?;
                 subset
@@ -411,7 +415,7 @@ mod tests {
         job.preprocess.dct_scaling = true;
         job.preprocess.max_pixels = 1000;
         let wire = pb::JobSpec::from(&job);
-        assert_eq!(JobSpec::try_from(wire.clone()), Ok(job));
+        assert_eq!(JobSpec::try_from(wire.clone()), Ok(job.clone()));
         let mut broken = wire.clone();
         broken.model.as_mut().unwrap().precision = 0;
         let e = JobSpec::try_from(broken).unwrap_err().to_string();
@@ -420,9 +424,31 @@ mod tests {
         broken.outputs.as_mut().unwrap().counts_only = true;
         let e = JobSpec::try_from(broken).unwrap_err().to_string();
         assert!(e.contains("counts_only"), "{e}");
-        let mut broken = wire;
+        let mut broken = wire.clone();
         broken.batching = None;
         let e = JobSpec::try_from(broken).unwrap_err().to_string();
         assert!(e.contains("batching"), "{e}");
+
+        // A class subset travels as its ascending list; top_k is bounded by its size.
+        let mut subset = job.clone();
+        subset.model.num_classes = 10;
+        subset.data.class_subset = Some(crate::dataset::ClassSubset::try_from(vec![9, 3]).unwrap());
+        let wire = pb::JobSpec::from(&subset);
+        assert_eq!(wire.data.as_ref().unwrap().class_subset, [3, 9]);
+        assert_eq!(JobSpec::try_from(wire.clone()), Ok(subset));
+        for (list, needle) in [
+            (vec![9, 3], "not strictly ascending"),
+            (vec![3, 3], "not strictly ascending"),
+            (vec![3, 10], "beyond the 10 classes"),
+        ] {
+            let mut broken = wire.clone();
+            broken.data.as_mut().unwrap().class_subset = list;
+            let e = JobSpec::try_from(broken).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let mut broken = wire;
+        broken.data.as_mut().unwrap().class_subset = vec![3];
+        let e = JobSpec::try_from(broken).unwrap_err().to_string();
+        assert!(e.contains("top_k 2 with 1 classes"), "{e}");
     }
 }

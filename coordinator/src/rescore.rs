@@ -53,6 +53,10 @@ pub enum RescoreError {
     #[error("{run} is already scored on a class subset; rescore the run it came from")]
     AlreadySubset { run: PathBuf },
     #[error(
+        "{run} is scored on a class subset, whose class indices are not ReaL's; rescore the run it came from"
+    )]
+    RealOfSubset { run: PathBuf },
+    #[error(
         "{run} is scored against label lists (ImageNet-ReaL); a class subset of it is not defined"
     )]
     MultiLabel { run: PathBuf },
@@ -142,7 +146,14 @@ pub fn rescore(run: &Path, out: &Path, rule: &Rescoring) -> Result<Summary, Resc
     }
     let stored = read_predictions(run)?;
     let (job, rows, excluded) = match rule {
-        Rescoring::RealLabels(path) => real(job, stored, path)?,
+        Rescoring::RealLabels(path) => {
+            if job.data.class_subset.is_some() {
+                return Err(RescoreError::RealOfSubset {
+                    run: run.to_path_buf(),
+                });
+            }
+            real(job, stored, path)?
+        }
         Rescoring::ClassSubset(arg) => subset(run, job, &mut outcome, stored, arg)?,
     };
     std::fs::create_dir_all(out).map_err(|e| io_err(out, e))?;

@@ -335,6 +335,17 @@ fn imagenet_a_is_scored_on_its_200_classes_on_the_worker() {
     let o = rescore(&val, &rescored, &["--class-subset", "imagenet-r"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("is not empty"), "{err}");
+    let labels = variants().join("imagenet-real").join("real.json");
+    let o = rescore(
+        &out,
+        &dir.path().join("x3"),
+        &["--labels", labels.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("class indices are not ReaL's"),
+        "{err}"
+    );
 }
 
 /// A subset from a file of WNIDs on an ImageNet-format dataset: images of other classes are excluded

@@ -526,7 +526,7 @@ fn run_batch(
 /// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`. With a
 /// class subset, top-k, loss and confidence see only the subset's logits (classes and labels are
 /// subset positions); saved logits stay the model's full row, so they can be rescored.
-pub(crate) fn score_rows(
+fn score_rows(
     job: &JobSpec,
     logits: &[f32],
     classes: usize,

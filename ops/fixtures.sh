@@ -39,5 +39,8 @@ _tresnet_fixtures TRESNET_SAMPLE_DATA sample make_sample_dataset.py images || re
 # The demo's weights and held-out photos with a known top-1 (ops/demo.sh, tests/tests/demo_accuracy.rs).
 _tresnet_fixtures TRESNET_DEMO demo make_demo_fixture.py "" gen_model_fixtures.py make_sample_dataset.py \
   || return 1 2>/dev/null || exit 1
+# ImageNet-ReaL/-V2/-A/-R/-Sketch layouts of the same photos with timm's class lists (tests/tests/datasets.rs).
+_tresnet_fixtures TRESNET_IMAGENET_VARIANTS variants make_imagenet_variants.py "" make_sample_dataset.py \
+  || return 1 2>/dev/null || exit 1
 unset -f _tresnet_fixtures
 unset _root

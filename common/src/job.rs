@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::DatasetFormat;
+use crate::dataset::{ClassSubset, DatasetFormat};
 use crate::ids::JobId;
 use crate::preprocess::PreprocessConfig;
 
@@ -127,6 +127,11 @@ pub struct DataSpec {
     /// lists anew and checks against its own listing.
     #[serde(skip)]
     pub listed_at_unix_ms: Option<u64>,
+    /// The model classes the job is scored on (`--class-subset`, or implied by ImageNet-A/-R): workers
+    /// keep only these logits before top-k, loss and confidence, and labels and predictions are the
+    /// subset's positions. Absent from job.json when unset, so older runs keep their identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_subset: Option<ClassSubset>,
 }
 
 /// What comes back per sample. Also the `run` flags and sweep `[run]` keys of the same names.
@@ -217,6 +222,14 @@ pub struct JobSpec {
 pub const NOT_IN_IDENTITY: &[&str] = &["job_id", "weights", "batch_size", "shard_size"];
 
 impl JobSpec {
+    /// How many classes the job is scored on: the class subset's size, else the model's outputs.
+    pub fn scored_classes(&self) -> u32 {
+        self.data
+            .class_subset
+            .as_ref()
+            .map_or(self.model.num_classes, |s| s.len() as u32)
+    }
+
     /// Fields whose change makes old results invalid, with their values, for resume checks: every
     /// field of the spec (nested ones as `preprocess.resolution`) but those in [`NOT_IN_IDENTITY`],
     /// sorted by name, values as JSON.
@@ -317,6 +330,7 @@ pub fn example_job() -> JobSpec {
             dataset_fingerprint: "f".into(),
             dataset_samples: 3,
             listed_at_unix_ms: None,
+            class_subset: None,
         },
         preprocess: PreprocessConfig::default(),
         outputs: OutputSpec {
@@ -364,7 +378,11 @@ mod tests {
                 if let Some(first) = changed.first_mut() {
                     *first = Value::from(first.as_f64().unwrap_or(0.0) + 0.25);
                 }
-                vec![Value::Array(changed)]
+                let mut bumped = items.clone();
+                if let Some(first) = bumped.first_mut().filter(|v| v.is_u64()) {
+                    *first = Value::from(first.as_u64().unwrap_or(0) + 1);
+                }
+                vec![Value::Array(changed), Value::Array(bumped)]
             }
             Value::Object(_) => vec![],
         }
@@ -395,6 +413,7 @@ mod tests {
             ground_truth: Some("gt.txt".into()),
             synset_map: None,
         };
+        job.data.class_subset = Some(ClassSubset::try_from(vec![0, 5]).unwrap());
         let base = serde_json::to_value(&job).unwrap();
         let mut all = Vec::new();
         leaves("", &base, &mut all);

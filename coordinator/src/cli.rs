@@ -48,6 +48,37 @@ pub enum Command {
     /// Re-render a finished run's derived files (summary.json, per_class.{parquet,csv},
     /// confusion.parquet, report.html) from its predictions.parquet, job.json and outcome.json.
     Report(ReportArgs),
+    /// Score a finished run again without inference, into a new run directory: against ImageNet-ReaL
+    /// label lists (`--labels real.json`, from the stored top-k) or on a class subset
+    /// (`--class-subset`, from the stored full logits of `run --save-logits`).
+    Rescore(RescoreArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("rule").required(true).args(["labels", "class_subset"])))]
+pub struct RescoreArgs {
+    /// The finished run directory to rescore (read only).
+    pub run: PathBuf,
+    /// The new run directory (created; must not hold files).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// ImageNet-ReaL's real.json: top-1 is correct when the prediction is in the image's list, top-5
+    /// when any of the five is; images with an empty list are excluded.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// `imagenet-a`, `imagenet-r` or a file of class indices or WNIDs: needs the run's logits.npy.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub class_subset: Option<String>,
+}
+
+impl RescoreArgs {
+    pub fn rule(&self) -> crate::rescore::Rescoring {
+        match (&self.labels, &self.class_subset) {
+            (Some(labels), _) => crate::rescore::Rescoring::RealLabels(labels.clone()),
+            (None, Some(subset)) => crate::rescore::Rescoring::ClassSubset(subset.clone()),
+            (None, None) => unreachable!("clap requires --labels or --class-subset"),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -282,7 +313,8 @@ pub struct DataArgs {
     /// Dataset location: a path, file://, s3://, gs://, az:// or memory:// URL.
     #[arg(long)]
     pub data: String,
-    /// Dataset format: imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest, tar.
+    /// Dataset format: imagefolder, imagenet, imagenet-real, imagenet-v2, imagenet-a, imagenet-r,
+    /// imagenet-sketch, cifar10, cifar100, flowers102, cars, manifest, tar.
     #[arg(long, default_value = "imagefolder", value_parser = parse_format)]
     pub format: DatasetFormat,
     /// Number of model outputs (default: the dataset's class count where its format fixes one, else the
@@ -293,6 +325,11 @@ pub struct DataArgs {
     /// store); without it a row outside the manifest's folder is refused. Part of the job identity.
     #[arg(long)]
     pub allow_absolute_paths: bool,
+    /// Score on these classes only: `imagenet-a`, `imagenet-r`, or a file of class indices or WNIDs
+    /// (one per line). Workers drop the other logits before top-k, loss and confidence; reports use
+    /// the subset's own indices (class_subset.csv maps them). Implied by --format imagenet-a/-r.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub class_subset: Option<String>,
 }
 
 impl Default for DataArgs {
@@ -302,6 +339,7 @@ impl Default for DataArgs {
             format: DatasetFormat::ImageFolder,
             num_classes: None,
             allow_absolute_paths: false,
+            class_subset: None,
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct RunSummary {
     pub samples: u64,
     pub bad_samples: u64,
     pub failed_samples: u64,
+    /// Left out by the scoring rule (ImageNet-ReaL's empty lists, classes outside the class subset).
+    #[serde(default)]
+    pub excluded_samples: u64,
     #[serde(default)]
     pub throughput: f64,
     pub job: JobSpec,
@@ -56,9 +59,10 @@ fn default_k5() -> usize {
 }
 
 impl RunSummary {
-    /// Every sample of the dataset evaluated or reported bad: nothing left to retry.
+    /// Every sample of the dataset evaluated, excluded by rule or reported bad: nothing left to retry.
     pub fn is_complete(&self) -> bool {
-        self.failed_samples == 0 && self.samples + self.bad_samples == self.dataset_size
+        self.failed_samples == 0
+            && self.samples + self.excluded_samples + self.bad_samples == self.dataset_size
     }
 }
 

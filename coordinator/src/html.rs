@@ -149,11 +149,42 @@ fn headline(h: &mut String, s: &Summary) {
             t1.low, t1.high, s.top5_k, t5.low, t5.high
         );
     }
+    if s.excluded_samples > 0 {
+        // Left out by the scoring rule (ReaL's empty lists, classes outside the subset): shown only
+        // where there are some, so the rest of the table reads as before.
+        let table_end = h.rfind("</table>").unwrap_or(h.len());
+        h.insert_str(
+            table_end,
+            &format!(
+                "<tr><th>excluded by the scoring rule</th><td class=\"num\" id=\"excluded\">{}</td></tr>",
+                s.excluded_samples
+            ),
+        );
+    }
+}
+
+/// How predictions are judged when it is not against all of the model's classes: a class subset, or
+/// ReaL's label lists.
+fn scoring_rule(s: &Summary) -> Option<String> {
+    Some(match (&s.job.data.class_subset, &s.job.data.format) {
+        (Some(subset), _) => format!(
+            "{} of the model's {} classes ({}class_subset.csv maps them)",
+            subset.len(),
+            s.job.model.num_classes,
+            subset
+                .builtin_name()
+                .map_or(String::new(), |n| format!("the {n} subset; "))
+        ),
+        (None, tresnet_common::dataset::DatasetFormat::ImageNetReal { .. }) => {
+            "ImageNet-ReaL label lists (top-1/top-5; per-class tables use the val label)".into()
+        }
+        _ => return None,
+    })
 }
 
 fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
     let p = &s.preprocess;
-    let rows: Vec<(&str, String)> = vec![
+    let mut rows: Vec<(&str, String)> = vec![
         ("model", s.model.clone()),
         ("weights", s.job.model.weights.clone()),
         ("weights SHA-256", s.weights_sha256.clone()),
@@ -211,6 +242,9 @@ fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
                 .join("; "),
         ),
     ];
+    if let Some(rule) = scoring_rule(s) {
+        rows.insert(4, ("scored on", rule));
+    }
     h.push_str("<h2>Run</h2>\n<table>");
     for (k, v) in rows {
         let _ = write!(

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod parent_death;
 pub mod progress;
 pub mod report;
+pub mod rescore;
 pub mod run;
 pub mod run_state;
 pub mod scheduler;

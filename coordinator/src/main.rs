@@ -52,6 +52,12 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             println!("report: {}", a.run.join("report.html").display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Rescore(a) => {
+            let summary = tresnet_coordinator::rescore::rescore(&a.run, &a.out, &a.rule())?;
+            print_headline(&summary);
+            println!("report: {}", a.out.join("report.html").display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Pack(a) => {
             use tresnet_common::storage::StorageLocation;
             let src = StorageLocation::parse(&a.data, &a.store.options())?;
@@ -61,6 +67,14 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 a.allow_absolute_paths,
             )?;
             let index = tresnet_common::dataset::list_dataset(&src, &format).await?;
+            if index.label_sets.is_some() || !index.excluded.is_empty() {
+                anyhow::bail!(
+                    "pack writes one label per sample and every image, so --format {}'s label lists \
+                     would be lost; pack the images as --format imagenet and score the run with \
+                     `rescore --labels`",
+                    a.format.name()
+                );
+            }
             let s = tresnet_common::dataset::tar::pack_dataset(
                 &index,
                 &src,
@@ -167,6 +181,12 @@ fn print_headline(summary: &tresnet_coordinator::report::Summary) {
         println!(
             "95% CI (Wilson): top-1 {:.2}-{:.2}%  top-{} {:.2}-{:.2}%",
             t1.low, t1.high, summary.top5_k, t5.low, t5.high
+        );
+    }
+    if summary.excluded_samples > 0 {
+        println!(
+            "excluded {} samples by the scoring rule (reasons in outcome.json)",
+            summary.excluded_samples
         );
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
-use tresnet_common::dataset::DatasetIndex;
+use tresnet_common::dataset::{DatasetIndex, ExcludedSample};
 use tresnet_common::ids::ShardId;
 use tresnet_common::job::JobSpec;
 use tresnet_common::preprocess::PreprocessConfig;
@@ -176,6 +176,10 @@ pub struct Outcome {
     /// Absent in run directories written before it existed.
     #[serde(default)]
     pub scheduling: Scheduling,
+    /// Samples the scoring rule leaves out (an empty ReaL label list, a class outside the class
+    /// subset): part of `dataset_size`, never evaluated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<ExcludedSample>,
 }
 
 /// `top1`, `top5`, `nll` and `ece` are null when no sample was evaluated (every one bad or failed):
@@ -201,6 +205,10 @@ pub struct Summary {
     pub failed_samples: u64,
     pub failed_shards: Vec<FailedShard>,
     pub bad: Vec<BadSample>,
+    /// Samples left out by the scoring rule (listed in outcome.json with their reasons):
+    /// `samples + excluded_samples + bad_samples + failed_samples == dataset_size`.
+    #[serde(default)]
+    pub excluded_samples: u64,
     pub synthetic: bool,
     /// Seconds from the first lease to the last accepted result of this process (0 when resumed
     /// with nothing left), and samples evaluated per second over that window.
@@ -262,6 +270,9 @@ struct PredictionColumns {
     confidence: Vec<f64>,
     correct1: Vec<bool>,
     correct5: Vec<bool>,
+    /// Multi-label jobs (ImageNet-ReaL): each row's accepted classes; empty otherwise, and then the
+    /// file has no `labels` column.
+    labels: Vec<Series>,
 }
 
 impl PredictionColumns {
@@ -269,7 +280,20 @@ impl PredictionColumns {
         self.index.len()
     }
 
-    fn push(&mut self, index: u64, key: &str, label: u32, r: &SampleResult, k5: usize) {
+    /// One evaluated row; `accepted` is `Some` in multi-label jobs (the classes counted correct).
+    fn push(
+        &mut self,
+        index: u64,
+        key: &str,
+        label: u32,
+        accepted: Option<&[u32]>,
+        r: &SampleResult,
+        k5: usize,
+    ) {
+        let correct = accepted.unwrap_or(std::slice::from_ref(&label));
+        if let Some(a) = accepted {
+            self.labels.push(Series::new("".into(), a.to_vec()));
+        }
         self.index.push(index);
         self.key.push(key.to_string());
         self.label.push(label);
@@ -279,9 +303,10 @@ impl PredictionColumns {
             .push(Series::new("".into(), r.topk_logits.clone()));
         self.loss.push(r.loss);
         self.confidence.push(r.confidence);
-        self.correct1.push(r.topk_indices.first() == Some(&label));
+        self.correct1
+            .push(r.topk_indices.first().is_some_and(|c| correct.contains(c)));
         self.correct5
-            .push(r.topk_indices.iter().take(k5).any(|&c| c == label));
+            .push(r.topk_indices.iter().take(k5).any(|c| correct.contains(c)));
     }
 
     fn take_frame(&mut self) -> PolarsResult<DataFrame> {
@@ -296,7 +321,9 @@ impl PredictionColumns {
                 Ok(Series::new(name.into(), v).into_column())
             }
         };
-        DataFrame::new_infer_height(vec![
+        let multi_label = !c.labels.is_empty();
+        let labels = list("labels", c.labels, DataType::UInt32)?;
+        let mut columns = vec![
             Column::new("index".into(), c.index),
             Column::new("key".into(), c.key),
             Column::new("label".into(), c.label),
@@ -306,7 +333,11 @@ impl PredictionColumns {
             Column::new("confidence".into(), c.confidence),
             Column::new("correct1".into(), c.correct1),
             Column::new("correct5".into(), c.correct5),
-        ])
+        ];
+        if multi_label {
+            columns.push(labels);
+        }
+        DataFrame::new_infer_height(columns)
     }
 }
 
@@ -372,7 +403,7 @@ pub fn finalize(
     journal: &Journal,
     facts: RunFacts,
 ) -> Result<Summary, ReportError> {
-    let mut tally = Tally::new(job.model.num_classes as usize, job.outputs.top_k as usize);
+    let mut tally = Tally::new(job.scored_classes() as usize, job.outputs.top_k as usize);
     // Counts-only runs have no per-sample rows to store: no predictions.parquet at all (an empty
     // one would read as "zero predictions"), their counts go to counts.pb instead.
     let mut preds = match job.outputs.counts_only {
@@ -411,11 +442,13 @@ pub fn finalize(
                 for r in &rec.results {
                     logits.row(r)?;
                     let sample = &index.samples[r.index as usize];
-                    if tally.add(r.index, &sample.key.0, sample.label, r)
+                    let accepted = index.accepted(r.index as usize);
+                    if tally.add_accepting(r.index, &sample.key.0, sample.label, accepted, r)
                         && let Some(p) = &mut preds
                     {
+                        let multi = index.label_sets.is_some().then_some(accepted);
                         p.cols
-                            .push(r.index, &sample.key.0, sample.label, r, tally.k5);
+                            .push(r.index, &sample.key.0, sample.label, multi, r, tally.k5);
                     }
                 }
                 if let Some(p) = &mut preds {
@@ -451,7 +484,7 @@ pub fn finalize(
         });
     }
     let outcome = Outcome {
-        dataset_size: (index.samples.len() + index.bad_samples.len()) as u64,
+        dataset_size: (index.samples.len() + index.bad_samples.len() + index.excluded.len()) as u64,
         class_names: index.class_names.clone(),
         bad: tally.bad.clone(),
         failed_shards,
@@ -462,6 +495,7 @@ pub fn finalize(
         workers: facts.workers,
         timeline: facts.timeline,
         scheduling: facts.scheduling,
+        excluded: index.excluded.clone(),
     };
     check_accounting(&tally, &outcome)?;
     let path = run_dir.join("outcome.json");
@@ -479,16 +513,74 @@ fn check_accounting(tally: &Tally, outcome: &Outcome) -> Result<(), ReportError>
         .iter()
         .map(|f| f.samples.len() as u64)
         .sum();
-    if tally.evaluated + bad + failed != outcome.dataset_size {
+    let excluded = outcome.excluded.len() as u64;
+    if tally.evaluated + excluded + bad + failed != outcome.dataset_size {
         return Err(ReportError::Accounting(format!(
-            "{} evaluated + {bad} bad + {failed} failed != {} samples",
+            "{} evaluated + {excluded} excluded + {bad} bad + {failed} failed != {} samples",
             tally.evaluated, outcome.dataset_size
         )));
     }
     Ok(())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+/// One sample's result as `rescore` recomputed it, for [`write_scored`].
+pub(crate) struct ScoredRow {
+    pub index: u64,
+    pub key: String,
+    pub label: u32,
+    /// Multi-label jobs: the classes counted correct.
+    pub accepted: Option<Vec<u32>>,
+    pub result: SampleResult,
+}
+
+/// Writes a run directory from results scored outside a run (`rescore`): predictions.parquet,
+/// outcome.json and every derived file, through the same tally and writers as [`finalize`], with the
+/// same accounting check.
+pub(crate) fn write_scored(
+    run_dir: &Path,
+    job: &JobSpec,
+    outcome: &Outcome,
+    rows: &[ScoredRow],
+) -> Result<Summary, ReportError> {
+    let mut tally = Tally::new(job.scored_classes() as usize, job.outputs.top_k as usize);
+    let mut preds = PredictionWriter::new(run_dir)?;
+    for row in rows {
+        let single = [row.label];
+        let accepted = row.accepted.as_deref().unwrap_or(&single);
+        if !tally.add_accepting(row.index, &row.key, row.label, accepted, &row.result) {
+            let reason = tally.bad.last().map_or("", |b| b.reason.as_str());
+            return Err(ReportError::Accounting(format!(
+                "{} is not a valid prediction for the rescored job: {reason}",
+                row.key
+            )));
+        }
+        preds.cols.push(
+            row.index,
+            &row.key,
+            row.label,
+            row.accepted.as_deref(),
+            &row.result,
+            tally.k5,
+        );
+        preds.maybe_flush()?;
+    }
+    preds.finish()?;
+    tally.bad = outcome.bad.clone();
+    check_accounting(&tally, outcome)?;
+    let path = run_dir.join("outcome.json");
+    write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(outcome).map_err(|e| write_err(&path, e))?,
+    )?;
+    let path = run_dir.join("job.json");
+    write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(job).map_err(|e| write_err(&path, e))?,
+    )?;
+    write_derived(run_dir, job, &tally, outcome)
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
     let bytes = std::fs::read(path).map_err(|e| read_err(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| read_err(path, e))
 }
@@ -499,7 +591,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportErr
 pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
     let job: JobSpec = read_json(&run_dir.join("job.json"))?;
     let outcome: Outcome = read_json(&run_dir.join("outcome.json"))?;
-    let mut tally = Tally::new(job.model.num_classes as usize, job.outputs.top_k as usize);
+    let mut tally = Tally::new(job.scored_classes() as usize, job.outputs.top_k as usize);
     if job.outputs.counts_only {
         let counts = read_counts(run_dir)?;
         crate::tally::check_counts(&counts, tally.num_classes, tally.k5)
@@ -556,6 +648,11 @@ fn replay_rows(df: &DataFrame, tally: &mut Tally) -> PolarsResult<()> {
     let ti = df.column("topk_indices")?.list()?;
     let loss = df.column("loss")?.f64()?;
     let conf = df.column("confidence")?.f64()?;
+    // Multi-label runs store each row's accepted classes; single-label runs have no such column.
+    let accepted = match df.column("labels") {
+        Ok(c) => Some(c.list()?.clone()),
+        Err(_) => None,
+    };
     for i in 0..df.height() {
         let missing = || polars_err!(ComputeError: "null in row {i}");
         let topk: Vec<u32> = ti
@@ -573,7 +670,16 @@ fn replay_rows(df: &DataFrame, tally: &mut Tally) -> PolarsResult<()> {
         };
         let key = key.get(i).ok_or_else(missing)?;
         let label = label.get(i).ok_or_else(missing)?;
-        if !tally.add(r.index, key, label, &r) {
+        let set: Vec<u32> = match &accepted {
+            Some(lists) => lists
+                .get_as_series(i)
+                .ok_or_else(missing)?
+                .u32()?
+                .into_no_null_iter()
+                .collect(),
+            None => vec![label],
+        };
+        if !tally.add_accepting(r.index, key, label, &set, &r) {
             polars_bail!(ComputeError: "row {i} ({key}) is not a valid prediction for this job");
         }
     }
@@ -621,6 +727,7 @@ fn write_derived(
         failed_samples,
         failed_shards: outcome.failed_shards.clone(),
         bad: tally.bad.clone(),
+        excluded_samples: outcome.excluded.len() as u64,
         synthetic: job.model.synthetic,
         eval_seconds: outcome.eval_seconds,
         throughput: if outcome.eval_seconds > 0.0 {
@@ -645,6 +752,9 @@ fn write_derived(
         &summary_path,
         &serde_json::to_vec_pretty(&summary).map_err(|e| write_err(&summary_path, e))?,
     )?;
+    if let Some(subset) = &job.data.class_subset {
+        write_class_subset(run_dir, subset, &outcome.class_names)?;
+    }
     let per_class = per_class_frame(tally, &outcome.class_names)
         .map_err(|e| write_err(&run_dir.join("per_class.parquet"), e))?;
     write_parquet(&run_dir.join("per_class.parquet"), per_class.clone())?;
@@ -656,6 +766,25 @@ fn write_derived(
     let html = crate::html::render(&summary, tally, outcome);
     write_atomic(&html_path, html.as_bytes())?;
     Ok(summary)
+}
+
+/// Where a run scored on a class subset records it: one row per subset class, `subset_index` (the
+/// index every report uses) → `class_index` (the model's output) and `class_name`.
+pub const CLASS_SUBSET_FILE: &str = "class_subset.csv";
+
+fn write_class_subset(
+    run_dir: &Path,
+    subset: &tresnet_common::dataset::ClassSubset,
+    names: &[String],
+) -> Result<(), ReportError> {
+    let path = run_dir.join(CLASS_SUBSET_FILE);
+    let df = df!(
+        "subset_index" => (0..subset.len() as u32).collect::<Vec<u32>>(),
+        "class_index" => subset.classes().to_vec(),
+        "class_name" => names.to_vec(),
+    )
+    .map_err(|e| write_err(&path, e))?;
+    write_csv(&path, df)
 }
 
 fn write_parquet(path: &Path, mut df: DataFrame) -> Result<(), ReportError> {

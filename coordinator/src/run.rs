@@ -15,7 +15,8 @@ use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
-use tresnet_common::dataset::{DatasetIndex, list_dataset};
+use tresnet_common::dataset::subset::restrict;
+use tresnet_common::dataset::{ClassSubset, DatasetIndex, list_dataset};
 use tresnet_common::ids::{JobId, ShardId, WorkerId};
 use tresnet_common::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec};
 use tresnet_common::preprocess::PreprocessConfig;
@@ -298,7 +299,8 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         .duration_since(std::time::UNIX_EPOCH)
         .ok()
         .map(|d| d.as_millis() as u64);
-    let index: DatasetIndex = list_dataset(&location, format).await?;
+    let class_subset = class_subset_of(&cfg.data)?;
+    let mut index: DatasetIndex = list_dataset(&location, format).await?;
     if index.is_empty() && index.bad_samples.is_empty() {
         bail!(
             "dataset {} ({}) has no samples",
@@ -327,6 +329,31 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         &weights_name,
         head_classes,
     )?;
+    // The model's outputs are `num_classes` (the dataset's full class list); a subset narrows what is
+    // scored, after every label was checked against the full count.
+    if let Some(subset) = &class_subset {
+        subset
+            .check_within(num_classes)
+            .context("--class-subset does not fit the model")?;
+        index = restrict(index, subset, location.url())?;
+        if index.samples.is_empty() && index.bad_samples.is_empty() {
+            bail!(
+                "no sample of dataset {} is in the class subset ({} excluded)",
+                location.url(),
+                index.excluded.len()
+            );
+        }
+    }
+    if index.label_sets.is_some() && cfg.outputs.counts_only {
+        bail!(
+            "--format {} scores each image against a list of labels, which counts-only workers do not \
+             have; run without --counts-only",
+            format.name()
+        );
+    }
+    let scored = class_subset
+        .as_ref()
+        .map_or(num_classes, |s| s.len() as u32);
     let job = JobSpec {
         job_id: JobId(format!(
             "{}-{}",
@@ -358,10 +385,11 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             dataset_fingerprint: index.fingerprint.clone(),
             dataset_samples: index.len() as u64,
             listed_at_unix_ms: listed_at,
+            class_subset,
         },
         preprocess: cfg.preprocess.clone(),
         outputs: OutputSpec {
-            top_k: cfg.outputs.top_k.min(num_classes),
+            top_k: cfg.outputs.top_k.min(scored),
             ..cfg.outputs.clone()
         },
         batching: BatchingSpec {
@@ -372,6 +400,25 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         },
     };
     Ok((job, index))
+}
+
+/// The class subset a run is scored on: `--class-subset`, or the one its format implies (ImageNet-A,
+/// -R); naming another subset than the format's own is refused.
+fn class_subset_of(data: &DataArgs) -> anyhow::Result<Option<ClassSubset>> {
+    let given = data
+        .class_subset
+        .as_deref()
+        .map(ClassSubset::resolve)
+        .transpose()?;
+    match (data.format.implied_subset(), given) {
+        (Some(implied), Some(given)) if implied != given => bail!(
+            "--format {} is scored on its own {} classes; --class-subset {} names other classes",
+            data.format.name(),
+            implied.len(),
+            data.class_subset.as_deref().unwrap_or_default()
+        ),
+        (implied, given) => Ok(given.or(implied)),
+    }
 }
 
 /// Runs a job made by [`plan`] from the same `cfg`, reporting its state to `observed`.

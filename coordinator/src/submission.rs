@@ -32,7 +32,11 @@ pub struct ShardJob {
     /// The dataset label of each sample of `samples`, in order.
     pub labels: Vec<u32>,
     pub counts_only: bool,
+    /// Classes the job is scored on (a class subset's size, else the model's): what top-k indices and
+    /// labels range over.
     pub num_classes: u32,
+    /// The model's outputs: the width of saved logits, which stay full rows under a class subset.
+    pub model_classes: u32,
     /// The job's `--top-k`; each row carries `min(top_k, num_classes)` predictions.
     pub top_k: u32,
     pub save_logits: SaveLogits,
@@ -48,7 +52,8 @@ impl ShardJob {
             samples,
             labels,
             counts_only: job.outputs.counts_only,
-            num_classes: job.model.num_classes,
+            num_classes: job.scored_classes(),
+            model_classes: job.model.num_classes,
             top_k: job.outputs.top_k,
             save_logits: job.outputs.save_logits,
             synthetic: job.model.synthetic,
@@ -486,7 +491,7 @@ fn check_saved_logits(r: &SampleResult, job: &ShardJob) -> Result<(), RowProblem
         SaveLogits::Fp16 => 2,
         SaveLogits::Fp32 => 4,
     };
-    let want = width * job.num_classes as usize;
+    let want = width * job.model_classes as usize;
     if r.logits.len() != want {
         return Err(RowProblem::SavedLogitsLength {
             got: r.logits.len(),
@@ -557,6 +562,7 @@ mod tests {
             labels: vec![0, 1, 2, 3],
             counts_only: false,
             num_classes: CLASSES,
+            model_classes: CLASSES,
             top_k: 5,
             save_logits: SaveLogits::None,
             synthetic: false,
@@ -781,6 +787,7 @@ mod tests {
         // Three classes: three predictions, however large --top-k is.
         let small = ShardJob {
             num_classes: 3,
+            model_classes: 3,
             labels: vec![0, 1, 2, 0],
             ..job()
         };

@@ -43,6 +43,7 @@
 //! format = "imagenet"                   # default imagefolder
 //! num_classes = 1000                    # optional, as `run --num-classes`
 //! allow_absolute_paths = false          # optional, as `run --allow-absolute-paths` (manifests)
+//! class_subset = "imagenet-r"           # optional, as `run --class-subset` (a file: relative to here)
 //!
 //! # reference_dataset = "imagenet"      # what results-*.csv diff against; default: the only
 //!                                       # dataset of format "imagenet"
@@ -80,6 +81,7 @@ const MATRIX_FLAGS: &[&str] = &[
     "precision",
     "out",
     "num-classes",
+    "class-subset",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +143,8 @@ pub struct DatasetEntry {
     pub num_classes: Option<u32>,
     #[serde(default)]
     pub allow_absolute_paths: bool,
+    /// As `run --class-subset`: a built-in name or a file (relative to the sweep file's folder).
+    pub class_subset: Option<String>,
 }
 
 fn default_format() -> String {
@@ -160,6 +164,7 @@ pub struct Cell {
     pub format: String,
     pub num_classes: Option<u32>,
     pub allow_absolute_paths: bool,
+    pub class_subset: Option<String>,
     pub resolution: u32,
     pub crop_mode: CropMode,
     pub precision: Precision,
@@ -285,6 +290,12 @@ impl SweepFile {
                                     format: d.format.clone(),
                                     num_classes: d.num_classes,
                                     allow_absolute_paths: d.allow_absolute_paths,
+                                    class_subset: d.class_subset.as_ref().map(|c| {
+                                        match tresnet_common::dataset::ClassSubset::builtin(c) {
+                                            Some(_) => c.clone(),
+                                            None => resolve(base, c),
+                                        }
+                                    }),
                                     resolution,
                                     crop_mode,
                                     precision,
@@ -361,6 +372,7 @@ impl Cell {
                 })?,
             num_classes: self.num_classes,
             allow_absolute_paths: self.allow_absolute_paths,
+            class_subset: self.class_subset.clone(),
         };
         a.preprocess.resolution = self.resolution;
         a.preprocess.crop_mode = self.crop_mode;
@@ -808,6 +820,32 @@ worker-arg = ["--x", "--y"]
 
     /// A `[run]` table deserialises into the same defaults as a `run` command line that gives only the
     /// matrix's flags, and every job parameter (`dct-scaling`, `max-pixels`, ...) is a key.
+    /// A dataset's class subset reaches its cells' `run`: a built-in name as it is, a file relative to
+    /// the sweep file's folder.
+    #[test]
+    fn datasets_carry_their_class_subset_to_the_cells() {
+        let text = FILE.replace(
+            "data = \"images\"\n",
+            "data = \"images\"\nformat = \"imagenet\"\nclass_subset = \"imagenet-r\"\n\
+             [[dataset]]\nname = \"mine\"\ndata = \"m\"\nclass_subset = \"subsets/mine.txt\"\n",
+        );
+        let f: SweepFile = toml::from_str(&text).unwrap();
+        let shared = f.run_args().unwrap();
+        let cells = f.cells(Path::new("/sweeps")).unwrap();
+        let subset_of = |dataset: &str| {
+            let cell = cells.iter().find(|c| c.dataset == dataset).unwrap();
+            cell.run_args(Path::new("/out"), &shared)
+                .unwrap()
+                .data
+                .class_subset
+        };
+        assert_eq!(subset_of("sample").as_deref(), Some("imagenet-r"));
+        assert_eq!(
+            subset_of("mine").as_deref(),
+            Some("/sweeps/subsets/mine.txt")
+        );
+    }
+
     #[test]
     fn the_run_table_has_the_command_lines_defaults_and_keys() {
         use clap::Parser;

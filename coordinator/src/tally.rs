@@ -72,6 +72,22 @@ impl Tally {
     /// contradicts the job (no prediction, a class out of range), becomes a bad sample rather than a
     /// silent miscount.
     pub fn add(&mut self, index: u64, key: &str, label: u32, r: &SampleResult) -> bool {
+        self.add_accepting(index, key, label, std::slice::from_ref(&label), r)
+    }
+
+    /// [`Self::add`] for a sample whose correct classes are `accepted` (ImageNet-ReaL's label list; the
+    /// single label otherwise): the headline top-1 (and calibration) is a hit when the prediction is
+    /// among them, top-5 when any of the first k5 is. The per-class table, the confusion matrix and
+    /// precision/recall/F1 stay single-label, against the sample's own `label` (the val label), so
+    /// they keep their scikit-learn definitions.
+    pub fn add_accepting(
+        &mut self,
+        index: u64,
+        key: &str,
+        label: u32,
+        accepted: &[u32],
+        r: &SampleResult,
+    ) -> bool {
         let bad = |reason: String| BadSample {
             index: Some(index),
             key: key.to_string(),
@@ -98,8 +114,14 @@ impl Tally {
             return false;
         }
         self.evaluated += 1;
-        let hit1 = top1 == label;
-        let hit5 = r.topk_indices.iter().take(self.k5).any(|&c| c == label);
+        let hit1 = accepted.contains(&top1);
+        let hit5 = r
+            .topk_indices
+            .iter()
+            .take(self.k5)
+            .any(|c| accepted.contains(c));
+        let own1 = top1 == label;
+        let own5 = r.topk_indices.iter().take(self.k5).any(|&c| c == label);
         self.correct1 += u64::from(hit1);
         self.correct5 += u64::from(hit5);
         self.loss_sum += r.loss;
@@ -112,8 +134,8 @@ impl Tally {
         b.correct += u64::from(hit1);
         let c = &mut self.per_class[label as usize];
         c.support += 1;
-        c.correct1 += u64::from(hit1);
-        c.correct5 += u64::from(hit5);
+        c.correct1 += u64::from(own1);
+        c.correct5 += u64::from(own5);
         self.per_class[top1 as usize].predicted += 1;
         *self.confusion.entry((label, top1)).or_default() += 1;
         true
@@ -489,6 +511,25 @@ mod tests {
         assert_eq!(rel[7].count, 4);
         assert_eq!(rel[7].accuracy, Some(0.5));
         assert_eq!(rel[0].confidence, None);
+    }
+
+    /// ReaL: the headline counts accept any class of the list; per-class counts and the confusion
+    /// matrix stay against the val label.
+    #[test]
+    fn label_lists_score_the_headline_and_leave_per_class_single_label() {
+        let mut t = Tally::new(10, 5);
+        // Predicted 3 with list {3, 7}, val label 7: a ReaL top-1 hit, a per-class miss.
+        assert!(t.add_accepting(0, "a", 7, &[3, 7], &res(&[3, 7, 2, 4, 5], 0.5, 0.9)));
+        // Predicted 1, list {8}: top-5 only if 8 is in the five; it is not.
+        assert!(t.add_accepting(1, "b", 8, &[8], &res(&[1, 2, 3, 4, 5], 0.5, 0.9)));
+        // Predicted 6, list {2, 9}, 9 third: a ReaL top-5 hit.
+        assert!(t.add_accepting(2, "c", 2, &[2, 9], &res(&[6, 0, 9, 4, 5], 0.5, 0.9)));
+        assert_eq!((t.correct1, t.correct5), (1, 2));
+        assert_eq!(t.per_class[7].correct1, 0);
+        assert_eq!(t.per_class[7].correct5, 1);
+        assert_eq!(t.per_class[2].correct5, 0);
+        assert_eq!(t.confusion[&(7, 3)], 1);
+        assert_eq!(t.bins[ece_bin(0.9)].correct, 1);
     }
 
     #[test]

@@ -14,14 +14,25 @@ scikit-learn's top_k_accuracy_score sorts with a stable argsort and reverses it,
 that into exactly our rule, so the sklearn figure is comparable on tied rows too. The script also ranks
 with its own stable sort and reports how many rows had a tie at the top-k boundary.
 
-Run by tests/tests/reports.rs (with the venv's python): check_metrics.py RUN_DIR
+Class subsets (`--class-subset`, ImageNet-A/-R): logits.npy holds the model's full rows; the script
+keeps the subset's columns itself (job.json's class_subset, ascending) and recomputes everything in the
+subset's positions, and checks class_subset.csv. ImageNet-ReaL: the script reads the dataset's
+real.json itself and matches each image by the number in its file name; top-1 is correct when the
+prediction is in the image's list, top-5 when any of the five is (no scikit-learn function scores label
+lists, so these are by definition), images with an empty list must be exactly the excluded ones, and the
+per-class table, confusion matrix and precision/recall/F1 stay against the val label.
+
+Run by tests/tests/reports.rs and tests/tests/datasets.rs (with the venv's python):
+check_metrics.py RUN_DIR
 """
 
 import csv
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -74,11 +85,27 @@ def ranked(logits32: np.ndarray) -> np.ndarray:
     return np.argsort(-logits32, axis=1, kind="stable")
 
 
+def real_lists(job):
+    """ImageNet-ReaL: every image under the dataset folder by key, with its list from real.json."""
+    root = Path(unquote(urlparse(job["data_url"]).path))
+    labels = job["format"].get("labels")
+    path = root / labels if labels else next(Path(d) / "real.json" for d, _, fs in os.walk(root) if "real.json" in fs)
+    real = json.loads(path.read_text())
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            if f.startswith("ILSVRC2012_val_"):
+                n = int(f.split(".")[0][len("ILSVRC2012_val_"):])
+                out[str((Path(d) / f).relative_to(root))] = sorted(real[n - 1])
+    return out
+
+
 def main(run: Path) -> int:
     summary = json.loads((run / "summary.json").read_text())
     job = json.loads((run / "job.json").read_text())
     outcome = json.loads((run / "outcome.json").read_text())
-    C = job["num_classes"]
+    subset = job.get("class_subset")
+    C = len(subset) if subset else job["num_classes"]
     k5 = summary["top5_k"]
     equal("summary.job", summary["job"], job)
     equal("top5_k", k5, min(5, job["top_k"], C))
@@ -89,11 +116,29 @@ def main(run: Path) -> int:
     y = np.asarray(preds["label"], dtype=np.int64)
     n = len(idx)
     all_logits = np.load(run / "logits.npy")
-    equal("logits.npy shape", all_logits.shape, (job["dataset_samples"], C))
+    equal("logits.npy shape", all_logits.shape, (job["dataset_samples"], job["num_classes"]))
     nan_rows = np.isnan(all_logits).any(axis=1)
     equal("rows with logits", sorted(np.flatnonzero(~nan_rows).tolist()), sorted(idx.tolist()))
     L32 = all_logits[idx].astype(np.float32)
+    if subset:
+        equal("class_subset ascending", subset, sorted(set(subset)))
+        L32 = L32[:, subset]
+        with open(run / "class_subset.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        equal("class_subset.csv", [(int(r["subset_index"]), int(r["class_index"]), r["class_name"]) for r in rows],
+              list(zip(range(C), subset, outcome["class_names"])))
     L = L32.astype(np.float64)
+
+    # ImageNet-ReaL: each row's accepted classes, read from real.json by the image's number.
+    lists = real_lists(job) if job["format"]["format"] == "imagenet_real" else None
+    if lists is not None:
+        accepted = [lists[k] for k in preds["key"]]
+        equal("predictions.labels", [list(v) for v in preds["labels"]], accepted)
+        excluded = sorted(k for k, v in lists.items() if not v)
+        equal("excluded (empty ReaL lists)", sorted(e["key"] for e in outcome.get("excluded", [])), excluded)
+        equal("excluded_samples", summary["excluded_samples"], len(excluded))
+    else:
+        accepted = [[int(v)] for v in y]
 
     # --- top-k and per-sample columns ---------------------------------------------------------------
     order = ranked(L32)
@@ -103,18 +148,23 @@ def main(run: Path) -> int:
     want_vals = np.take_along_axis(L32, order[:, :top_k], axis=1)
     equal("predictions.topk_logits", [list(np.float32(v) for v in r) for r in preds["topk_logits"]],
           [list(r) for r in want_vals])
-    hit1 = pred1 == y
-    hit5 = (order[:, :k5] == y[:, None]).any(axis=1)
+    hit1 = np.array([int(p) in a for p, a in zip(pred1, accepted)], dtype=bool)
+    hit5 = np.array([any(int(c) in a for c in row[:k5]) for row, a in zip(order, accepted)], dtype=bool)
+    # The val label's own top-5 hits: the per-class table's (the same as hit5 unless ReaL).
+    own5 = (order[:, :k5] == y[:, None]).any(axis=1)
     equal("predictions.correct1", preds["correct1"], hit1.tolist())
     equal("predictions.correct5", preds["correct5"], hit5.tolist())
     ties = sum(
         1 for r in range(n) for k in {1, k5} if k < C and L32[r, order[r, k - 1]] == L32[r, order[r, k]]
     )
     rev = dict(labels=np.arange(C), normalize=False)
-    sk1 = top_k_accuracy_score(C - 1 - y, L[:, ::-1], k=1, **rev)
-    sk5 = top_k_accuracy_score(C - 1 - y, L[:, ::-1], k=k5, **rev)
-    equal("correct1 (sklearn top_k_accuracy_score, class axis reversed)", summary["correct1"], int(sk1))
-    equal("correct5 (sklearn top_k_accuracy_score, class axis reversed)", summary["correct5"], int(sk5))
+    if lists is None:
+        sk1 = top_k_accuracy_score(C - 1 - y, L[:, ::-1], k=1, **rev)
+        sk5 = top_k_accuracy_score(C - 1 - y, L[:, ::-1], k=k5, **rev)
+        equal("correct1 (sklearn top_k_accuracy_score, class axis reversed)", summary["correct1"], int(sk1))
+        equal("correct5 (sklearn top_k_accuracy_score, class axis reversed)", summary["correct5"], int(sk5))
+    else:
+        sk1, sk5 = hit1.sum(), hit5.sum()
     equal("correct1 (stable sort)", summary["correct1"], int(hit1.sum()))
     equal("correct5 (stable sort)", summary["correct5"], int(hit5.sum()))
     equal("samples", summary["samples"], n)
@@ -190,7 +240,7 @@ def main(run: Path) -> int:
     for c in range(C):
         s = int(support[c])
         close(f"per_class.top1[{c}]", pc["top1"][c], 100.0 * cm[c, c] / s if s else None)
-        close(f"per_class.top5[{c}]", pc["top5"][c], 100.0 * hit5[y == c].sum() / s if s else None)
+        close(f"per_class.top5[{c}]", pc["top5"][c], 100.0 * own5[y == c].sum() / s if s else None)
         ci = wilson(int(cm[c, c]), s)
         close(f"per_class.top1_ci95_low[{c}]", pc["top1_ci95_low"][c], ci and ci[0])
         close(f"per_class.top1_ci95_high[{c}]", pc["top1_ci95_high"][c], ci and ci[1])
@@ -233,7 +283,9 @@ def main(run: Path) -> int:
     equal("bad", summary["bad"], outcome["bad"])
     equal("failed_samples", summary["failed_samples"], failed)
     equal("dataset_size", summary["dataset_size"], outcome["dataset_size"])
-    equal("samples + bad + failed", n + len(summary["bad"]) + failed, summary["dataset_size"])
+    excluded_n = len(outcome.get("excluded", []))
+    equal("excluded_samples", summary.get("excluded_samples", 0), excluded_n)
+    equal("samples + excluded + bad + failed", n + excluded_n + len(summary["bad"]) + failed, summary["dataset_size"])
     equal("model", summary["model"], job["model"])
     equal("weights_sha256", summary["weights_sha256"], job["weights_sha256"])
     if job["weights"] and Path(job["weights"]).is_file():

@@ -288,7 +288,7 @@ pub fn start(
                                 .entry((batch.job.job_id.0.clone(), batch.lease))
                                 .or_insert_with(|| {
                                     DeviceCounts::zeros(
-                                        i64::from(batch.job.model.num_classes),
+                                        i64::from(batch.job.scored_classes()),
                                         device,
                                     )
                                 })
@@ -483,6 +483,14 @@ fn run_batch(
 ) -> Result<Vec<SampleResult>, ExecutorError> {
     if let Some(acc) = counts {
         let y = device_logits(engine, job, device, b)?;
+        // A class subset keeps only its columns, in its order, before anything is counted.
+        let y = match &job.data.class_subset {
+            Some(subset) => {
+                let keep: Vec<i64> = subset.classes().iter().map(|&c| i64::from(c)).collect();
+                y.index_select(1, &Tensor::from_slice(&keep).to_device(y.device()))
+            }
+            None => y,
+        };
         let labels =
             Tensor::from_slice(&b.labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>())
                 .to_device(y.device());
@@ -507,7 +515,10 @@ fn run_batch(
         return Ok(b
             .indices
             .iter()
-            .map(|&i| synthetic_record(i, *classes, job.outputs.top_k as usize))
+            .map(|&i| {
+                let scored = (*classes).min(job.scored_classes() as usize);
+                synthetic_record(i, scored, job.outputs.top_k as usize)
+            })
             .collect());
     }
     let y = device_logits(engine, job, device, b)?;
@@ -563,7 +574,9 @@ fn split_non_finite(
     Ok(FiniteSplit { finite, errors })
 }
 
-/// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`.
+/// Per-sample results (top-k, loss, confidence, optional logits) of host logits `[n, classes]`. With a
+/// class subset, top-k, loss and confidence see only the subset's logits (classes and labels are
+/// subset positions); saved logits stay the model's full row, so they can be rescored.
 fn score_rows(
     job: &JobSpec,
     logits: &[f32],
@@ -572,6 +585,8 @@ fn score_rows(
     labels: &[u32],
 ) -> Vec<SampleResult> {
     let mut out = Vec::with_capacity(indices.len());
+    let subset = job.data.class_subset.as_ref().map(|s| s.classes());
+    let mut kept = Vec::with_capacity(subset.map_or(0, <[u32]>::len));
     for (j, row) in logits.chunks(classes).enumerate() {
         if let Some(error) = non_finite_reason(row) {
             out.push(SampleResult {
@@ -581,8 +596,16 @@ fn score_rows(
             });
             continue;
         }
-        let (topk_indices, topk_logits) = top_k(row, job.outputs.top_k as usize);
-        let (loss, confidence) = loss_and_confidence(row, labels[j]);
+        let scored: &[f32] = match subset {
+            Some(subset) => {
+                kept.clear();
+                kept.extend(subset.iter().map(|&c| row[c as usize]));
+                &kept
+            }
+            None => row,
+        };
+        let (topk_indices, topk_logits) = top_k(scored, job.outputs.top_k as usize);
+        let (loss, confidence) = loss_and_confidence(scored, labels[j]);
         let logits = match job.outputs.save_logits {
             SaveLogits::None => Vec::new(),
             SaveLogits::Fp32 => row.iter().flat_map(|v| v.to_le_bytes()).collect(),
@@ -674,6 +697,37 @@ mod tests {
         );
         assert_eq!(panic_text(literal.unwrap_err()), "static message");
         assert_eq!(panic_text(other.unwrap_err()), "panic");
+    }
+
+    /// The subset is applied before top-k, loss and confidence: a row whose unmasked argmax lies
+    /// outside the subset is scored on the subset's columns alone, in subset positions, while the saved
+    /// logits keep the model's full row.
+    #[test]
+    fn a_class_subset_masks_before_top_k_loss_and_confidence() {
+        use tresnet_common::dataset::ClassSubset;
+        use tresnet_common::job::{SaveLogits, example_job};
+        let mut job = example_job();
+        job.model.num_classes = 4;
+        job.outputs.top_k = 2;
+        job.outputs.save_logits = SaveLogits::Fp32;
+        job.data.class_subset = Some(ClassSubset::try_from(vec![3, 1]).unwrap());
+        let row = [10.0f32, 1.0, 0.0, 2.0];
+        let r = &super::score_rows(&job, &row, 4, &[7], &[0])[0];
+        assert_eq!(
+            r.topk_indices,
+            [1, 0],
+            "class 3 is position 1, class 1 position 0"
+        );
+        assert_eq!(r.topk_logits, [2.0, 1.0]);
+        let lse = (1f64.exp() + 2f64.exp()).ln();
+        assert!((r.loss - (lse - 1.0)).abs() < 1e-12, "{}", r.loss);
+        assert!((r.confidence - (2.0 - lse).exp()).abs() < 1e-12);
+        let saved: Vec<f32> = r
+            .logits
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(saved, row);
     }
 
     #[test]

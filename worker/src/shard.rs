@@ -353,7 +353,7 @@ async fn process_shard(
             .reduce(
                 &shared.job.job_id.0,
                 lease.lease_id,
-                i64::from(shared.job.model.num_classes),
+                i64::from(shared.job.scored_classes()),
             )
             .await
             .map_err(EnvironmentFault::Executor)?;

@@ -60,7 +60,7 @@ pub enum DatasetError {
         more: usize,
     },
     #[error(
-        "unknown dataset format {0:?} (expected imagefolder, imagenet, cifar10, cifar100, flowers102, cars, manifest or tar)"
+        "unknown dataset format {0:?} (expected imagefolder, imagenet, imagenet-real, imagenet-v2, imagenet-a, imagenet-r, imagenet-sketch, cifar10, cifar100, flowers102, cars, manifest or tar)"
     )]
     UnknownFormat(String),
 }

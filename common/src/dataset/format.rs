@@ -47,6 +47,25 @@ pub enum DatasetFormat {
     },
     /// WebDataset-style tar shards with offset indexes: see [`super::tar`].
     Tar,
+    /// ImageNet-val images (either [`Self::ImageNet`] layout) scored against the ImageNet-ReaL label
+    /// lists: see [`super::imagenet_variants`].
+    #[serde(rename = "imagenet_real")]
+    ImageNetReal {
+        /// The ReaL `real.json` relative to the prefix; `None` finds the one file named `real.json`.
+        labels: Option<String>,
+    },
+    /// ImageNetV2 (any of its three variants): folders `0` … `999` named by class index.
+    #[serde(rename = "imagenet_v2")]
+    ImageNetV2,
+    /// ImageNet-A: 200 WNID folders, scored on the `imagenet-a` class subset.
+    #[serde(rename = "imagenet_a")]
+    ImageNetA,
+    /// ImageNet-R: 200 WNID folders, scored on the `imagenet-r` class subset.
+    #[serde(rename = "imagenet_r")]
+    ImageNetR,
+    /// ImageNet-Sketch: 1000 WNID folders.
+    #[serde(rename = "imagenet_sketch")]
+    ImageNetSketch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -81,6 +100,20 @@ impl DatasetFormat {
             Self::StanfordCars { .. } => "cars",
             Self::Manifest { .. } => "manifest",
             Self::Tar => "tar",
+            Self::ImageNetReal { .. } => "imagenet-real",
+            Self::ImageNetV2 => "imagenet-v2",
+            Self::ImageNetA => "imagenet-a",
+            Self::ImageNetR => "imagenet-r",
+            Self::ImageNetSketch => "imagenet-sketch",
+        }
+    }
+
+    /// The class subset a format is scored on by definition (ImageNet-A and -R: their 200 classes).
+    pub fn implied_subset(&self) -> Option<super::ClassSubset> {
+        match self {
+            Self::ImageNetA => super::ClassSubset::builtin("imagenet-a"),
+            Self::ImageNetR => super::ClassSubset::builtin("imagenet-r"),
+            _ => None,
         }
     }
 }
@@ -119,6 +152,11 @@ impl FromStr for DatasetFormat {
                 allow_absolute_paths: false,
             },
             "tar" | "wds" | "webdataset" => Self::Tar,
+            "imagenet-real" | "real" => Self::ImageNetReal { labels: None },
+            "imagenet-v2" | "imagenetv2" => Self::ImageNetV2,
+            "imagenet-a" => Self::ImageNetA,
+            "imagenet-r" => Self::ImageNetR,
+            "imagenet-sketch" | "sketch" => Self::ImageNetSketch,
             _ => return Err(DatasetError::UnknownFormat(name.to_string())),
         })
     }
@@ -139,6 +177,11 @@ mod tests {
             "cars",
             "manifest",
             "tar",
+            "imagenet-real",
+            "imagenet-v2",
+            "imagenet-a",
+            "imagenet-r",
+            "imagenet-sketch",
         ] {
             assert_eq!(name.parse::<DatasetFormat>().unwrap().name(), name);
         }

@@ -82,6 +82,17 @@ pub(crate) async fn list(
         ground_truth: ground_truth.map(str::to_string),
         synset_map: synset_map.map(str::to_string),
     };
+    list_in(location, &listing, ground_truth, synset_map, format).await
+}
+
+/// [`list`] from a listing already made, recording `format` (ImageNet-ReaL reads the same images).
+pub(crate) async fn list_in(
+    location: &StorageLocation,
+    listing: &Listing,
+    ground_truth: Option<&str>,
+    synset_map: Option<&str>,
+    format: DatasetFormat,
+) -> Result<DatasetIndex, DatasetError> {
     let ground_truth = match ground_truth {
         Some(rel) => Some(listing.get(rel).ok_or_else(|| DatasetError::NotFound {
             url: location.url().to_string(),
@@ -93,15 +104,15 @@ pub(crate) async fn list(
         },
     };
     let samples = match ground_truth {
-        None => class_folder_samples(location, &listing)?,
+        None => class_folder_samples(location, listing)?,
         Some(gt) => {
             let labels = if gt.rel.ends_with(".csv") {
                 parse_loc_solution(location, gt, &read_listed(location, gt).await?)?
             } else {
-                let map = id_to_class(location, &listing, synset_map).await?;
+                let map = id_to_class(location, listing, synset_map).await?;
                 parse_devkit_ground_truth(location, gt, &read_listed(location, gt).await?, &map)?
             };
-            flat_samples(location, &listing, gt, &labels)?
+            flat_samples(location, listing, gt, &labels)?
         }
     };
     let class_names = synsets().iter().map(|s| s.to_string()).collect();
@@ -110,7 +121,7 @@ pub(crate) async fn list(
     Ok(index)
 }
 
-fn class_folder_samples(
+pub(crate) fn class_folder_samples(
     location: &StorageLocation,
     listing: &Listing,
 ) -> Result<Vec<Sample>, DatasetError> {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{BadSample, DatasetError, DatasetFormat, Sample};
+use super::{BadSample, DatasetError, DatasetFormat, ExcludedSample, Sample};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatasetIndex {
@@ -24,6 +24,14 @@ pub struct DatasetIndex {
     /// read from `file://` and `s3://` has the same fingerprint; any added, removed, relabelled or
     /// resized sample changes it.
     pub fingerprint: String,
+    /// Multi-label formats (ImageNet-ReaL): for each sample, in the order of `samples`, the classes
+    /// that count as a correct prediction. `None`: the single `label` is the only correct class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_sets: Option<Vec<Vec<u32>>>,
+    /// Samples the scoring rule leaves out (see [`ExcludedSample`]); part of the dataset's size but not
+    /// of [`Self::len`], which counts what the shards cover.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded: Vec<ExcludedSample>,
 }
 
 impl DatasetIndex {
@@ -68,7 +76,74 @@ impl DatasetIndex {
             samples,
             bad_samples,
             fingerprint,
+            label_sets: None,
+            excluded: Vec::new(),
         })
+    }
+
+    /// Sets the excluded samples and folds their keys and reasons into the fingerprint.
+    pub fn set_excluded(&mut self, mut excluded: Vec<ExcludedSample>) {
+        excluded.sort_by(|a, b| a.key.cmp(&b.key));
+        self.fingerprint = extend_fingerprint(
+            &self.fingerprint,
+            "excluded",
+            excluded
+                .iter()
+                .flat_map(|e| [e.key.as_str().as_bytes(), e.reason.as_bytes()]),
+        );
+        self.excluded = excluded;
+    }
+
+    /// Sets the label sets of a multi-label format (one per sample, each class below the class count)
+    /// and folds them into the fingerprint. `url` names the dataset in errors.
+    pub fn set_label_sets(&mut self, url: &str, sets: Vec<Vec<u32>>) -> Result<(), DatasetError> {
+        if sets.len() != self.samples.len() {
+            return Err(DatasetError::invalid(
+                url,
+                format!(
+                    "{} label sets for {} samples",
+                    sets.len(),
+                    self.samples.len()
+                ),
+            ));
+        }
+        let classes = self.class_names.len();
+        for (sample, set) in self.samples.iter().zip(&sets) {
+            if let Some(&label) = set.iter().find(|&&c| c as usize >= classes) {
+                return Err(DatasetError::LabelOutOfRange {
+                    url: url.to_string(),
+                    key: sample.key.to_string(),
+                    label,
+                    classes,
+                });
+            }
+        }
+        let encoded: Vec<Vec<u8>> = self
+            .samples
+            .iter()
+            .zip(&sets)
+            .flat_map(|(sample, set)| {
+                [
+                    sample.key.as_str().as_bytes().to_vec(),
+                    set.iter().flat_map(|c| c.to_le_bytes()).collect(),
+                ]
+            })
+            .collect();
+        self.fingerprint = extend_fingerprint(
+            &self.fingerprint,
+            "label-sets",
+            encoded.iter().map(|v| &v[..]),
+        );
+        self.label_sets = Some(sets);
+        Ok(())
+    }
+
+    /// The classes that count as correct for sample `i`: its label set, or its single label.
+    pub fn accepted(&self, i: usize) -> &[u32] {
+        match &self.label_sets {
+            Some(sets) => &sets[i],
+            None => std::slice::from_ref(&self.samples[i].label),
+        }
     }
 
     /// Samples plus bad samples: the count a complete run accounts for.
@@ -79,6 +154,29 @@ impl DatasetIndex {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// SHA-256 of a previous fingerprint, a tag and length-prefixed parts: what scoring data added after the
+/// listing (label sets, excluded samples) does to the fingerprint, so that it still changes with them.
+fn extend_fingerprint<'a>(
+    previous: &str,
+    tag: &str,
+    parts: impl IntoIterator<Item = &'a [u8]>,
+) -> String {
+    let mut hasher = Sha256::new();
+    for head in [previous.as_bytes(), tag.as_bytes()] {
+        hasher.update((head.len() as u64).to_le_bytes());
+        hasher.update(head);
+    }
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 fn fingerprint(

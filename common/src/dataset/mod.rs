@@ -11,6 +11,7 @@
 //! | Stanford Cars | [`cars`] | annotation `class` − 1, names from `cars_meta.mat` |
 //! | CSV / Parquet manifest | [`manifest`] | the `label` column as written |
 //! | tar shards | [`tar`] | the `.cls` member as written |
+//! | ImageNet-ReaL, -V2, -A, -R, -Sketch | [`imagenet_variants`] | the standard 1000-class index (V2: the folder's number) |
 //!
 //! Errors: metadata that cannot be read or is inconsistent fails the listing with a [`DatasetError`]
 //! naming the object (and line); a problem confined to one sample becomes a [`BadSample`]. See
@@ -24,11 +25,13 @@ pub mod flowers;
 pub mod format;
 pub mod imagefolder;
 pub mod imagenet;
+pub mod imagenet_variants;
 pub mod index;
 pub mod manifest;
 pub mod mat;
 pub mod names;
 pub mod sample;
+pub mod subset;
 pub mod tar;
 
 use std::collections::HashMap;
@@ -39,7 +42,8 @@ use object_store::path::Path;
 pub use error::DatasetError;
 pub use format::{CifarSplit, DatasetFormat, FlowersSplit};
 pub use index::DatasetIndex;
-pub use sample::{BadSample, CIFAR_PIXEL_BYTES, Sample, SampleKey, SampleSource};
+pub use sample::{BadSample, CIFAR_PIXEL_BYTES, ExcludedSample, Sample, SampleKey, SampleSource};
+pub use subset::ClassSubset;
 
 use crate::storage::StorageLocation;
 
@@ -67,6 +71,13 @@ pub async fn list_dataset(
             allow_absolute_paths,
         } => manifest::list(location, file.as_deref(), *allow_absolute_paths).await,
         DatasetFormat::Tar => tar::list(location).await,
+        DatasetFormat::ImageNetReal { labels } => {
+            imagenet_variants::list_real(location, labels.as_deref()).await
+        }
+        DatasetFormat::ImageNetV2 => imagenet_variants::list_v2(location).await,
+        DatasetFormat::ImageNetA | DatasetFormat::ImageNetR | DatasetFormat::ImageNetSketch => {
+            imagenet_variants::list_wnid_folders(location, format).await
+        }
     }
 }
 

@@ -116,6 +116,16 @@ pub struct BadSample {
     pub reason: String,
 }
 
+/// A sample of the dataset that its scoring rule leaves out: an ImageNet-ReaL image whose label list is
+/// empty, or an image of a class outside the job's class subset. Never sent to a worker; the report
+/// counts it in `excluded_samples` with this reason, so `evaluated + excluded + bad + failed` is the
+/// dataset's size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExcludedSample {
+    pub key: SampleKey,
+    pub reason: String,
+}
+
 /// object_store's `Path` has no serde support; it round-trips through its string form, which
 /// `Path::parse` accepts unchanged because it was produced by a `Path`.
 mod object_path {

@@ -3,7 +3,7 @@
 use object_store::path::Path;
 
 use super::pb;
-use crate::dataset::{Sample, SampleKey, SampleSource};
+use crate::dataset::{ClassSubset, Sample, SampleKey, SampleSource};
 use crate::ids::JobId;
 use crate::ids::SampleIndex;
 use crate::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, Precision, SaveLogits};
@@ -128,6 +128,12 @@ impl From<&JobSpec> for pb::JobSpec {
                 dataset_fingerprint: j.data.dataset_fingerprint.clone(),
                 dataset_samples: j.data.dataset_samples,
                 listed_at_unix_ms: j.data.listed_at_unix_ms,
+                class_subset: j
+                    .data
+                    .class_subset
+                    .as_ref()
+                    .map(|c| c.classes().to_vec())
+                    .unwrap_or_default(),
             }),
             preprocess: Some((&j.preprocess).into()),
             outputs: Some(pb::OutputSpec {
@@ -173,11 +179,27 @@ impl TryFrom<pb::JobSpec> for JobSpec {
         if b.batch_size == 0 {
             return Err(bad(M, "batch_size is 0"));
         }
-        if o.top_k == 0 || o.top_k > m.num_classes.max(1) {
-            return Err(bad(
-                M,
-                format!("top_k {} with {} classes", o.top_k, m.num_classes),
-            ));
+        // An empty list is no subset; a given one must name distinct classes the model has, in
+        // ascending order (positions are indices into it: a reordered list would relabel silently).
+        let class_subset = match d.class_subset.is_empty() {
+            true => None,
+            false => {
+                if d.class_subset.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(bad(M, "class_subset is not strictly ascending"));
+                }
+                let subset = ClassSubset::try_from(d.class_subset)
+                    .map_err(|e| bad(M, format!("class_subset: {e}")))?;
+                subset
+                    .check_within(m.num_classes)
+                    .map_err(|e| bad(M, e.to_string()))?;
+                Some(subset)
+            }
+        };
+        let scored = class_subset
+            .as_ref()
+            .map_or(m.num_classes, |s| s.len() as u32);
+        if o.top_k == 0 || o.top_k > scored.max(1) {
+            return Err(bad(M, format!("top_k {} with {scored} classes", o.top_k)));
         }
         if o.counts_only && save_logits != SaveLogits::None {
             return Err(bad(
@@ -205,6 +227,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 dataset_fingerprint: d.dataset_fingerprint,
                 dataset_samples: d.dataset_samples,
                 listed_at_unix_ms: d.listed_at_unix_ms,
+                class_subset,
             },
             preprocess,
             outputs: OutputSpec {
@@ -395,7 +418,7 @@ mod tests {
         job.preprocess.max_pixels = 1000;
         job.data.listed_at_unix_ms = Some(1_700_000_000_000);
         let wire = pb::JobSpec::from(&job);
-        assert_eq!(JobSpec::try_from(wire.clone()), Ok(job));
+        assert_eq!(JobSpec::try_from(wire.clone()), Ok(job.clone()));
         let mut broken = wire.clone();
         broken.model.as_mut().unwrap().precision = 0;
         let e = JobSpec::try_from(broken).unwrap_err().to_string();
@@ -404,9 +427,31 @@ mod tests {
         broken.outputs.as_mut().unwrap().counts_only = true;
         let e = JobSpec::try_from(broken).unwrap_err().to_string();
         assert!(e.contains("counts_only"), "{e}");
-        let mut broken = wire;
+        let mut broken = wire.clone();
         broken.batching = None;
         let e = JobSpec::try_from(broken).unwrap_err().to_string();
         assert!(e.contains("batching"), "{e}");
+
+        // A class subset travels as its ascending list; top_k is bounded by its size.
+        let mut subset = job.clone();
+        subset.model.num_classes = 10;
+        subset.data.class_subset = Some(crate::dataset::ClassSubset::try_from(vec![9, 3]).unwrap());
+        let wire = pb::JobSpec::from(&subset);
+        assert_eq!(wire.data.as_ref().unwrap().class_subset, [3, 9]);
+        assert_eq!(JobSpec::try_from(wire.clone()), Ok(subset));
+        for (list, needle) in [
+            (vec![9, 3], "not strictly ascending"),
+            (vec![3, 3], "not strictly ascending"),
+            (vec![3, 10], "beyond the 10 classes"),
+        ] {
+            let mut broken = wire.clone();
+            broken.data.as_mut().unwrap().class_subset = list;
+            let e = JobSpec::try_from(broken).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        let mut broken = wire;
+        broken.data.as_mut().unwrap().class_subset = vec![3];
+        let e = JobSpec::try_from(broken).unwrap_err().to_string();
+        assert!(e.contains("top_k 2 with 1 classes"), "{e}");
     }
 }

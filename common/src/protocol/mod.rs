@@ -11,7 +11,7 @@ pub mod pb {
 }
 
 /// Bumped on every incompatible change to tresnet.proto; checked at registration.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Largest gRPC message either side accepts. A shard of 4096 samples with fp32 logits of 1000 classes
 /// is ~16 MiB; anything beyond 64 MiB is refused before it is buffered.

@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod service;
 pub mod shard_size;
 pub mod shutdown;
+pub mod stages;
 pub mod sweep;
 pub mod table;
 pub mod tally;

@@ -85,6 +85,13 @@ pub struct WorkerSummary {
     /// What it computed with, as it reported at registration.
     #[serde(default)]
     pub software: Option<WorkerSoftware>,
+    /// Where its time went in this job, from its last shard trailer (absent for synthetic-only or
+    /// older workers and in run directories written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::stages::WorkerStages>,
+    /// How each of its devices' model layout was chosen (measured at load or forced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layouts: Vec<crate::stages::LayoutSummary>,
 }
 
 /// Versions of the software that produced the numbers.

@@ -336,6 +336,9 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             leaky_slope: m.leaky_slope,
             num_classes,
             synthetic: m.synthetic,
+            // Synthetic workers load no model: nothing to measure, and no new keys in job.json.
+            measure_fold_bn: m.measures_fold_bn() && !m.synthetic,
+            memory_format: m.memory_format,
         },
         data: DataSpec {
             data_url: location.url().to_string(),
@@ -582,6 +585,18 @@ impl WorkerPool {
                     .sum(),
                 pid: w.pid,
                 software: w.software.clone(),
+                stages: st
+                    .live
+                    .stages
+                    .get(&id.0)
+                    .and_then(|l| l.stages.as_ref())
+                    .map(crate::stages::WorkerStages::from_pb),
+                layouts: st.live.stages.get(&id.0).map_or_else(Vec::new, |l| {
+                    l.layouts
+                        .iter()
+                        .map(crate::stages::LayoutSummary::from_pb)
+                        .collect()
+                }),
             })
             .collect();
         let facts = report::RunFacts {

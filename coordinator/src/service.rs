@@ -70,6 +70,8 @@ pub struct LiveStats {
     /// Every accepted shard (one entry per shard, so bounded by the shard count): the report's
     /// throughput-over-time chart.
     pub timeline: Vec<crate::report::TimelineEvent>,
+    /// Each worker's latest stage snapshot and layout choices, from its shard trailers.
+    pub stages: BTreeMap<String, crate::stages::LatestStages>,
 }
 
 /// Whether the coordinator takes on work: a drain (SIGTERM/SIGINT) first stops leasing while results in
@@ -460,7 +462,10 @@ impl Coordinator for CoordinatorService {
                 )));
             }
             // The store's failures happened whether or not this result is used.
-            st.live.store_retries += trailer.map_or(0, |t| t.store_retries);
+            st.live.store_retries += trailer.as_ref().map_or(0, |t| t.store_retries);
+            if let Some(t) = &trailer {
+                st.live.stages.entry(id.0.clone()).or_default().update(t);
+            }
             let bad = results.iter().find(|r| !r.error.is_empty());
             if st.fail_on_bad_sample
                 && let Some(b) = bad
@@ -863,6 +868,7 @@ mod tests {
         submit.push(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Trailer(pb::ShardTrailer {
                 store_retries: 2,
+                ..Default::default()
             })),
         });
         let r = c

@@ -322,6 +322,62 @@ fn workers_report_the_libtorch_they_link() {
     }
 }
 
+/// Every run records where each worker's time went: every stage present and non-negative, each
+/// device's stages plus its idle wait adding up to about the worker's wall time (they are disjoint
+/// stretches of its executor thread; a batch in flight at the last snapshot is the gap), the bounding
+/// stage named, end-to-end img/s beside model-only; and how each device's layout was chosen (measured:
+/// neither --fold-bn nor --memory-format was given). report.html shows the same.
+#[test]
+fn every_run_records_its_stage_breakdown_and_layout_choice() {
+    let s = summary(run_dir());
+    let mut reported = 0;
+    for w in s["workers"].as_array().unwrap() {
+        if w["accepted_samples"].as_u64().unwrap() == 0 {
+            continue;
+        }
+        reported += 1;
+        let st = &w["stages"];
+        let wall = st["wall_seconds"].as_f64().unwrap();
+        assert!(wall > 0.0, "{w}");
+        for k in ["fetch_seconds", "decode_seconds", "submit_seconds"] {
+            assert!(st[k].as_f64().unwrap() >= 0.0, "{k}: {st}");
+        }
+        assert!(st["decode_seconds"].as_f64().unwrap() > 0.0, "{st}");
+        assert!(st["images"].as_u64().unwrap() > 0, "{st}");
+        assert!(st["end_to_end_images_per_second"].as_f64().unwrap() > 0.0);
+        assert!(st["bound"].as_str().unwrap().contains("-bound: "), "{st}");
+        let devices = st["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 1, "{st}");
+        for d in devices {
+            let parts = [
+                "host_to_device_seconds",
+                "forward_seconds",
+                "device_to_host_seconds",
+                "idle_seconds",
+            ]
+            .map(|k| d[k].as_f64().unwrap());
+            assert!(parts.iter().all(|&v| v >= 0.0), "{d}");
+            assert!(parts[1] > 0.0, "{d}");
+            let sum: f64 = parts.iter().sum();
+            assert!(
+                sum <= wall * 1.01 + 1e-3 && sum >= 0.5 * wall,
+                "stages sum to {sum:.3} s of a {wall:.3} s wall: {d}"
+            );
+            assert!(d["model_images_per_second"].as_f64().unwrap() > 0.0);
+        }
+        let layouts = w["layouts"].as_array().unwrap();
+        assert_eq!(layouts.len(), 1, "{w}");
+        assert_eq!(layouts[0]["measured"], true, "{w}");
+        assert_eq!(layouts[0]["candidates"].as_array().unwrap().len(), 4);
+    }
+    assert!(reported >= 1);
+    assert_eq!(s["job"]["measure_fold_bn"], true);
+    let html = std::fs::read_to_string(run_dir().join("report.html")).unwrap();
+    assert!(html.contains("Where the time went"));
+    assert!(html.contains("-bound: "));
+    assert!(html.contains("measured at load"));
+}
+
 fn snapshot_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots")
 }

@@ -93,6 +93,14 @@ pub struct JoinArgs {
     /// frozen, partitioned), in milliseconds; then the worker exits with an error naming it.
     #[arg(long, default_value_t = crate::link::DEFAULT_COORDINATOR_PATIENCE.as_millis() as u64)]
     pub coordinator_patience_ms: u64,
+    /// When a job leaves the model layout open (`--memory-format auto`, no BN flag), time the
+    /// candidates at model load and keep the fastest (true), or take the fixed rule without measuring
+    /// (false: BN as the precision suggests, channels-last on CUDA, contiguous on CPU), which makes
+    /// reruns bit-identical; the test suite sets TRESNET_MEASURE_LAYOUT=false for its exact
+    /// comparisons across runs.
+    #[arg(long, env = "TRESNET_MEASURE_LAYOUT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub measure_layout: bool,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,

@@ -123,6 +123,8 @@ pub struct ExecutorConfig {
     pub job: JobSpec,
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
+    /// Measure the layouts the job leaves open; else take the fixed rule (`--measure-layout`).
+    pub measure_layout: bool,
     /// Keep per-sample jobs' logits on the device until the lease's gather (`--gather-logits`).
     pub gather_logits: bool,
     pub metrics: crate::metrics::WorkerMetrics,
@@ -174,11 +176,15 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<Layout
     if kind == Kind::Half && device == Device::Cpu {
         return Err("precision fp16 needs a CUDA device".into());
     }
-    let space = LayoutSpace::new(
-        job.model.fold_bn,
-        job.model.measure_fold_bn,
-        job.model.memory_format,
-    );
+    let space = if cfg.measure_layout {
+        LayoutSpace::new(
+            job.model.fold_bn,
+            job.model.measure_fold_bn,
+            job.model.memory_format,
+        )
+    } else {
+        LayoutSpace::fixed_rule(job.model.fold_bn, job.model.memory_format, device)
+    };
     let shape = TuneShape {
         device,
         kind,
@@ -434,10 +440,14 @@ fn reduce(
 ) -> Result<Option<ShardCounts>, ExecutorError> {
     collective.all_reduce_sum(rank, &mut c.ints)?;
     collective.all_reduce_sum(rank, &mut c.floats)?;
-    if rank == 0 {
-        Ok(Some(c.to_pb()?))
-    } else {
-        Ok(None)
+    // Confusion cells travel as one code per sample: gathered, not summed (a dense C×C matrix was
+    // most of a counts-only shard's cost).
+    match collective.gather(rank, &c.confusion_codes())? {
+        Some(all) => {
+            c.set_confusion_codes(all);
+            Ok(Some(c.to_pb()?))
+        }
+        None => Ok(None),
     }
 }
 
@@ -559,6 +569,30 @@ fn run_batch(
     times: &mut BatchTimes,
 ) -> Result<Vec<SampleResult>, ExecutorError> {
     if let Some(acc) = counts {
+        if let Engine::Synthetic { classes } = engine {
+            // The same O(k) records as the per-sample path: simulated workers must not be the
+            // bottleneck of a coordinator benchmark, nor score differently from per-sample mode.
+            if let Some(bad) = b.labels.iter().find(|&&l| l as usize >= *classes) {
+                return Err(ExecutorError::LabelOutOfRange {
+                    label: *bad,
+                    classes: *classes as i64,
+                });
+            }
+            let records: Vec<SampleResult> = b
+                .indices
+                .iter()
+                .map(|&i| synthetic_record(i, *classes, job.outputs.top_k as usize))
+                .collect();
+            let k = tresnet_common::scoring::top5_k(job.outputs.top_k, *classes as u32);
+            acc.add_records(
+                records
+                    .iter()
+                    .zip(&b.labels)
+                    .map(|(r, &l)| (l, r.topk_indices.as_slice(), r.loss, r.confidence)),
+                k,
+            );
+            return Ok(Vec::new());
+        }
         let y = device_logits(engine, job, device, b, times)?;
         let labels =
             Tensor::from_slice(&b.labels.iter().map(|&l| i64::from(l)).collect::<Vec<_>>())

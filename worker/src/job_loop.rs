@@ -201,6 +201,7 @@ async fn run_job(
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
         debug_batch_delay: cfg.debug_batch_delay,
+        measure_layout: cfg.measure_layout,
         gather_logits: cfg.gather_logits && !job.outputs.counts_only,
         metrics: cfg.metrics.clone(),
     };

@@ -73,6 +73,18 @@ impl LayoutSpace {
         }
     }
 
+    /// No measurement: the preferred BN setting, and for `auto` channels-last on CUDA, contiguous on
+    /// CPU (the rule before layouts were measured; reruns are then bit-identical).
+    pub fn fixed_rule(fold_bn: bool, memory_format: MemoryFormat, device: Device) -> Self {
+        LayoutSpace {
+            fold_bn: vec![fold_bn],
+            channels_last: match memory_format {
+                MemoryFormat::Auto => vec![device != Device::Cpu],
+                forced => forced.candidates().to_vec(),
+            },
+        }
+    }
+
     pub fn candidates(&self) -> Vec<Layout> {
         let mut out = Vec::new();
         for &fold_bn in &self.fold_bn {

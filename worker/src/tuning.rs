@@ -35,15 +35,17 @@ pub enum TuneError {
 pub const TUNE_ROUNDS: usize = 3;
 
 /// Largest batch timed on a CPU. A CPU pass costs nearly the same per image from a few images up, so
-/// the ranking holds at the job's batch size, while start-up stays bounded: TResNet-M at 224 takes
-/// ~0.3 s per pass of 8 images on 2 cores, so 4 candidates × (1 warm-up + 3 rounds) ≈ 5 s. On CUDA
-/// the job's batch is timed as it is (passes take milliseconds, and the ranking there does depend on
-/// the batch size).
-pub const TUNE_CPU_MAX_BATCH: i64 = 8;
+/// the ranking holds at the job's batch size, while start-up stays bounded: TResNet-M at 224 runs ~30
+/// img/s on 2 idle cores, so 4 candidates × (1 warm-up + 3 rounds) of 4 images ≈ 2 s (measured ~20 s
+/// at batch 8 with the machine's load average at 7, which is why it is 4, not 8). On CUDA the job's
+/// batch is timed as it is (passes take milliseconds, and the ranking there does depend on the batch
+/// size).
+pub const TUNE_CPU_MAX_BATCH: i64 = 4;
 
-/// No further round starts once the measurement has taken this long (at least one timed round always
-/// runs): bounds start-up on a slow device or a big model, where one round already ranks clearly.
-pub const TUNE_BUDGET: Duration = Duration::from_secs(30);
+/// No further round starts once the measurement has taken this long (the warm-up and the first timed
+/// round always run): bounds start-up on a slow or busy device or a big model, where one round already
+/// ranks clearly.
+pub const TUNE_BUDGET: Duration = Duration::from_secs(10);
 
 /// One way to build the network on a device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -669,6 +669,7 @@ data = "images"
 [run]
 batch-size = 4
 no-fold-bn = true
+memory-format = "channels-last"
 worker-arg = ["--x", "--y"]
 "#;
 
@@ -685,6 +686,11 @@ worker-arg = ["--x", "--y"]
         let shared = f.run_args().unwrap();
         assert_eq!(shared.batching.batch_size, 4);
         assert!(shared.model.no_fold_bn);
+        assert!(!shared.model.measures_fold_bn());
+        assert_eq!(
+            shared.model.memory_format,
+            tresnet_common::job::MemoryFormat::ChannelsLast
+        );
         assert_eq!(shared.worker_arg, ["--x", "--y"]);
         let cfg = cells[0]
             .run_args(Path::new("/o/c"), &shared)

@@ -734,6 +734,8 @@ worker-arg = ["--x", "--y"]
             "/o",
             "--batch-size",
             "4",
+            "--memory-format",
+            "channels-last",
             "--worker-arg",
             "--x",
             "--worker-arg",

@@ -13,6 +13,9 @@ source ops/gcs.sh
 source ops/report_tools.sh
 # statsmodels, the reference of compare's McNemar test (tests/tests/compare.rs).
 source ops/stats_tools.sh
+# Workers of runs that tests compare bit for bit must not time their layouts (a measured choice may
+# differ between runs, within the parity bound); tests of the measurement set it back to true.
+export TRESNET_MEASURE_LAYOUT=false
 # Debian's slurm-wlm + munge for tests/tests/slurm.rs, which starts a private cluster per case through
 # ops/slurm_cluster.sh (no systemd, nothing system-wide) and stops it at the end.
 source ops/slurm_cluster.sh

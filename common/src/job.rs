@@ -57,6 +57,52 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// How conv weights and activations are laid out in memory on the workers. `Auto` (the default) is
+/// measured: each worker times the layouts on its device at model load and keeps the fastest
+/// (`tresnet_worker::tuning`); the others force one layout and skip the measurement.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryFormat {
+    /// Measured at model load on each device: the fastest of contiguous and channels-last.
+    #[default]
+    Auto,
+    /// NCHW strides.
+    Contiguous,
+    /// NHWC strides (what cuDNN and oneDNN run fastest on the machines measured so far).
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Contiguous => "contiguous",
+            Self::ChannelsLast => "channels-last",
+        }
+    }
+
+    /// The layouts a worker chooses among: both when measured, else the forced one.
+    pub fn candidates(self) -> &'static [bool] {
+        match self {
+            Self::Auto => &[false, true],
+            Self::Contiguous => &[false],
+            Self::ChannelsLast => &[true],
+        }
+    }
+}
+
+impl std::fmt::Display for MemoryFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 /// Whether and how full logits travel back with each sample.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, clap::ValueEnum,
@@ -104,12 +150,21 @@ pub struct ModelSpec {
     /// SHA-256 of the checkpoint bytes; empty in synthetic mode.
     pub weights_sha256: String,
     pub precision: Precision,
+    /// Fold BatchNorm into the convolutions; with `measure_fold_bn`, only the preferred candidate.
     pub fold_bn: bool,
     pub leaky_slope: Option<f64>,
     /// Model outputs (the classifier's width).
     pub num_classes: u32,
     /// Benchmark mode: workers produce logits without a network. Never usable for accuracy.
     pub synthetic: bool,
+    /// Neither `--fold-bn` nor `--no-fold-bn` was given: each worker times BN folded and kept at
+    /// model load and keeps the faster (every candidate is within the parity bound). Left out of
+    /// job.json when false, and `memory_format` when `auto`, so that the identity of a job written
+    /// before they existed is unchanged (docs/run-directory.md, "Measured model layout").
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub measure_fold_bn: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub memory_format: MemoryFormat,
 }
 
 /// The dataset, as the listing found it.
@@ -323,6 +378,8 @@ pub fn example_job() -> JobSpec {
             leaky_slope: None,
             num_classes: 2,
             synthetic: false,
+            measure_fold_bn: true,
+            memory_format: MemoryFormat::ChannelsLast,
         },
         data: DataSpec {
             data_url: "file:///d".into(),
@@ -367,11 +424,20 @@ mod tests {
                 out.push(Value::Null);
                 out
             }
-            Value::String(s) => ["fp16", "bf16", "fp32", "none", "squish", "center", "tar"]
-                .iter()
-                .map(|o| Value::from(*o))
-                .chain([Value::from(format!("{s}x"))])
-                .collect(),
+            Value::String(s) => [
+                "fp16",
+                "bf16",
+                "fp32",
+                "none",
+                "squish",
+                "center",
+                "tar",
+                "contiguous",
+            ]
+            .iter()
+            .map(|o| Value::from(*o))
+            .chain([Value::from(format!("{s}x"))])
+            .collect(),
             Value::Null => vec![Value::from(0.5), Value::from(1), Value::from("x")],
             Value::Array(items) => {
                 let mut changed = items.clone();

@@ -291,13 +291,23 @@ pub struct ModelArgs {
     /// Override every LeakyReLU slope (the official v2 Stanford-Cars code uses 1e-6).
     #[arg(long)]
     pub leaky_slope: Option<f64>,
+    /// Memory layout on the workers: auto (each worker times contiguous and channels-last at model
+    /// load and keeps the faster), contiguous or channels-last (forced, nothing measured).
+    #[arg(long, value_enum, default_value_t = tresnet_common::job::MemoryFormat::Auto)]
+    pub memory_format: tresnet_common::job::MemoryFormat,
     /// Benchmark mode: workers return synthetic logits without loading data or a model. Never accuracy.
     #[arg(long)]
     pub synthetic: bool,
 }
 
 impl ModelArgs {
-    /// Whether BatchNorm is folded: as asked, else only in fp32 (see `--no-fold-bn`).
+    /// Whether the workers measure BN folded against kept at load: when neither flag forces it.
+    pub fn measures_fold_bn(&self) -> bool {
+        !(self.fold_bn || self.no_fold_bn)
+    }
+
+    /// Whether BatchNorm is folded: as asked, else only in fp32 (see `--no-fold-bn`); when measured
+    /// (neither flag), the candidate a worker tries first.
     pub fn folds_bn(&self) -> bool {
         if self.fold_bn || self.no_fold_bn {
             self.fold_bn

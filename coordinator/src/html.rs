@@ -90,6 +90,7 @@ pub fn render(s: &Summary, t: &Tally, o: &Outcome) -> String {
     top_confusions(&mut h, t, &o.class_names);
     h.push_str("<h2>Throughput over time</h2>\n");
     throughput_chart(&mut h, &o.timeline);
+    crate::stages::html_section(&mut h, &o.workers);
     bad_and_failed(&mut h, s);
     h.push_str("</body></html>\n");
     h
@@ -201,8 +202,17 @@ fn run_info(h: &mut String, s: &Summary, o: &Outcome) {
             ),
         ),
         (
-            "precision / BN folded",
-            format!("{} / {}", s.job.model.precision, s.job.model.fold_bn),
+            "precision / BN folded / memory format",
+            format!(
+                "{} / {} / {}",
+                s.job.model.precision,
+                if s.job.model.measure_fold_bn {
+                    "measured at load".to_string()
+                } else {
+                    s.job.model.fold_bn.to_string()
+                },
+                s.job.model.memory_format
+            ),
         ),
         (
             "software",

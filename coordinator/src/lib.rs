@@ -20,6 +20,7 @@ pub mod scheduler;
 pub mod service;
 pub mod shard_size;
 pub mod shutdown;
+pub mod stages;
 pub mod stats;
 pub mod submission;
 pub mod sweep;

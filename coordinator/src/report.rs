@@ -89,6 +89,13 @@ pub struct WorkerSummary {
     /// Its submissions refused as invalid (each failed its shard's attempt; none is in the numbers).
     #[serde(default)]
     pub submissions_rejected: u64,
+    /// Where its time went in this job, from its last shard trailer (absent for synthetic-only or
+    /// older workers and in run directories written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stages: Option<crate::stages::WorkerStages>,
+    /// How each of its devices' model layout was chosen (measured at load or forced).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layouts: Vec<crate::stages::LayoutSummary>,
 }
 
 /// Versions of the software that produced the numbers.
@@ -1027,6 +1034,8 @@ mod nothing_evaluated_tests {
             pid: 1,
             software: None,
             submissions_rejected: 3,
+            stages: None,
+            layouts: Vec::new(),
         };
         let facts = RunFacts {
             workers: vec![worker],

@@ -378,6 +378,9 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             leaky_slope: m.leaky_slope,
             num_classes,
             synthetic: m.synthetic,
+            // Synthetic workers load no model: nothing to measure, and no new keys in job.json.
+            measure_fold_bn: m.measures_fold_bn() && !m.synthetic,
+            memory_format: m.memory_format,
         },
         data: DataSpec {
             data_url: location.url().to_string(),

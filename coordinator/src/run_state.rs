@@ -48,6 +48,8 @@ pub struct LiveStats {
     /// Every accepted shard (one entry per shard, so bounded by the shard count): the report's
     /// throughput-over-time chart.
     pub timeline: Vec<crate::report::TimelineEvent>,
+    /// Each worker's latest stage snapshot and layout choices, from its shard trailers.
+    pub stages: BTreeMap<String, crate::stages::LatestStages>,
 }
 
 /// Whether the coordinator takes on work: a drain (SIGTERM/SIGINT) first stops leasing while results in
@@ -272,6 +274,17 @@ impl RunState {
                 pid: w.pid,
                 software: w.software.clone(),
                 submissions_rejected: w.submissions_rejected,
+                stages: live
+                    .stages
+                    .get(&id.0)
+                    .and_then(|l| l.stages.as_ref())
+                    .map(crate::stages::WorkerStages::from_pb),
+                layouts: live.stages.get(&id.0).map_or_else(Vec::new, |l| {
+                    l.layouts
+                        .iter()
+                        .map(crate::stages::LayoutSummary::from_pb)
+                        .collect()
+                }),
             })
             .collect();
         let stats = self.sched.stats();
@@ -444,7 +457,14 @@ impl RunState {
             return Acceptance::Closed;
         }
         // The store's failures happened whether or not this result is used.
-        self.live.store_retries += checked.trailer.map_or(0, |t| t.store_retries);
+        if let Some(t) = &checked.trailer {
+            self.live.store_retries += t.store_retries;
+            self.live
+                .stages
+                .entry(worker.0.clone())
+                .or_default()
+                .update(t);
+        }
         if self.fail_on_bad_sample
             && let Some(b) = checked.results.iter().find(|r| !r.error.is_empty())
         {

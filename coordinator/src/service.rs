@@ -747,6 +747,7 @@ mod tests {
         submit.push(pb::SubmitRequest {
             item: Some(pb::submit_request::Item::Trailer(pb::ShardTrailer {
                 store_retries: 2,
+                ..Default::default()
             })),
         });
         let r = c

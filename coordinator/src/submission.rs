@@ -624,7 +624,10 @@ mod tests {
             [
                 batch(a.to_vec()),
                 batch(b.to_vec()),
-                Some(Item::Trailer(ShardTrailer { store_retries: 1 })),
+                Some(Item::Trailer(ShardTrailer {
+                    store_retries: 1,
+                    ..Default::default()
+                })),
             ],
         )
         .unwrap();

@@ -790,6 +790,7 @@ data = "images"
 [run]
 batch-size = 4
 no-fold-bn = true
+memory-format = "channels-last"
 worker-arg = ["--x", "--y"]
 "#;
 
@@ -806,6 +807,11 @@ worker-arg = ["--x", "--y"]
         let shared = f.run_args().unwrap();
         assert_eq!(shared.batching.batch_size, 4);
         assert!(shared.model.no_fold_bn);
+        assert!(!shared.model.measures_fold_bn());
+        assert_eq!(
+            shared.model.memory_format,
+            tresnet_common::job::MemoryFormat::ChannelsLast
+        );
         assert_eq!(shared.worker_arg, ["--x", "--y"]);
         let cfg = cells[0]
             .run_args(Path::new("/o/c"), &shared)
@@ -875,6 +881,8 @@ worker-arg = ["--x", "--y"]
             "/o",
             "--batch-size",
             "4",
+            "--memory-format",
+            "channels-last",
             "--worker-arg",
             "--x",
             "--worker-arg",

@@ -161,6 +161,9 @@ pub fn coordinator_run_with(
         // Each run's workers get a dataset cache of their own (next to its run directory), so that no
         // test reads objects another test (or an earlier test run) cached.
         .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out))
+        // Workers take the fixed layout rule instead of timing the candidates, so that two runs
+        // compare bit for bit (a measured choice may differ between runs, within the parity bound).
+        .env("TRESNET_MEASURE_LAYOUT", "false")
         .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
     c

@@ -52,6 +52,8 @@ fn run_dir() -> &'static Path {
         copy_dir(&sample_images(), &data);
         let probe = dir.path().join("probe");
         let mut cmd = coordinator_run_on(&data, "imagefolder", &probe, &RUN_ARGS[..2]);
+        // The probe measures its layouts (the default); the runs compared with each other do not.
+        cmd.env("TRESNET_MEASURE_LAYOUT", "true");
         ok(cmd.output().unwrap(), "coordinator run (probe)");
         let df = frame(&probe.join("predictions.parquet"));
         let keys = df.column("key").unwrap().str().unwrap().clone();
@@ -319,6 +321,136 @@ fn workers_report_the_libtorch_they_link() {
         assert_eq!(sw["cudnn_available"].as_bool(), Some(cudnn), "{w}");
         assert_eq!(sw["device_names"], serde_json::json!(["cpu"]), "{w}");
         assert!(w["pid"].as_u64().unwrap() > 0, "{w}");
+    }
+}
+
+/// Every run records where each worker's time went: every stage present and non-negative, each
+/// device's stages plus its idle wait adding up to about the worker's wall time (they are disjoint
+/// stretches of its executor thread; a batch in flight at the last snapshot is the gap), the bounding
+/// stage named, end-to-end img/s beside model-only; and how each device's layout was chosen: measured
+/// in the probe run (neither --fold-bn nor --memory-format given), the fixed rule where workers were
+/// told not to measure. report.html shows the same.
+#[test]
+fn every_run_records_its_stage_breakdown_and_layout_choice() {
+    let probe = run_dir().parent().unwrap().join("probe");
+    let p = summary(&probe);
+    assert_eq!(p["job"]["measure_fold_bn"], true);
+    let mut measured = 0;
+    for w in p["workers"].as_array().unwrap() {
+        let layouts = w["layouts"].as_array().unwrap();
+        assert_eq!(layouts.len(), 1, "{w}");
+        assert_eq!(layouts[0]["measured"], true, "{w}");
+        let c = layouts[0]["candidates"].as_array().unwrap();
+        assert_eq!(c.len(), 4, "{w}");
+        assert!(
+            c.iter()
+                .all(|c| !c["pass_ms"].as_array().unwrap().is_empty())
+        );
+        measured += 1;
+    }
+    assert!(measured >= 1);
+    let html = std::fs::read_to_string(probe.join("report.html")).unwrap();
+    assert!(html.contains("measured at load"));
+    let s = summary(run_dir());
+    let mut reported = 0;
+    for w in s["workers"].as_array().unwrap() {
+        if w["accepted_samples"].as_u64().unwrap() == 0 {
+            continue;
+        }
+        reported += 1;
+        let st = &w["stages"];
+        let wall = st["wall_seconds"].as_f64().unwrap();
+        assert!(wall > 0.0, "{w}");
+        for k in ["fetch_seconds", "decode_seconds", "submit_seconds"] {
+            assert!(st[k].as_f64().unwrap() >= 0.0, "{k}: {st}");
+        }
+        assert!(st["decode_seconds"].as_f64().unwrap() > 0.0, "{st}");
+        assert!(st["images"].as_u64().unwrap() > 0, "{st}");
+        assert!(st["end_to_end_images_per_second"].as_f64().unwrap() > 0.0);
+        assert!(st["bound"].as_str().unwrap().contains("-bound: "), "{st}");
+        let devices = st["devices"].as_array().unwrap();
+        assert_eq!(devices.len(), 1, "{st}");
+        for d in devices {
+            let parts = [
+                "host_to_device_seconds",
+                "forward_seconds",
+                "device_to_host_seconds",
+                "idle_seconds",
+            ]
+            .map(|k| d[k].as_f64().unwrap());
+            assert!(parts.iter().all(|&v| v >= 0.0), "{d}");
+            assert!(parts[1] > 0.0, "{d}");
+            let sum: f64 = parts.iter().sum();
+            assert!(
+                sum <= wall * 1.01 + 1e-3 && sum >= 0.5 * wall,
+                "stages sum to {sum:.3} s of a {wall:.3} s wall: {d}"
+            );
+            assert!(d["model_images_per_second"].as_f64().unwrap() > 0.0);
+        }
+        let layouts = w["layouts"].as_array().unwrap();
+        assert_eq!(layouts.len(), 1, "{w}");
+        // TRESNET_MEASURE_LAYOUT=false: BN folded (fp32), contiguous on the CPU, nothing timed.
+        assert_eq!(layouts[0]["measured"], false, "{w}");
+        assert_eq!(layouts[0]["fold_bn"], true, "{w}");
+        assert_eq!(layouts[0]["channels_last"], false, "{w}");
+    }
+    assert!(reported >= 1);
+    let html = std::fs::read_to_string(run_dir().join("report.html")).unwrap();
+    assert!(html.contains("Where the time went"));
+    assert!(html.contains("-bound: "));
+}
+
+/// Synthetic workers score counts-only shards from the same records as per-sample ones (the capacity
+/// benchmarks compare the two modes), so the numbers agree.
+#[test]
+fn synthetic_counts_only_scores_like_per_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut csv = String::from("path,label\n");
+    for i in 0..3000 {
+        csv.push_str(&format!("img/{i:06}.jpg,{}\n", i % 1000));
+    }
+    std::fs::write(data.join("manifest.csv"), csv).unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = Command::new(bin("tresnet-coordinator"))
+            .args([
+                "run",
+                "--synthetic",
+                "--model",
+                "tresnet_m",
+                "--format",
+                "manifest",
+            ])
+            .args([
+                "--num-classes",
+                "1000",
+                "--local-workers",
+                "2",
+                "--devices",
+                "cpu,cpu",
+            ])
+            .args(["--shard-size", "256", "--data"])
+            .arg(&data)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        ok(o, name);
+        summary(&out)
+    };
+    let (a, b) = (run("per-sample", &[]), run("counts", &["--counts-only"]));
+    assert_eq!(b["job"]["counts_only"], true);
+    for f in [
+        "samples", "correct1", "correct5", "top1", "top5", "macro", "weighted",
+    ] {
+        assert_eq!(a[f], b[f], "{f}");
+    }
+    for f in ["nll", "ece"] {
+        let (x, y) = (a[f].as_f64().unwrap(), b[f].as_f64().unwrap());
+        assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{f}: {x} vs {y}");
     }
 }
 

@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub debug_batch_delay: Duration,
     /// Gather each shard's logits to the first executor (see `--gather-logits`).
     pub gather_logits: bool,
+    /// Time the layouts a job leaves open at model load (`--measure-layout`).
+    pub measure_layout: bool,
     /// Shared token presented on every RPC.
     pub token: Option<String>,
     /// For `https://` coordinators: the CA to trust (else the system roots) and the name to verify

@@ -1,10 +1,14 @@
 //! `tresnet-worker bench`: forward-pass throughput of a TResNet on one or more devices, the number a
-//! node contributes to a multi-GPU throughput measurement, without data loading in the way.
+//! node contributes to a multi-GPU throughput measurement, without data loading in the way. One call
+//! sweeps batch sizes and precisions; each cell reports img/s and p50/p90/p99 pass latency.
 //!
-//! One thread per device loads the model, warms up (cuDNN picks its algorithms on the first passes),
-//! then every device starts timing together at the node-local barrier and stops at the same deadline.
-//! Each pass ends with a device synchronize so a pass is counted only once its kernels have finished.
+//! One thread per device loads the model once per precision (in the fastest layout the flags leave
+//! open, measured as a worker does: `tuning.rs`), warms up (cuDNN picks its algorithms on the first
+//! passes), then for every batch size all devices start timing together at the node-local barrier and
+//! stop at the same deadline. Each pass ends with a device synchronize so a pass is counted only once
+//! its kernels have finished.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +18,9 @@ use tch::{Device, Tensor};
 
 use crate::cli::{BenchArgs, MemoryFormat};
 use crate::collective::Collective;
-use crate::model::{BuildOptions, ModelName, load_model};
+use crate::device::Precision;
+use crate::model::{BuildOptions, LoadedModel, ModelName};
+use crate::tuning::{LayoutChoice, LayoutSpace, TuneShape, load_fastest};
 
 /// Validated settings of one `bench` invocation.
 #[derive(Debug, Clone)]
@@ -22,11 +28,12 @@ pub struct BenchConfig {
     pub model: ModelName,
     pub weights: PathBuf,
     pub devices: Vec<Device>,
-    pub precision: crate::device::Precision,
+    pub precisions: Vec<Precision>,
     pub memory_format: MemoryFormat,
-    pub fold_bn: bool,
+    /// Forced BN folding; `None`: measured at load like a worker's `auto`.
+    pub fold_bn: Option<bool>,
     pub resolution: i64,
-    pub batch_size: i64,
+    pub batch_sizes: Vec<i64>,
     pub warmup: usize,
     pub duration: Duration,
 }
@@ -40,7 +47,9 @@ impl BenchConfig {
             .collect::<Result<Vec<_>, _>>()?;
         let mut seen = std::collections::HashSet::new();
         for d in &devices {
-            a.precision.check_device(*d)?;
+            for p in &a.precisions {
+                p.check_device(*d)?;
+            }
             if *d != Device::Cpu && !seen.insert(*d) {
                 return Err(format!("--devices names {d:?} twice"));
             }
@@ -57,25 +66,34 @@ impl BenchConfig {
                 a.seconds
             ));
         }
+        if a.batch_sizes.is_empty() || a.precisions.is_empty() {
+            return Err("--batch-sizes and --precisions need at least one value each".into());
+        }
         if let Some(t) = a.threads {
             tch::set_num_threads(t as i32);
         }
+        let mut precisions = a.precisions.clone();
+        precisions.dedup();
         Ok(BenchConfig {
             model: a.model,
             weights: a.weights.clone(),
             devices,
-            precision: a.precision,
+            precisions,
             memory_format: a.memory_format,
-            fold_bn: !a.no_fold_bn,
+            fold_bn: match (a.fold_bn, a.no_fold_bn) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
             resolution: i64::from(a.resolution),
-            batch_size: i64::from(a.batch_size),
+            batch_sizes: a.batch_sizes.iter().map(|&b| i64::from(b)).collect(),
             warmup: a.warmup as usize,
             duration: Duration::from_secs_f64(a.seconds),
         })
     }
 }
 
-/// One device's measurement.
+/// One device's measurement of one cell.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceThroughput {
     pub device: String,
@@ -83,11 +101,32 @@ pub struct DeviceThroughput {
     pub images: u64,
     pub seconds: f64,
     pub images_per_second: f64,
-    /// Median wall time of one synchronized forward pass.
+    /// Median wall time of one synchronized forward pass (the same as `p50_ms`).
     pub median_pass_ms: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
 }
 
-/// The whole measurement, printed as JSON.
+/// One (precision, batch size) of the sweep, all devices.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchCell {
+    pub precision: String,
+    pub batch_size: i64,
+    /// The first device's layout (the others measured their own; see `layouts`).
+    pub fold_bn: bool,
+    pub channels_last: bool,
+    /// Sum over devices of images, over the longest device's timed window.
+    pub images_per_second: f64,
+    /// Pass latency over every device's passes.
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub devices: Vec<DeviceThroughput>,
+}
+
+/// The whole measurement, printed as JSON. The top-level `batch_size` … `images_per_second` repeat
+/// the first cell, as the report had them before the sweep existed.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub model: &'static str,
@@ -98,22 +137,31 @@ pub struct BenchReport {
     pub fold_bn: bool,
     pub collective: &'static str,
     pub devices: Vec<DeviceThroughput>,
-    /// Sum over devices of images, over the longest device's timed window.
     pub images_per_second: f64,
     pub cudnn: bool,
+    pub cells: Vec<BenchCell>,
+    /// How each device's layout was chosen, per precision (in sweep order).
+    pub layouts: Vec<PrecisionLayout>,
 }
 
-fn options(cfg: &BenchConfig, device: Device) -> BuildOptions {
-    BuildOptions {
-        device,
-        kind: cfg.precision.kind(),
-        fold_bn: cfg.fold_bn,
-        channels_last: match cfg.memory_format {
-            MemoryFormat::Auto => device != Device::Cpu,
-            MemoryFormat::Contiguous => false,
-            MemoryFormat::ChannelsLast => true,
-        },
+#[derive(Debug, Clone, Serialize)]
+pub struct PrecisionLayout {
+    pub precision: String,
+    #[serde(flatten)]
+    pub choice: LayoutChoice,
+}
+
+fn precision_name(p: Precision) -> String {
+    format!("{p:?}").to_lowercase()
+}
+
+/// The `p`-quantile (0..1) of sorted `v`, nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
     }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn synchronize(device: Device) {
@@ -122,67 +170,108 @@ fn synchronize(device: Device) {
     }
 }
 
-/// Loads, warms up and times one device; `collective` lines the devices up before timing.
-fn measure(
+/// What one device thread measured: per precision its layout choice and, per batch size, its timings
+/// (pass seconds, unsorted) and window.
+struct DeviceRun {
+    layouts: Vec<LayoutChoice>,
+    /// (precision index, batch index) -> (pass seconds, window seconds)
+    cells: Vec<Vec<(Vec<f64>, f64)>>,
+}
+
+fn load(
     cfg: &BenchConfig,
-    rank: usize,
-    collective: &Collective,
-) -> Result<DeviceThroughput, String> {
+    device: Device,
+    p: Precision,
+) -> Result<(LoadedModel, LayoutChoice), String> {
+    let space = LayoutSpace::new(
+        cfg.fold_bn.unwrap_or(p == Precision::Fp32),
+        cfg.fold_bn.is_none(),
+        cfg.memory_format,
+    );
+    let shape = TuneShape {
+        device,
+        kind: p.kind(),
+        batch_size: cfg.batch_sizes[0],
+        resolution: cfg.resolution,
+    };
+    load_fastest(cfg.model, &cfg.model.config(), &cfg.weights, &space, shape)
+        .map_err(|e| format!("{device:?}: {e}"))
+}
+
+/// Loads, warms up and times one device over the sweep; `collective` lines the devices up before each
+/// timed window.
+fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<DeviceRun, String> {
     let device = cfg.devices[rank];
-    let opts = options(cfg, device);
-    let loaded = match load_model(cfg.model, &cfg.model.config(), &cfg.weights, &opts) {
-        Ok(l) => l,
-        Err(e) => {
-            let e = format!("{device:?}: {e}");
-            collective.abort(&e);
-            return Err(e);
-        }
+    let fail = |e: String| {
+        collective.abort(&e);
+        e
     };
-    let r = cfg.resolution;
-    // Pixels in [0, 1] like real inputs, so activations (and any data-dependent kernel) look real.
-    let x = opts.place(Tensor::rand(
-        [cfg.batch_size, 3, r, r],
-        (tch::Kind::Float, Device::Cpu),
-    ));
-    let pass = || -> Result<(), String> {
-        let y = loaded
-            .model
-            .forward(&x)
-            .map_err(|e| format!("{device:?}: {e}"))?;
-        synchronize(device);
-        drop(y);
-        Ok(())
+    let mut run = DeviceRun {
+        layouts: Vec::new(),
+        cells: Vec::new(),
     };
-    for _ in 0..cfg.warmup {
-        if let Err(e) = pass() {
-            collective.abort(&e);
-            return Err(e);
+    for &p in &cfg.precisions {
+        let (loaded, choice) = load(cfg, device, p).map_err(fail)?;
+        let opts = BuildOptions {
+            device,
+            kind: p.kind(),
+            fold_bn: choice.chosen.fold_bn,
+            channels_last: false,
+        };
+        run.layouts.push(choice);
+        let mut per_batch = Vec::new();
+        for &b in &cfg.batch_sizes {
+            let r = cfg.resolution;
+            // Pixels in [0, 1] like real inputs, contiguous as the pipeline hands them over.
+            let x = opts.place(Tensor::rand([b, 3, r, r], (tch::Kind::Float, Device::Cpu)));
+            let pass = || -> Result<(), String> {
+                let y = loaded
+                    .model
+                    .forward(&x)
+                    .map_err(|e| format!("{device:?}: {e}"))?;
+                synchronize(device);
+                drop(y);
+                Ok(())
+            };
+            for _ in 0..cfg.warmup {
+                pass().map_err(fail)?;
+            }
+            collective
+                .barrier(rank)
+                .map_err(|e| format!("{device:?}: {e}"))?;
+            let start = Instant::now();
+            let deadline = start + cfg.duration;
+            let mut times = Vec::new();
+            // At least one pass, however short the window: a report of zero passes would say nothing.
+            while times.is_empty() || Instant::now() < deadline {
+                let t = Instant::now();
+                pass()?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            per_batch.push((times, start.elapsed().as_secs_f64()));
         }
+        run.cells.push(per_batch);
     }
-    collective
-        .barrier(rank)
-        .map_err(|e| format!("{device:?}: {e}"))?;
-    let start = Instant::now();
-    let deadline = start + cfg.duration;
-    let mut times = Vec::new();
-    // At least one pass, however short the window: a report of zero passes would say nothing.
-    while times.is_empty() || Instant::now() < deadline {
-        let t = Instant::now();
-        pass()?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    times.sort_by(f64::total_cmp);
-    let passes = times.len() as u64;
-    let images = passes * cfg.batch_size as u64;
-    Ok(DeviceThroughput {
+    Ok(run)
+}
+
+fn device_throughput(device: Device, batch: i64, times: &[f64], seconds: f64) -> DeviceThroughput {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let passes = sorted.len() as u64;
+    let images = passes * batch as u64;
+    let ms = |p: f64| percentile(&sorted, p) * 1e3;
+    DeviceThroughput {
         device: crate::metrics::device_label(device),
         passes,
         images,
         seconds,
         images_per_second: images as f64 / seconds,
-        median_pass_ms: times[times.len() / 2] * 1e3,
-    })
+        median_pass_ms: ms(0.5),
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+    }
 }
 
 /// Runs the measurement on every device at once.
@@ -212,11 +301,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
                 .map_err(|e| format!("cannot start a bench thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
-    let mut devices = Vec::new();
+    let mut runs = Vec::new();
     let mut first_error = None;
     for h in handles {
         match h.join().map_err(|_| "a bench thread died".to_string())? {
-            Ok(d) => devices.push(d),
+            Ok(d) => runs.push(d),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -225,19 +314,116 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
     if let Some(e) = first_error {
         return Err(e);
     }
-    let window = devices.iter().map(|d| d.seconds).fold(0.0, f64::max);
-    let images: u64 = devices.iter().map(|d| d.images).sum();
-    let first = options(&cfg, cfg.devices[0]);
+    let mut cells = Vec::new();
+    let mut layouts = Vec::new();
+    for (pi, &p) in cfg.precisions.iter().enumerate() {
+        for run in &runs {
+            layouts.push(PrecisionLayout {
+                precision: precision_name(p),
+                choice: run.layouts[pi].clone(),
+            });
+        }
+        for (bi, &b) in cfg.batch_sizes.iter().enumerate() {
+            let devices: Vec<DeviceThroughput> = runs
+                .iter()
+                .enumerate()
+                .map(|(rank, run)| {
+                    let (times, secs) = &run.cells[pi][bi];
+                    device_throughput(cfg.devices[rank], b, times, *secs)
+                })
+                .collect();
+            let mut all: Vec<f64> = runs
+                .iter()
+                .flat_map(|run| run.cells[pi][bi].0.iter().copied())
+                .collect();
+            all.sort_by(f64::total_cmp);
+            let window = devices.iter().map(|d| d.seconds).fold(0.0, f64::max);
+            let images: u64 = devices.iter().map(|d| d.images).sum();
+            let first = &runs[0].layouts[pi].chosen;
+            cells.push(BenchCell {
+                precision: precision_name(p),
+                batch_size: b,
+                fold_bn: first.fold_bn,
+                channels_last: first.channels_last,
+                images_per_second: images as f64 / window,
+                p50_ms: percentile(&all, 0.5) * 1e3,
+                p90_ms: percentile(&all, 0.9) * 1e3,
+                p99_ms: percentile(&all, 0.99) * 1e3,
+                devices,
+            });
+        }
+    }
+    let first = cells[0].clone();
     Ok(BenchReport {
         model: cfg.model.as_str(),
         resolution: cfg.resolution,
-        batch_size: cfg.batch_size,
-        precision: format!("{:?}", cfg.precision).to_lowercase(),
+        batch_size: first.batch_size,
+        precision: first.precision,
         channels_last: first.channels_last,
-        fold_bn: cfg.fold_bn,
+        fold_bn: first.fold_bn,
         collective: collective.backend(),
-        images_per_second: images as f64 / window,
-        devices,
+        images_per_second: first.images_per_second,
+        devices: first.devices,
         cudnn: tch::Cuda::cudnn_is_available(),
+        cells,
+        layouts,
     })
+}
+
+impl BenchReport {
+    /// The sweep as a fixed-width table, one row per cell.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{} @{} ({} device{})\n{:>9} {:>6} {:>8} {:>13} {:>10} {:>10} {:>10} {:>10}\n",
+            self.model,
+            self.resolution,
+            self.devices.len(),
+            if self.devices.len() == 1 { "" } else { "s" },
+            "precision",
+            "batch",
+            "layout",
+            "img/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "passes",
+        );
+        for c in &self.cells {
+            let layout = format!(
+                "{}{}",
+                if c.fold_bn { "F" } else { "B" },
+                if c.channels_last { "/NHWC" } else { "/NCHW" }
+            );
+            let passes: u64 = c.devices.iter().map(|d| d.passes).sum();
+            let _ = writeln!(
+                out,
+                "{:>9} {:>6} {:>8} {:>13.1} {:>10.2} {:>10.2} {:>10.2} {:>10}",
+                c.precision,
+                c.batch_size,
+                layout,
+                c.images_per_second,
+                c.p50_ms,
+                c.p90_ms,
+                c.p99_ms,
+                passes
+            );
+        }
+        out.push_str("layout: F = BatchNorm folded, B = kept; NHWC = channels-last\n");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 50.0);
+        assert_eq!(percentile(&v, 0.9), 90.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
 }

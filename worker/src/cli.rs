@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use tresnet_common::preprocess::{CropMode, DEFAULT_CROP_PCT};
 
@@ -93,6 +93,14 @@ pub struct JoinArgs {
     /// frozen, partitioned), in milliseconds; then the worker exits with an error naming it.
     #[arg(long, default_value_t = crate::link::DEFAULT_COORDINATOR_PATIENCE.as_millis() as u64)]
     pub coordinator_patience_ms: u64,
+    /// When a job leaves the model layout open (`--memory-format auto`, no BN flag), time the
+    /// candidates at model load and keep the fastest (true), or take the fixed rule without measuring
+    /// (false: BN as the precision suggests, channels-last on CUDA, contiguous on CPU), which makes
+    /// reruns bit-identical; the test suite sets TRESNET_MEASURE_LAYOUT=false for its exact
+    /// comparisons across runs.
+    #[arg(long, env = "TRESNET_MEASURE_LAYOUT", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    pub measure_layout: bool,
     /// Test hook: sleep this long per batch, to simulate a slow node.
     #[arg(long, hide = true, default_value_t = 0)]
     pub debug_batch_delay_ms: u64,
@@ -115,14 +123,10 @@ pub enum Command {
     CollectiveCheck(CollectiveCheckArgs),
 }
 
-/// How conv weights and activations are laid out in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum MemoryFormat {
-    /// channels-last on CUDA (fastest with cuDNN), contiguous NCHW on CPU.
-    Auto,
-    Contiguous,
-    ChannelsLast,
-}
+/// How conv weights and activations are laid out in memory. `auto`: `bench` and the join mode measure
+/// the layouts at model load and keep the fastest (`tuning.rs`); `infer`, the parity reference, takes
+/// channels-last on CUDA and contiguous on CPU without measuring.
+pub use tresnet_common::job::MemoryFormat;
 
 #[derive(Debug, clap::Args)]
 pub struct InferArgs {
@@ -201,18 +205,29 @@ pub struct BenchArgs {
     /// Input side (a multiple of 32).
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=4096))]
     pub resolution: u32,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
-    pub batch_size: u32,
-    /// Precision of weights and activations (fp16 needs CUDA).
-    #[arg(long, value_enum, default_value = "fp32")]
-    pub precision: Precision,
-    /// Memory layout of activations and conv weights.
+    /// Images per forward pass; several (comma-separated) are measured in turn, one timed window each.
+    #[arg(long = "batch-sizes", visible_alias = "batch-size", default_value = "64",
+          value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_sizes: Vec<u32>,
+    /// Precisions of weights and activations (comma-separated; fp16 needs CUDA); the model is loaded
+    /// (and its layout measured) once per precision.
+    #[arg(
+        long = "precisions",
+        visible_alias = "precision",
+        value_enum,
+        default_value = "fp32",
+        value_delimiter = ','
+    )]
+    pub precisions: Vec<Precision>,
+    /// Memory layout of activations and conv weights (auto: measured at load, the fastest kept).
     #[arg(long, value_enum, default_value = "auto")]
     pub memory_format: MemoryFormat,
-    /// Keep BatchNorm separate instead of folding it into the convolutions.
-    #[arg(long)]
+    /// Keep BatchNorm separate instead of folding it into the convolutions (default: measured).
+    #[arg(long, conflicts_with = "fold_bn")]
     pub no_fold_bn: bool,
+    /// Fold BatchNorm into the convolutions (default: measured).
+    #[arg(long)]
+    pub fold_bn: bool,
     /// Untimed passes first (cuDNN autotuning, allocator warm-up).
     #[arg(long, default_value_t = 3)]
     pub warmup: u32,

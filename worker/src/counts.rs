@@ -6,6 +6,11 @@
 //! confidence come from a log-sum-exp in f64, and a confidence lands in bin `ceil(15·c) - 1` (0 in the
 //! first), the coordinator's rule. Integer counts are therefore identical to a per-sample run's; the
 //! float sums agree to rounding (the reduction order differs).
+//!
+//! The confusion matrix is kept sparse: a shard of n samples touches at most n of its C² cells, so the
+//! device keeps each batch's `label·C + predicted` codes and only the report message counts them. A
+//! dense C×C accumulator (8 MB at 1000 classes) zeroed per lease, added per batch, all-reduced and
+//! scanned per shard made counts-only, the mode meant for scale, slower than per-sample results.
 
 use tch::{Device, Kind, Tensor};
 use tresnet_common::protocol::pb::{ClassCount, ConfusionCell, ShardCounts};
@@ -16,23 +21,76 @@ const ECE_BINS: i64 = tresnet_common::scoring::ECE_BINS as i64;
 const HEAD: i64 = 3;
 
 /// One shard's running counts on one device: `ints` = [evaluated, correct1, correct5,
-/// bin_count[15], bin_correct[15], correct5_by_class[C], confusion[C·C] (row = label)], `floats` =
-/// [loss_sum, bin_confidence_sum[15]]. Two flat tensors, so each needs one all-reduce.
+/// bin_count[15], bin_correct[15], correct5_by_class[C]], `floats` = [loss_sum,
+/// bin_confidence_sum[15]] (two flat tensors, so each needs one all-reduce), and the confusion cells
+/// as `label·C + predicted` codes, one per sample (gathered, not reduced).
 #[derive(Debug)]
 pub struct DeviceCounts {
     pub ints: Tensor,
     pub floats: Tensor,
+    /// One int64 tensor of codes per batch, concatenated when the lease is reduced.
+    confusion: Vec<Tensor>,
     classes: i64,
+    device: Device,
 }
 
 impl DeviceCounts {
     pub fn zeros(classes: i64, device: Device) -> Self {
-        let n = HEAD + 2 * ECE_BINS + classes + classes * classes;
+        let n = HEAD + 2 * ECE_BINS + classes;
         DeviceCounts {
             ints: Tensor::zeros([n], (Kind::Int64, device)),
             floats: Tensor::zeros([1 + ECE_BINS], (Kind::Double, device)),
+            confusion: Vec::new(),
             classes,
+            device,
         }
+    }
+
+    /// This device's confusion codes of the lease, one tensor (empty when it got no batch).
+    pub fn confusion_codes(&self) -> Tensor {
+        if self.confusion.is_empty() {
+            Tensor::zeros([0], (Kind::Int64, self.device))
+        } else {
+            Tensor::cat(&self.confusion, 0)
+        }
+    }
+
+    /// Replaces the codes with `codes` (every device's, after a gather).
+    pub fn set_confusion_codes(&mut self, codes: Tensor) {
+        self.confusion = vec![codes];
+    }
+
+    /// Adds host-side per-sample outcomes: `(label, top-k classes best first, loss, confidence)`,
+    /// scored as the coordinator scores a per-sample record (`k` is the report's top-5 k). Used by
+    /// synthetic workers, whose records are made without logits.
+    pub fn add_records<'a>(
+        &mut self,
+        records: impl IntoIterator<Item = (u32, &'a [u32], f64, f64)>,
+        k: usize,
+    ) {
+        let b = ECE_BINS as usize;
+        let c = self.classes as usize;
+        let mut ints = vec![0i64; HEAD as usize + 2 * b + c];
+        let mut floats = vec![0f64; 1 + b];
+        let mut codes = Vec::new();
+        for (label, top, loss, conf) in records {
+            let hit1 = top.first() == Some(&label);
+            let hitk = top.iter().take(k).any(|&t| t == label);
+            let bin = tresnet_common::scoring::ece_bin(conf);
+            ints[0] += 1;
+            ints[1] += i64::from(hit1);
+            ints[2] += i64::from(hitk);
+            ints[HEAD as usize + bin] += 1;
+            ints[HEAD as usize + b + bin] += i64::from(hit1);
+            ints[HEAD as usize + 2 * b + label as usize] += i64::from(hitk);
+            floats[0] += loss;
+            floats[1 + bin] += conf;
+            codes.push(i64::from(label) * self.classes + i64::from(top[0]));
+        }
+        self.ints += Tensor::from_slice(&ints).to_device(self.device);
+        self.floats += Tensor::from_slice(&floats).to_device(self.device);
+        self.confusion
+            .push(Tensor::from_slice(&codes).to_device(self.device));
     }
 
     /// Adds a batch: `logits` `[n, classes]` (any float kind) and `labels` `[n]` int64, both on this
@@ -81,11 +139,11 @@ impl DeviceCounts {
                 bin.bincount(Some(as_f64(&hit1)), ECE_BINS)
                     .to_kind(Kind::Int64),
                 labels.bincount(Some(as_f64(&hitk)), c).to_kind(Kind::Int64),
-                (labels * c + &pred).bincount(None::<Tensor>, c * c),
             ],
             0,
         );
         self.ints += ints;
+        self.confusion.push(labels * c + &pred);
         let floats = Tensor::cat(
             &[
                 loss.sum(Kind::Double).view([1]),
@@ -100,13 +158,28 @@ impl DeviceCounts {
     pub fn to_pb(&self) -> Result<ShardCounts, tch::TchError> {
         let ints = Vec::<i64>::try_from(self.ints.to_device(Device::Cpu))?;
         let floats = Vec::<f64>::try_from(self.floats.to_device(Device::Cpu))?;
+        let mut codes = Vec::<i64>::try_from(self.confusion_codes().to_device(Device::Cpu))?;
+        // Sorted codes are row-major (label, predicted) order: runs are the cells.
+        codes.sort_unstable();
         let u = |v: i64| v.max(0) as u64;
         let b = ECE_BINS as usize;
         let c = self.classes as usize;
         let (head, rest) = ints.split_at(HEAD as usize);
         let (bin_count, rest) = rest.split_at(b);
         let (bin_correct, rest) = rest.split_at(b);
-        let (by_class, confusion) = rest.split_at(c);
+        let by_class = rest;
+        let mut confusion: Vec<ConfusionCell> = Vec::new();
+        for &code in &codes {
+            let (label, predicted) = ((code / c as i64) as u32, (code % c as i64) as u32);
+            match confusion.last_mut() {
+                Some(cell) if (cell.label, cell.predicted) == (label, predicted) => cell.count += 1,
+                _ => confusion.push(ConfusionCell {
+                    label,
+                    predicted,
+                    count: 1,
+                }),
+            }
+        }
         Ok(ShardCounts {
             evaluated: u(head[0]),
             correct1: u(head[1]),
@@ -115,16 +188,7 @@ impl DeviceCounts {
             bin_count: bin_count.iter().map(|&v| u(v)).collect(),
             bin_confidence_sum: floats[1..].to_vec(),
             bin_correct: bin_correct.iter().map(|&v| u(v)).collect(),
-            confusion: confusion
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0)
-                .map(|(i, &n)| ConfusionCell {
-                    label: (i / c) as u32,
-                    predicted: (i % c) as u32,
-                    count: u(n),
-                })
-                .collect(),
+            confusion,
             correct5_by_class: by_class
                 .iter()
                 .enumerate()
@@ -242,5 +306,54 @@ mod tests {
         for (g, w) in got.bin_confidence_sum.iter().zip(&want.bin_confidence_sum) {
             assert!((g - w).abs() < 1e-9, "{g} vs {w}");
         }
+        // Host-side records (what synthetic workers add) count exactly as the coordinator would.
+        let mut records = DeviceCounts::zeros(classes as i64, Device::Cpu);
+        let scored: Vec<(u32, Vec<u32>, f64, f64)> = logits
+            .iter()
+            .zip(&labels)
+            .map(|(row, &l)| {
+                let (top, _) = top_k(row, k);
+                let (loss, conf) = loss_and_confidence(row, l);
+                (l, top, loss, conf)
+            })
+            .collect();
+        for half in scored.chunks(150) {
+            records.add_records(
+                half.iter()
+                    .map(|(l, top, loss, conf)| (*l, top.as_slice(), *loss, *conf)),
+                k,
+            );
+        }
+        let got = records.to_pb().unwrap();
+        assert_eq!(
+            (got.evaluated, got.correct1, got.correct5),
+            (want.evaluated, want.correct1, want.correct5)
+        );
+        assert_eq!(got.confusion, want.confusion);
+        assert_eq!(got.correct5_by_class, want.correct5_by_class);
+        assert_eq!(got.bin_count, want.bin_count);
+        assert_eq!(got.bin_correct, want.bin_correct);
+    }
+
+    /// Two devices' codes of one lease, gathered, give the cells of both (summed where they meet).
+    #[test]
+    fn gathered_confusion_codes_merge_into_cells() {
+        let mut a = DeviceCounts::zeros(3, Device::Cpu);
+        a.add_records([(0, [1u32].as_slice(), 1.0, 0.5), (2, &[2], 0.1, 0.9)], 1);
+        let mut b = DeviceCounts::zeros(3, Device::Cpu);
+        b.add_records([(0, [1u32].as_slice(), 1.0, 0.5)], 1);
+        a.set_confusion_codes(Tensor::cat(&[a.confusion_codes(), b.confusion_codes()], 0));
+        let cells: Vec<(u32, u32, u64)> = a
+            .to_pb()
+            .unwrap()
+            .confusion
+            .iter()
+            .map(|c| (c.label, c.predicted, c.count))
+            .collect();
+        assert_eq!(cells, [(0, 1, 2), (2, 2, 1)]);
+        assert_eq!(
+            DeviceCounts::zeros(3, Device::Cpu).confusion_codes().size(),
+            [0]
+        );
     }
 }

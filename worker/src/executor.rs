@@ -18,8 +18,10 @@ use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 
 use crate::collective::{Collective, CollectiveError};
 use crate::counts::DeviceCounts;
-use crate::model::{BuildOptions, ForwardError, ModelName, TResNet, load_model};
+use crate::model::{ForwardError, ModelName, TResNet};
 use crate::scoring::{loss_and_confidence, non_finite_reason, top_k};
+use crate::stages::{BatchTimes, StageClock};
+use crate::tuning::{LayoutChoice, LayoutSpace, TuneShape, load_fastest};
 
 /// One batch of preprocessed images of one shard.
 #[derive(Debug)]
@@ -33,6 +35,8 @@ pub struct Batch {
     pub side: i64,
     /// The job the batch belongs to: how to score it and what to send back.
     pub job: Arc<JobSpec>,
+    /// The job's stage clock: the executor adds its host→device, forward, device→host and idle time.
+    pub clock: Arc<StageClock>,
     pub reply: tokio::sync::oneshot::Sender<Result<Vec<SampleResult>, ExecutorError>>,
 }
 
@@ -119,6 +123,8 @@ pub struct ExecutorConfig {
     pub job: JobSpec,
     /// Test hook: sleep this long per batch to simulate a slow node.
     pub debug_batch_delay: Duration,
+    /// Measure the layouts the job leaves open; else take the fixed rule (`--measure-layout`).
+    pub measure_layout: bool,
     /// Keep per-sample jobs' logits on the device until the lease's gather (`--gather-logits`).
     pub gather_logits: bool,
     pub metrics: crate::metrics::WorkerMetrics,
@@ -144,13 +150,17 @@ impl ModelKey {
     }
 }
 
-/// Loads the job's model on `device` (or nothing, in synthetic mode).
-fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
+/// Loads the job's model on `device` in the fastest layout the job leaves open (or nothing, in
+/// synthetic mode), and says how the layout was chosen.
+fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<LayoutChoice>), String> {
     let job = &cfg.job;
     if job.model.synthetic {
-        return Ok(Engine::Synthetic {
-            classes: job.model.num_classes as usize,
-        });
+        return Ok((
+            Engine::Synthetic {
+                classes: job.model.num_classes as usize,
+            },
+            None,
+        ));
     }
     let name: ModelName = job.model.model.parse()?;
     let mut arch = name.config();
@@ -166,21 +176,52 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<Engine, String> {
     if kind == Kind::Half && device == Device::Cpu {
         return Err("precision fp16 needs a CUDA device".into());
     }
-    let opts = BuildOptions {
+    let space = if cfg.measure_layout {
+        LayoutSpace::new(
+            job.model.fold_bn,
+            job.model.measure_fold_bn,
+            job.model.memory_format,
+        )
+    } else {
+        LayoutSpace::fixed_rule(job.model.fold_bn, job.model.memory_format, device)
+    };
+    let shape = TuneShape {
         device,
         kind,
-        fold_bn: job.model.fold_bn,
-        channels_last: device != Device::Cpu,
+        batch_size: i64::from(job.batching.batch_size),
+        resolution: i64::from(job.preprocess.resolution),
     };
-    let loaded = load_model(name, &arch, std::path::Path::new(&job.model.weights), &opts)
-        .map_err(|e| format!("{e}"))?;
+    let (loaded, choice) = load_fastest(
+        name,
+        &arch,
+        std::path::Path::new(&job.model.weights),
+        &space,
+        shape,
+    )
+    .map_err(|e| format!("{e}"))?;
+    if choice.measured {
+        tracing::info!(
+            device = %choice.device,
+            fold_bn = choice.chosen.fold_bn,
+            channels_last = choice.chosen.channels_last,
+            seconds = choice.seconds,
+            "measured the model layouts; keeping the fastest"
+        );
+    }
     if loaded.num_classes != i64::from(job.model.num_classes) {
         return Err(format!(
             "checkpoint {} has {} classes but the job expects {} (its class count)",
             job.model.weights, loaded.num_classes, job.model.num_classes
         ));
     }
-    Ok(Engine::Model(Box::new(loaded.model)))
+    Ok((Engine::Model(Box::new(loaded.model)), Some(choice)))
+}
+
+/// Started executors: their threads, and how each device's model layout was chosen (rank order; empty
+/// in synthetic mode).
+pub struct Started {
+    pub threads: Vec<std::thread::JoinHandle<()>>,
+    pub layouts: Vec<LayoutChoice>,
 }
 
 /// Starts one executor thread per device; returns once every model is loaded and the executors have
@@ -189,7 +230,7 @@ pub fn start(
     cfg: &ExecutorConfig,
     devices: &[Device],
     queues: &[Arc<Mutex<Receiver<Work>>>],
-) -> Result<Vec<std::thread::JoinHandle<()>>, String> {
+) -> Result<Started, String> {
     if queues.len() != devices.len() {
         return Err(format!(
             "{} queues for {} devices",
@@ -198,7 +239,8 @@ pub fn start(
         ));
     }
     let mut handles = Vec::new();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    type Ready = Result<(usize, Option<LayoutChoice>), String>;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let collective = Arc::new(Collective::for_devices(devices));
     tracing::debug!(
         backend = collective.backend(),
@@ -213,7 +255,11 @@ pub fn start(
         let h = std::thread::Builder::new()
             .name(format!("executor-{device:?}"))
             .spawn(move || {
-                let engine = match engine(&cfg, device) {
+                // Several candidate models at once may exhaust a GPU's memory: libtorch panics then.
+                let loaded =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine(&cfg, device)))
+                        .unwrap_or_else(|p| Err(format!("libtorch failed: {}", panic_text(p))));
+                let (engine, layout) = match loaded {
                     Ok(e) => e,
                     Err(e) => {
                         let e = format!("{device:?}: {e}");
@@ -226,17 +272,26 @@ pub fn start(
                     let _ = ready.send(Err(format!("{device:?}: {e}")));
                     return;
                 }
-                let _ = ready.send(Ok(()));
+                let _ = ready.send(Ok((rank, layout)));
                 let label = crate::metrics::device_label(device);
                 // Keyed by job as well: lease ids restart with each job of a sweep, and a lease
                 // aborted at a job's end leaves its counts behind.
                 let mut counts: HashMap<(String, u64), DeviceCounts> = HashMap::new();
                 let mut kept: HashMap<(String, u64), Kept> = HashMap::new();
                 loop {
+                    let waiting_since = std::time::Instant::now();
                     let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
                     let batch = match next {
                         Err(_) => return,
-                        Ok(Work::Batch(b)) => b,
+                        Ok(Work::Batch(b)) => {
+                            // Idle from the job's start at the earliest: a wait that began in the
+                            // previous job of a sweep is not this job's.
+                            if let Some(d) = b.clock.device(rank) {
+                                let from = waiting_since.max(b.clock.started());
+                                d.idle(std::time::Instant::now().saturating_duration_since(from));
+                            }
+                            b
+                        }
                         Ok(Work::Discard { job, lease }) => {
                             kept.remove(&(job.clone(), lease));
                             counts.remove(&(job, lease));
@@ -277,8 +332,10 @@ pub fn start(
                     };
                     // The simulated slowness counts as device time: it stands for a slow device.
                     let start = std::time::Instant::now();
+                    let mut times = BatchTimes::default();
                     if !cfg.debug_batch_delay.is_zero() {
                         std::thread::sleep(cfg.debug_batch_delay);
+                        times.forward += cfg.debug_batch_delay;
                     }
                     // libtorch reports some failures by panicking inside tch; one bad batch must fail
                     // its shard (which is then retried) rather than kill this device's executor.
@@ -294,7 +351,7 @@ pub fn start(
                                 })
                         });
                         if acc.is_none() && cfg.gather_logits {
-                            let y = device_logits(&engine, &batch.job, device, &batch)?;
+                            let y = device_logits(&engine, &batch.job, device, &batch, &mut times)?;
                             let k = kept
                                 .entry((batch.job.job_id.0.clone(), batch.lease))
                                 .or_default();
@@ -303,12 +360,15 @@ pub fn start(
                             k.labels.extend(batch.labels.iter().map(|&l| i64::from(l)));
                             return Ok(Vec::new());
                         }
-                        run_batch(&engine, &batch.job, device, &batch, acc)
+                        run_batch(&engine, &batch.job, device, &batch, acc, &mut times)
                     }))
                     .unwrap_or_else(|p| Err(ExecutorError::panicked(device, p)));
                     if out.is_ok() {
-                        cfg.metrics
-                            .batch_done(&label, batch.indices.len(), start.elapsed());
+                        let took = start.elapsed();
+                        cfg.metrics.batch_done(&label, batch.indices.len(), took);
+                        if let Some(d) = batch.clock.device(rank) {
+                            d.batch(batch.indices.len(), took, times);
+                        }
                     }
                     let _ = batch.reply.send(out);
                 }
@@ -317,12 +377,19 @@ pub fn start(
         handles.push(h);
     }
     drop(ready_tx);
+    let mut layouts = Vec::new();
     for _ in devices {
-        ready_rx
-            .recv()
-            .map_err(|_| "an executor thread died while loading the model".to_string())??;
+        layouts.push(
+            ready_rx
+                .recv()
+                .map_err(|_| "an executor thread died while loading the model".to_string())??,
+        );
     }
-    Ok(handles)
+    layouts.sort_by_key(|(rank, _)| *rank);
+    Ok(Started {
+        threads: handles,
+        layouts: layouts.into_iter().filter_map(|(_, l)| l).collect(),
+    })
 }
 
 pub type WorkSender = SyncSender<Work>;
@@ -373,10 +440,14 @@ fn reduce(
 ) -> Result<Option<ShardCounts>, ExecutorError> {
     collective.all_reduce_sum(rank, &mut c.ints)?;
     collective.all_reduce_sum(rank, &mut c.floats)?;
-    if rank == 0 {
-        Ok(Some(c.to_pb()?))
-    } else {
-        Ok(None)
+    // Confusion cells travel as one code per sample: gathered, not summed (a dense C×C matrix was
+    // most of a counts-only shard's cost).
+    match collective.gather(rank, &c.confusion_codes())? {
+        Some(all) => {
+            c.set_confusion_codes(all);
+            Ok(Some(c.to_pb()?))
+        }
+        None => Ok(None),
     }
 }
 
@@ -430,6 +501,7 @@ fn device_logits(
     job: &JobSpec,
     device: Device,
     b: &Batch,
+    times: &mut BatchTimes,
 ) -> Result<Tensor, ExecutorError> {
     let n = b.indices.len();
     match engine {
@@ -450,6 +522,7 @@ fn device_logits(
         }
         Engine::Model(model) => {
             let _guard = tch::no_grad_guard();
+            let h2d_start = std::time::Instant::now();
             let side = b.side;
             let x = Tensor::from_slice(&b.pixels)
                 .view([n as i64, 3, side, side])
@@ -466,8 +539,22 @@ fn device_logits(
                     .to_device(device);
                 x = (x - mean) / std;
             }
-            Ok(model.forward(&x)?)
+            // Synchronised so that each stage is charged its own kernels (CUDA runs them
+            // asynchronously); the next step waits for them anyway.
+            synchronize(device);
+            times.host_to_device += h2d_start.elapsed();
+            let forward_start = std::time::Instant::now();
+            let y = model.forward(&x)?;
+            synchronize(device);
+            times.forward += forward_start.elapsed();
+            Ok(y)
         }
+    }
+}
+
+fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
     }
 }
 
@@ -480,9 +567,34 @@ fn run_batch(
     device: Device,
     b: &Batch,
     counts: Option<&mut DeviceCounts>,
+    times: &mut BatchTimes,
 ) -> Result<Vec<SampleResult>, ExecutorError> {
     if let Some(acc) = counts {
-        let y = device_logits(engine, job, device, b)?;
+        if let Engine::Synthetic { classes } = engine {
+            // The same O(k) records as the per-sample path: simulated workers must not be the
+            // bottleneck of a coordinator benchmark, nor score differently from per-sample mode.
+            if let Some(bad) = b.labels.iter().find(|&&l| l as usize >= *classes) {
+                return Err(ExecutorError::LabelOutOfRange {
+                    label: *bad,
+                    classes: *classes as i64,
+                });
+            }
+            let records: Vec<SampleResult> = b
+                .indices
+                .iter()
+                .map(|&i| synthetic_record(i, *classes, job.outputs.top_k as usize))
+                .collect();
+            let k = tresnet_common::scoring::top5_k(job.outputs.top_k, *classes as u32);
+            acc.add_records(
+                records
+                    .iter()
+                    .zip(&b.labels)
+                    .map(|(r, &l)| (l, r.topk_indices.as_slice(), r.loss, r.confidence)),
+                k,
+            );
+            return Ok(Vec::new());
+        }
+        let y = device_logits(engine, job, device, b, times)?;
         // A class subset keeps only its columns, in its order, before anything is counted.
         let y = match &job.data.class_subset {
             Some(subset) => {
@@ -521,7 +633,7 @@ fn run_batch(
             })
             .collect());
     }
-    let y = device_logits(engine, job, device, b)?;
+    let y = device_logits(engine, job, device, b, times)?;
     let y = y.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
     let classes = y.size()[1] as usize;
     let logits = Vec::<f32>::try_from(y.flatten(0, -1))?;

@@ -18,6 +18,7 @@ use crate::executor::{self, ExecutorConfig, ModelKey};
 use crate::fetch::Fetcher;
 use crate::link::Link;
 use crate::shard::{self, JobContext};
+use crate::stages::StageClock;
 
 /// Runs jobs, starting with `first` (the one handed out at registration, if any), until the
 /// coordinator has no further job or the worker drains; returns the samples done. A worker that ends
@@ -146,6 +147,8 @@ struct Executors {
     /// The executors' queues: dropping every holder closes them.
     dispatch: Arc<Dispatch>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// How each device's layout was chosen when this model loaded, for every job's shard trailers.
+    layouts: Vec<pb::LayoutChoice>,
 }
 
 /// How long stopping executors may take: they finish the batch in hand (a forward pass) and exit.
@@ -198,6 +201,7 @@ async fn run_job(
     let exec_cfg = ExecutorConfig {
         job: job.clone(),
         debug_batch_delay: cfg.debug_batch_delay,
+        measure_layout: cfg.measure_layout,
         gather_logits: cfg.gather_logits && !job.outputs.counts_only,
         metrics: cfg.metrics.clone(),
     };
@@ -212,7 +216,7 @@ async fn run_job(
         let per_executor = job.outputs.counts_only || cfg.gather_logits;
         let (dispatch, queues) = Dispatch::new(cfg.devices.len().max(1), per_executor);
         let devices = cfg.devices.clone();
-        let threads =
+        let started =
             tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, &queues))
                 .await
                 .map_err(|e| JobError::Refused(AgentError::Executor(e.to_string())))?
@@ -225,13 +229,21 @@ async fn run_job(
         *executors = Some(Executors {
             key,
             dispatch: Arc::new(dispatch),
-            threads,
+            threads: started.threads,
+            layouts: started.layouts.iter().map(|l| l.to_pb()).collect(),
         });
     }
-    let dispatch = executors
+    let (dispatch, layouts) = executors
         .as_ref()
-        .map(|e| e.dispatch.clone())
+        .map(|e| (e.dispatch.clone(), e.layouts.clone()))
         .expect("executors loaded above");
+    let clock = Arc::new(StageClock::new(
+        cfg.devices
+            .iter()
+            .map(|&d| crate::metrics::device_label(d))
+            .collect(),
+        cfg.decode_threads,
+    ));
     let gather_logits = cfg.gather_logits && !job.outputs.counts_only;
     if gather_logits {
         tracing::info!(job = %job.job_id.0, "each shard's logits are gathered to the first executor");
@@ -256,6 +268,8 @@ async fn run_job(
         active: Mutex::new(HashMap::new()),
         model_fault: Mutex::new(None),
         metrics: cfg.metrics.clone(),
+        clock,
+        layouts,
     });
     cfg.metrics.set_ready();
     shard::run_leases(shared, cfg.prefetch_shards.max(1), heartbeat_every, url)

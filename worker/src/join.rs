@@ -45,6 +45,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         decode_threads: args.decode_threads.unwrap_or(cpus),
         debug_batch_delay: Duration::from_millis(args.debug_batch_delay_ms),
         gather_logits: args.gather_logits,
+        measure_layout: args.measure_layout,
         token: tresnet_common::protocol::auth::load_token(args.token_file.as_deref())
             .map_err(anyhow::Error::msg)?,
         tls_ca: args.tls_ca,

@@ -41,3 +41,7 @@ pub mod scoring;
 mod shard;
 #[cfg(feature = "torch")]
 pub mod software;
+#[cfg(feature = "torch")]
+pub mod stages;
+#[cfg(feature = "torch")]
+pub mod tuning;

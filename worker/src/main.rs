@@ -43,6 +43,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => {
             let cfg = bench::BenchConfig::from_args(&args).map_err(anyhow::Error::msg)?;
             let report = bench::run(&cfg).map_err(anyhow::Error::msg)?;
+            // The table for a reader on stderr; stdout stays one JSON document for scripts.
+            eprint!("{}", report.table());
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

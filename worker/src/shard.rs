@@ -28,6 +28,7 @@ use crate::link::{CallError, Link, Submission};
 use crate::metrics::{Stage, WorkerMetrics};
 use crate::preprocess::PreprocessedImage;
 use crate::preprocess::prepare::prepare;
+use crate::stages::StageClock;
 
 /// Objects fetched concurrently per shard; enough to hide object-store latency without flooding it.
 const FETCH_CONCURRENCY: usize = 16;
@@ -51,6 +52,10 @@ pub(crate) struct JobContext {
     /// Set by a shard whose logits were mostly non-finite: the lease loop then refuses the job.
     pub(crate) model_fault: Mutex<Option<ModelFault>>,
     pub(crate) metrics: WorkerMetrics,
+    /// Where this job's time goes on this worker; every shard trailer carries a snapshot.
+    pub(crate) clock: Arc<StageClock>,
+    /// How each device's model layout was chosen, for the trailers.
+    pub(crate) layouts: Vec<pb::LayoutChoice>,
 }
 
 /// Leases and runs the job's shards, at most `capacity` at once, until the coordinator says the job is
@@ -296,6 +301,7 @@ async fn process_shard(
                     &shared.fetcher,
                     &shared.decode,
                     &shared.metrics,
+                    &shared.clock,
                 )
                 .await;
                 (i, s.label, r)
@@ -325,11 +331,14 @@ async fn process_shard(
             if results.is_empty() {
                 continue;
             }
+            // A full stream (the coordinator reading slowly) is submit time.
+            let send_start = std::time::Instant::now();
             tx.send(pb::SubmitRequest {
                 item: Some(pb::submit_request::Item::Batch(pb::ResultBatch { results })),
             })
             .await
             .map_err(stream_closed)?;
+            shared.clock.submit(send_start.elapsed());
         }
     }
     if shared.gather_logits {
@@ -370,6 +379,8 @@ async fn process_shard(
     tx.send(pb::SubmitRequest {
         item: Some(pb::submit_request::Item::Trailer(pb::ShardTrailer {
             store_retries: store_failures.load(Ordering::Relaxed),
+            stages: Some(shared.clock.snapshot()),
+            layouts: shared.layouts.clone(),
         })),
     })
     .await
@@ -384,6 +395,7 @@ async fn process_shard(
     shared
         .metrics
         .observe(Stage::Submit, submit_start.elapsed());
+    shared.clock.submit(submit_start.elapsed());
     shared.metrics.shards_submitted.inc();
     if !resp.accepted {
         tracing::debug!(shard = lease.shard_id, reason = %resp.reason, "result not used");
@@ -432,6 +444,7 @@ async fn run_batch(
             pixels,
             side,
             job: shared.job.clone(),
+            clock: shared.clock.clone(),
             reply,
         };
         shared

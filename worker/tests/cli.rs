@@ -172,7 +172,15 @@ fn bench_times_every_device_and_reports_json() {
     let r = json_of(&out);
     assert_eq!(r["model"], "tresnet_m");
     assert_eq!(r["collective"], "local");
-    assert_eq!(r["channels_last"], false);
+    // `auto` and neither BN flag: the layout was measured on each device, and the report says so.
+    let layouts = r["layouts"].as_array().unwrap();
+    assert_eq!(layouts.len(), 2);
+    for l in layouts {
+        assert_eq!(l["measured"], true);
+        assert_eq!(l["candidates"].as_array().unwrap().len(), 4);
+        assert_eq!(l["precision"], "fp32");
+    }
+    assert_eq!(r["channels_last"], layouts[0]["chosen"]["channels_last"]);
     let devices = r["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2);
     let mut total = 0.0;
@@ -191,6 +199,71 @@ fn bench_times_every_device_and_reports_json() {
         .map(|d| d["seconds"].as_f64().unwrap())
         .fold(0.0, f64::max);
     assert!((r["images_per_second"].as_f64().unwrap() - total / window).abs() < 1e-6);
+}
+
+/// One call sweeps batch sizes and precisions: a cell each, with img/s and p50 <= p90 <= p99 pass
+/// latency, as JSON on stdout and a table on stderr; a forced layout measures nothing.
+#[test]
+fn bench_sweeps_batch_sizes_and_precisions_with_latency_percentiles() {
+    let case = common::case("tresnet_m_64");
+    let out = worker()
+        .args(["bench", "--model", "tresnet_m", "--resolution", "64"])
+        .args(["--batch-sizes", "1,2", "--precisions", "fp32,bf16"])
+        .args(["--memory-format", "channels-last", "--fold-bn"])
+        .args([
+            "--warmup",
+            "1",
+            "--seconds",
+            "0.2",
+            "--threads",
+            "1",
+            "--weights",
+        ])
+        .arg(case.weights_dir.join("timm.pth"))
+        .output()
+        .unwrap();
+    let r = json_of(&out);
+    let cells = r["cells"].as_array().unwrap();
+    let got: Vec<(String, u64)> = cells
+        .iter()
+        .map(|c| {
+            (
+                c["precision"].as_str().unwrap().to_string(),
+                c["batch_size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, u64)> = [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]
+        .iter()
+        .map(|(p, b)| (p.to_string(), *b))
+        .collect();
+    assert_eq!(got, want);
+    for c in cells {
+        let (p50, p90, p99) = (
+            c["p50_ms"].as_f64().unwrap(),
+            c["p90_ms"].as_f64().unwrap(),
+            c["p99_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p90 && p90 <= p99, "{c}");
+        assert!(c["images_per_second"].as_f64().unwrap() > 0.0);
+        assert_eq!(c["channels_last"], true);
+        assert_eq!(c["fold_bn"], true);
+        let d = &c["devices"][0];
+        assert!(d["p99_ms"].as_f64().unwrap() >= d["p50_ms"].as_f64().unwrap());
+    }
+    // The top level repeats the first cell, as before the sweep existed.
+    assert_eq!(r["batch_size"], 1);
+    assert_eq!(r["precision"], "fp32");
+    for l in r["layouts"].as_array().unwrap() {
+        assert_eq!(l["measured"], false);
+    }
+    let table = String::from_utf8_lossy(&out.stderr);
+    assert!(table.contains("p99 ms"), "{table}");
+    assert_eq!(
+        table.lines().filter(|l| l.contains("F/NHWC")).count(),
+        4,
+        "{table}"
+    );
 }
 
 #[test]

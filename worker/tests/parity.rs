@@ -174,3 +174,67 @@ fn chunked_batches_agree() {
     let diff = (whole - ones).abs().max().double_value(&[]);
     assert!(diff / case.sigma <= common::TOLERANCE_IN_SIGMA, "{diff}");
 }
+
+/// `auto` layout: every candidate is measured, the choice and each candidate's timed passes are
+/// recorded, and whichever wins stays within the parity bound (each candidate is checked, since the
+/// winner depends on the machine). Forcing every choice measures nothing.
+#[test]
+fn measured_layout_is_recorded_and_within_parity() {
+    use tresnet_common::job::MemoryFormat;
+    use tresnet_worker::tuning::{LayoutSpace, TUNE_ROUNDS, TuneShape, load_fastest};
+    let case = common::case("tresnet_m_64");
+    let name: ModelName = case.model.parse().unwrap();
+    let weights = case.weights_dir.join("timm.pth");
+    let input = infer::read_input(&case.dir.join("input.npy")).unwrap();
+    let want = common::read(&case.dir.join("logits.npy"));
+    let shape = TuneShape {
+        device: tch::Device::Cpu,
+        kind: tch::Kind::Float,
+        batch_size: 2,
+        resolution: 64,
+    };
+    let open = LayoutSpace::new(true, true, MemoryFormat::Auto);
+    let (loaded, choice) = load_fastest(name, &name.config(), &weights, &open, shape).unwrap();
+    assert!(choice.measured);
+    assert_eq!(choice.candidates.len(), 4);
+    assert_eq!((choice.batch_size, choice.resolution), (2, 64));
+    for c in &choice.candidates {
+        // The budget only ever cuts rounds after the first.
+        assert!((1..=TUNE_ROUNDS).contains(&c.pass_ms.len()), "{c:?}");
+        assert!(c.pass_ms.iter().all(|&ms| ms > 0.0), "{c:?}");
+    }
+    let best = choice
+        .candidates
+        .iter()
+        .min_by(|a, b| a.best_ms().total_cmp(&b.best_ms()))
+        .unwrap();
+    assert_eq!(best.layout, choice.chosen, "the fastest candidate is kept");
+    let check = |model: &tresnet_worker::model::TResNet, what: &str| {
+        let y = infer::logits(model, &input, 8).unwrap();
+        let got = tresnet_common::npy::NpyF32 {
+            shape: y.size().iter().map(|&d| d as usize).collect(),
+            data: Vec::<f32>::try_from(y.flatten(0, -1)).unwrap(),
+        };
+        let (diff, same_argmax) = common::compare(&got, &want);
+        assert!(
+            same_argmax && diff / case.sigma <= common::TOLERANCE_IN_SIGMA,
+            "{what}: max|dlogit| {diff:.3e}"
+        );
+    };
+    check(&loaded.model, "the measured choice");
+    for l in open.candidates() {
+        let opts = BuildOptions {
+            fold_bn: l.fold_bn,
+            channels_last: l.channels_last,
+            ..BuildOptions::cpu_f32()
+        };
+        let m = load_model(name, &name.config(), &weights, &opts).unwrap();
+        check(&m.model, &format!("candidate {l:?}"));
+    }
+    let forced = LayoutSpace::new(false, false, MemoryFormat::ChannelsLast);
+    let (_, choice) = load_fastest(name, &name.config(), &weights, &forced, shape).unwrap();
+    assert!(!choice.measured);
+    assert!(choice.candidates.is_empty());
+    assert!(!choice.chosen.fold_bn && choice.chosen.channels_last);
+    assert_eq!(choice.seconds, 0.0);
+}

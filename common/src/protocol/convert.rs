@@ -6,7 +6,9 @@ use super::pb;
 use crate::dataset::{ClassSubset, Sample, SampleKey, SampleSource};
 use crate::ids::JobId;
 use crate::ids::SampleIndex;
-use crate::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec, Precision, SaveLogits};
+use crate::job::{
+    BatchingSpec, DataSpec, JobSpec, MemoryFormat, ModelSpec, OutputSpec, Precision, SaveLogits,
+};
 use crate::preprocess::{CropMode, PreprocessConfig};
 use crate::software::WorkerSoftware;
 
@@ -40,6 +42,16 @@ impl From<Precision> for pb::Precision {
             Precision::Fp32 => pb::Precision::Fp32,
             Precision::Fp16 => pb::Precision::Fp16,
             Precision::Bf16 => pb::Precision::Bf16,
+        }
+    }
+}
+
+impl From<MemoryFormat> for pb::MemoryFormat {
+    fn from(f: MemoryFormat) -> Self {
+        match f {
+            MemoryFormat::Auto => pb::MemoryFormat::Auto,
+            MemoryFormat::Contiguous => pb::MemoryFormat::Contiguous,
+            MemoryFormat::ChannelsLast => pb::MemoryFormat::ChannelsLast,
         }
     }
 }
@@ -120,6 +132,8 @@ impl From<&JobSpec> for pb::JobSpec {
                 leaky_slope: m.leaky_slope,
                 num_classes: m.num_classes,
                 synthetic: m.synthetic,
+                measure_fold_bn: m.measure_fold_bn,
+                memory_format: pb::MemoryFormat::from(m.memory_format).into(),
             }),
             data: Some(pb::DataSpec {
                 data_url: j.data.data_url.clone(),
@@ -169,6 +183,11 @@ impl TryFrom<pb::JobSpec> for JobSpec {
             pb::Precision::Fp16 => Precision::Fp16,
             pb::Precision::Bf16 => Precision::Bf16,
             pb::Precision::Unspecified => return Err(bad(M, "precision is unspecified")),
+        };
+        let memory_format = match known(M, "memory_format", m.memory_format)? {
+            pb::MemoryFormat::Auto => MemoryFormat::Auto,
+            pb::MemoryFormat::Contiguous => MemoryFormat::Contiguous,
+            pb::MemoryFormat::ChannelsLast => MemoryFormat::ChannelsLast,
         };
         let save_logits = match known(M, "save_logits", o.save_logits)? {
             pb::SaveLogits::None => SaveLogits::None,
@@ -220,6 +239,8 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 leaky_slope: m.leaky_slope,
                 num_classes: m.num_classes,
                 synthetic: m.synthetic,
+                measure_fold_bn: m.measure_fold_bn,
+                memory_format,
             },
             data: DataSpec {
                 data_url: d.data_url,

@@ -26,6 +26,17 @@ pub fn load_model(
     path: &Path,
     opts: &BuildOptions,
 ) -> Result<LoadedModel, LoadError> {
+    let mut models = load_models(name, cfg, path, std::slice::from_ref(opts))?;
+    Ok(models.pop().expect("one model per option"))
+}
+
+/// The same checkpoint built once per entry of `opts` (layout candidates), read from disk once.
+pub fn load_models(
+    name: ModelName,
+    cfg: &TResNetConfig,
+    path: &Path,
+    opts: &[BuildOptions],
+) -> Result<Vec<LoadedModel>, LoadError> {
     let (sd, layout) = to_timm_layout(load_state_dict(path)?);
     let mut non_finite = non_finite_tensors(&sd).into_iter();
     if let Some(tensor) = non_finite.next() {
@@ -35,6 +46,28 @@ pub fn load_model(
             more: non_finite.count(),
         });
     }
+    let mut out = Vec::with_capacity(opts.len());
+    let mut sd = Some(sd);
+    for (i, o) in opts.iter().enumerate() {
+        // The last build takes the state dict itself; the others a copy.
+        let mine = if i + 1 == opts.len() {
+            sd.take().expect("taken once, by the last build")
+        } else {
+            sd.clone().expect("taken only by the last build")
+        };
+        out.push(build(name, cfg, path, mine, layout, o)?);
+    }
+    Ok(out)
+}
+
+fn build(
+    name: ModelName,
+    cfg: &TResNetConfig,
+    path: &Path,
+    sd: tresnet_common::checkpoint::StateDict,
+    layout: CheckpointLayout,
+    opts: &BuildOptions,
+) -> Result<LoadedModel, LoadError> {
     let store = WeightStore::from_state_dict(sd);
     let num_classes = match store.shape_of("head.fc.weight").as_deref() {
         Some([classes, features]) if *features as i64 == cfg.num_features() && *classes > 0 => {

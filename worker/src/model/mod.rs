@@ -11,6 +11,6 @@ mod tresnet;
 mod weights;
 
 pub use config::{ModelName, TResNetConfig};
-pub use load::{LoadedModel, load_model};
+pub use load::{LoadedModel, load_model, load_models};
 pub use tresnet::{ForwardError, TResNet};
 pub use weights::{BuildOptions, LoadError, Params, WeightStore};

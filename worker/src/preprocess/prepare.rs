@@ -13,6 +13,7 @@ use super::{PreprocessError, PreprocessedImage, Preprocessor, crop};
 use crate::fault::{EnvironmentFault, Fault, SampleFault};
 use crate::fetch::Fetcher;
 use crate::metrics::{Stage, WorkerMetrics};
+use crate::stages::StageClock;
 
 /// Fetches and preprocesses one sample of `job`, decoding under a permit of `decode` (the CPU pool's
 /// size); a failure says whose fault it is, and is never a crash.
@@ -22,6 +23,7 @@ pub(crate) async fn prepare(
     fetcher: &Fetcher,
     decode: &Arc<Semaphore>,
     metrics: &WorkerMetrics,
+    clock: &Arc<StageClock>,
 ) -> Result<PreprocessedImage, Fault> {
     let side = job.preprocess.resolution;
     if job.model.synthetic {
@@ -35,7 +37,9 @@ pub(crate) async fn prepare(
     let fetch_start = std::time::Instant::now();
     let bytes = fetcher.fetch(s).await?;
     metrics.observe(Stage::Fetch, fetch_start.elapsed());
+    clock.fetch(fetch_start.elapsed());
     let metrics = metrics.clone();
+    let clock = clock.clone();
     let permit = decode
         .clone()
         .acquire_owned()
@@ -52,6 +56,7 @@ pub(crate) async fn prepare(
             with_preprocessor(&cfg, |p| p.run(&bytes)).map_err(Fault::from)
         };
         metrics.observe(Stage::Decode, decode_start.elapsed());
+        clock.decode(decode_start.elapsed());
         r
     })
     .await

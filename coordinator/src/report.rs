@@ -417,7 +417,8 @@ pub fn finalize(
         true => None,
         false => Some(PredictionWriter::new(run_dir)?),
     };
-    let mut logits = LogitsWriter::new(run_dir, job, index.len())?;
+    // Row i = sample i; samples the listing found bad have no index, hence no row.
+    let mut logits = LogitsWriter::new(run_dir, job, index.samples.len())?;
     let mut failed_shards = Vec::new();
     for i in 0..sched.shard_count() as u64 {
         let shard = ShardId(i);

@@ -398,7 +398,7 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
         batching: BatchingSpec {
             shard_size: cfg
                 .shard_size
-                .resolve(index.len() as u64, cfg.local_workers),
+                .resolve(index.samples.len() as u64, cfg.local_workers),
             ..cfg.batching.clone()
         },
     };
@@ -457,11 +457,13 @@ pub async fn job_state(
 ) -> anyhow::Result<RunState> {
     let (journal, done) = open_run_dir(cfg, job, &index).await?;
     tracing::info!(
-        shard_size = %cfg.shard_size.describe(index.len() as u64, cfg.local_workers),
+        shard_size = %cfg.shard_size.describe(index.samples.len() as u64, cfg.local_workers),
         "cutting the dataset into shards"
     );
+    // Shards cover the listed samples only: those the listing already found bad (a CIFAR record with
+    // an impossible label byte) have no sample index and go straight into the report.
     let mut sched = Scheduler::new(
-        index.len() as u64,
+        index.samples.len() as u64,
         job.batching.shard_size,
         SchedulerConfig {
             lease_timeout: cfg.lease_timeout,
@@ -623,7 +625,7 @@ impl WorkerPool {
         job: &JobSpec,
         started: Instant,
     ) -> anyhow::Result<Summary> {
-        let total = self.lock().index().len() as u64;
+        let total = self.lock().index().samples.len() as u64;
         let drain = Drain {
             shutdown: &self.shutdown,
             timeout: cfg.drain_timeout,

@@ -84,3 +84,61 @@ fn fail_policy_holds_across_resumes() {
         "the error names the journaled bad sample\n{err}"
     );
 }
+
+/// A sample the listing itself finds bad (a CIFAR record whose label byte is no class) has no sample
+/// index: it is reported with its reason, never scheduled, and `logits.npy` has one row per listed
+/// sample. (Shards were once cut over listed + bad samples, and the coordinator panicked indexing the
+/// last one.)
+#[test]
+fn samples_the_listing_finds_bad_are_reported_not_scheduled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cifar");
+    std::fs::create_dir_all(&data).unwrap();
+    // CIFAR-10's binary layout: a label byte, then 32x32x3 pixel bytes; label 12 is no class.
+    let mut bytes = Vec::new();
+    for i in 0..10u8 {
+        bytes.push(if i == 9 { 12 } else { i });
+        bytes.extend((0..3072u32).map(|p| (p as u8).wrapping_mul(i + 1)));
+    }
+    std::fs::write(data.join("test_batch.bin"), &bytes).unwrap();
+    let names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    std::fs::write(data.join("batches.meta.txt"), names.join("\n") + "\n").unwrap();
+    let out = dir.path().join("run");
+    let o = coordinator_run_on(
+        &data,
+        "cifar10",
+        &out,
+        &[
+            "--shard-size",
+            "4",
+            "--local-workers",
+            "1",
+            "--save-logits",
+            "fp32",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&out);
+    assert_eq!(
+        (&s["samples"], &s["bad_samples"], &s["failed_samples"]),
+        (&9.into(), &1.into(), &0.into()),
+        "{s}"
+    );
+    assert_eq!(s["bad"][0]["key"], "test_batch.bin:00009", "{s}");
+    let npy = std::fs::read(out.join("logits.npy")).unwrap();
+    let header = String::from_utf8_lossy(&npy[..128.min(npy.len())]).into_owned();
+    assert!(header.contains("'shape': (9, 1000)"), "{header}");
+}

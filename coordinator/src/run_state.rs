@@ -374,8 +374,6 @@ impl RunState {
                 break;
             };
             self.live.first_lease_ms.get_or_insert(now);
-            // The evidence fault tests wait for before killing a worker that holds a lease.
-            tracing::debug!(worker = %worker, shard = g.shard.0, lease = g.lease.0, attempt = g.attempt, "lease granted");
             out.push(g);
         }
         out

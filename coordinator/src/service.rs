@@ -133,15 +133,19 @@ impl Coordinator for CoordinatorService {
         let leases: Vec<pb::ShardLease> = st
             .grant(&id, r.max_shards)
             .into_iter()
-            .map(|g| pb::ShardLease {
-                shard_id: g.shard.0,
-                lease_id: g.lease.0,
-                attempt: g.attempt,
-                samples: g
-                    .samples
-                    .clone()
-                    .map(|i| sample_to_pb(SampleIndex(i), &st.index().samples[i as usize]))
-                    .collect(),
+            .map(|g| {
+                // The evidence fault tests wait for before killing a worker that holds a lease.
+                tracing::debug!(worker = %id, shard = g.shard.0, lease = g.lease.0, attempt = g.attempt, "lease granted");
+                pb::ShardLease {
+                    shard_id: g.shard.0,
+                    lease_id: g.lease.0,
+                    attempt: g.attempt,
+                    samples: g
+                        .samples
+                        .clone()
+                        .map(|i| sample_to_pb(SampleIndex(i), &st.index().samples[i as usize]))
+                        .collect(),
+                }
             })
             .collect();
         let retry_after_ms = if leases.is_empty() {

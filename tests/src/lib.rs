@@ -137,6 +137,21 @@ pub fn coordinator_run_with(
     out: &Path,
     extra: &[&str],
 ) -> Command {
+    let mut c = coordinator_run_unsized(weights, data, format, out, extra);
+    // The seeded model has a 1000-class head; the sample folders map to its first classes.
+    c.args(["--num-classes", "1000"]);
+    c
+}
+
+/// `run` of a TResNet-M checkpoint without `--num-classes`: the class count is what the dataset or
+/// the checkpoint's head says.
+pub fn coordinator_run_unsized(
+    weights: &Path,
+    data: &Path,
+    format: &str,
+    out: &Path,
+    extra: &[&str],
+) -> Command {
     let mut c = Command::new(bin("tresnet-coordinator"));
     watchdog::mark(&mut c);
     c.arg("run")
@@ -152,8 +167,6 @@ pub fn coordinator_run_with(
             "--worker-threads",
             "1",
         ])
-        // The seeded model has a 1000-class head; the sample folders map to its first classes.
-        .args(["--num-classes", "1000"])
         .arg("--out")
         .arg(out)
         .args(extra)

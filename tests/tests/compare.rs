@@ -30,9 +30,12 @@ fn close(a: &serde_json::Value, b: &serde_json::Value, what: &str) {
     );
 }
 
-/// Runs tests/tests/mcnemar_reference.py (statsmodels; ops/stats_tools.sh installs it) with `args`.
-fn statsmodels(args: &[&std::ffi::OsStr]) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcnemar_reference.py");
+/// Runs the reference script `tests/NAME` with `args` and reads the JSON it prints (statsmodels comes
+/// from ops/stats_tools.sh, numpy and scipy from the venv; ops/test.sh sources both).
+fn reference(name: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name);
     let py = Command::new("python3")
         .arg(&script)
         .args(args)
@@ -40,16 +43,17 @@ fn statsmodels(args: &[&std::ffi::OsStr]) -> serde_json::Value {
         .unwrap();
     assert!(
         py.status.success(),
-        "{} (statsmodels comes from ops/stats_tools.sh, which ops/test.sh sources)",
+        "{name}: {}",
         String::from_utf8_lossy(&py.stderr)
     );
     serde_json::from_slice(&py.stdout).unwrap()
 }
 
-/// `mcnemar_p` against statsmodels' `mcnemar` itself in every mode, on discordant counts that reach
-/// each branch: none, one-sided, b == c below and above the cut-off, either side of n = 25, large n.
-/// Below 25 ours is statsmodels' exact test; from 25 its chi-square with continuity correction (and
-/// not the uncorrected one, which the reference also computes to show the two apart).
+/// tests/tests/mcnemar_reference.py: statsmodels' `mcnemar` on `args`.
+fn statsmodels(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    reference("mcnemar_reference.py", args)
+}
+
 #[test]
 fn bootstrap_and_wilson_intervals_match_numpy_and_scipy() {
     // (only_a, only_b, both, neither)
@@ -65,19 +69,10 @@ fn bootstrap_and_wilson_intervals_match_numpy_and_scipy() {
             serde_json::json!({"only_a": a, "only_b": b, "both": both, "neither": neither})
         })
         .collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stats_reference.py");
-    let py = Command::new("python3")
-        .arg(&script)
-        .arg(serde_json::Value::Array(json).to_string())
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let r: Vec<serde_json::Value> = serde_json::from_slice(&py.stdout).unwrap();
-    for (&(a, b, both, neither), x) in cases.iter().zip(&r) {
+    let cases_json = serde_json::Value::Array(json).to_string();
+    let r = reference("stats_reference.py", &[cases_json.as_ref()]);
+    let r = r.as_array().unwrap();
+    for (&(a, b, both, neither), x) in cases.iter().zip(r) {
         let n = a + b + both + neither;
         let ours = tresnet_coordinator::stats::paired_bootstrap_diff(a, b, n).unwrap();
         // Both sides are Monte Carlo: allow a fraction of the difference's standard error and one
@@ -105,6 +100,10 @@ fn bootstrap_and_wilson_intervals_match_numpy_and_scipy() {
     }
 }
 
+/// `mcnemar_p` against statsmodels' `mcnemar` itself in every mode, on discordant counts that reach
+/// each branch: none, one-sided, b == c below and above the cut-off, either side of n = 25, large n.
+/// Below 25 ours is statsmodels' exact test; from 25 its chi-square with continuity correction (and
+/// not the uncorrected one, which the reference also computes to show the two apart).
 #[test]
 fn mcnemar_p_equals_statsmodels_in_every_mode() {
     use tresnet_coordinator::compare::{EXACT_BELOW, McNemarMethod, mcnemar_p};
@@ -168,19 +167,8 @@ fn compare_matches_statsmodels_mcnemar_and_refuses_unpaired_runs() {
     predictions_json(a, &ja);
     predictions_json(b, &jb);
     let k5 = c["top5_k"].as_u64().unwrap();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcnemar_reference.py");
-    let py = Command::new("python3")
-        .arg(&script)
-        .args([&ja, &jb])
-        .arg(k5.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        py.status.success(),
-        "{}",
-        String::from_utf8_lossy(&py.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    let k5 = k5.to_string();
+    let r = statsmodels(&[ja.as_os_str(), jb.as_os_str(), k5.as_ref()]);
 
     for (ours, theirs) in [("mcnemar_top1", "top1"), ("mcnemar_top5", "top5")] {
         let (m, x) = (&c[ours], &r[theirs]);

@@ -277,16 +277,16 @@ fn assert_recovered(
     sched.clone()
 }
 
-/// SIGKILL a worker once the coordinator has granted it a lease (its log says so), not on a timer:
-/// the lease expires, the shard is retried on another worker, the report is the clean one.
-#[test]
-fn a_worker_killed_while_holding_a_lease_changes_nothing() {
+/// SIGKILLs the worker "victim" once the coordinator logs `message` about it and `accept` holds for
+/// the line (evidence that it is mid-work, not a timer), then lets a healthy worker take over: the
+/// report is the clean one and the killed worker's shard was retried.
+fn kill_victim_on(message: &str, accept: impl Fn(&str) -> bool) {
     let dir = tempfile::tempdir().unwrap();
     let clean = fault_clean_run(dir.path());
     let run = dir.path().join("run");
     let (mut coord, addr) = coordinator_for_remote_workers(&run, &[]);
     let mut victim = remote_worker(&addr, "victim", VICTIM_BATCH_DELAY_MS);
-    let line = wait_for_coordinator_line(&mut coord, "lease granted", "victim", |_| true);
+    let line = wait_for_coordinator_line(&mut coord, message, "victim", accept);
     victim.child.kill().unwrap();
     victim.child.wait().unwrap();
     let shard = log_field(&line, "shard").unwrap_or_else(|| panic!("no shard in {line:?}"));
@@ -294,26 +294,21 @@ fn a_worker_killed_while_holding_a_lease_changes_nothing() {
     assert_recovered(&mut coord, &clean, &run, ("victim", false), shard);
 }
 
+/// SIGKILL a worker once the coordinator has granted it a lease (its log says so), not on a timer:
+/// the lease expires, the shard is retried on another worker, the report is the clean one.
+#[test]
+fn a_worker_killed_while_holding_a_lease_changes_nothing() {
+    kill_victim_on("lease granted", |_| true);
+}
+
 /// SIGKILL a worker after the coordinator has received the first of its shard's two result batches:
 /// the partial Submit stream is never counted, the shard is retried whole elsewhere.
 #[test]
 fn a_worker_killed_in_the_middle_of_a_submit_stream_is_never_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let clean = fault_clean_run(dir.path());
-    let run = dir.path().join("run");
-    let (mut coord, addr) = coordinator_for_remote_workers(&run, &[]);
-    let mut victim = remote_worker(&addr, "victim", VICTIM_BATCH_DELAY_MS);
-    let line = wait_for_coordinator_line(
-        &mut coord,
+    kill_victim_on(
         "submit batch received",
-        "victim",
         |l| matches!((log_field(l, "received"), log_field(l, "expected")), (Some(r), Some(e)) if r < e),
     );
-    victim.child.kill().unwrap();
-    victim.child.wait().unwrap();
-    let shard = log_field(&line, "shard").unwrap_or_else(|| panic!("no shard in {line:?}"));
-    let _healthy = remote_worker(&addr, "healthy", 0);
-    assert_recovered(&mut coord, &clean, &run, ("victim", false), shard);
 }
 
 /// SIGSTOP a worker holding a lease until past `--lease-timeout-ms`, let another worker record its

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use tresnet_common::checkpoint::{DType, RawTensor, StateDict, load_state_dict};
 use tresnet_tests::{
-    bin, coordinator_run_on, coordinator_run_with, copy_dir, dataset_cache_of, files_under,
+    bin, coordinator_run_on, coordinator_run_unsized, coordinator_run_with, copy_dir, files_under,
     model_fixtures, sample_dataset_size, sample_images, summary, tresnet_m_weights,
 };
 
@@ -265,26 +265,7 @@ fn a_label_outside_the_class_count_is_a_configuration_error_naming_the_row() {
 
 /// `run` on the sample model without `--num-classes`.
 fn run_without_num_classes(data: &Path, format: &str, out: &Path) -> Output {
-    Command::new(bin("tresnet-coordinator"))
-        .arg("run")
-        .args(["--model", "tresnet_m", "--weights"])
-        .arg(tresnet_m_weights())
-        .arg("--data")
-        .arg(data)
-        .args([
-            "--format",
-            format,
-            "--resolution",
-            "64",
-            "--worker-threads",
-            "1",
-        ])
-        .arg("--out")
-        .arg(out)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-        .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out))
-        .env_remove("TRESNET_TOKEN")
-        .stdin(Stdio::null())
+    coordinator_run_unsized(&tresnet_m_weights(), data, format, out, &[])
         .output()
         .unwrap()
 }

@@ -208,6 +208,18 @@ mod tests {
     use crate::scoring::{loss_and_confidence, top_k};
 
     /// What the coordinator's per-sample tally would count, from the host scoring functions.
+    /// The exact parts of two shards' counts agree (the float sums are compared by each caller).
+    fn assert_same_counts(got: &ShardCounts, want: &ShardCounts) {
+        assert_eq!(
+            (got.evaluated, got.correct1, got.correct5),
+            (want.evaluated, want.correct1, want.correct5)
+        );
+        assert_eq!(got.confusion, want.confusion);
+        assert_eq!(got.correct5_by_class, want.correct5_by_class);
+        assert_eq!(got.bin_count, want.bin_count);
+        assert_eq!(got.bin_correct, want.bin_correct);
+    }
+
     fn host_counts(logits: &[Vec<f32>], labels: &[u32], k: usize) -> ShardCounts {
         let c = logits[0].len();
         let mut out = ShardCounts {
@@ -294,14 +306,7 @@ mod tests {
             counts.add_batch(&y, &l, k as i64);
         }
         let got = counts.to_pb().unwrap();
-        assert_eq!(
-            (got.evaluated, got.correct1, got.correct5),
-            (want.evaluated, want.correct1, want.correct5)
-        );
-        assert_eq!(got.confusion, want.confusion);
-        assert_eq!(got.correct5_by_class, want.correct5_by_class);
-        assert_eq!(got.bin_count, want.bin_count);
-        assert_eq!(got.bin_correct, want.bin_correct);
+        assert_same_counts(&got, &want);
         assert!((got.loss_sum - want.loss_sum).abs() < 1e-9 * want.loss_sum.max(1.0));
         for (g, w) in got.bin_confidence_sum.iter().zip(&want.bin_confidence_sum) {
             assert!((g - w).abs() < 1e-9, "{g} vs {w}");
@@ -325,14 +330,7 @@ mod tests {
             );
         }
         let got = records.to_pb().unwrap();
-        assert_eq!(
-            (got.evaluated, got.correct1, got.correct5),
-            (want.evaluated, want.correct1, want.correct5)
-        );
-        assert_eq!(got.confusion, want.confusion);
-        assert_eq!(got.correct5_by_class, want.correct5_by_class);
-        assert_eq!(got.bin_count, want.bin_count);
-        assert_eq!(got.bin_correct, want.bin_correct);
+        assert_same_counts(&got, &want);
     }
 
     /// Two devices' codes of one lease, gathered, give the cells of both (summed where they meet).

@@ -52,6 +52,9 @@ pub struct RunSummary {
     /// 95% Wilson interval of `top1`; absent in run directories written before it was reported.
     #[serde(default)]
     pub top1_ci95: Option<crate::stats::Interval>,
+    /// 95% Wilson interval of `top5`, likewise.
+    #[serde(default)]
+    pub top5_ci95: Option<crate::stats::Interval>,
 }
 
 fn default_k5() -> usize {

@@ -1,6 +1,6 @@
 //! `sweep`: a matrix of evaluations (models × weights × datasets × resolutions × crop modes ×
 //! precisions) run one after another, one run directory per cell, and the table of all of them
-//! (`sweep.parquet`, `sweep.csv`, `sweep.md`, with 95% Wilson intervals of top-1), plus one
+//! (`sweep.parquet`, `sweep.csv`, `sweep.md`, with 95% Wilson intervals of top-1 and top-5), plus one
 //! timm-shaped `results-<dataset>.csv` per dataset ([`crate::timm_results`]).
 //!
 //! Each cell is exactly a `run`: the `[run]` table of the sweep file holds any `run` flag by its long
@@ -593,6 +593,17 @@ fn opt_u64(r: &CellResult, f: impl Fn(&RunSummary) -> u64) -> Option<u64> {
     r.summary.as_ref().map(f)
 }
 
+/// One end of a 95% interval per cell (null for a cell without a summary or without samples).
+fn ci_column(cells: &[CellResult], name: &str, end: impl Fn(&RunSummary) -> Option<f64>) -> Column {
+    Column::new(
+        name.into(),
+        cells
+            .iter()
+            .map(|r| end(r.summary.as_ref()?))
+            .collect::<Vec<_>>(),
+    )
+}
+
 fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
     let c = &o.cells;
     let s = |f: &dyn Fn(&CellResult) -> String| c.iter().map(f).collect::<Vec<_>>();
@@ -622,18 +633,10 @@ fn frame(o: &SweepOutcome) -> PolarsResult<DataFrame> {
             "top5".into(),
             c.iter().map(|r| opt_f64(r, |s| s.top5)).collect::<Vec<_>>(),
         ),
-        Column::new(
-            "top1_ci95_low".into(),
-            c.iter()
-                .map(|r| r.summary.as_ref()?.top1_ci95.map(|i| i.low))
-                .collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "top1_ci95_high".into(),
-            c.iter()
-                .map(|r| r.summary.as_ref()?.top1_ci95.map(|i| i.high))
-                .collect::<Vec<_>>(),
-        ),
+        ci_column(c, "top1_ci95_low", |s| s.top1_ci95.map(|i| i.low)),
+        ci_column(c, "top1_ci95_high", |s| s.top1_ci95.map(|i| i.high)),
+        ci_column(c, "top5_ci95_low", |s| s.top5_ci95.map(|i| i.low)),
+        ci_column(c, "top5_ci95_high", |s| s.top5_ci95.map(|i| i.high)),
         Column::new(
             "samples".into(),
             c.iter()
@@ -678,6 +681,7 @@ pub fn markdown(o: &SweepOutcome) -> String {
         "top-1 %",
         "top-1 95% CI",
         "top-5 %",
+        "top-5 95% CI",
         "samples",
         "status",
     ]);
@@ -698,6 +702,11 @@ pub fn markdown(o: &SweepOutcome) -> String {
                 .map(|i| format!("{:.2}-{:.2}", i.low, i.high))
                 .unwrap_or_default(),
             num(opt_f64(r, |s| s.top5)),
+            r.summary
+                .as_ref()
+                .and_then(|s| s.top5_ci95)
+                .map(|i| format!("{:.2}-{:.2}", i.low, i.high))
+                .unwrap_or_default(),
             opt_u64(r, |s| s.samples)
                 .map(|v| v.to_string())
                 .unwrap_or_default(),

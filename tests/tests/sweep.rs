@@ -98,12 +98,15 @@ fn check_rows(out: &Path, df: &DataFrame) -> Vec<String> {
         let s = summary(&out.join(name));
         assert_eq!(top1.get(i), s["top1"].as_f64(), "{name}");
         assert_eq!(top5.get(i), s["top5"].as_f64(), "{name}");
-        for (col, end) in [("top1_ci95_low", "low"), ("top1_ci95_high", "high")] {
-            assert_eq!(
-                f64col(col).get(i),
-                s["top1_ci95"][end].as_f64(),
-                "{name} {col}"
-            );
+        for metric in ["top1", "top5"] {
+            for end in ["low", "high"] {
+                let col = format!("{metric}_ci95_{end}");
+                assert_eq!(
+                    f64col(&col).get(i),
+                    s[format!("{metric}_ci95")][end].as_f64(),
+                    "{name} {col}"
+                );
+            }
         }
         assert_eq!(samples.get(i), s["samples"].as_f64(), "{name}");
         assert_eq!(

@@ -168,7 +168,13 @@ fn coordinator_for_remote_workers(run: &Path, extra: &[&str]) -> (Watched, Strin
     ];
     args.extend(FAULT_SHARDING);
     args.extend(extra);
-    let mut cmd = coordinator_run(run, &args);
+    spawn_logging_leases(coordinator_run(run, &args))
+}
+
+/// Starts `cmd` (a `run` listening for remote workers) with the service's debug lines on (the leases
+/// it grants, the Submit batches it receives: the evidence these tests wait for); returns it and the
+/// address it listens on.
+fn spawn_logging_leases(mut cmd: std::process::Command) -> (Watched, String) {
     cmd.env("RUST_LOG", "warn,tresnet_coordinator::service=debug")
         .env("NO_COLOR", "1");
     let coord = Watched::spawn(cmd, "coordinator");
@@ -359,7 +365,7 @@ fn a_worker_frozen_past_its_lease_has_its_late_result_dropped_and_counted() {
 fn a_slow_worker_is_absorbed_by_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    let mut cmd = coordinator_run(
+    let (mut coord, addr) = spawn_logging_leases(coordinator_run(
         &run,
         &[
             "--local-workers",
@@ -371,17 +377,7 @@ fn a_slow_worker_is_absorbed_by_the_others() {
             "--listen",
             "127.0.0.1:0",
         ],
-    );
-    cmd.env("RUST_LOG", "warn,tresnet_coordinator::service=debug")
-        .env("NO_COLOR", "1");
-    let mut coord = Watched::spawn(cmd, "coordinator");
-    let addr = coord
-        .wait_for("coordinator listening on ")
-        .split(';')
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+    ));
     // The slow worker first, and the fast ones only once it holds a lease: a slow worker that never
     // joined would make this test pass vacuously.
     let _slow = remote_worker(&addr, "slow", 1500);

@@ -617,3 +617,12 @@ pub fn process_gone(pid: u32) -> bool {
         Err(_) => true,
     }
 }
+
+/// A finished command's stdout then stderr, for assertion messages and searches.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

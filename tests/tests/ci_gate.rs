@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use tresnet_tests::bin;
+use tresnet_tests::{bin, output_text};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -28,14 +28,6 @@ fn gate_sh(out: &Path, env: &[(&str, &Path)]) -> Output {
     c.output().unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn the_example_gate_passes_the_demo_and_fails_a_degraded_candidate() {
     let demo = PathBuf::from(
@@ -45,7 +37,7 @@ fn the_example_gate_passes_the_demo_and_fails_a_degraded_candidate() {
     let tmp = tempfile::tempdir().unwrap();
 
     let o = gate_sh(&tmp.path().join("demo"), &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     // It gated real numbers, not an empty baseline.
     let s = tresnet_tests::summary(&tmp.path().join("demo"));
     assert!(s["top1"].as_f64().unwrap() > 80.0, "{s}");
@@ -57,7 +49,7 @@ fn the_example_gate_passes_the_demo_and_fails_a_degraded_candidate() {
         .arg(&degraded)
         .output()
         .unwrap();
-    assert!(py.status.success(), "{}", text(&py));
+    assert!(py.status.success(), "{}", output_text(&py));
     let baseline = repo().join("ops/ci-example/baseline-demo.json");
     let o = gate_sh(
         &tmp.path().join("degraded"),
@@ -67,7 +59,7 @@ fn the_example_gate_passes_the_demo_and_fails_a_degraded_candidate() {
             ("BASELINE", &baseline),
         ],
     );
-    let t = text(&o);
+    let t = output_text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("top-1") && t.contains("astronaut"), "{t}");
 }

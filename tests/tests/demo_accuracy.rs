@@ -5,10 +5,10 @@
 //! refuse a resume that would cut the journal differently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use tresnet_common::npy;
-use tresnet_tests::{bin, dataset_cache_of, predictions, run_ok, summary};
+use tresnet_tests::{bin, dataset_cache_of, output_text, predictions, run_ok, summary};
 
 /// ops/reference/make_demo_fixture.py's output ($TRESNET_DEMO, made by ops/fixtures.sh).
 fn demo() -> PathBuf {
@@ -42,14 +42,6 @@ fn demo_run(out: &Path, extra: &[&str]) -> Command {
         .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
     c
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -141,22 +133,27 @@ fn demo_run_matches_timm_top1_on_the_held_out_split() {
             .unwrap()
     };
     let o = gate(&["--write-baseline"]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
     let bl: serde_json::Value = serde_json::from_slice(&std::fs::read(&base).unwrap()).unwrap();
     assert!(
         (bl["top1"].as_f64().unwrap() - want_top1).abs() < 1e-9,
         "{bl}"
     );
     let o = gate(&["--max-top1-drop", "0", "--require-samples", &n.to_string()]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", output_text(&o));
 
     // The same command resumes (every shard is journaled: nothing is computed again, same numbers);
     // another shard size would cut the journal differently and is refused, naming both.
     let again = run_ok(demo_run(&run, &[]));
-    assert_eq!(summary(&run)["correct1"], s["correct1"], "{}", text(&again));
+    assert_eq!(
+        summary(&run)["correct1"],
+        s["correct1"],
+        "{}",
+        output_text(&again)
+    );
     let o = demo_run(&run, &["--shard-size", "5"]).output().unwrap();
     assert!(!o.status.success());
-    let err = text(&o);
+    let err = output_text(&o);
     assert!(
         err.contains("cut into shards of 8 samples") && err.contains("--shard-size 8"),
         "{err}"

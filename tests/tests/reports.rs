@@ -337,6 +337,11 @@ fn every_run_records_its_stage_breakdown_and_layout_choice() {
     assert_eq!(p["job"]["measure_fold_bn"], true);
     let mut measured = 0;
     for w in p["workers"].as_array().unwrap() {
+        // Layouts travel in shard trailers: a worker that recorded no shard (the other took them all)
+        // has none to report.
+        if w["accepted_samples"] == 0 {
+            continue;
+        }
         let layouts = w["layouts"].as_array().unwrap();
         assert_eq!(layouts.len(), 1, "{w}");
         assert_eq!(layouts[0]["measured"], true, "{w}");

@@ -54,6 +54,9 @@ pub struct LayoutSummary {
     pub channels_last: bool,
     /// False: forced by the job, nothing measured.
     pub measured: bool,
+    /// The measurement was an earlier job's, read from the worker node's layout cache.
+    #[serde(default)]
+    pub from_cache: bool,
     pub batch_size: u32,
     pub resolution: u32,
     pub seconds: f64,
@@ -162,6 +165,7 @@ impl LayoutSummary {
             fold_bn: l.fold_bn,
             channels_last: l.channels_last,
             measured: l.measured,
+            from_cache: l.from_cache,
             batch_size: l.batch_size,
             resolution: l.resolution,
             seconds: l.seconds,
@@ -282,6 +286,11 @@ pub fn html_section(h: &mut String, workers: &[crate::report::WorkerSummary]) {
         h.push_str("</table>\n");
         for l in &w.layouts {
             let how = if l.measured {
+                let when = if l.from_cache {
+                    "measured by an earlier job on this node (layout cache)".to_string()
+                } else {
+                    format!("measured at load in {:.1} s", l.seconds)
+                };
                 let cands = l
                     .candidates
                     .iter()
@@ -295,8 +304,8 @@ pub fn html_section(h: &mut String, workers: &[crate::report::WorkerSummary]) {
                     .collect::<Vec<_>>()
                     .join(", ");
                 format!(
-                    "measured at load on {} images of {} px in {:.1} s (best pass: {cands})",
-                    l.batch_size, l.resolution, l.seconds
+                    "{when}, on {} images of {} px (best pass: {cands})",
+                    l.batch_size, l.resolution
                 )
             } else {
                 "forced by the job".to_string()

@@ -16,6 +16,8 @@ case re-encodes one of them at one size (tiny 17x23, ImageNet-like 500x375, 2000
   bad/<name>                       inputs the pipeline must refuse; Pillow's exception (or none, for formats
                                    Pillow reads but this pipeline does not) in manifest.json
   bench/*.jpg                      500x375 quality-90 JPEGs (4:2:0, Pillow's default at q90) for the benchmarks
+  bench-kinds/<kind>/*             the same photos as other image kinds for the benchmarks (BENCH_KINDS): 4:4:4,
+                                   progressive, a 2000x1500 camera-sized JPEG, PNG
   manifest.json                    every case with its category, encoding, size, source and PIL mode
 """
 import argparse
@@ -44,6 +46,13 @@ SKLEARN_PHOTOS = ["china.jpg", "flower.jpg"]
 SIZES = {"tiny": (17, 23), "imagenet": (500, 375), "large": (2000, 1333), "wide": (1200, 90), "tall": (90, 1200)}
 JPEG_QUALITY = 90
 BENCH_IMAGES = 16
+# Benchmark image kinds besides bench/ (JPEG 4:2:0 q90 500x375): name -> (extension, landscape size, encoder).
+BENCH_KINDS = {
+    "jpeg444_500x375": ("jpg", (500, 375), lambda im: save(im, "JPEG", quality=JPEG_QUALITY, subsampling=0)),
+    "jpeg_progressive_500x375": ("jpg", (500, 375), lambda im: save(im, "JPEG", quality=JPEG_QUALITY, progressive=True)),
+    "jpeg420_2000x1500": ("jpg", (2000, 1500), lambda im: save(im, "JPEG", quality=JPEG_QUALITY)),
+    "png_500x375": ("png", (500, 375), lambda im: save(im, "PNG")),
+}
 
 
 def load_photos():
@@ -222,7 +231,7 @@ def main():
     args = ap.parse_args()
     rng = np.random.default_rng(SEED)
     torch.manual_seed(SEED)
-    for sub in ("cases", "bad", "bench"):
+    for sub in ("cases", "bad", "bench") + tuple(f"bench-kinds/{k}" for k in BENCH_KINDS):
         os.makedirs(os.path.join(args.out, sub), exist_ok=True)
 
     photos = load_photos()
@@ -274,6 +283,14 @@ def main():
         data = save(fit(photo, size), "JPEG", quality=JPEG_QUALITY)
         with open(os.path.join(args.out, "bench", f"{i:02d}-{src_name}.jpg"), "wb") as f:
             f.write(data)
+    # The same photos as other image kinds: decode cost moves with chroma subsampling, progressive scans,
+    # pixel count and codec, so a single kind would flatter or wrong either side.
+    for kind, (ext, size, encode) in BENCH_KINDS.items():
+        for i in range(BENCH_IMAGES):
+            src_name, photo = photos[i % len(photos)]
+            wh = size if i % 4 else size[::-1]
+            with open(os.path.join(args.out, "bench-kinds", kind, f"{i:02d}-{src_name}.{ext}"), "wb") as f:
+                f.write(encode(fit(photo, wh)))
 
     script = open(__file__, "rb").read()
     manifest = {

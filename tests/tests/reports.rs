@@ -52,8 +52,10 @@ fn run_dir() -> &'static Path {
         copy_dir(&sample_images(), &data);
         let probe = dir.path().join("probe");
         let mut cmd = coordinator_run_on(&data, "imagefolder", &probe, &RUN_ARGS[..2]);
-        // The probe measures its layouts (the default); the runs compared with each other do not.
-        cmd.env("TRESNET_MEASURE_LAYOUT", "true");
+        // The probe measures its layouts (the default); the runs compared with each other do not. Its
+        // own empty layout cache, so that it measures rather than reusing an earlier test run's choice.
+        cmd.env("TRESNET_MEASURE_LAYOUT", "true")
+            .env("TRESNET_LAYOUT_CACHE", dir.path().join("layouts"));
         ok(cmd.output().unwrap(), "coordinator run (probe)");
         let df = frame(&probe.join("predictions.parquet"));
         let keys = df.column("key").unwrap().str().unwrap().clone();
@@ -403,6 +405,51 @@ fn every_run_records_its_stage_breakdown_and_layout_choice() {
     let html = std::fs::read_to_string(run_dir().join("report.html")).unwrap();
     assert!(html.contains("Where the time went"));
     assert!(html.contains("-bound: "));
+}
+
+/// A measured layout is kept in the node's layout cache: the next run with the same key loads only the
+/// chosen layout, measures nothing and says so in summary.json and report.html; `off` measures again.
+#[test]
+fn a_measured_layout_is_reused_from_the_layout_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("layouts");
+    let layout = |name: &str, cache_env: &std::ffi::OsStr| {
+        let out = dir.path().join(name);
+        let mut cmd = coordinator_run_on(
+            &sample_images(),
+            "imagefolder",
+            &out,
+            &["--local-workers", "1"],
+        );
+        cmd.env("TRESNET_MEASURE_LAYOUT", "true")
+            .env("TRESNET_LAYOUT_CACHE", cache_env);
+        ok(cmd.output().unwrap(), name);
+        let s = summary(&out);
+        let w = &s["workers"][0];
+        let l = w["layouts"][0].clone();
+        assert_eq!(l["measured"], true, "{w}");
+        (l, std::fs::read_to_string(out.join("report.html")).unwrap())
+    };
+    let (first, _) = layout("first", cache.as_os_str());
+    assert_eq!(first["from_cache"], false, "{first}");
+    assert!(first["seconds"].as_f64().unwrap() > 0.0, "{first}");
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(entries.len(), 1, "one cache entry per key");
+    let (second, html) = layout("second", cache.as_os_str());
+    assert_eq!(second["from_cache"], true, "{second}");
+    assert_eq!(second["seconds"], 0.0, "nothing measured now: {second}");
+    for k in ["fold_bn", "channels_last", "candidates"] {
+        assert_eq!(
+            second[k], first[k],
+            "{k}: the cached measurement is the first run's"
+        );
+    }
+    assert!(
+        html.contains("layout cache"),
+        "report.html says where the choice came from"
+    );
+    let (third, _) = layout("third", std::ffi::OsStr::new("off"));
+    assert_eq!(third["from_cache"], false, "{third}");
 }
 
 /// Synthetic workers score counts-only shards from the same records as per-sample ones (the capacity

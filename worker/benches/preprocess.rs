@@ -1,9 +1,11 @@
-//! Single-thread throughput of decode + resize + crop on ImageNet-like 500x375 quality-90 JPEGs.
+//! Single-thread throughput of decode + resize + crop on ImageNet-like 500x375 quality-90 JPEGs, and on
+//! other image kinds (4:4:4, progressive, 2000x1500, PNG).
 //!
-//! The images are the `bench/` set of the preprocessing fixtures (ops/reference/gen_preprocess_fixtures.py),
-//! the same files ops/bench/preprocess_vs_pillow.py feeds to Pillow + timm; that script runs this bench and
-//! prints the ratio. One iteration processes every image once, so criterion's elements/s is images/s.
-//! Under `cargo test` criterion runs each benchmark once, as a smoke test.
+//! The images are the `bench/` and `bench-kinds/` sets of the preprocessing fixtures
+//! (ops/reference/gen_preprocess_fixtures.py), the same files ops/bench/preprocess_vs_pillow.py feeds to
+//! Pillow + timm; that script runs this bench and prints the ratios. One iteration processes every image
+//! once, so criterion's elements/s is images/s. Under `cargo test` criterion runs each benchmark once, as a
+//! smoke test.
 //!
 //! Besides wall time, the `exact` pipeline is also measured in CPU time of the benchmark thread (group
 //! `preprocess_500x375_q90_cpu`): on a shared machine other processes take time slices from the pinned
@@ -20,21 +22,93 @@ use tresnet_worker::preprocess::decode::{DecodeOptions, Decoder};
 use tresnet_worker::preprocess::resize::ResizeScratch;
 use tresnet_worker::preprocess::{Preprocessor, crop};
 
-fn bench_images() -> Vec<Vec<u8>> {
-    let dir = std::env::var_os("TRESNET_PREPROCESS_FIXTURES")
+fn fixtures_dir() -> PathBuf {
+    std::env::var_os("TRESNET_PREPROCESS_FIXTURES")
         .map(PathBuf::from)
         .expect(
             "TRESNET_PREPROCESS_FIXTURES is not set: source ops/env.sh and ops/fixtures.sh first",
         )
-        .join("bench");
-    let mut paths: Vec<_> = std::fs::read_dir(&dir)
+}
+
+fn images_in(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jpg"))
+        .filter(|p| p.extension().is_some_and(|x| x == "jpg" || x == "png"))
         .collect();
     paths.sort();
-    assert!(!paths.is_empty(), "no JPEGs in {}", dir.display());
+    assert!(!paths.is_empty(), "no images in {}", dir.display());
     paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+fn bench_images() -> Vec<Vec<u8>> {
+    images_in(&fixtures_dir().join("bench"))
+}
+
+/// Every benchmark image kind as (name, images): `bench/` first under the name the Pillow script uses for
+/// it, then each folder of `bench-kinds/`.
+fn image_kinds() -> Vec<(String, Vec<Vec<u8>>)> {
+    let root = fixtures_dir();
+    let mut kinds = vec![("jpeg420_500x375".to_string(), bench_images())];
+    let dir = root.join("bench-kinds");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (regenerate the fixtures: source ops/fixtures.sh)",
+                dir.display()
+            )
+        })
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for name in names {
+        let images = images_in(&dir.join(&name));
+        kinds.push((name, images));
+    }
+    kinds
+}
+
+/// The pipeline on each image kind, to two outputs: `u8` is what the worker runs (uint8 CHW, the /255 and
+/// normalisation happen on the device), `f32` adds ToTensor's /255 on the host. The Pillow script measures
+/// Pillow to the same two outputs, so each pair is like for like.
+fn preprocess_kinds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("preprocess_kinds");
+    for (kind, images) in image_kinds() {
+        group.throughput(Throughput::Elements(images.len() as u64));
+        let mut p = Preprocessor::new(PreprocessConfig::default()).unwrap();
+        group.bench_function(format!("u8/{kind}"), |b| {
+            b.iter(|| {
+                for img in &images {
+                    black_box(p.run(black_box(img)).unwrap());
+                }
+            })
+        });
+        group.bench_function(format!("f32/{kind}"), |b| {
+            b.iter(|| {
+                for img in &images {
+                    black_box(p.run(black_box(img)).unwrap().to_f32());
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// The `u8` pipeline of `preprocess_kinds` in CPU time of the benchmark thread (see ThreadCpuTime).
+fn preprocess_kinds_cpu_time(c: &mut Criterion<ThreadCpuTime>) {
+    let mut group = c.benchmark_group("preprocess_kinds_cpu");
+    for (kind, images) in image_kinds() {
+        group.throughput(Throughput::Elements(images.len() as u64));
+        let mut p = Preprocessor::new(PreprocessConfig::default()).unwrap();
+        group.bench_function(format!("u8/{kind}"), |b| {
+            b.iter(|| {
+                for img in &images {
+                    black_box(p.run(black_box(img)).unwrap());
+                }
+            })
+        });
+    }
+    group.finish();
 }
 
 fn preprocess(c: &mut Criterion) {
@@ -184,10 +258,10 @@ fn preprocess_cpu_time(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
-criterion_group!(benches, preprocess);
+criterion_group!(benches, preprocess, preprocess_kinds);
 criterion_group! {
     name = cpu_time;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = preprocess_cpu_time
+    targets = preprocess_cpu_time, preprocess_kinds_cpu_time
 }
 criterion_main!(benches, cpu_time);

@@ -194,8 +194,16 @@ fn load(
         batch_size: cfg.batch_sizes[0],
         resolution: cfg.resolution,
     };
-    load_fastest(cfg.model, &cfg.model.config(), &cfg.weights, &space, shape)
-        .map_err(|e| format!("{device:?}: {e}"))
+    // A bench always measures afresh: its point is what this device does now.
+    load_fastest(
+        cfg.model,
+        &cfg.model.config(),
+        &cfg.weights,
+        &space,
+        shape,
+        None,
+    )
+    .map_err(|e| format!("{device:?}: {e}"))
 }
 
 /// Loads, warms up and times one device over the sweep; `collective` lines the devices up before each

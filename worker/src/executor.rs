@@ -197,9 +197,17 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<Layout
         std::path::Path::new(&job.model.weights),
         &space,
         shape,
+        crate::tuning::LayoutCache::from_env().as_ref(),
     )
     .map_err(|e| format!("{e}"))?;
-    if choice.measured {
+    if choice.from_cache {
+        tracing::info!(
+            device = %choice.device,
+            fold_bn = choice.chosen.fold_bn,
+            channels_last = choice.chosen.channels_last,
+            "model layout from this node's layout cache (measured by an earlier job)"
+        );
+    } else if choice.measured {
         tracing::info!(
             device = %choice.device,
             fold_bn = choice.chosen.fold_bn,

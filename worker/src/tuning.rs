@@ -7,11 +7,19 @@
 //! neither `--fold-bn` nor `--no-fold-bn`) has `auto` in its identity, and the choice each device made
 //! is recorded in summary.json (`workers[].layouts`). A forced layout is part of the identity and skips
 //! the measurement.
+//!
+//! A measurement is kept in the node's layout cache (`TRESNET_LAYOUT_CACHE`, default
+//! `$XDG_CACHE_HOME/tresnet-eval/layouts`), keyed by everything the ranking depends on (host, device,
+//! CPU model, libtorch threads and version, this binary's version, architecture, resolution, timed
+//! batch, precision and the candidates): the next job with the same key loads only the chosen layout
+//! and measures nothing, which is most of a short run's start-up. Delete the folder (or set the
+//! variable to `off`) to measure again.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 use tresnet_common::job::MemoryFormat;
 use tresnet_common::protocol::pb;
@@ -123,6 +131,9 @@ pub struct LayoutChoice {
     pub chosen: Layout,
     /// False: the job forced the layout; `candidates` is then empty.
     pub measured: bool,
+    /// The measurement was made by an earlier job on this node and read from the layout cache
+    /// (`candidates` are its timings; `seconds` is 0: nothing was measured now).
+    pub from_cache: bool,
     pub candidates: Vec<CandidateTiming>,
     pub batch_size: i64,
     pub resolution: i64,
@@ -149,8 +160,116 @@ impl LayoutChoice {
             batch_size: self.batch_size as u32,
             resolution: self.resolution as u32,
             seconds: self.seconds,
+            from_cache: self.from_cache,
         }
     }
+}
+
+/// Environment variable naming the layout cache folder, or `off`.
+pub const LAYOUT_CACHE_ENV: &str = "TRESNET_LAYOUT_CACHE";
+
+/// The node's cache of measured layout choices: one small JSON file per key, so concurrent workers of a
+/// node never rewrite each other's entries; a lost race only means one more measurement.
+#[derive(Debug, Clone)]
+pub struct LayoutCache {
+    dir: PathBuf,
+}
+
+/// One cached measurement, with the full key to rule out a hash collision.
+#[derive(Debug, Serialize, Deserialize)]
+struct CachedChoice {
+    key: String,
+    chosen: Layout,
+    candidates: Vec<CandidateTiming>,
+    batch_size: i64,
+    measured_seconds: f64,
+    measured_at_unix_ms: u128,
+}
+
+impl LayoutCache {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        LayoutCache { dir: dir.into() }
+    }
+
+    /// `TRESNET_LAYOUT_CACHE` (a folder, or `off`), else `$XDG_CACHE_HOME/tresnet-eval/layouts` (else
+    /// `~/.cache/...`); `None` when off or when there is no home to put it in.
+    pub fn from_env() -> Option<Self> {
+        match std::env::var_os(LAYOUT_CACHE_ENV).filter(|v| !v.is_empty()) {
+            Some(v) if v == "off" => None,
+            Some(v) => Some(LayoutCache::new(v)),
+            None => crate::dataset_cache::default_dir()
+                .and_then(|d| d.parent().map(|p| LayoutCache::new(p.join("layouts")))),
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        let digest = Sha256::digest(key.as_bytes());
+        let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join(format!("{name}.json"))
+    }
+
+    /// The cached choice for `key` when it is one of `layouts`; an unreadable or foreign entry is a miss.
+    fn get(&self, key: &str, layouts: &[Layout]) -> Option<CachedChoice> {
+        let path = self.path(key);
+        let bytes = std::fs::read(&path).ok()?;
+        match serde_json::from_slice::<CachedChoice>(&bytes) {
+            Ok(c) if c.key == key && layouts.contains(&c.chosen) => Some(c),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable layout cache entry");
+                None
+            }
+        }
+    }
+
+    /// Best effort: a cache that cannot be written costs the next job a measurement, never this one.
+    fn put(&self, entry: &CachedChoice) {
+        let path = self.path(&entry.key);
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| {
+                std::fs::write(&tmp, serde_json::to_vec_pretty(entry).unwrap_or_default())
+            })
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(path = %path.display(), error = %e, "could not write the layout cache");
+        }
+    }
+}
+
+/// The CPU's model name: part of the cache key, since a shared home folder may serve several machines.
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown cpu".into())
+}
+
+/// Everything the ranking of `layouts` depends on.
+fn cache_key(name: ModelName, shape: TuneShape, layouts: &[Layout]) -> String {
+    let cands: Vec<String> = layouts
+        .iter()
+        .map(|l| format!("{}{}", u8::from(l.fold_bn), u8::from(l.channels_last)))
+        .collect();
+    format!(
+        "host={}|device={}|cpu={}|threads={}|libtorch={}|worker={}|model={name:?}|res={}|batch={}|kind={:?}|candidates={}",
+        crate::agent::hostname(),
+        crate::metrics::device_label(shape.device),
+        cpu_model(),
+        tch::get_num_threads(),
+        crate::software::LIBTORCH_VERSION.unwrap_or("unknown"),
+        env!("CARGO_PKG_VERSION"),
+        shape.resolution,
+        shape.timed_batch(),
+        shape.kind,
+        cands.join(","),
+    )
 }
 
 /// What to measure on: the device, the kind, and the job's batch shape.
@@ -180,26 +299,47 @@ fn synchronize(device: Device) {
 }
 
 /// Loads `name` in every layout of `space` and keeps the fastest on `shape.device`; with a single
-/// candidate, loads it and measures nothing.
+/// candidate, loads it and measures nothing. With a cache (see [`LayoutCache`]), a choice measured
+/// earlier for the same key is loaded alone, and a new measurement is stored.
 pub fn load_fastest(
     name: ModelName,
     arch: &TResNetConfig,
     weights: &Path,
     space: &LayoutSpace,
     shape: TuneShape,
+    cache: Option<&LayoutCache>,
 ) -> Result<(LoadedModel, LayoutChoice), TuneError> {
     let layouts = space.candidates();
-    let opts: Vec<BuildOptions> = layouts
-        .iter()
-        .map(|l| BuildOptions {
-            device: shape.device,
-            kind: shape.kind,
-            fold_bn: l.fold_bn,
-            channels_last: l.channels_last,
-        })
-        .collect();
-    let mut models = load_models(name, arch, weights, &opts)?;
+    let build = |l: &Layout| BuildOptions {
+        device: shape.device,
+        kind: shape.kind,
+        fold_bn: l.fold_bn,
+        channels_last: l.channels_last,
+    };
     let device = crate::metrics::device_label(shape.device);
+    let key = (layouts.len() > 1).then(|| cache_key(name, shape, &layouts));
+    if let (Some(cache), Some(key)) = (cache, &key)
+        && let Some(hit) = cache.get(key, &layouts)
+    {
+        let model = load_models(name, arch, weights, &[build(&hit.chosen)])?
+            .pop()
+            .expect("one model per layout");
+        return Ok((
+            model,
+            LayoutChoice {
+                device,
+                chosen: hit.chosen,
+                measured: true,
+                from_cache: true,
+                candidates: hit.candidates,
+                batch_size: hit.batch_size,
+                resolution: shape.resolution,
+                seconds: 0.0,
+            },
+        ));
+    }
+    let opts: Vec<BuildOptions> = layouts.iter().map(build).collect();
+    let mut models = load_models(name, arch, weights, &opts)?;
     if models.len() == 1 {
         let model = models.pop().expect("one candidate");
         return Ok((
@@ -208,6 +348,7 @@ pub fn load_fastest(
                 device,
                 chosen: layouts[0],
                 measured: false,
+                from_cache: false,
                 candidates: Vec::new(),
                 batch_size: shape.batch_size,
                 resolution: shape.resolution,
@@ -218,12 +359,25 @@ pub fn load_fastest(
     let (best, candidates, seconds) = measure(&models, &layouts, shape)?;
     let model = models.swap_remove(best);
     drop(models);
+    if let (Some(cache), Some(key)) = (cache, key) {
+        cache.put(&CachedChoice {
+            key,
+            chosen: layouts[best],
+            candidates: candidates.clone(),
+            batch_size: shape.timed_batch(),
+            measured_seconds: seconds,
+            measured_at_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        });
+    }
     Ok((
         model,
         LayoutChoice {
             device,
             chosen: layouts[best],
             measured: true,
+            from_cache: false,
             candidates,
             batch_size: shape.timed_batch(),
             resolution: shape.resolution,
@@ -304,6 +458,47 @@ mod tests {
         assert!(!c[0].fold_bn);
         let half = LayoutSpace::new(true, false, MemoryFormat::Auto);
         assert_eq!(half.candidates().len(), 2);
+    }
+
+    #[test]
+    fn a_cached_choice_is_found_by_its_key_only_and_only_among_the_candidates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayoutCache::new(dir.path());
+        let shape = TuneShape {
+            device: Device::Cpu,
+            kind: Kind::Float,
+            batch_size: 16,
+            resolution: 224,
+        };
+        let space = LayoutSpace::new(true, true, MemoryFormat::Auto).candidates();
+        let key = cache_key(ModelName::TresnetM, shape, &space);
+        assert!(cache.get(&key, &space).is_none());
+        let chosen = space[3];
+        cache.put(&CachedChoice {
+            key: key.clone(),
+            chosen,
+            candidates: Vec::new(),
+            batch_size: 4,
+            measured_seconds: 1.5,
+            measured_at_unix_ms: 1,
+        });
+        assert_eq!(cache.get(&key, &space).unwrap().chosen, chosen);
+        // Another resolution, precision or candidate set is another key.
+        let other = cache_key(
+            ModelName::TresnetM,
+            TuneShape {
+                resolution: 448,
+                ..shape
+            },
+            &space,
+        );
+        assert_ne!(other, key);
+        assert!(cache.get(&other, &space).is_none());
+        // A choice outside today's candidates is never used (a forced half of the space).
+        assert!(cache.get(&key, &space[..2]).is_none());
+        // A torn or foreign file is a miss, not an error.
+        std::fs::write(cache.path(&key), b"{not json").unwrap();
+        assert!(cache.get(&key, &space).is_none());
     }
 
     #[test]

@@ -194,7 +194,7 @@ fn measured_layout_is_recorded_and_within_parity() {
         resolution: 64,
     };
     let open = LayoutSpace::new(true, true, MemoryFormat::Auto);
-    let (loaded, choice) = load_fastest(name, &name.config(), &weights, &open, shape).unwrap();
+    let (loaded, choice) = load_fastest(name, &name.config(), &weights, &open, shape, None).unwrap();
     assert!(choice.measured);
     assert_eq!(choice.candidates.len(), 4);
     assert_eq!((choice.batch_size, choice.resolution), (2, 64));
@@ -232,7 +232,7 @@ fn measured_layout_is_recorded_and_within_parity() {
         check(&m.model, &format!("candidate {l:?}"));
     }
     let forced = LayoutSpace::new(false, false, MemoryFormat::ChannelsLast);
-    let (_, choice) = load_fastest(name, &name.config(), &weights, &forced, shape).unwrap();
+    let (_, choice) = load_fastest(name, &name.config(), &weights, &forced, shape, None).unwrap();
     assert!(!choice.measured);
     assert!(choice.candidates.is_empty());
     assert!(!choice.chosen.fold_bn && choice.chosen.channels_last);

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataset::decoded::DecodedPack;
 use crate::dataset::{ClassSubset, DatasetFormat};
 use crate::ids::JobId;
 use crate::preprocess::PreprocessConfig;
@@ -187,6 +188,10 @@ pub struct DataSpec {
     /// subset's positions. Absent from job.json when unset, so older runs keep their identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_subset: Option<ClassSubset>,
+    /// The dataset is a decoded pack: its pixels came from this source dataset through these settings,
+    /// and workers use them as they are (no decode). In the identity; absent from job.json otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<DecodedPack>,
 }
 
 /// What comes back per sample. Also the `run` flags and sweep `[run]` keys of the same names.
@@ -388,6 +393,7 @@ pub fn example_job() -> JobSpec {
             dataset_samples: 3,
             listed_at_unix_ms: None,
             class_subset: None,
+            decoded: None,
         },
         preprocess: PreprocessConfig::default(),
         outputs: OutputSpec {
@@ -405,6 +411,7 @@ pub fn example_job() -> JobSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataset::decoded::DecodedPixels;
     use serde_json::Value;
 
     /// Every way to change one JSON leaf that still deserialises: other numbers, the other booleans,
@@ -480,6 +487,11 @@ mod tests {
             synset_map: None,
         };
         job.data.class_subset = Some(ClassSubset::try_from(vec![0, 5]).unwrap());
+        job.data.decoded = Some(DecodedPack {
+            source_fingerprint: "s".into(),
+            source_format: DatasetFormat::ImageFolder,
+            pixels: DecodedPixels::of(&job.preprocess),
+        });
         let base = serde_json::to_value(&job).unwrap();
         let mut all = Vec::new();
         leaves("", &base, &mut all);

@@ -219,7 +219,20 @@ pub struct PackArgs {
     pub concurrency: usize,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Write a decoded pack: each sample preprocessed once (with the `run` flags --resolution,
+    /// --crop-pct, --crop-mode, --max-pixels, --dct-scaling below) into uint8 CHW pixels, which runs
+    /// with the same settings use without decoding.
+    #[arg(long)]
+    pub decoded: bool,
+    /// Images decoded at once by `--decoded` (default: the machine's cores).
+    #[arg(long, requires = "decoded")]
+    pub decode_threads: Option<usize>,
+    #[command(flatten)]
+    pub preprocess: PreprocessConfig,
 }
+
+/// `pack --shard-size` default, also the shard size of the decoded packs a sweep builds.
+pub const DEFAULT_PACK_SHARD_BYTES: u64 = 256 << 20;
 
 /// Parses sizes such as `256MiB`, `1GiB`, `500MB`, `4096`.
 /// Largest `pack --shard-size`: a shard is built in memory and stored with one PUT, and S3 refuses

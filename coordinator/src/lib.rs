@@ -5,6 +5,7 @@ pub mod checkpoint_facts;
 pub mod classes;
 pub mod cli;
 pub mod compare;
+pub mod decoded_pack;
 pub mod finished_run;
 pub mod gate;
 pub mod html;

@@ -75,19 +75,42 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     a.format.name()
                 );
             }
-            let s = tresnet_common::dataset::tar::pack_dataset(
-                &index,
-                &src,
-                &dst,
-                a.shard_size,
-                a.concurrency.max(1),
-            )
-            .await?;
+            let s = if a.decoded {
+                let threads = a
+                    .decode_threads
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                tresnet_coordinator::decoded_pack::pack_decoded(
+                    &index,
+                    &src,
+                    &dst,
+                    &a.preprocess,
+                    a.shard_size,
+                    a.concurrency.max(1),
+                    threads,
+                )
+                .await?
+            } else {
+                if a.preprocess != tresnet_common::preprocess::PreprocessConfig::default() {
+                    anyhow::bail!(
+                        "--resolution, --crop-pct, --crop-mode, --max-pixels and --dct-scaling \
+                         decide the pixels of a decoded pack; add --decoded"
+                    );
+                }
+                tresnet_common::dataset::tar::pack_dataset(
+                    &index,
+                    &src,
+                    &dst,
+                    a.shard_size,
+                    a.concurrency.max(1),
+                )
+                .await?
+            };
             println!(
-                "packed {} samples ({} bad) into {} shards, {} bytes, at {}",
+                "packed {} samples ({} bad) into {} {}shards, {} bytes, at {}",
                 s.samples,
                 s.bad_samples,
                 s.shards.len(),
+                if a.decoded { "decoded " } else { "" },
                 s.bytes,
                 dst.url()
             );

@@ -351,6 +351,10 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             format.name()
         );
     }
+    if let Some(pack) = &index.decoded {
+        // Refused here, before any worker starts, rather than by every worker it is sent to.
+        pack.check_job(location.url(), &cfg.preprocess)?;
+    }
     let scored = class_subset
         .as_ref()
         .map_or(num_classes, |s| s.len() as u32);
@@ -389,6 +393,7 @@ pub async fn plan(cfg: &RunConfig) -> anyhow::Result<(JobSpec, DatasetIndex)> {
             dataset_samples: index.len() as u64,
             listed_at_unix_ms: listed_at,
             class_subset,
+            decoded: index.decoded.clone(),
         },
         preprocess: cfg.preprocess.clone(),
         outputs: OutputSpec {

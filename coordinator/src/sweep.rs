@@ -44,6 +44,8 @@
 //! num_classes = 1000                    # optional, as `run --num-classes`
 //! allow_absolute_paths = false          # optional, as `run --allow-absolute-paths` (manifests)
 //! class_subset = "imagenet-r"           # optional, as `run --class-subset` (a file: relative to here)
+//! decode_once = true                    # optional: decode once per (resolution, crop mode) into a
+//!                                       # decoded pack under out/decoded/, every model cell reads it
 //!
 //! # reference_dataset = "imagenet"      # what results-*.csv diff against; default: the only
 //!                                       # dataset of format "imagenet"
@@ -145,6 +147,10 @@ pub struct DatasetEntry {
     pub allow_absolute_paths: bool,
     /// As `run --class-subset`: a built-in name or a file (relative to the sweep file's folder).
     pub class_subset: Option<String>,
+    /// Decode the dataset once per (resolution, crop mode) into a decoded pack under
+    /// `<out>/decoded/` (`pack --decoded`) and run every model cell of that key on it.
+    #[serde(default)]
+    pub decode_once: bool,
 }
 
 fn default_format() -> String {
@@ -168,6 +174,8 @@ pub struct Cell {
     pub resolution: u32,
     pub crop_mode: CropMode,
     pub precision: Precision,
+    /// The dataset's `decode_once`.
+    pub decode_once: bool,
 }
 
 fn crop_name(c: CropMode) -> &'static str {
@@ -299,6 +307,7 @@ impl SweepFile {
                                     resolution,
                                     crop_mode,
                                     precision,
+                                    decode_once: d.decode_once,
                                 });
                             }
                         }
@@ -465,6 +474,7 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     let mut slots: Vec<Option<Cell>> = cells.into_iter().map(Some).collect();
     let mut done: Vec<Option<CellResult>> = vec![None; total];
     let mut interrupted: Option<anyhow::Error> = None;
+    let mut packs = DecodedPacks::default();
     for (n, &i) in order.iter().enumerate() {
         let cell = slots[i].take().expect("each cell runs once");
         let dir = out.join(&cell.name);
@@ -480,7 +490,15 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
             );
             break;
         }
-        let ran = run_cell(&cell, &dir, &shared, &tag, &mut pool, &observed, &shutdown).await;
+        let ran = match packs.cell_on_pack(&cell, &shared, &out).await {
+            Ok(on_pack) => {
+                run_cell(
+                    &on_pack, &dir, &shared, &tag, &mut pool, &observed, &shutdown,
+                )
+                .await
+            }
+            Err(e) => Err(e.context(format!("decoded pack of dataset {}", cell.dataset))),
+        };
         let (status, summary, error) = match ran {
             // Written, but its metrics are null: no result, whatever else it says.
             Ok((_, s)) if s.samples == 0 => {
@@ -533,6 +551,118 @@ pub async fn sweep(cfg: &SweepConfig) -> anyhow::Result<SweepOutcome> {
     write_tables(&outcome)?;
     write_timm_results(&outcome, file.reference())?;
     Ok(outcome)
+}
+
+/// The decoded packs of `decode_once` datasets, one per (dataset, resolution, crop mode), built by
+/// the first cell that needs one (or found complete from an earlier invocation: same source
+/// fingerprint, same pixel settings) and used by every later cell of that key.
+#[derive(Default)]
+struct DecodedPacks {
+    ready: HashMap<(String, u32, &'static str), PathBuf>,
+}
+
+/// Objects a pack build reads at once (as `pack --concurrency`'s default).
+const PACK_FETCH_CONCURRENCY: usize = 16;
+
+impl DecodedPacks {
+    /// `cell` itself, or for a `decode_once` dataset the same cell reading its pack.
+    async fn cell_on_pack(
+        &mut self,
+        cell: &Cell,
+        shared: &RunArgs,
+        out: &Path,
+    ) -> anyhow::Result<Cell> {
+        if !cell.decode_once {
+            return Ok(cell.clone());
+        }
+        let key = (
+            cell.dataset.clone(),
+            cell.resolution,
+            crop_name(cell.crop_mode),
+        );
+        let dir = match self.ready.get(&key) {
+            Some(dir) => dir.clone(),
+            None => {
+                let dir = out
+                    .join("decoded")
+                    .join(sanitize(&format!("{}-{}-{}", key.0, key.1, key.2)));
+                Self::build(cell, shared, &dir).await?;
+                self.ready.insert(key, dir.clone());
+                dir
+            }
+        };
+        Ok(Cell {
+            data: dir.display().to_string(),
+            format: "tar".into(),
+            allow_absolute_paths: false,
+            ..cell.clone()
+        })
+    }
+
+    async fn build(cell: &Cell, shared: &RunArgs, dir: &Path) -> anyhow::Result<()> {
+        use tresnet_common::dataset::decoded::{DecodedPack, DecodedPixels};
+        use tresnet_common::dataset::tar::{DATASET_FILE, PackedDataset};
+        use tresnet_common::storage::StorageLocation;
+
+        let preprocess = cell.run_args(dir, shared)?.preprocess;
+        let options = shared.store.options();
+        let source = StorageLocation::parse(&cell.data, &options)?;
+        let format = crate::cli::with_absolute_paths(
+            cell.format
+                .parse()
+                .map_err(|e: tresnet_common::dataset::DatasetError| {
+                    anyhow::anyhow!("dataset {}: {e}", cell.dataset)
+                })?,
+            cell.allow_absolute_paths,
+        )?;
+        let index = tresnet_common::dataset::list_dataset(&source, &format).await?;
+        let wanted = DecodedPack {
+            source_fingerprint: index.fingerprint.clone(),
+            source_format: index.format.clone(),
+            pixels: DecodedPixels::of(&preprocess),
+        };
+        let existing = std::fs::read(dir.join(DATASET_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<PackedDataset>(&b).ok())
+            .and_then(|p| p.decoded);
+        if existing.as_ref() == Some(&wanted) {
+            eprintln!("sweep: decoded pack {} is complete, reused", dir.display());
+            return Ok(());
+        }
+        // A pack of other settings or source, or one cut short, is rebuilt from nothing.
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot clear decoded pack {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create decoded pack {}", dir.display()))?;
+        let destination = StorageLocation::parse(&dir.display().to_string(), &options)?;
+        eprintln!(
+            "sweep: building decoded pack {} of dataset {} ({})",
+            dir.display(),
+            cell.dataset,
+            wanted.pixels
+        );
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let s = crate::decoded_pack::pack_decoded(
+            &index,
+            &source,
+            &destination,
+            &preprocess,
+            crate::cli::DEFAULT_PACK_SHARD_BYTES,
+            PACK_FETCH_CONCURRENCY,
+            threads,
+        )
+        .await?;
+        eprintln!(
+            "sweep: built decoded pack {}: {} samples ({} bad), {} shards",
+            dir.display(),
+            s.samples,
+            s.bad_samples,
+            s.shards.len()
+        );
+        Ok(())
+    }
 }
 
 /// The order cells run in: the matrix order, except that the cells of one checkpoint at one precision

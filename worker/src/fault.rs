@@ -18,6 +18,12 @@ pub enum SampleFault {
     Image(PreprocessError),
     #[error("cifar record has {got} bytes, expected {expected}")]
     CifarRecord { got: usize, expected: usize },
+    #[error("decoded sample has {got} bytes, expected {expected} (3 x {side} x {side})")]
+    DecodedSize {
+        got: usize,
+        expected: usize,
+        side: u32,
+    },
     #[error(
         "object {url} has {got} bytes but the dataset listing said {listed} (changed since listing)"
     )]

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::decoded::DecodedPack;
 use super::{BadSample, DatasetError, DatasetFormat, ExcludedSample, Sample};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +33,9 @@ pub struct DatasetIndex {
     /// of [`Self::len`], which counts what the shards cover.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<ExcludedSample>,
+    /// A decoded pack ([`super::decoded`]): what its pixels were made from. Jobs over it carry this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<DecodedPack>,
 }
 
 impl DatasetIndex {
@@ -78,7 +82,15 @@ impl DatasetIndex {
             fingerprint,
             label_sets: None,
             excluded: Vec::new(),
+            decoded: None,
         })
+    }
+
+    /// Marks the index as a decoded pack's and folds what the pack was made from into the fingerprint.
+    pub fn set_decoded(&mut self, pack: DecodedPack) {
+        let bytes = pack.fingerprint_bytes();
+        self.fingerprint = extend_fingerprint(&self.fingerprint, "decoded", [bytes.as_slice()]);
+        self.decoded = Some(pack);
     }
 
     /// Sets the excluded samples and folds their keys and reasons into the fingerprint.

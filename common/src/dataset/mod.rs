@@ -20,6 +20,7 @@
 
 pub mod cars;
 pub mod cifar;
+pub mod decoded;
 pub mod error;
 pub mod flowers;
 pub mod format;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// (`n01440764/ILSVRC2012_val_00000293.JPEG`), `file:record` for CIFAR (`test_batch.bin:00042`), or
 /// `shard:member` for tar shards (`shard-000003.tar:n01440764/ILSVRC2012_val_00000293`). It never
 /// contains the store's URL, so a dataset read from `file://` and from `s3://` has the same keys.
+/// Decoded packs keep their source's keys (see `super::decoded`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct SampleKey(pub String);

@@ -33,6 +33,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
+use super::decoded::{DECODED_EXTENSION, DecodedPack};
 use super::imagefolder::IMG_EXTENSIONS;
 use super::{
     BadSample, CIFAR_PIXEL_BYTES, DatasetError, DatasetFormat, DatasetIndex, Listed, Listing,
@@ -48,7 +49,8 @@ pub const MAX_SMALL_MEMBER: u64 = 64 * 1024;
 pub const INDEX_SUFFIX: &str = ".index.json";
 /// Dataset-level metadata written by [`pack_dataset`].
 pub const DATASET_FILE: &str = "dataset.json";
-const INDEX_VERSION: u32 = 1;
+/// Version of `dataset.json` and of the shard indexes this build writes and reads.
+pub const INDEX_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TarError {
@@ -465,7 +467,7 @@ pub fn is_cls(name: &str) -> bool {
 
 fn image_extension(ext: &str) -> bool {
     let lower = ext.to_ascii_lowercase();
-    lower == "img" || IMG_EXTENSIONS.iter().any(|e| e[1..] == lower)
+    lower == "img" || lower == DECODED_EXTENSION || IMG_EXTENSIONS.iter().any(|e| e[1..] == lower)
 }
 
 /// The offset index of one shard.
@@ -490,12 +492,19 @@ pub struct ShardSample {
     pub offset: u64,
     pub size: u64,
     pub label: u32,
+    /// Decoded packs: the sample's key in the source dataset, which listing reports instead of
+    /// `shard:key`, so a run over the pack names samples as the run over the source does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardBad {
     pub key: String,
     pub reason: String,
+    /// As [`ShardSample::source_key`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_key: Option<String>,
 }
 
 impl ShardIndex {
@@ -575,10 +584,12 @@ impl ShardIndex {
                     offset: image.offset,
                     size: image.size,
                     label,
+                    source_key: None,
                 }),
                 Err(reason) => index.bad.push(ShardBad {
                     key: key.to_string(),
                     reason,
+                    source_key: None,
                 }),
             }
         }
@@ -627,6 +638,9 @@ pub struct PackedDataset {
     pub shards: Vec<String>,
     pub samples: usize,
     pub bad_samples: usize,
+    /// Set for decoded packs ([`super::decoded`]): the members are pixels, not encoded images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoded: Option<DecodedPack>,
 }
 
 pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, DatasetError> {
@@ -648,9 +662,30 @@ pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, Dat
     };
     let mut samples = Vec::new();
     let mut bad = Vec::new();
+    let decoded = metadata.as_ref().and_then(|m| m.decoded.clone());
     for (shard, index) in &shards {
         for s in &index.samples {
-            let key = SampleKey(format!("{}:{}", shard.rel, s.key));
+            let key = SampleKey(
+                s.source_key
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{}", shard.rel, s.key)),
+            );
+            if let Some(pack) = &decoded
+                && s.size != pack.pixels.sample_bytes()
+            {
+                bad.push(BadSample {
+                    key,
+                    reason: format!(
+                        "decoded member {} of {} bytes, expected {} (3 x {} x {})",
+                        s.member,
+                        s.size,
+                        pack.pixels.sample_bytes(),
+                        pack.pixels.resolution,
+                        pack.pixels.resolution
+                    ),
+                });
+                continue;
+            }
             let source = if s.member.to_ascii_lowercase().ends_with(".cifar") {
                 SampleSource::CifarRecord {
                     path: shard.path.clone(),
@@ -669,9 +704,15 @@ pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, Dat
                 source,
             });
         }
-        bad.extend(index.bad.iter().map(|b| BadSample {
-            key: SampleKey(format!("{}:{}", shard.rel, b.key)),
-            reason: b.reason.clone(),
+        bad.extend(index.bad.iter().map(|b| {
+            BadSample {
+                key: SampleKey(
+                    b.source_key
+                        .clone()
+                        .unwrap_or_else(|| format!("{}:{}", shard.rel, b.key)),
+                ),
+                reason: b.reason.clone(),
+            }
         }));
     }
     let (class_names, descriptions) = match metadata {
@@ -708,6 +749,9 @@ pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, Dat
         bad,
     )?;
     index.class_descriptions = descriptions;
+    if let Some(pack) = decoded {
+        index.set_decoded(pack);
+    }
     Ok(index)
 }
 
@@ -951,6 +995,7 @@ pub async fn pack_dataset(
         writer.bad.push(ShardBad {
             key: names.unique(stem),
             reason: sample.reason.clone(),
+            source_key: None,
         });
     }
     for (sample, (key, ext)) in index.samples.iter().zip(&planned) {
@@ -964,6 +1009,7 @@ pub async fn pack_dataset(
             Err(e) if e.is_not_found() => writer.bad.push(ShardBad {
                 key: key.clone(),
                 reason: format!("missing when packed: {e}"),
+                source_key: None,
             }),
             Err(e) => return Err(e.into()),
         }
@@ -978,6 +1024,7 @@ pub async fn pack_dataset(
         shards: summary.shards.clone(),
         samples: summary.samples,
         bad_samples: summary.bad_samples,
+        decoded: None,
     };
     let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
     summary.bytes += json.len() as u64;
@@ -1090,6 +1137,7 @@ impl<'a> ShardWriter<'a> {
             offset,
             size: data.len() as u64,
             label,
+            source_key: None,
         });
         Ok(())
     }
@@ -1275,6 +1323,7 @@ mod tests {
                 offset: 90,
                 size: 20,
                 label: 0,
+                source_key: None,
             }],
             bad: vec![],
         };

@@ -3,6 +3,7 @@
 use object_store::path::Path;
 
 use super::pb;
+use crate::dataset::decoded::DecodedPack;
 use crate::dataset::{ClassSubset, Sample, SampleKey, SampleSource};
 use crate::ids::JobId;
 use crate::ids::SampleIndex;
@@ -148,6 +149,12 @@ impl From<&JobSpec> for pb::JobSpec {
                     .as_ref()
                     .map(|c| c.classes().to_vec())
                     .unwrap_or_default(),
+                decoded_json: j
+                    .data
+                    .decoded
+                    .as_ref()
+                    .map(|d| serde_json::to_string(d).expect("a decoded pack always serialises"))
+                    .unwrap_or_default(),
             }),
             preprocess: Some((&j.preprocess).into()),
             outputs: Some(pb::OutputSpec {
@@ -228,6 +235,17 @@ impl TryFrom<pb::JobSpec> for JobSpec {
         }
         let format = serde_json::from_str(&d.format_json)
             .map_err(|e| bad(M, format!("format_json {:?}: {e}", d.format_json)))?;
+        let decoded: Option<DecodedPack> = match d.decoded_json.is_empty() {
+            true => None,
+            false => Some(
+                serde_json::from_str(&d.decoded_json)
+                    .map_err(|e| bad(M, format!("decoded_json {:?}: {e}", d.decoded_json)))?,
+            ),
+        };
+        if let Some(pack) = &decoded {
+            pack.check_job(&d.data_url, &preprocess)
+                .map_err(|e| bad(M, e.to_string()))?;
+        }
         Ok(JobSpec {
             job_id: JobId(j.job_id),
             model: ModelSpec {
@@ -249,6 +267,7 @@ impl TryFrom<pb::JobSpec> for JobSpec {
                 dataset_samples: d.dataset_samples,
                 listed_at_unix_ms: d.listed_at_unix_ms,
                 class_subset,
+                decoded,
             },
             preprocess,
             outputs: OutputSpec {

@@ -38,6 +38,10 @@ pub(crate) async fn prepare(
     let bytes = fetcher.fetch(s).await?;
     metrics.observe(Stage::Fetch, fetch_start.elapsed());
     clock.fetch(fetch_start.elapsed());
+    if let Some(pack) = &job.data.decoded {
+        // A decoded pack's member already is the pixels: no decode permit, no decode time.
+        return decoded_image(Vec::from(bytes), pack.pixels.resolution).map_err(Fault::from);
+    }
     let metrics = metrics.clone();
     let clock = clock.clone();
     let permit = decode
@@ -80,6 +84,23 @@ fn with_preprocessor<T>(
             *slot = Some(Preprocessor::new(cfg.clone())?);
         }
         f(slot.as_mut().expect("set above"))
+    })
+}
+
+/// A decoded pack's member as the image it holds, when it has the size of one.
+fn decoded_image(data: Vec<u8>, side: u32) -> Result<PreprocessedImage, SampleFault> {
+    let expected = 3 * (side as usize) * (side as usize);
+    if data.len() != expected {
+        return Err(SampleFault::DecodedSize {
+            got: data.len(),
+            expected,
+            side,
+        });
+    }
+    Ok(PreprocessedImage {
+        width: side,
+        height: side,
+        data,
     })
 }
 

@@ -8,10 +8,10 @@
 use std::fmt;
 use std::io::Cursor;
 
-use tresnet_common::preprocess::PreprocessConfig;
+use crate::config::PreprocessConfig;
 use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
-use super::PreprocessError;
+use crate::PreprocessError;
 
 /// The formats this pipeline decodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

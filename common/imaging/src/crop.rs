@@ -1,13 +1,12 @@
 //! torchvision `CenterCrop` (zero padding when the image is smaller) fused with the resize, into CHW.
 //!
-//! Only the output pixels inside the crop window are resampled (see [`super::resize`] for why that is
+//! Only the output pixels inside the crop window are resampled (see [`crate::resize`] for why that is
 //! exact); the squish mode is the same call with a window that covers the whole resized image.
 
-use tresnet_common::preprocess::CropWindow;
-
-use super::PreprocessedImage;
-use super::decode::RgbImage;
-use super::resize::{self, ResizeScratch};
+use crate::PreprocessedImage;
+use crate::config::CropWindow;
+use crate::decode::RgbImage;
+use crate::resize::{self, ResizeScratch};
 
 /// Resize `image` to `target` (width, height) and cut `window` out of the result, padding with 0
 /// where the window leaves the image, as `CenterCrop` does.

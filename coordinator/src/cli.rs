@@ -52,6 +52,11 @@ pub enum Command {
     /// label lists (`--labels real.json`, from the stored top-k) or on a class subset
     /// (`--class-subset`, from the stored full logits of `run --save-logits`).
     Rescore(RescoreArgs),
+    /// Forward-pass throughput of a whole worker pool: every device of every worker (local, or
+    /// remote ones attached as for `run`) times synthetic batches in one window the coordinator opens
+    /// for all; writes bench.json and bench.md with a row per node and device, the pool's total, and
+    /// the devices more than 10% below the median of their kind.
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -632,6 +637,134 @@ impl RunArgs {
             tls_worker_ca: self.tls_ca,
             store: self.store,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        })
+    }
+}
+
+/// `tresnet-coordinator bench`: the model as for `run`, the pool flags of `run` (same names and
+/// meaning), and the measurement's shape.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Input side (a multiple of 32).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..=4096))]
+    pub resolution: u32,
+    /// Images per forward pass on every device.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: u32,
+    /// Length of the timed window every device shares.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Untimed passes per device before it reports ready.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u32,
+    /// Output directory for bench.json and bench.md (created).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Spawn this many local tresnet-worker processes on loopback.
+    #[arg(long, default_value_t = DEFAULT_LOCAL_WORKERS)]
+    pub local_workers: u32,
+    /// Remote workers to wait for besides the local ones (they attach to --listen as for `run`).
+    #[arg(long, default_value_t = 0)]
+    pub expect_workers: u32,
+    /// Wait for remote workers on this address (see `run --listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Devices of each local worker: cpu, or cuda:0,cuda:1,...
+    #[arg(long, default_value = DEFAULT_DEVICES)]
+    pub devices: String,
+    /// libtorch CPU threads per local worker.
+    #[arg(long)]
+    pub worker_threads: Option<u32>,
+    /// How long every expected worker has to attach, load the model and warm up (seconds); one that
+    /// has not is named in the error.
+    #[arg(long, default_value_t = crate::pool_bench::DEFAULT_READY_TIMEOUT.as_secs())]
+    pub ready_timeout_secs: u64,
+    /// Exit with status 3 when a device is flagged slow (default: flagged in the tables, exit 0).
+    #[arg(long)]
+    pub fail_on_slow: bool,
+    /// File holding the shared token every worker must present (else $TRESNET_TOKEN; none = open).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve gRPC over TLS with this PEM certificate chain (workers then use https:// URLs).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) handed to local workers to verify --tls-cert (default: --tls-cert itself).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
+    #[arg(long, allow_hyphen_values = true, num_args = 1)]
+    pub worker_arg: Vec<String>,
+}
+
+impl BenchArgs {
+    pub fn into_config(self) -> anyhow::Result<crate::pool_bench::PoolBenchConfig> {
+        if self.model.synthetic {
+            anyhow::bail!("bench times the network, and --synthetic has none: give --weights");
+        }
+        let Some(weights) = self.model.weights.clone() else {
+            anyhow::bail!("bench needs --weights");
+        };
+        if !self.resolution.is_multiple_of(32) {
+            anyhow::bail!(
+                "--resolution {} is not a multiple of 32 (TResNet's total stride)",
+                self.resolution
+            );
+        }
+        if !(self.seconds.is_finite() && self.seconds > 0.0 && self.seconds <= 3600.0) {
+            anyhow::bail!(
+                "--seconds {} must be a positive number of seconds (at most an hour)",
+                self.seconds
+            );
+        }
+        let workers = self.local_workers + self.expect_workers;
+        if workers == 0 {
+            anyhow::bail!("no workers: give --local-workers N or --listen ADDR --expect-workers N");
+        }
+        if self.expect_workers > 0 && self.listen.is_none() {
+            anyhow::bail!(
+                "--expect-workers needs --listen ADDR for the remote workers to attach to"
+            );
+        }
+        if self.ready_timeout_secs == 0 {
+            anyhow::bail!("--ready-timeout-secs must be positive");
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tresnet_common::protocol::tls::ServerTls::load(cert, key)
+                    .map_err(anyhow::Error::new)?,
+            ),
+            _ => None,
+        };
+        if let Some(ca) = &self.tls_ca {
+            tresnet_common::protocol::tls::client_config(Some(ca), None)?;
+        }
+        let weights = std::path::absolute(&weights)
+            .map_err(|e| anyhow::anyhow!("weights {}: {e}", weights.display()))?;
+        Ok(crate::pool_bench::PoolBenchConfig {
+            model: self.model,
+            weights,
+            resolution: self.resolution,
+            batch_size: self.batch_size,
+            duration: Duration::from_secs_f64(self.seconds),
+            warmup: self.warmup,
+            out: self.out,
+            local_workers: self.local_workers,
+            expected_workers: workers,
+            listen: self.listen,
+            worker_devices: self.devices,
+            worker_threads: self.worker_threads,
+            worker_extra_args: self.worker_arg,
+            ready_timeout: Duration::from_secs(self.ready_timeout_secs),
+            fail_on_slow: self.fail_on_slow,
+            token: tresnet_common::protocol::auth::load_token(self.token_file.as_deref())
+                .map_err(anyhow::Error::msg)?,
+            tls,
+            tls_worker_ca: self.tls_ca,
         })
     }
 }

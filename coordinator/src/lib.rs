@@ -12,6 +12,7 @@ pub mod html;
 pub mod journal;
 pub mod metrics;
 pub mod parent_death;
+pub mod pool_bench;
 pub mod progress;
 pub mod report;
 pub mod rescore;

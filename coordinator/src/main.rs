@@ -33,6 +33,9 @@ fn main() -> ExitCode {
 
 /// Exit status of `gate` on bad input (missing or invalid baseline or run files), as clap's usage errors.
 const GATE_INPUT_ERROR: u8 = 2;
+/// `bench --fail-on-slow` found a device more than 10% below the median of its kind: distinct from a
+/// failed bench (1) so that a script can tell a sick device from a broken pool.
+const SLOW_DEVICES_EXIT: u8 = 3;
 
 async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -123,6 +126,20 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {
                 print!("{}", c.render(a.classes));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(a) => {
+            let cfg = a.into_config()?;
+            let report = tresnet_coordinator::pool_bench::bench(&cfg).await?;
+            print!("{}", report.markdown());
+            println!("tables: {}", cfg.out.join("bench.md").display());
+            if cfg.fail_on_slow && report.any_slow() {
+                eprintln!(
+                    "tresnet-coordinator: error: {} slow device(s) (--fail-on-slow)",
+                    report.slow.len()
+                );
+                return Ok(ExitCode::from(SLOW_DEVICES_EXIT));
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -22,7 +22,7 @@ use tresnet_common::job::{BatchingSpec, DataSpec, JobSpec, ModelSpec, OutputSpec
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::MAX_MESSAGE_BYTES;
 use tresnet_common::protocol::auth::{CheckToken, TOKEN_ENV};
-use tresnet_common::protocol::pb::coordinator_server::CoordinatorServer;
+use tresnet_common::protocol::pb::coordinator_server::{Coordinator, CoordinatorServer};
 use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::{StorageLocation, StoreArgs};
 
@@ -215,9 +215,49 @@ fn local_url(addr: SocketAddr, tls: bool) -> String {
 }
 
 fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(WorkerId, Child)>> {
+    spawn_local_workers(
+        &LocalWorkers {
+            count: cfg.local_workers,
+            devices: &cfg.worker_devices,
+            threads: cfg.worker_threads,
+            extra_args: &cfg.worker_extra_args,
+            token: cfg.token.as_deref(),
+            tls_ca: cfg.tls.as_ref().map(|tls| {
+                cfg.tls_worker_ca
+                    .as_ref()
+                    .unwrap_or(&tls.cert_path)
+                    .as_path()
+            }),
+            store: &cfg.store,
+        },
+        addr,
+    )
+}
+
+/// How `run` (and `bench`) start their local worker processes: the pool settings of the command line.
+pub struct LocalWorkers<'a> {
+    pub count: u32,
+    /// `--devices` of each worker.
+    pub devices: &'a str,
+    /// libtorch CPU threads per worker.
+    pub threads: Option<u32>,
+    /// `--worker-arg`s (test hooks).
+    pub extra_args: &'a [String],
+    pub token: Option<&'a str>,
+    /// Serving TLS: the CA the workers verify the coordinator with.
+    pub tls_ca: Option<&'a Path>,
+    pub store: &'a StoreArgs,
+}
+
+/// Starts `spec.count` local workers (ids `local-0`, `local-1`, ...) attached to `addr`; they die with
+/// this process.
+pub fn spawn_local_workers(
+    spec: &LocalWorkers<'_>,
+    addr: SocketAddr,
+) -> anyhow::Result<Vec<(WorkerId, Child)>> {
     let bin = worker_binary()?;
     let mut children = Vec::new();
-    for i in 0..cfg.local_workers {
+    for i in 0..spec.count {
         let id = WorkerId(format!("local-{i}"));
         let mut cmd = Command::new(&bin);
         // Their own process group, so a terminal's Ctrl-C reaches only the coordinator, which drains
@@ -225,25 +265,24 @@ fn spawn_workers(cfg: &RunConfig, addr: SocketAddr) -> anyhow::Result<Vec<(Worke
         cmd.process_group(0);
         crate::parent_death::die_with_parent(&mut cmd);
         cmd.arg("--coordinator")
-            .arg(local_url(addr, cfg.tls.is_some()))
+            .arg(local_url(addr, spec.tls_ca.is_some()))
             .arg("--devices")
-            .arg(&cfg.worker_devices)
+            .arg(spec.devices)
             .arg("--worker-id")
             .arg(&id.0)
-            .args(cfg.store.to_args())
-            .args(&cfg.worker_extra_args)
+            .args(spec.store.to_args())
+            .args(spec.extra_args)
             .stdin(Stdio::null())
             .kill_on_drop(true);
-        match &cfg.token {
+        match spec.token {
             Some(t) => cmd.env(TOKEN_ENV, t),
             None => cmd.env_remove(TOKEN_ENV),
         };
-        if let Some(t) = cfg.worker_threads {
+        if let Some(t) = spec.threads {
             cmd.arg("--threads").arg(t.to_string());
         }
-        if let Some(tls) = &cfg.tls {
-            cmd.arg("--tls-ca")
-                .arg(cfg.tls_worker_ca.as_ref().unwrap_or(&tls.cert_path));
+        if let Some(ca) = spec.tls_ca {
+            cmd.arg("--tls-ca").arg(ca);
         }
         let child = cmd
             .spawn()
@@ -740,7 +779,26 @@ pub async fn serve(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let svc = CoordinatorServer::new(CoordinatorService::new(state))
+    serve_service(
+        listener,
+        CoordinatorService::new(state),
+        token,
+        tls,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `service` as the coordinator protocol on `listener`, with the token check, TLS and keepalive
+/// of [`serve`] (`bench` serves its own implementation this way).
+pub async fn serve_service<S: Coordinator>(
+    listener: TcpListener,
+    service: S,
+    token: Option<String>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let svc = CoordinatorServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let svc =

@@ -377,6 +377,25 @@ impl Coordinator for CoordinatorService {
         }
         Ok(Response::new(pb::RefuseJobResponse {}))
     }
+
+    async fn bench_ready(
+        &self,
+        req: Request<pb::BenchReadyRequest>,
+    ) -> Result<Response<pb::BenchReadyResponse>, Status> {
+        Err(no_bench(&req.into_inner().job_id))
+    }
+
+    async fn bench_result(
+        &self,
+        req: Request<pb::BenchResultRequest>,
+    ) -> Result<Response<pb::BenchResultResponse>, Status> {
+        Err(no_bench(&req.into_inner().job_id))
+    }
+}
+
+/// `run` and `sweep` hand out no bench jobs (`bench` serves its own `crate::pool_bench` service).
+fn no_bench(job: &str) -> Status {
+    Status::failed_precondition(format!("job {job} is no bench on this coordinator"))
 }
 
 #[cfg(test)]

@@ -36,6 +36,12 @@ pub struct BenchConfig {
     pub batch_sizes: Vec<i64>,
     pub warmup: usize,
     pub duration: Duration,
+    /// Time the layouts the flags leave open at load; else the worker's fixed rule
+    /// (`LayoutSpace::fixed_rule`, what a worker does under `--measure-layout false`).
+    pub measure_layout: bool,
+    /// Test hook (`--debug-batch-delay-ms` of a pool bench's worker): sleep this long inside every
+    /// pass, so a slowed worker is slow here as it is in a job.
+    pub pass_delay: Duration,
 }
 
 impl BenchConfig {
@@ -89,6 +95,8 @@ impl BenchConfig {
             batch_sizes: a.batch_sizes.iter().map(|&b| i64::from(b)).collect(),
             warmup: a.warmup as usize,
             duration: Duration::from_secs_f64(a.seconds),
+            measure_layout: true,
+            pass_delay: Duration::ZERO,
         })
     }
 }
@@ -172,10 +180,38 @@ fn synchronize(device: Device) {
 
 /// What one device thread measured: per precision its layout choice and, per batch size, its timings
 /// (pass seconds, unsorted) and window.
-struct DeviceRun {
-    layouts: Vec<LayoutChoice>,
+pub(crate) struct DeviceRun {
+    pub layouts: Vec<LayoutChoice>,
     /// (precision index, batch index) -> (pass seconds, window seconds)
-    cells: Vec<Vec<(Vec<f64>, f64)>>,
+    pub cells: Vec<Vec<(Vec<f64>, f64)>>,
+}
+
+/// When the devices' timed windows open and close: a node-local barrier for `tresnet-worker bench`,
+/// the coordinator's signal for a pool bench (`pool_bench.rs`).
+pub(crate) trait Window: Send + Sync {
+    /// Called by device `rank` once warmed up for a cell; blocks until the window opens and returns
+    /// when it closes.
+    fn open(&self, rank: usize) -> Result<Instant, String>;
+    /// Device `rank` failed: no window opens for the others.
+    fn abort(&self, error: &str);
+}
+
+/// `tresnet-worker bench`'s window: the devices meet at the collective's barrier and time for the
+/// configured duration from there.
+struct NodeWindow {
+    collective: Arc<Collective>,
+    duration: Duration,
+}
+
+impl Window for NodeWindow {
+    fn open(&self, rank: usize) -> Result<Instant, String> {
+        self.collective.barrier(rank).map_err(|e| e.to_string())?;
+        Ok(Instant::now() + self.duration)
+    }
+
+    fn abort(&self, error: &str) {
+        self.collective.abort(error);
+    }
 }
 
 fn load(
@@ -183,11 +219,12 @@ fn load(
     device: Device,
     p: Precision,
 ) -> Result<(LoadedModel, LayoutChoice), String> {
-    let space = LayoutSpace::new(
-        cfg.fold_bn.unwrap_or(p == Precision::Fp32),
-        cfg.fold_bn.is_none(),
-        cfg.memory_format,
-    );
+    let fold_bn = cfg.fold_bn.unwrap_or(p == Precision::Fp32);
+    let space = if cfg.measure_layout {
+        LayoutSpace::new(fold_bn, cfg.fold_bn.is_none(), cfg.memory_format)
+    } else {
+        LayoutSpace::fixed_rule(fold_bn, cfg.memory_format, device)
+    };
     let shape = TuneShape {
         device,
         kind: p.kind(),
@@ -206,12 +243,12 @@ fn load(
     .map_err(|e| format!("{device:?}: {e}"))
 }
 
-/// Loads, warms up and times one device over the sweep; `collective` lines the devices up before each
-/// timed window.
-fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<DeviceRun, String> {
+/// Loads, warms up and times one device over the sweep; `window` lines the devices up before each
+/// timed window and closes it.
+fn measure(cfg: &BenchConfig, rank: usize, window: &dyn Window) -> Result<DeviceRun, String> {
     let device = cfg.devices[rank];
     let fail = |e: String| {
-        collective.abort(&e);
+        window.abort(&e);
         e
     };
     let mut run = DeviceRun {
@@ -239,16 +276,16 @@ fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<De
                     .map_err(|e| format!("{device:?}: {e}"))?;
                 synchronize(device);
                 drop(y);
+                if !cfg.pass_delay.is_zero() {
+                    std::thread::sleep(cfg.pass_delay);
+                }
                 Ok(())
             };
             for _ in 0..cfg.warmup {
                 pass().map_err(fail)?;
             }
-            collective
-                .barrier(rank)
-                .map_err(|e| format!("{device:?}: {e}"))?;
+            let deadline = window.open(rank).map_err(|e| format!("{device:?}: {e}"))?;
             let start = Instant::now();
-            let deadline = start + cfg.duration;
             let mut times = Vec::new();
             // At least one pass, however short the window: a report of zero passes would say nothing.
             while times.is_empty() || Instant::now() < deadline {
@@ -263,7 +300,12 @@ fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<De
     Ok(run)
 }
 
-fn device_throughput(device: Device, batch: i64, times: &[f64], seconds: f64) -> DeviceThroughput {
+pub(crate) fn device_throughput(
+    device: Device,
+    batch: i64,
+    times: &[f64],
+    seconds: f64,
+) -> DeviceThroughput {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
     let passes = sorted.len() as u64;
@@ -282,19 +324,22 @@ fn device_throughput(device: Device, batch: i64, times: &[f64], seconds: f64) ->
     }
 }
 
-/// Runs the measurement on every device at once.
-pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
-    let collective = Arc::new(Collective::for_devices(&cfg.devices));
+/// Runs the measurement on every device at once (one thread each), each cell's timed window opened
+/// and closed by `window`; the devices' runs in rank order, or the first error.
+pub(crate) fn measure_devices(
+    cfg: &BenchConfig,
+    window: Arc<dyn Window>,
+) -> Result<Vec<DeviceRun>, String> {
     let cfg = Arc::new(cfg.clone());
     let handles: Vec<_> = (0..cfg.devices.len())
         .map(|rank| {
             let cfg = cfg.clone();
-            let collective = collective.clone();
+            let window = window.clone();
             std::thread::Builder::new()
                 .name(format!("bench-{rank}"))
                 .spawn(move || {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        measure(&cfg, rank, &collective)
+                        measure(&cfg, rank, window.as_ref())
                     }))
                     .unwrap_or_else(|p| {
                         let e = format!(
@@ -302,7 +347,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
                             cfg.devices[rank],
                             crate::executor::panic_text(p)
                         );
-                        collective.abort(&e);
+                        window.abort(&e);
                         Err(e)
                     })
                 })
@@ -319,9 +364,20 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
             }
         }
     }
-    if let Some(e) = first_error {
-        return Err(e);
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(runs),
     }
+}
+
+/// Runs the measurement on every device at once.
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
+    let collective = Arc::new(Collective::for_devices(&cfg.devices));
+    let window = Arc::new(NodeWindow {
+        collective: collective.clone(),
+        duration: cfg.duration,
+    });
+    let runs = measure_devices(cfg, window)?;
     let mut cells = Vec::new();
     let mut layouts = Vec::new();
     for (pi, &p) in cfg.precisions.iter().enumerate() {

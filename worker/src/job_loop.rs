@@ -52,17 +52,24 @@ pub(crate) async fn run_jobs(
             },
         };
         previous = pb_job.job_id.clone();
-        match run_job(
-            cfg,
-            client,
-            link,
-            pb_job,
-            &mut executors,
-            draining,
-            heartbeat_every,
-        )
-        .await
-        {
+        let outcome = if pb_job.bench.is_some() {
+            // A pool bench (`tresnet-coordinator bench`) loads its own model per device, timed.
+            crate::pool_bench::run(cfg, client, link, pb_job)
+                .await
+                .map(|()| 0)
+        } else {
+            run_job(
+                cfg,
+                client,
+                link,
+                pb_job,
+                &mut executors,
+                draining,
+                heartbeat_every,
+            )
+            .await
+        };
+        match outcome {
             Ok(n) => {
                 samples += n;
                 refused = None;
@@ -133,7 +140,7 @@ async fn next_job(
 }
 
 /// Why a job ended early.
-enum JobError {
+pub(crate) enum JobError {
     /// This worker cannot run the job (malformed, model does not load, dataset unreachable); the
     /// coordinator is told and the worker waits for the next job.
     Refused(AgentError),

@@ -35,6 +35,8 @@ pub mod link;
 pub mod metrics;
 #[cfg(feature = "torch")]
 pub mod model;
+#[cfg(feature = "torch")]
+mod pool_bench;
 pub mod preprocess;
 pub mod scoring;
 #[cfg(feature = "torch")]

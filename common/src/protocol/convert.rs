@@ -166,6 +166,8 @@ impl From<&JobSpec> for pb::JobSpec {
                 batch_size: j.batching.batch_size,
                 shard_size: j.batching.shard_size,
             }),
+            // An evaluation; `tresnet-coordinator bench` builds its bench jobs itself.
+            bench: None,
         }
     }
 }

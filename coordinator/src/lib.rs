@@ -10,6 +10,7 @@ pub mod gate;
 pub mod html;
 pub mod journal;
 pub mod metrics;
+pub mod pack;
 pub mod parent_death;
 pub mod progress;
 pub mod report;

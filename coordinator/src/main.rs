@@ -75,7 +75,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                     a.format.name()
                 );
             }
-            let s = tresnet_common::dataset::tar::pack_dataset(
+            let s = tresnet_coordinator::pack::pack_dataset(
                 &index,
                 &src,
                 &dst,

@@ -1,26 +1,22 @@
 //! Fuzz entry points: one function per parser of untrusted bytes, shared by the libFuzzer targets in
-//! `fuzz/` and by `common/tests/fuzz_corpus.rs`, which replays the checked-in corpora on stable.
+//! `fuzz/` and by `common/formats/tests/fuzz_corpus.rs`, which replays the checked-in corpora on stable.
+//! The protocol target is `tresnet_common::fuzzing` (it needs the prost messages); the replay helpers
+//! here ([`replay`], [`corpus`]) serve it and the worker's image targets too.
 //!
 //! Each function takes arbitrary bytes and must return without panicking, hanging or allocating
 //! without bound, whatever the bytes; an `Err` from the parser is a normal outcome. Where a parser
 //! promises more than "no panic" (a tensor's bytes match its shape, a streamed tar scan equals the
-//! one-shot scan, a protocol message converts back to itself), the function asserts it, so a broken
+//! one-shot scan, a manifest row stays under its folder), the function asserts it, so a broken
 //! promise is a crash the fuzzer reports.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-
-use prost::Message;
 
 use crate::checkpoint::{self, RawTensor};
-use crate::dataset::cifar::{self, CifarVariant};
-use crate::dataset::manifest;
-use crate::dataset::mat::{MatFile, MatValue};
-use crate::dataset::tar::{self, ShardIndex, TarScanner};
+use crate::cifar::{self, CifarVariant};
+use crate::manifest;
+use crate::mat::{MatFile, MatValue};
 use crate::npy;
-use crate::protocol::convert::{sample_from_pb, sample_to_pb};
-use crate::protocol::pb;
-use crate::storage::{StorageLocation, StorageOptions};
+use crate::tar::{self, ShardIndex, TarScanner};
 
 fn check_tensor(name: &str, t: &RawTensor) {
     let expected = t
@@ -145,18 +141,16 @@ pub fn tar_index(data: &[u8]) {
 
 /// A CIFAR-10/100 binary batch (as either variant) and a class-names file.
 pub fn cifar(data: &[u8]) {
-    let path = object_store::path::Path::from("fuzz/data_batch_1.bin");
     for variant in [CifarVariant::Cifar10, CifarVariant::Cifar100] {
-        if let Ok((samples, bad)) = cifar::parse_records("data_batch_1.bin", &path, data, variant) {
+        if let Ok((records, bad)) = cifar::parse_records(data, variant) {
             assert_eq!(
-                (samples.len() + bad.len()) as u64 * variant.record_size(),
+                (records.len() + bad.len()) as u64 * variant.record_size(),
                 data.len() as u64
             );
-            assert!(
-                samples
-                    .iter()
-                    .all(|s| (s.label as usize) < variant.classes())
-            );
+            for r in &records {
+                assert!((r.label as usize) < variant.classes());
+                assert!(r.offset + cifar::CIFAR_PIXEL_BYTES <= data.len() as u64);
+            }
         }
         let _ = cifar::parse_names(data, variant.classes());
     }
@@ -175,100 +169,29 @@ pub fn npy(data: &[u8]) {
     }
 }
 
-/// A CSV manifest in a `memory://` store; every accepted sample's label must have a class name.
+/// A CSV manifest in folder `sets/mine` of a store; every accepted row's label must have a class name
+/// and, unless absolute paths are allowed, its object must lie under the manifest's folder.
 pub fn manifest(data: &[u8]) {
-    static LOCATION: OnceLock<StorageLocation> = OnceLock::new();
-    let location = LOCATION.get_or_init(|| {
-        StorageLocation::parse("memory://fuzz/sets", &StorageOptions::default())
-            .expect("a memory:// URL parses")
-    });
     for allow_absolute_paths in [false, true] {
         let base = manifest::Base {
-            folder: location.path_of("mine").expect("a plain relative path"),
+            folder: "sets/mine".into(),
+            folder_url: "memory://fuzz/sets/mine".into(),
+            root_url: "memory://fuzz".into(),
             allow_absolute_paths,
         };
-        if let Ok((names, samples)) =
-            manifest::parse(location, "memory://fuzz/sets/mine/m.csv", &base, data)
-        {
-            assert!(samples.iter().all(|s| (s.label as usize) < names.len()));
+        if let Ok((names, rows)) = manifest::parse_csv(&base, data) {
+            assert!(rows.iter().all(|r| (r.label as usize) < names.len()));
             if !allow_absolute_paths {
-                // Confined: every sample lies under the manifest's folder.
-                assert!(
-                    samples
-                        .iter()
-                        .all(|s| s.source.path().prefix_matches(&base.folder))
-                );
-            }
-        }
-    }
-}
-
-fn sample_round_trip(r: pb::SampleRef) {
-    if let Ok((index, sample)) = sample_from_pb(r.clone()) {
-        assert_eq!(sample_to_pb(index, &sample), r, "SampleRef round trip");
-    }
-}
-
-/// Protocol frames: the first byte picks a message type, the rest is decoded as that message (as
-/// tonic would) and converted into our types wherever a conversion exists.
-pub fn protocol(data: &[u8]) {
-    let Some((&kind, body)) = data.split_first() else {
-        return;
-    };
-    match kind % 9 {
-        0 => {
-            if let Ok(req) = pb::RegisterRequest::decode(body)
-                && let Some(software) = req.software
-            {
-                let back = crate::software::WorkerSoftware::from(software.clone());
-                // An empty version means "unknown", so only a non-empty one must come back as sent.
-                if !software.libtorch.is_empty() {
-                    assert_eq!(pb::WorkerSoftware::from(&back), software);
+                // Confined: every row lies under the manifest's folder, with no `.`/`..` segment.
+                for r in &rows {
+                    let rest = r.object.strip_prefix("sets/mine/");
+                    assert!(
+                        rest.is_some_and(|rest| rest
+                            .split('/')
+                            .all(|s| !s.is_empty() && s != "." && s != "..")),
+                        "row {r:?} escapes the folder"
+                    );
                 }
-            }
-        }
-        1 => {
-            // The job arrives at registration or, between the cells of a sweep, from NextJob.
-            if let Ok(resp) = pb::RegisterResponse::decode(body)
-                && let Some(job) = resp.job
-            {
-                let _ = crate::job::JobSpec::try_from(job);
-            }
-            if let Ok(resp) = pb::NextJobResponse::decode(body)
-                && let Some(job) = resp.job
-            {
-                let _ = crate::job::JobSpec::try_from(job);
-            }
-        }
-        2 => {
-            let _ = pb::LeaseRequest::decode(body);
-        }
-        3 => {
-            if let Ok(resp) = pb::LeaseResponse::decode(body) {
-                for lease in resp.leases {
-                    lease.samples.into_iter().for_each(sample_round_trip);
-                }
-            }
-        }
-        4 => {
-            let _ = pb::HeartbeatRequest::decode(body);
-        }
-        5 => {
-            let _ = pb::SubmitRequest::decode(body);
-        }
-        6 => {
-            let _ = pb::ReleaseRequest::decode(body);
-        }
-        7 => {
-            // The journal's record, read back from disk on resume.
-            let _ = pb::ShardRecord::decode(body);
-        }
-        _ => {
-            if let Ok(job) = pb::JobSpec::decode(body) {
-                let _ = crate::job::JobSpec::try_from(job);
-            }
-            if let Ok(r) = pb::SampleRef::decode(body) {
-                sample_round_trip(r);
             }
         }
     }
@@ -279,7 +202,7 @@ pub type Target = fn(&[u8]);
 
 /// The workspace's `fuzz/` folder: targets, checked-in seeds and crash regressions.
 pub fn fuzz_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
 }
 
 /// The files of `fuzz/<kind>/<target>/` (`kind`: `seeds` or `regressions`), sorted; none if the
@@ -322,5 +245,4 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cifar", cifar),
     ("npy", npy),
     ("manifest", manifest),
-    ("protocol", protocol),
 ];

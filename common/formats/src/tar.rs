@@ -5,50 +5,48 @@
 //!
 //! Member grouping follows WebDataset: the key is the member path up to the first `.` of its file name,
 //! the extension is the rest. A sample has exactly one image member — an extension of torchvision's
-//! [`IMG_EXTENSIONS`](super::imagefolder::IMG_EXTENSIONS), or `img` (what [`pack_dataset`] writes for a
+//! [`IMG_EXTENSIONS`], or `img` (what `pack_dataset` (coordinator) writes for a
 //! source without a recognised extension), or `cifar` (a raw 3072-byte CIFAR record, which
-//! [`pack_dataset`] writes for CIFAR sources instead of re-encoding them: no decode, no loss) — and
+//! `pack_dataset` (coordinator) writes for CIFAR sources instead of re-encoding them: no decode, no loss) — and
 //! one `.cls` member holding its label in ASCII decimal. Extensions are compared whole and without
 //! case, as WebDataset's field names are: `x.seg.png` is field `seg.png` of sample `x`, not its image.
 //! Keys with neither are not samples (metadata members); a key with only one of the two, two images,
-//! or an unreadable `.cls` is a [`BadSample`].
+//! or an unreadable `.cls` is a bad sample.
 //!
 //! Class index convention: the `.cls` value as written. Class names come from `dataset.json` at the
-//! root (written by [`pack_dataset`], carrying the source dataset's names); without it they are the
+//! root (written by `pack_dataset` (coordinator), carrying the source dataset's names); without it they are the
 //! labels' decimal form up to the largest label.
 //!
 //! Keys are `<shard path relative to the root>:<member key>` (`shard-000003.tar:n01440764/x`).
-//! A shard without an index is indexed by streaming it once during listing ([`ensure_indexes`] writes
+//! A shard without an index is indexed by streaming it once during listing (`ensure_indexes` (tresnet-common) writes
 //! the missing indexes back); an index whose recorded shard size differs from the shard's is stale and
 //! an error. The index is the authority on samples the packer could not read (its `bad` list): they
 //! have no members, so rebuilding an index from its shard forgets them.
 //!
 //! Tar parsing accepts ustar, GNU (`L` long names, base-256 sizes) and pax (`path`, `size`) headers;
 //! every header's checksum is verified. Malformed input is a [`TarError`] with the byte offset.
+//!
+//! This module holds the byte formats only (scanner, index, builder); listing a store's shards is
+//! `tresnet_common::dataset::tar` and packing a dataset into shards is the coordinator's `pack`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
-use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt, stream};
-use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-use super::imagefolder::IMG_EXTENSIONS;
-use super::{
-    BadSample, CIFAR_PIXEL_BYTES, DatasetError, DatasetFormat, DatasetIndex, Listed, Listing,
-    Sample, SampleKey, SampleSource, read_listed,
-};
-use crate::storage::{DEFAULT_FETCH_CONCURRENCY, StorageError, StorageLocation};
+use crate::cifar::CIFAR_PIXEL_BYTES;
+use crate::image_files::IMG_EXTENSIONS;
 
-const BLOCK: u64 = 512;
+/// A tar block: headers and the padding of every member's data are whole blocks.
+pub const BLOCK: u64 = 512;
 /// Largest `.cls`, GNU long-name or pax member kept in memory while scanning; labels are a few bytes
 /// and names a few hundred, so anything bigger is not what it claims to be.
 pub const MAX_SMALL_MEMBER: u64 = 64 * 1024;
 /// Suffix of a shard's index object.
 pub const INDEX_SUFFIX: &str = ".index.json";
-/// Dataset-level metadata written by [`pack_dataset`].
+/// Dataset-level metadata written by `pack_dataset` (coordinator).
 pub const DATASET_FILE: &str = "dataset.json";
-const INDEX_VERSION: u32 = 1;
+/// The index format this build writes and reads.
+pub const INDEX_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TarError {
@@ -458,7 +456,7 @@ pub fn split_member_name(name: &str) -> Option<(&str, &str)> {
     Some((&name[..dot], &name[dot + 1..]))
 }
 
-/// Whether a member is a `.cls` label (the members [`index_shard`] keeps while scanning).
+/// Whether a member is a `.cls` label (the members `index_shard` keeps while scanning).
 pub fn is_cls(name: &str) -> bool {
     split_member_name(name).is_some_and(|(_, ext)| ext.eq_ignore_ascii_case("cls"))
 }
@@ -614,186 +612,6 @@ impl ShardIndex {
     }
 }
 
-/// Dataset-level metadata of a packed dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PackedDataset {
-    pub version: u32,
-    pub class_names: Vec<String>,
-    #[serde(default)]
-    pub class_descriptions: Option<Vec<String>>,
-    /// The dataset the shards were packed from.
-    pub source_format: DatasetFormat,
-    pub source_fingerprint: String,
-    pub shards: Vec<String>,
-    pub samples: usize,
-    pub bad_samples: usize,
-}
-
-pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, DatasetError> {
-    let listing = Listing::of(location).await?;
-    let shards = shard_indexes(location, &listing).await?;
-    let metadata = match listing.get(DATASET_FILE) {
-        Some(file) => {
-            let bytes = read_listed(location, file).await?;
-            Some(
-                serde_json::from_slice::<PackedDataset>(&bytes).map_err(|e| {
-                    DatasetError::invalid(
-                        location.object_url(&file.path),
-                        format!("unreadable dataset metadata: {e}"),
-                    )
-                })?,
-            )
-        }
-        None => None,
-    };
-    let mut samples = Vec::new();
-    let mut bad = Vec::new();
-    for (shard, index) in &shards {
-        for s in &index.samples {
-            let key = SampleKey(format!("{}:{}", shard.rel, s.key));
-            let source = if s.member.to_ascii_lowercase().ends_with(".cifar") {
-                SampleSource::CifarRecord {
-                    path: shard.path.clone(),
-                    offset: s.offset,
-                }
-            } else {
-                SampleSource::Range {
-                    path: shard.path.clone(),
-                    offset: s.offset,
-                    len: s.size,
-                }
-            };
-            samples.push(Sample {
-                key,
-                label: s.label,
-                source,
-            });
-        }
-        bad.extend(index.bad.iter().map(|b| BadSample {
-            key: SampleKey(format!("{}:{}", shard.rel, b.key)),
-            reason: b.reason.clone(),
-        }));
-    }
-    let (class_names, descriptions) = match metadata {
-        Some(meta) => {
-            let classes = meta.class_names.len();
-            // A label the metadata has no name for is one sample's problem, not the dataset's.
-            let (good, out_of_range): (Vec<Sample>, Vec<Sample>) = samples
-                .into_iter()
-                .partition(|s| (s.label as usize) < classes);
-            samples = good;
-            bad.extend(out_of_range.into_iter().map(|s| BadSample {
-                reason: format!(
-                    "label {} outside the {classes} classes of {DATASET_FILE}",
-                    s.label
-                ),
-                key: s.key,
-            }));
-            (meta.class_names, meta.class_descriptions)
-        }
-        None => {
-            let classes = samples
-                .iter()
-                .map(|s| s.label as usize + 1)
-                .max()
-                .unwrap_or(0);
-            ((0..classes).map(|c| c.to_string()).collect(), None)
-        }
-    };
-    let mut index = DatasetIndex::new(
-        location.url(),
-        DatasetFormat::Tar,
-        class_names,
-        samples,
-        bad,
-    )?;
-    index.class_descriptions = descriptions;
-    Ok(index)
-}
-
-/// Every shard under the location with its index (read, or built by streaming the shard).
-async fn shard_indexes(
-    location: &StorageLocation,
-    listing: &Listing,
-) -> Result<Vec<(Listed, ShardIndex)>, DatasetError> {
-    let shards: Vec<&Listed> = listing
-        .objects
-        .iter()
-        .filter(|o| o.rel.ends_with(".tar"))
-        .collect();
-    if shards.is_empty() {
-        return Err(DatasetError::NotFound {
-            url: location.url().to_string(),
-            what: "*.tar shards".into(),
-        });
-    }
-    stream::iter(shards)
-        .map(|shard| async move {
-            let index = match listing.get(&format!("{}{INDEX_SUFFIX}", shard.rel)) {
-                Some(file) => {
-                    let url = location.object_url(&file.path);
-                    let index = ShardIndex::from_json(&read_listed(location, file).await?)
-                        .map_err(|source| DatasetError::Tar { url: url.clone(), source })?;
-                    if index.shard_size != shard.size {
-                        return Err(DatasetError::invalid(
-                            url,
-                            format!(
-                                "stale index: it describes a {}-byte shard but {} has {} bytes; delete the index to rebuild it",
-                                index.shard_size, shard.rel, shard.size
-                            ),
-                        ));
-                    }
-                    index
-                }
-                None => index_shard(location, &shard.path).await?,
-            };
-            Ok((shard.clone(), index))
-        })
-        .buffered(DEFAULT_FETCH_CONCURRENCY)
-        .try_collect()
-        .await
-}
-
-/// Builds a shard's index by streaming it once (memory: one header and the `.cls` members).
-pub async fn index_shard(
-    location: &StorageLocation,
-    shard: &Path,
-) -> Result<ShardIndex, DatasetError> {
-    let url = location.object_url(shard);
-    let mut chunks = location.get_stream(shard).await?;
-    let mut scanner = TarScanner::new(is_cls);
-    let mut size = 0u64;
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        size += chunk.len() as u64;
-        scanner.feed(&chunk).map_err(|source| DatasetError::Tar {
-            url: url.clone(),
-            source,
-        })?;
-    }
-    let members = scanner
-        .finish()
-        .map_err(|source| DatasetError::Tar { url, source })?;
-    Ok(ShardIndex::from_members(size, &members))
-}
-
-/// Writes the index of every shard under the location that has none; returns the shards indexed.
-pub async fn ensure_indexes(location: &StorageLocation) -> Result<Vec<String>, DatasetError> {
-    let listing = Listing::of(location).await?;
-    let mut written = Vec::new();
-    for shard in listing.objects.iter().filter(|o| o.rel.ends_with(".tar")) {
-        let index_rel = format!("{}{INDEX_SUFFIX}", shard.rel);
-        if listing.get(&index_rel).is_none() {
-            let index = index_shard(location, &shard.path).await?;
-            location
-                .put(&location.path_of(&index_rel)?, index.to_json())
-                .await?;
-            written.push(shard.rel.clone());
-        }
-    }
-    Ok(written)
-}
-
 /// Appends ustar members to an in-memory tar, deterministically (mtime 0, uid/gid 0, mode 0644), so
 /// packing the same dataset twice gives byte-identical shards.
 #[derive(Debug, Default)]
@@ -896,252 +714,11 @@ fn fits_ustar(name: &str) -> Option<(&str, &str)> {
         .next()
 }
 
-/// What [`pack_dataset`] wrote.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PackSummary {
-    pub shards: Vec<String>,
-    pub samples: usize,
-    pub bad_samples: usize,
-    pub bytes: u64,
-}
-
-/// Writes `index` (read from `source`) as tar shards of about `shard_size` bytes plus their indexes and
-/// `dataset.json` under `destination`; listing `destination` as [`DatasetFormat::Tar`] then gives the
-/// same samples (keyed `shard:member`) with the same labels and class names.
-///
-/// Member names are the source keys without their image extension, with `.` in the file name replaced
-/// by `_` (WebDataset splits at the first dot) and a `_<n>` suffix if two keys collide; the extension is
-/// the source's (lowercased), `img` when it has none, and `cifar` for raw CIFAR records. A source
-/// object that is missing becomes a bad sample of its shard; the source's bad samples are carried into
-/// the first shard's index. Any other storage error stops the pack.
-///
-/// Memory: one shard plus `concurrency` samples in flight. A shard exceeds `shard_size` only when a
-/// single sample is larger.
-pub async fn pack_dataset(
-    index: &DatasetIndex,
-    source: &StorageLocation,
-    destination: &StorageLocation,
-    shard_size: u64,
-    concurrency: usize,
-) -> Result<PackSummary, DatasetError> {
-    let mut names = MemberNames::default();
-    let planned: Vec<(String, &str)> = index
-        .samples
-        .iter()
-        .map(|s| {
-            let (stem, ext) = member_name(s);
-            (names.unique(stem), ext)
-        })
-        .collect();
-    let mut fetches = stream::iter(index.samples.iter())
-        .map(|sample| {
-            let source = source.clone();
-            async move {
-                match sample.source.byte_range() {
-                    Some(range) => source.get_range(sample.source.path(), range).await,
-                    None => source.get(sample.source.path()).await,
-                }
-            }
-        })
-        .buffered(concurrency.max(1));
-
-    let mut writer = ShardWriter::new(destination, shard_size);
-    for sample in &index.bad_samples {
-        let (stem, _) = member_name_of_key(sample.key.as_str(), false);
-        writer.bad.push(ShardBad {
-            key: names.unique(stem),
-            reason: sample.reason.clone(),
-        });
-    }
-    for (sample, (key, ext)) in index.samples.iter().zip(&planned) {
-        let fetched = fetches.next().await.unwrap_or_else(|| {
-            Err(StorageError::NotFound {
-                url: source.object_url(sample.source.path()),
-            })
-        });
-        match fetched {
-            Ok(bytes) => writer.add(key, ext, sample.label, &bytes).await?,
-            Err(e) if e.is_not_found() => writer.bad.push(ShardBad {
-                key: key.clone(),
-                reason: format!("missing when packed: {e}"),
-            }),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let mut summary = writer.close().await?;
-    let metadata = PackedDataset {
-        version: INDEX_VERSION,
-        class_names: index.class_names.clone(),
-        class_descriptions: index.class_descriptions.clone(),
-        source_format: index.format.clone(),
-        source_fingerprint: index.fingerprint.clone(),
-        shards: summary.shards.clone(),
-        samples: summary.samples,
-        bad_samples: summary.bad_samples,
-    };
-    let json = serde_json::to_vec_pretty(&metadata).unwrap_or_default();
-    summary.bytes += json.len() as u64;
-    destination
-        .put(&destination.path_of(DATASET_FILE)?, json)
-        .await?;
-    Ok(summary)
-}
-
-#[derive(Default)]
-struct MemberNames {
-    used: HashSet<String>,
-}
-
-impl MemberNames {
-    fn unique(&mut self, stem: String) -> String {
-        if self.used.insert(stem.clone()) {
-            return stem;
-        }
-        (1..)
-            .map(|n| format!("{stem}_{n}"))
-            .find(|candidate| self.used.insert(candidate.clone()))
-            .unwrap_or(stem)
-    }
-}
-
-/// (member key, extension) for a sample.
-fn member_name(sample: &Sample) -> (String, &'static str) {
-    match sample.source {
-        SampleSource::CifarRecord { .. } => {
-            (member_name_of_key(sample.key.as_str(), false).0, "cifar")
-        }
-        _ => member_name_of_key(sample.key.as_str(), true),
-    }
-}
-
-fn member_name_of_key(key: &str, strip_image_ext: bool) -> (String, &'static str) {
-    let (dir, file) = key.rsplit_once('/').map_or(("", key), |(d, f)| (d, f));
-    let mut ext = "img";
-    let mut stem = file;
-    if strip_image_ext && let Some((s, e)) = file.rsplit_once('.') {
-        let lower = format!(".{}", e.to_ascii_lowercase());
-        if let Some(known) = IMG_EXTENSIONS.iter().find(|x| **x == lower) {
-            ext = &known[1..];
-            stem = s;
-        }
-    }
-    let stem = if stem.is_empty() { "_" } else { stem };
-    let file = stem.replace('.', "_");
-    let name = if dir.is_empty() {
-        file
-    } else {
-        format!("{dir}/{file}")
-    };
-    (name, ext)
-}
-
-struct ShardWriter<'a> {
-    destination: &'a StorageLocation,
-    shard_size: u64,
-    tar: TarBuilder,
-    samples: Vec<ShardSample>,
-    bad: Vec<ShardBad>,
-    summary: PackSummary,
-}
-
-impl<'a> ShardWriter<'a> {
-    fn new(destination: &'a StorageLocation, shard_size: u64) -> Self {
-        Self {
-            destination,
-            shard_size,
-            tar: TarBuilder::default(),
-            samples: Vec::new(),
-            bad: Vec::new(),
-            summary: PackSummary {
-                shards: Vec::new(),
-                samples: 0,
-                bad_samples: 0,
-                bytes: 0,
-            },
-        }
-    }
-
-    async fn add(
-        &mut self,
-        key: &str,
-        ext: &str,
-        label: u32,
-        data: &[u8],
-    ) -> Result<(), DatasetError> {
-        let image_name = format!("{key}.{ext}");
-        let cls_name = format!("{key}.cls");
-        let cls = label.to_string();
-        let needed = TarBuilder::member_bytes(&image_name, data.len() as u64)
-            + TarBuilder::member_bytes(&cls_name, cls.len() as u64);
-        if !self.tar.is_empty() && self.tar.len() + needed + 2 * BLOCK > self.shard_size {
-            self.flush().await?;
-        }
-        let url = || self.destination.url().to_string();
-        let offset = self
-            .tar
-            .append(&image_name, data)
-            .map_err(|source| DatasetError::Tar { url: url(), source })?;
-        self.tar
-            .append(&cls_name, cls.as_bytes())
-            .map_err(|source| DatasetError::Tar { url: url(), source })?;
-        self.samples.push(ShardSample {
-            key: key.to_string(),
-            member: image_name,
-            offset,
-            size: data.len() as u64,
-            label,
-        });
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<(), DatasetError> {
-        let name = format!("shard-{:06}.tar", self.summary.shards.len());
-        let tar = std::mem::take(&mut self.tar).finish();
-        let index = ShardIndex {
-            version: INDEX_VERSION,
-            shard_size: tar.len() as u64,
-            samples: std::mem::take(&mut self.samples),
-            bad: std::mem::take(&mut self.bad),
-        };
-        let json = index.to_json();
-        self.summary.samples += index.samples.len();
-        self.summary.bad_samples += index.bad.len();
-        self.summary.bytes += (tar.len() + json.len()) as u64;
-        // The shard first: an index must never describe a shard that is not there.
-        self.destination
-            .put(&self.destination.path_of(&name)?, Bytes::from(tar))
-            .await?;
-        self.destination
-            .put(
-                &self.destination.path_of(&format!("{name}{INDEX_SUFFIX}"))?,
-                json,
-            )
-            .await?;
-        self.summary.shards.push(name);
-        Ok(())
-    }
-
-    async fn close(mut self) -> Result<PackSummary, DatasetError> {
-        if !self.tar.is_empty()
-            || !self.samples.is_empty()
-            || !self.bad.is_empty()
-            || self.summary.shards.is_empty()
-        {
-            self.flush().await?;
-        }
-        Ok(self.summary)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use object_store::ObjectStoreExt;
-
     use super::*;
-    use crate::dataset::list_dataset;
-    use crate::storage::StorageOptions;
 
     fn tar_of(members: &[(&str, &[u8])]) -> Vec<u8> {
         let mut builder = TarBuilder::default();
@@ -1283,223 +860,6 @@ mod tests {
             .to_string();
         assert!(err.contains("outside the 100-byte shard"), "{err}");
         assert!(ShardIndex::from_json(br#"{"version":2,"shard_size":0,"samples":[]}"#).is_err());
-    }
-
-    #[test]
-    fn member_names_strip_image_extensions_and_dots() {
-        assert_eq!(
-            member_name_of_key("n01/ILSVRC2012_val_1.JPEG", true),
-            ("n01/ILSVRC2012_val_1".into(), "jpeg")
-        );
-        assert_eq!(
-            member_name_of_key("a.b/c.d.png", true),
-            ("a.b/c_d".into(), "png")
-        );
-        assert_eq!(
-            member_name_of_key("raw/blob", true),
-            ("raw/blob".into(), "img")
-        );
-        assert_eq!(
-            member_name_of_key("test_batch.bin:00042", false),
-            ("test_batch_bin:00042".into(), "img")
-        );
-        let mut names = MemberNames::default();
-        assert_eq!(names.unique("a".into()), "a");
-        assert_eq!(names.unique("a".into()), "a_1");
-        assert_eq!(names.unique("a".into()), "a_2");
-    }
-
-    async fn put(location: &StorageLocation, rel: &str, bytes: Vec<u8>) {
-        location
-            .put(&location.path_of(rel).unwrap(), Bytes::from(bytes))
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn pack_then_list_keeps_samples_labels_and_bytes() {
-        let options = StorageOptions::default();
-        let source = StorageLocation::parse("memory://tar-pack/src", &options).unwrap();
-        for (i, class) in ["cat", "dog", "eel"].iter().enumerate() {
-            for j in 0..4 {
-                put(
-                    &source,
-                    &format!("{class}/{j}.v{j}.JPG"),
-                    vec![(i * 10 + j) as u8; 700 + j * 300],
-                )
-                .await;
-            }
-        }
-        let original = list_dataset(&source, &DatasetFormat::ImageFolder)
-            .await
-            .unwrap();
-        let destination = StorageLocation::parse("memory://tar-pack/packed", &options).unwrap();
-        let summary = pack_dataset(&original, &source, &destination, 4096, 3)
-            .await
-            .unwrap();
-        assert_eq!(summary.samples, 12);
-        assert!(summary.shards.len() > 2, "{summary:?}");
-
-        let packed = list_dataset(&destination, &DatasetFormat::Tar)
-            .await
-            .unwrap();
-        assert_eq!(packed.class_names, original.class_names);
-        assert_eq!(packed.samples.len(), original.samples.len());
-        for (a, b) in original.samples.iter().zip(&packed.samples) {
-            assert_eq!(a.label, b.label);
-            let (shard, member) = b.key.as_str().split_once(':').unwrap();
-            assert!(
-                shard.starts_with("shard-") && shard.ends_with(".tar"),
-                "{shard}"
-            );
-            assert_eq!(
-                member,
-                a.key.as_str().replace(".JPG", "").replace(".v", "_v")
-            );
-            let original_bytes = source.get(a.source.path()).await.unwrap();
-            let range = b.source.byte_range().unwrap();
-            let packed_bytes = destination.get_range(b.source.path(), range).await.unwrap();
-            assert_eq!(original_bytes, packed_bytes, "{}", b.key);
-        }
-
-        // Without the indexes, listing streams the shards and finds the same samples.
-        for shard in &summary.shards {
-            destination
-                .store()
-                .delete(
-                    &destination
-                        .path_of(&format!("{shard}{INDEX_SUFFIX}"))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-        }
-        let rebuilt = list_dataset(&destination, &DatasetFormat::Tar)
-            .await
-            .unwrap();
-        assert_eq!(rebuilt.fingerprint, packed.fingerprint);
-        assert_eq!(
-            ensure_indexes(&destination).await.unwrap().len(),
-            summary.shards.len()
-        );
-        assert!(ensure_indexes(&destination).await.unwrap().is_empty());
-
-        // Packing again is byte-identical.
-        let again = StorageLocation::parse("memory://tar-pack/again", &options).unwrap();
-        pack_dataset(&original, &source, &again, 4096, 1)
-            .await
-            .unwrap();
-        for shard in &summary.shards {
-            let a = destination
-                .get(&destination.path_of(shard).unwrap())
-                .await
-                .unwrap();
-            let b = again.get(&again.path_of(shard).unwrap()).await.unwrap();
-            assert_eq!(a, b);
-        }
-    }
-
-    #[tokio::test]
-    async fn pack_keeps_cifar_records_raw_and_bad_samples() {
-        let options = StorageOptions::default();
-        let source = StorageLocation::parse("memory://tar-cifar/src", &options).unwrap();
-        let mut records = Vec::new();
-        for label in [3u8, 11, 5] {
-            records.push(label);
-            records.extend(vec![label; 3072]);
-        }
-        put(&source, "test_batch.bin", records).await;
-        let names: String = (0..10).map(|i| format!("c{i}\n")).collect();
-        put(&source, "batches.meta.txt", names.into_bytes()).await;
-        let format = DatasetFormat::Cifar10 {
-            split: crate::dataset::CifarSplit::Test,
-        };
-        let original = list_dataset(&source, &format).await.unwrap();
-        assert_eq!(original.bad_samples.len(), 1);
-
-        let destination = StorageLocation::parse("memory://tar-cifar/packed", &options).unwrap();
-        pack_dataset(&original, &source, &destination, 1 << 20, 4)
-            .await
-            .unwrap();
-        let packed = list_dataset(&destination, &DatasetFormat::Tar)
-            .await
-            .unwrap();
-        let keys: Vec<&str> = packed.samples.iter().map(|s| s.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "shard-000000.tar:test_batch_bin:00000",
-                "shard-000000.tar:test_batch_bin:00002"
-            ]
-        );
-        assert!(matches!(
-            packed.samples[1].source,
-            SampleSource::CifarRecord { .. }
-        ));
-        let pixels = destination
-            .get_range(
-                packed.samples[1].source.path(),
-                packed.samples[1].source.byte_range().unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(&pixels[..], &[5u8; 3072][..]);
-        assert_eq!(packed.bad_samples.len(), 1);
-        assert_eq!(
-            packed.bad_samples[0].key.as_str(),
-            "shard-000000.tar:test_batch_bin:00001"
-        );
-        assert_eq!(packed.class_names[9], "c9");
-        assert_eq!(packed.len(), original.len());
-    }
-
-    #[tokio::test]
-    async fn missing_source_objects_become_bad_samples() {
-        let options = StorageOptions::default();
-        let source = StorageLocation::parse("memory://tar-missing/src", &options).unwrap();
-        put(&source, "a/1.jpg", vec![1; 10]).await;
-        put(&source, "a/2.jpg", vec![2; 10]).await;
-        let original = list_dataset(&source, &DatasetFormat::ImageFolder)
-            .await
-            .unwrap();
-        source
-            .store()
-            .delete(&source.path_of("a/2.jpg").unwrap())
-            .await
-            .unwrap();
-        let destination = StorageLocation::parse("memory://tar-missing/packed", &options).unwrap();
-        let summary = pack_dataset(&original, &source, &destination, 1 << 20, 2)
-            .await
-            .unwrap();
-        assert_eq!((summary.samples, summary.bad_samples), (1, 1));
-        let packed = list_dataset(&destination, &DatasetFormat::Tar)
-            .await
-            .unwrap();
-        assert_eq!(packed.bad_samples[0].key.as_str(), "shard-000000.tar:a/2");
-        assert!(
-            packed.bad_samples[0].reason.contains("not found"),
-            "{}",
-            packed.bad_samples[0].reason
-        );
-    }
-
-    #[tokio::test]
-    async fn stale_index_is_an_error_naming_it() {
-        let options = StorageOptions::default();
-        let location = StorageLocation::parse("memory://tar-stale/d", &options).unwrap();
-        let tar = tar_of(&[("a.jpg", b"1"), ("a.cls", b"0")]);
-        let index =
-            ShardIndex::from_members(tar.len() as u64 + 512, &scan_tar(&tar, is_cls).unwrap());
-        put(&location, "s.tar", tar).await;
-        put(&location, "s.tar.index.json", index.to_json()).await;
-        let err = list_dataset(&location, &DatasetFormat::Tar)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("memory://tar-stale/d/s.tar.index.json: stale index"),
-            "{err}"
-        );
     }
 
     proptest! {

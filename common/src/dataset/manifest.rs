@@ -25,6 +25,10 @@
 //! error naming the manifest and the line: a manifest is written by a program, and a broken row means
 //! the program is wrong, so guessing which samples were meant would hide it.
 //!
+//! The CSV reader, the row checks and the path confinement are [`tresnet_formats::manifest`] (no store
+//! involved, so they are fuzzed without one); this module reads the manifest from its store, reads
+//! Parquet through polars, and turns the rows into samples.
+
 use object_store::path::Path;
 pub use tresnet_formats::manifest::{
     Base, DEFAULT_FILE, MAX_CLASSES, ManifestError, Row, RowError, Rows, Unit, parse_csv,

@@ -1,76 +1,31 @@
-//! Replays every fuzz target's body (`tresnet_common::fuzzing`) over its checked-in seed corpus
-//! (`fuzz/seeds/<target>/`, written by ops/reference/gen_fuzz_seeds.py) and crash regressions
-//! (`fuzz/regressions/<target>/`), so the entry points compile and run on stable CI without nightly.
-//! Also checks that the seeds are real inputs the parsers accept, which is what makes them good
-//! starting points, and (with `TRESNET_WRITE_PROTOCOL_SEEDS=1`) writes the protocol target's seeds.
-
-use std::path::Path;
+//! Replays the protocol fuzz target's body (`tresnet_common::fuzzing::protocol`) over its seeds and
+//! regressions on stable, and (with `TRESNET_WRITE_PROTOCOL_SEEDS=1`) writes those seeds. The parser
+//! targets are replayed by `common/formats/tests/fuzz_corpus.rs`.
 
 use prost::Message;
-use tresnet_common::checkpoint::load_state_dict_from_bytes;
-use tresnet_common::dataset::cifar::{CifarVariant, parse_records};
-use tresnet_common::dataset::mat::MatFile;
-use tresnet_common::dataset::tar::{ShardIndex, is_cls, scan_tar};
-use tresnet_common::fuzzing::{TARGETS, corpus as inputs, fuzz_dir, replay};
+use tresnet_common::fuzzing::{fuzz_dir, replay};
 use tresnet_common::job::SaveLogits;
-use tresnet_common::npy::parse_f32;
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::pb;
 
 #[test]
-fn every_target_runs_over_its_seeds_and_regressions() {
-    for (target, body) in TARGETS {
-        replay(target, *body);
-    }
+fn the_protocol_target_runs_over_its_seeds_and_regressions() {
+    replay("protocol", tresnet_common::fuzzing::protocol);
 }
 
 #[test]
-fn the_fuzz_crate_has_a_target_for_every_entry_point() {
+fn the_fuzz_crate_builds_the_protocol_target_with_its_feature() {
     let manifest = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).unwrap();
-    for (target, _) in TARGETS {
-        assert!(
-            manifest.contains(&format!("name = \"{target}\"")),
-            "fuzz/Cargo.toml has no [[bin]] {target}"
-        );
-        let source = std::fs::read_to_string(fuzz_dir().join(format!("fuzz_targets/{target}.rs")))
-            .unwrap_or_else(|e| panic!("fuzz_targets/{target}.rs: {e}"));
-        assert!(source.contains(&format!("tresnet_common::fuzzing::{target}(data)")));
-    }
-}
-
-#[test]
-fn seeds_are_inputs_the_parsers_accept() {
-    for (path, bytes) in inputs("seeds", "checkpoint") {
-        let sd = load_state_dict_from_bytes(&path, &bytes)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(!sd.is_empty(), "{}", path.display());
-    }
-    for (path, bytes) in inputs("seeds", "mat") {
-        let file = MatFile::parse(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(!file.variables.is_empty(), "{}", path.display());
-    }
-    for (path, bytes) in inputs("seeds", "tar") {
-        let members =
-            scan_tar(&bytes, is_cls).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let index = ShardIndex::from_members(bytes.len() as u64, &members);
-        assert_eq!(index.samples.len(), 2, "{}", path.display());
-    }
-    for (path, bytes) in inputs("seeds", "tar_index") {
-        ShardIndex::from_json(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    }
-    let cifar = |name: &str| std::fs::read(fuzz_dir().join("seeds/cifar").join(name)).unwrap();
-    let path = object_store::path::Path::from("c");
-    let (ok, bad) =
-        parse_records("b", &path, &cifar("cifar10_3.bin"), CifarVariant::Cifar10).unwrap();
-    assert_eq!((ok.len(), bad.len()), (2, 1));
-    let (ok, _) =
-        parse_records("b", &path, &cifar("cifar100_2.bin"), CifarVariant::Cifar100).unwrap();
-    assert_eq!(ok.len(), 2);
-    let npy = std::fs::read(fuzz_dir().join("seeds/npy/batch.npy")).unwrap();
-    assert_eq!(
-        parse_f32(Path::new("batch.npy"), &npy).unwrap().shape,
-        [1, 3, 4, 4]
+    let target = manifest
+        .split("[[bin]]")
+        .find(|bin| bin.contains("name = \"protocol\""))
+        .expect("fuzz/Cargo.toml has no [[bin]] protocol");
+    assert!(
+        target.contains("required-features = [\"protocol\"]"),
+        "the protocol target must need the fuzz crate's `protocol` feature: {target}"
     );
+    let source = std::fs::read_to_string(fuzz_dir().join("fuzz_targets/protocol.rs")).unwrap();
+    assert!(source.contains("tresnet_common::fuzzing::protocol(data)"));
 }
 
 /// The protocol target's seeds: one valid frame per message kind (first byte = kind, as

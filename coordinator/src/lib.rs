@@ -11,6 +11,7 @@ pub mod gate;
 pub mod html;
 pub mod journal;
 pub mod metrics;
+pub mod pack;
 pub mod parent_death;
 pub mod pool_bench;
 pub mod progress;

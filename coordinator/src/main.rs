@@ -99,7 +99,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                          decide the pixels of a decoded pack; add --decoded"
                     );
                 }
-                tresnet_common::dataset::tar::pack_dataset(
+                tresnet_coordinator::pack::pack_dataset(
                     &index,
                     &src,
                     &dst,

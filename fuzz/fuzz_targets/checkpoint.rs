@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::checkpoint`.
+//! libFuzzer target: `tresnet_formats::fuzzing::checkpoint`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::checkpoint(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::checkpoint(data));

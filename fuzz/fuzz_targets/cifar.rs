@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::cifar`.
+//! libFuzzer target: `tresnet_formats::fuzzing::cifar`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::cifar(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::cifar(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::manifest`.
+//! libFuzzer target: `tresnet_formats::fuzzing::manifest`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::manifest(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::manifest(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::mat`.
+//! libFuzzer target: `tresnet_formats::fuzzing::mat`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::mat(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::mat(data));

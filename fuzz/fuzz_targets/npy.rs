@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::npy`.
+//! libFuzzer target: `tresnet_formats::fuzzing::npy`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::npy(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::npy(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::pickle`.
+//! libFuzzer target: `tresnet_formats::fuzzing::pickle`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::pickle(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::pickle(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::safetensors`.
+//! libFuzzer target: `tresnet_formats::fuzzing::safetensors`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::safetensors(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::safetensors(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::tar`.
+//! libFuzzer target: `tresnet_formats::fuzzing::tar`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::tar(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::tar(data));

@@ -1,4 +1,4 @@
-//! libFuzzer target: `tresnet_common::fuzzing::tar_index`.
+//! libFuzzer target: `tresnet_formats::fuzzing::tar_index`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_common::fuzzing::tar_index(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tresnet_formats::fuzzing::tar_index(data));

@@ -1,4 +1,4 @@
-"""Writes the checkpoint-format fixtures read by common/tests/checkpoint_formats.rs.
+"""Writes the checkpoint-format fixtures read by common/formats/tests/checkpoint_formats.rs.
 
 Run from the repository root with the project venv (`source ops/env.sh`):
 
@@ -23,7 +23,7 @@ import numpy as np
 import safetensors.torch
 import torch
 
-OUT = Path(__file__).resolve().parents[2] / "common" / "tests" / "fixtures" / "checkpoints"
+OUT = Path(__file__).resolve().parents[2] / "common" / "formats" / "tests" / "fixtures" / "checkpoints"
 
 # Names match the Rust `DType` variants' Debug output so the test can compare them directly.
 DTYPE_NAMES = {

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use tresnet_common::dataset::tar::pack_dataset;
 use tresnet_common::dataset::{DatasetFormat, DatasetIndex, list_dataset};
 use tresnet_common::storage::{
     FetchRequest, StorageError, StorageLocation, StorageOptions, fetch_many,
 };
+use tresnet_coordinator::pack::pack_dataset;
 
 use tresnet_tests::s3::{BUCKET, S3Server};
 

@@ -255,7 +255,7 @@ pub struct CollectiveCheckArgs {
     pub classes: i64,
 }
 
-fn parse_crop_mode(s: &str) -> Result<CropMode, String> {
+fn parse_crop_mode(s: &str) -> Result<CropMode, tresnet_common::preprocess::UnknownCropMode> {
     s.parse()
 }
 

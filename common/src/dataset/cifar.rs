@@ -17,74 +17,34 @@
 //! [`BadSample`] (the other records are fine).
 
 use object_store::path::Path;
+pub use tresnet_formats::cifar::{CifarError, CifarVariant, parse_names};
 
 use super::{
-    BadSample, CIFAR_PIXEL_BYTES, CifarSplit, DatasetError, DatasetFormat, DatasetIndex, Listing,
-    Sample, SampleSource, join_rel, parent_of, read_listed,
+    BadSample, CifarSplit, DatasetError, DatasetFormat, DatasetIndex, Listing, Sample,
+    SampleSource, join_rel, parent_of, read_listed,
 };
 use crate::storage::StorageLocation;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CifarVariant {
-    Cifar10,
-    Cifar100,
+/// The data files of a split.
+pub fn data_files(variant: CifarVariant, split: CifarSplit) -> &'static [&'static str] {
+    match (variant, split) {
+        (CifarVariant::Cifar10, CifarSplit::Test) => &["test_batch.bin"],
+        (CifarVariant::Cifar10, CifarSplit::Train) => &[
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+        ],
+        (CifarVariant::Cifar100, CifarSplit::Test) => &["test.bin"],
+        (CifarVariant::Cifar100, CifarSplit::Train) => &["train.bin"],
+    }
 }
 
-impl CifarVariant {
-    /// Bytes before the pixels: the label (CIFAR-10) or coarse + fine labels (CIFAR-100).
-    pub fn label_bytes(self) -> u64 {
-        match self {
-            Self::Cifar10 => 1,
-            Self::Cifar100 => 2,
-        }
-    }
-
-    pub fn record_size(self) -> u64 {
-        self.label_bytes() + CIFAR_PIXEL_BYTES
-    }
-
-    /// Offset of the label used, within a record.
-    fn label_offset(self) -> usize {
-        match self {
-            Self::Cifar10 => 0,
-            Self::Cifar100 => 1,
-        }
-    }
-
-    pub fn classes(self) -> usize {
-        match self {
-            Self::Cifar10 => 10,
-            Self::Cifar100 => 100,
-        }
-    }
-
-    pub fn names_file(self) -> &'static str {
-        match self {
-            Self::Cifar10 => "batches.meta.txt",
-            Self::Cifar100 => "fine_label_names.txt",
-        }
-    }
-
-    pub fn data_files(self, split: CifarSplit) -> &'static [&'static str] {
-        match (self, split) {
-            (Self::Cifar10, CifarSplit::Test) => &["test_batch.bin"],
-            (Self::Cifar10, CifarSplit::Train) => &[
-                "data_batch_1.bin",
-                "data_batch_2.bin",
-                "data_batch_3.bin",
-                "data_batch_4.bin",
-                "data_batch_5.bin",
-            ],
-            (Self::Cifar100, CifarSplit::Test) => &["test.bin"],
-            (Self::Cifar100, CifarSplit::Train) => &["train.bin"],
-        }
-    }
-
-    fn format(self, split: CifarSplit) -> DatasetFormat {
-        match self {
-            Self::Cifar10 => DatasetFormat::Cifar10 { split },
-            Self::Cifar100 => DatasetFormat::Cifar100 { split },
-        }
+fn format_of(variant: CifarVariant, split: CifarSplit) -> DatasetFormat {
+    match variant {
+        CifarVariant::Cifar10 => DatasetFormat::Cifar10 { split },
+        CifarVariant::Cifar100 => DatasetFormat::Cifar100 { split },
     }
 }
 
@@ -97,12 +57,12 @@ pub(crate) async fn list(
     let mut samples = Vec::new();
     let mut bad = Vec::new();
     let mut names_rel = None;
-    for name in variant.data_files(split) {
+    for name in data_files(variant, split) {
         let listed = listing.require_named(location, name)?;
         names_rel.get_or_insert_with(|| join_rel(parent_of(&listed.rel), variant.names_file()));
         let bytes = read_listed(location, listed).await?;
         let (file_samples, file_bad) = parse_records(name, &listed.path, &bytes, variant)
-            .map_err(|reason| DatasetError::invalid(location.object_url(&listed.path), reason))?;
+            .map_err(|e| DatasetError::invalid(location.object_url(&listed.path), e.to_string()))?;
         samples.extend(file_samples);
         bad.extend(file_bad);
     }
@@ -118,77 +78,46 @@ pub(crate) async fn list(
         &read_listed(location, names_listed).await?,
         variant.classes(),
     )
-    .map_err(|reason| DatasetError::invalid(names_url, reason))?;
+    .map_err(|e| DatasetError::invalid(names_url, e.to_string()))?;
     DatasetIndex::new(
         location.url(),
-        variant.format(split),
+        format_of(variant, split),
         class_names,
         samples,
         bad,
     )
 }
 
-/// Splits one data file into samples. `file_name` forms the keys, `path` is the object the sources
-/// point into. Errors only when the file is not a whole number of records.
+/// Splits one data file into samples (the record format is [`tresnet_formats::cifar`]). `file_name`
+/// forms the keys, `path` is the object the sources point into. Errors only when the file is not a
+/// whole number of records.
 pub fn parse_records(
     file_name: &str,
     path: &Path,
     bytes: &[u8],
     variant: CifarVariant,
-) -> Result<(Vec<Sample>, Vec<BadSample>), String> {
-    let record = variant.record_size() as usize;
-    if !bytes.len().is_multiple_of(record) {
-        return Err(format!(
-            "{} bytes is not a whole number of {record}-byte {} records ({} whole, {} bytes left over)",
-            bytes.len(),
-            match variant {
-                CifarVariant::Cifar10 => "CIFAR-10",
-                CifarVariant::Cifar100 => "CIFAR-100",
-            },
-            bytes.len() / record,
-            bytes.len() % record,
-        ));
-    }
-    let mut samples = Vec::with_capacity(bytes.len() / record);
-    let mut bad = Vec::new();
-    for (i, chunk) in bytes.chunks_exact(record).enumerate() {
-        let key = format!("{file_name}:{i:05}").into();
-        let label = chunk[variant.label_offset()];
-        if usize::from(label) >= variant.classes() {
-            bad.push(BadSample {
-                key,
-                reason: format!(
-                    "label byte {label} out of range for {} classes",
-                    variant.classes()
-                ),
-            });
-            continue;
-        }
-        samples.push(Sample {
-            key,
-            label: u32::from(label),
+) -> Result<(Vec<Sample>, Vec<BadSample>), CifarError> {
+    let (records, bad) = tresnet_formats::cifar::parse_records(bytes, variant)?;
+    let key = |index| tresnet_formats::cifar::record_key(file_name, index).into();
+    let samples = records
+        .into_iter()
+        .map(|r| Sample {
+            key: key(r.index),
+            label: r.label,
             source: SampleSource::CifarRecord {
                 path: path.clone(),
-                offset: (i * record) as u64 + variant.label_bytes(),
+                offset: r.offset,
             },
-        });
-    }
-    Ok((samples, bad))
-}
-
-/// One class name per non-empty line; exactly `classes` of them.
-pub fn parse_names(bytes: &[u8], classes: usize) -> Result<Vec<String>, String> {
-    let text = std::str::from_utf8(bytes).map_err(|e| format!("class names are not UTF-8: {e}"))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(str::to_string)
+        })
         .collect();
-    if names.len() != classes {
-        return Err(format!("{} class names, expected {classes}", names.len()));
-    }
-    Ok(names)
+    let bad = bad
+        .into_iter()
+        .map(|b| BadSample {
+            key: key(b.index),
+            reason: b.reason,
+        })
+        .collect();
+    Ok((samples, bad))
 }
 
 #[cfg(test)]
@@ -197,6 +126,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::dataset::CIFAR_PIXEL_BYTES;
     use crate::storage::StorageOptions;
 
     /// Records whose pixels encode their index, so offsets can be checked against content.

@@ -12,7 +12,8 @@ use super::DatasetFormat;
 use crate::preprocess::{CropMode, PreprocessConfig};
 
 /// Extension of a decoded member: raw RGB, 8 bits per channel, channel-major.
-pub const DECODED_EXTENSION: &str = "rgb8";
+#[doc(inline)]
+pub use tresnet_formats::tar::DECODED_EXTENSION;
 
 /// The settings that decide the pixels of a decoded pack. The normalisation (`mean`, `std`) is not one
 /// of them: it is applied on the device after `/255`, so jobs with any normalisation share a pack.

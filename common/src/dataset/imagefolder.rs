@@ -15,16 +15,7 @@ use std::collections::BTreeMap;
 use super::{DatasetError, DatasetFormat, DatasetIndex, Listed, Listing, Sample, SampleSource};
 use crate::storage::StorageLocation;
 
-/// torchvision's `IMG_EXTENSIONS`.
-pub const IMG_EXTENSIONS: [&str; 9] = [
-    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
-];
-
-/// Whether `name` ends with an image extension, ignoring case (`filename.lower().endswith(...)`).
-pub fn has_image_extension(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    IMG_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
-}
+pub use tresnet_formats::image_files::{IMG_EXTENSIONS, has_image_extension};
 
 pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, DatasetError> {
     let listing = Listing::of(location).await?;

@@ -25,18 +25,17 @@
 //! error naming the manifest and the line: a manifest is written by a program, and a broken row means
 //! the program is wrong, so guessing which samples were meant would hide it.
 //!
-use std::collections::BTreeMap;
+//! The CSV reader, the row checks and the path confinement are [`tresnet_formats::manifest`] (no store
+//! involved, so they are fuzzed without one); this module reads the manifest from its store, reads
+//! Parquet through polars, and turns the rows into samples.
 
 use object_store::path::Path;
+pub use tresnet_formats::manifest::{
+    Base, DEFAULT_FILE, MAX_CLASSES, ManifestError, Row, RowError, Rows, Unit, parse_csv,
+};
 
 use super::{DatasetError, DatasetFormat, DatasetIndex, Sample, SampleSource};
 use crate::storage::StorageLocation;
-
-/// The manifest looked for when the location is a folder.
-pub const DEFAULT_FILE: &str = "manifest.csv";
-/// Labels at or above this are rejected: the class list is allocated up to the largest label, and no
-/// real label space (ImageNet-21k has 21 843 classes) comes near a million.
-pub const MAX_CLASSES: u32 = 1 << 20;
 
 pub(crate) async fn list(
     location: &StorageLocation,
@@ -56,15 +55,17 @@ pub(crate) async fn list(
     };
     let url = location.object_url(&manifest);
     let bytes = location.get(&manifest).await?;
-    let base = Base {
-        folder: manifest.parent().unwrap_or_default(),
+    let base = base_for(
+        location,
+        &manifest.parent().unwrap_or_default(),
         allow_absolute_paths,
-    };
-    let (class_names, samples) = if is_parquet(&manifest, &bytes) {
-        parse_parquet(location, &url, &base, &bytes)?
-    } else {
-        parse(location, &url, &base, &bytes)?
-    };
+    );
+    let (class_names, samples) =
+        if tresnet_formats::manifest::is_parquet(manifest.filename(), &bytes) {
+            parse_parquet(&url, &base, &bytes)?
+        } else {
+            parse(&url, &base, &bytes)?
+        };
     DatasetIndex::new(
         &url,
         DatasetFormat::Manifest {
@@ -77,171 +78,82 @@ pub(crate) async fn list(
     )
 }
 
-/// Where a row's `path` may point: under `folder` (the manifest's), or with `allow_absolute_paths`
-/// anywhere in the store.
-pub(crate) struct Base {
-    pub folder: Path,
-    pub allow_absolute_paths: bool,
-}
-
-/// Parquet's magic number, at both ends of every Parquet file.
-const PARQUET_MAGIC: &[u8] = b"PAR1";
-
-fn is_parquet(manifest: &Path, bytes: &[u8]) -> bool {
-    manifest
-        .filename()
-        .is_some_and(|f| f.to_ascii_lowercase().ends_with(".parquet"))
-        || (bytes.len() >= 2 * PARQUET_MAGIC.len()
-            && bytes.starts_with(PARQUET_MAGIC)
-            && bytes.ends_with(PARQUET_MAGIC))
-}
-
-/// Rows as they are read, checked and turned into samples the same way for CSV and Parquet.
-struct Rows<'a> {
-    location: &'a StorageLocation,
-    base: &'a Base,
-    /// What a position is called in messages: `line` (CSV) or `row` (Parquet).
-    unit: &'static str,
-    samples: Vec<Sample>,
-    names: BTreeMap<u32, (String, u64)>,
-    max_label: Option<u32>,
-}
-
-impl<'a> Rows<'a> {
-    fn new(location: &'a StorageLocation, base: &'a Base, unit: &'static str) -> Self {
-        Self {
-            location,
-            base,
-            unit,
-            samples: Vec::new(),
-            names: BTreeMap::new(),
-            max_label: None,
-        }
+/// Where the rows of a manifest in `folder` of `location`'s store may point.
+pub(crate) fn base_for(
+    location: &StorageLocation,
+    folder: &Path,
+    allow_absolute_paths: bool,
+) -> Base {
+    Base {
+        folder: folder.to_string(),
+        folder_url: location.object_url(folder),
+        root_url: location.root_url().to_string(),
+        allow_absolute_paths,
     }
+}
 
-    /// One row at position `at`; the reason it is wrong otherwise.
-    fn push(
-        &mut self,
-        at: u64,
-        path_field: &str,
-        label: u32,
-        name: Option<&str>,
-    ) -> Result<(), String> {
-        if label >= MAX_CLASSES {
-            return Err(format!("label {label} is not below {MAX_CLASSES}"));
-        }
-        if let Some(name) = name.filter(|n| !n.is_empty()) {
-            match self.names.get(&label) {
-                Some((existing, first)) if existing != name => {
-                    return Err(format!(
-                        "label {label} is named {name:?} here but {existing:?} on {} {first}",
-                        self.unit
-                    ));
-                }
-                Some(_) => {}
-                None => {
-                    self.names.insert(label, (name.to_string(), at));
-                }
-            }
-        }
-        let path = resolve(self.location, self.base, path_field)?;
-        self.max_label = self.max_label.max(Some(label));
-        self.samples.push(Sample {
-            key: path_field.to_string().into(),
-            label,
-            source: SampleSource::Object { path, size: None },
-        });
-        Ok(())
+/// A manifest's error as a dataset error naming the manifest: a CSV line as `url line N: reason`, a
+/// Parquet row as `url: row N: reason`.
+fn dataset_error(url: &str, e: ManifestError) -> DatasetError {
+    match e {
+        ManifestError::Row {
+            unit: Unit::Line,
+            at,
+            reason,
+        } => DatasetError::Line {
+            url: url.to_string(),
+            line: at,
+            reason: reason.to_string(),
+        },
+        ManifestError::Row { .. } => DatasetError::invalid(url, e.to_string()),
+        ManifestError::NoRows => DatasetError::NotFound {
+            url: url.to_string(),
+            what: "rows".into(),
+        },
     }
+}
 
-    fn finish(mut self, url: &str) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
-        let Some(max_label) = self.max_label else {
-            return Err(DatasetError::NotFound {
-                url: url.to_string(),
-                what: "rows".into(),
-            });
-        };
-        let class_names = (0..=max_label)
-            .map(|label| {
-                self.names
-                    .remove(&label)
-                    .map_or_else(|| label.to_string(), |(name, _)| name)
+/// Accepted rows → samples; a row whose object key the store's path rules refuse is an error at its
+/// position.
+fn samples_of(url: &str, unit: Unit, rows: Vec<Row>) -> Result<Vec<Sample>, DatasetError> {
+    rows.into_iter()
+        .map(|row| {
+            let path = Path::parse(&row.object).map_err(|e| {
+                let reason = RowError::ObjectKey {
+                    field: row.key.clone(),
+                    reason: e.to_string(),
+                };
+                dataset_error(
+                    url,
+                    ManifestError::Row {
+                        unit,
+                        at: row.at,
+                        reason,
+                    },
+                )
+            })?;
+            Ok(Sample {
+                key: row.key.into(),
+                label: row.label,
+                source: SampleSource::Object { path, size: None },
             })
-            .collect();
-        Ok((class_names, self.samples))
-    }
+        })
+        .collect()
 }
 
 /// Parses a CSV manifest whose relative paths resolve against `base`; `url` names it in errors.
 pub(crate) fn parse(
-    location: &StorageLocation,
     url: &str,
     base: &Base,
     bytes: &[u8],
 ) -> Result<(Vec<String>, Vec<Sample>), DatasetError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let mut rows = Rows::new(location, base, "line");
-    for (i, record) in reader.records().enumerate() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            DatasetError::Line {
-                url: url.to_string(),
-                line,
-                reason: format!("unreadable CSV: {e}"),
-            }
-        })?;
-        let line = record.position().map_or(i as u64 + 1, |p| p.line());
-        let bad = |reason: String| DatasetError::Line {
-            url: url.to_string(),
-            line,
-            reason,
-        };
-        if record.len() == 1 && record[0].is_empty() {
-            continue;
-        }
-        if !(2..=3).contains(&record.len()) {
-            return Err(bad(format!(
-                "{} columns, expected path,label[,class_name]",
-                record.len()
-            )));
-        }
-        if i == 0 && record[1].parse::<u64>().is_err() {
-            let header: Vec<String> = record.iter().map(str::to_ascii_lowercase).collect();
-            if header[0] != "path"
-                || header[1] != "label"
-                || header.get(2).is_some_and(|h| h != "class_name")
-            {
-                return Err(bad(format!(
-                    "header {:?} is not path,label[,class_name]",
-                    record.iter().collect::<Vec<_>>().join(",")
-                )));
-            }
-            continue;
-        }
-        let label: u32 = record[1]
-            .parse()
-            .ok()
-            .filter(|&l| l < MAX_CLASSES)
-            .ok_or_else(|| {
-                bad(format!(
-                    "label {:?} is not an integer in 0..{MAX_CLASSES}",
-                    &record[1]
-                ))
-            })?;
-        rows.push(line, &record[0], label, record.get(2))
-            .map_err(bad)?;
-    }
-    rows.finish(url)
+    let (class_names, rows) = parse_csv(base, bytes).map_err(|e| dataset_error(url, e))?;
+    Ok((class_names, samples_of(url, Unit::Line, rows)?))
 }
 
 /// Parses a Parquet manifest (see the module doc for its columns).
 #[cfg(feature = "parquet-manifest")]
 pub(crate) fn parse_parquet(
-    location: &StorageLocation,
     url: &str,
     base: &Base,
     bytes: &[u8],
@@ -301,39 +213,48 @@ pub(crate) fn parse_parquet(
     } else {
         None
     };
-    let mut rows = Rows::new(location, base, "row");
+    let mut rows = Rows::new(base, Unit::Row);
     for i in 0..df.height() {
         let row = i as u64 + 1;
-        let bad = |reason: String| invalid(format!("row {row}: {reason}"));
-        let path = paths.get(i).ok_or_else(|| bad("path is null".into()))?;
+        let bad = |reason: RowError| {
+            dataset_error(
+                url,
+                ManifestError::Row {
+                    unit: Unit::Row,
+                    at: row,
+                    reason,
+                },
+            )
+        };
+        let path = paths.get(i).ok_or_else(|| bad(RowError::Null("path")))?;
         let label = match labels.get(i) {
             Some(label) => label,
             None => {
                 let original = label_col.get(i).map_err(unreadable)?;
                 return Err(bad(if original.is_null() {
-                    "label is null".into()
+                    RowError::Null("label")
                 } else {
-                    format!("label {original} is not below {MAX_CLASSES}")
+                    RowError::LabelTooLarge(original.to_string())
                 }));
             }
         };
         if label < 0 {
-            return Err(bad(format!("label {label} is negative")));
+            return Err(bad(RowError::NegativeLabel(label)));
         }
         let label = u32::try_from(label)
             .ok()
             .filter(|&l| l < MAX_CLASSES)
-            .ok_or_else(|| bad(format!("label {label} is not below {MAX_CLASSES}")))?;
+            .ok_or_else(|| bad(RowError::LabelTooLarge(label.to_string())))?;
         rows.push(row, path, label, names.and_then(|n| n.get(i)))
             .map_err(bad)?;
     }
-    rows.finish(url)
+    let (class_names, rows) = rows.finish().map_err(|e| dataset_error(url, e))?;
+    Ok((class_names, samples_of(url, Unit::Row, rows)?))
 }
 
 /// Without the `parquet-manifest` feature a Parquet manifest is refused by name.
 #[cfg(not(feature = "parquet-manifest"))]
 pub(crate) fn parse_parquet(
-    _location: &StorageLocation,
     url: &str,
     _base: &Base,
     _bytes: &[u8],
@@ -343,51 +264,6 @@ pub(crate) fn parse_parquet(
         "is a Parquet manifest, but this build reads CSV manifests only \
          (build tresnet-common with the parquet-manifest feature)",
     ))
-}
-
-/// A manifest `path` field → object path (see the module doc for the forms it may take).
-fn resolve(location: &StorageLocation, base: &Base, field: &str) -> Result<Path, String> {
-    if field.is_empty() {
-        return Err("empty path".into());
-    }
-    let outside = |what: &str| {
-        format!(
-            "path {field:?} is {what}, outside the manifest's folder {}; pass --allow-absolute-paths \
-             to read objects anywhere in the store",
-            location.object_url(&base.folder)
-        )
-    };
-    let (start, rest) = if field.contains("://") {
-        if !base.allow_absolute_paths {
-            return Err(outside("a URL"));
-        }
-        let root = location.root_url();
-        let rest = field
-            .strip_prefix(root)
-            .and_then(|r| r.strip_prefix('/'))
-            .ok_or_else(|| format!("{field} is not in the manifest's store {root}"))?;
-        (Path::default(), rest)
-    } else if let Some(rest) = field.strip_prefix('/') {
-        if !base.allow_absolute_paths {
-            return Err(outside("absolute"));
-        }
-        (Path::default(), rest)
-    } else {
-        (base.folder.clone(), field)
-    };
-    if rest
-        .split('/')
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(format!("path {field:?} has an empty, `.` or `..` segment"));
-    }
-    // Verbatim, as listings return keys (see `StorageLocation::path_of`).
-    let joined = if start.is_root() {
-        rest.to_string()
-    } else {
-        format!("{start}/{rest}")
-    };
-    Path::parse(joined).map_err(|e| format!("path {field:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -754,8 +630,8 @@ mod tests {
         #[test]
         fn arbitrary_manifests_parse_or_fail_cleanly(text in "[a-z0-9./,\"\n -]{0,200}") {
             let location = StorageLocation::parse("memory://mf-prop/", &StorageOptions::default()).unwrap();
-            let base = Base { folder: Path::default(), allow_absolute_paths: false };
-            if let Ok((names, samples)) = parse(&location, "memory://mf-prop/m.csv", &base, text.as_bytes()) {
+            let base = base_for(&location, &Path::default(), false);
+            if let Ok((names, samples)) = parse("memory://mf-prop/m.csv", &base, text.as_bytes()) {
                 for sample in &samples {
                     prop_assert!((sample.label as usize) < names.len());
                 }

@@ -29,11 +29,12 @@ pub mod imagenet;
 pub mod imagenet_variants;
 pub mod index;
 pub mod manifest;
-pub mod mat;
 pub mod names;
 pub mod sample;
 pub mod subset;
 pub mod tar;
+
+pub use tresnet_formats::mat;
 
 use std::collections::HashMap;
 

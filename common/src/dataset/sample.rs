@@ -38,8 +38,7 @@ impl From<&str> for SampleKey {
     }
 }
 
-/// Bytes of one raw CIFAR image: 32×32 pixels, the red plane, then green, then blue (row-major).
-pub const CIFAR_PIXEL_BYTES: u64 = 3072;
+pub use tresnet_formats::cifar::CIFAR_PIXEL_BYTES;
 
 /// Where a sample's bytes are. Paths are absolute within the dataset's store (prefix included).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

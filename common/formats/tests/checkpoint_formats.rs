@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use tresnet_common::checkpoint::{
+use tresnet_formats::checkpoint::{
     CheckpointError, StateDict, load_state_dict, load_state_dict_from_bytes,
 };
 

@@ -829,8 +829,10 @@ fn numeric_class(class: u8) -> NumericClass {
 /// A minimal level-5 writer for tests: builds the synthetic files the readers are tested on (both byte
 /// orders, compressed or not), so unit tests need no fixture files. The committed fixtures written by
 /// scipy (`ops/reference/make_dataset_fixtures.py`) check the reader against a second implementation.
-#[cfg(test)]
-pub(crate) mod writer {
+/// Other crates' tests (the Flowers, Cars and ImageNet readers of tresnet-common) turn on the
+/// `mat-writer` feature in their dev-dependencies.
+#[cfg(any(test, feature = "mat-writer"))]
+pub mod writer {
     use std::io::Write;
 
     use super::*;

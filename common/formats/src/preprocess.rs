@@ -32,15 +32,18 @@ pub enum CropMode {
     Squish,
 }
 
+/// A crop mode's name that is neither `center` nor `squish`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown crop mode {0:?} (expected center or squish)")]
+pub struct UnknownCropMode(pub String);
+
 impl std::str::FromStr for CropMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownCropMode;
+    fn from_str(s: &str) -> Result<Self, UnknownCropMode> {
         match s {
             "center" => Ok(Self::Center),
             "squish" => Ok(Self::Squish),
-            other => Err(format!(
-                "unknown crop mode {other:?} (expected center or squish)"
-            )),
+            other => Err(UnknownCropMode(other.to_string())),
         }
     }
 }
@@ -310,7 +313,10 @@ mod tests {
         assert!(bad(|c| c.std[1] = 0.0).contains("std[1]"));
         assert!(bad(|c| c.max_pixels = 0).contains("max_pixels"));
         assert_eq!("squish".parse::<CropMode>(), Ok(CropMode::Squish));
-        assert!("crop".parse::<CropMode>().unwrap_err().contains("\"crop\""));
+        assert_eq!(
+            "crop".parse::<CropMode>().unwrap_err().to_string(),
+            "unknown crop mode \"crop\" (expected center or squish)"
+        );
     }
 
     proptest! {

@@ -492,7 +492,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::run::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
-    /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
+    /// Extra arguments passed to each local worker (e.g. --coordinator-patience-ms=600000).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     #[serde(default)]
     pub worker_arg: Vec<String>,

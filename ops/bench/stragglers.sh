@@ -13,10 +13,11 @@ n="${2:-11520}"
 profile="${3:-debug}"
 shard="${4:-256}"
 slow_ms=$(( fast_ms * 5 ))
+# The per-batch sleep is the worker's test hook (TRESNET_DEBUG_BATCH_DELAY_MS, feature test-hooks).
 if [ "$profile" = release ]; then
-  cargo build -q --release -p tresnet-coordinator -p tresnet-worker
+  cargo build -q --release -p tresnet-coordinator -p tresnet-worker --features tresnet-worker/test-hooks
 else
-  cargo build -q -p tresnet-coordinator -p tresnet-worker
+  cargo build -q -p tresnet-coordinator -p tresnet-worker --features tresnet-worker/test-hooks
 fi
 bin="$CARGO_TARGET_DIR/$profile"
 work="$(mktemp -d)"
@@ -34,16 +35,16 @@ free_port() { python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0
 run() { # name slow_worker(0|1) extra-coordinator-args... -> prints eval_seconds
   local name="$1" slow="$2"; shift 2
   local port; port=$(free_port)
-  "$bin/tresnet-coordinator" run --synthetic --model tresnet_m --data "$work/data" --format manifest \
+  TRESNET_DEBUG_BATCH_DELAY_MS="$fast_ms" "$bin/tresnet-coordinator" run --synthetic --model tresnet_m --data "$work/data" --format manifest \
     --num-classes 1000 --local-workers 3 --shard-size "$shard" --batch-size 16 --out "$work/$name" \
-    --listen "127.0.0.1:$port" --worker-threads 1 --worker-arg="--debug-batch-delay-ms=$fast_ms" \
+    --listen "127.0.0.1:$port" --worker-threads 1 \
     "$@" >/dev/null 2>"$work/$name.log" &
   local coord=$!
   pids+=("$coord")
   if [ "$slow" = 1 ]; then
     sleep 0.5
-    TRESNET_WORKER_BIN= "$bin/tresnet-worker" --coordinator "http://127.0.0.1:$port" --devices cpu \
-      --worker-id slow --threads 1 --debug-batch-delay-ms "$slow_ms" >/dev/null 2>"$work/$name.slow.log" &
+    TRESNET_WORKER_BIN= TRESNET_DEBUG_BATCH_DELAY_MS="$slow_ms" "$bin/tresnet-worker" --coordinator "http://127.0.0.1:$port" --devices cpu \
+      --worker-id slow --threads 1 >/dev/null 2>"$work/$name.slow.log" &
     pids+=("$!")
   fi
   wait "$coord"

@@ -101,9 +101,6 @@ pub struct JoinArgs {
     #[arg(long, env = "TRESNET_MEASURE_LAYOUT", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub measure_layout: bool,
-    /// Test hook: sleep this long per batch, to simulate a slow node.
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub debug_batch_delay_ms: u64,
     /// Parse the flags, print the settings and exit 0 without joining: tests/tests/k8s.rs runs the
     /// manifests' command lines through it, so a renamed flag fails a test instead of a deployment.
     #[arg(long, hide = true)]

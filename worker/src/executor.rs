@@ -121,7 +121,8 @@ enum Engine {
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub job: JobSpec,
-    /// Test hook: sleep this long per batch to simulate a slow node.
+    /// Test hook (`TRESNET_DEBUG_BATCH_DELAY_MS`, feature `test-hooks`): sleep this long per batch to
+    /// simulate a slow node.
     pub debug_batch_delay: Duration,
     /// Measure the layouts the job leaves open; else take the fixed rule (`--measure-layout`).
     pub measure_layout: bool,

@@ -43,5 +43,6 @@ mod shard;
 pub mod software;
 #[cfg(feature = "torch")]
 pub mod stages;
+pub mod test_hooks;
 #[cfg(feature = "torch")]
 pub mod tuning;

@@ -17,10 +17,49 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use crate::cli::{BenchArgs, MemoryFormat};
-use crate::collective::Collective;
-use crate::device::Precision;
-use crate::model::{BuildOptions, LoadedModel, ModelName};
-use crate::tuning::{LayoutChoice, LayoutSpace, TuneShape, load_fastest};
+use crate::collective::{Collective, CollectiveError};
+use crate::device::{DeviceError, Precision};
+use crate::model::{BuildOptions, ForwardError, LoadedModel, ModelName};
+use crate::tuning::{LayoutChoice, LayoutSpace, TuneError, TuneShape, load_fastest};
+
+/// Why a measurement could not be set up or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("--devices names {0:?} twice")]
+    DuplicateDevice(Device),
+    #[error("--resolution {0} is not a multiple of 32 (TResNet's total stride)")]
+    Resolution(u32),
+    #[error("--seconds {0} must be a positive number of seconds (at most a day)")]
+    Seconds(f64),
+    #[error("--batch-sizes and --precisions need at least one value each")]
+    NothingToMeasure,
+    #[error("{device:?}: {source}")]
+    Load {
+        device: Device,
+        #[source]
+        source: TuneError,
+    },
+    #[error("{device:?}: {source}")]
+    Forward {
+        device: Device,
+        #[source]
+        source: ForwardError,
+    },
+    #[error("{device:?}: {source}")]
+    Collective {
+        device: Device,
+        #[source]
+        source: CollectiveError,
+    },
+    #[error("{device:?}: libtorch failed: {panic}")]
+    Panicked { device: Device, panic: String },
+    #[error("cannot start a bench thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("a bench thread died")]
+    ThreadDied,
+}
 
 /// Validated settings of one `bench` invocation.
 #[derive(Debug, Clone)]
@@ -39,7 +78,7 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    pub fn from_args(a: &BenchArgs) -> Result<Self, String> {
+    pub fn from_args(a: &BenchArgs) -> Result<Self, BenchError> {
         let devices = a
             .devices
             .iter()
@@ -51,23 +90,17 @@ impl BenchConfig {
                 p.check_device(*d)?;
             }
             if *d != Device::Cpu && !seen.insert(*d) {
-                return Err(format!("--devices names {d:?} twice"));
+                return Err(BenchError::DuplicateDevice(*d));
             }
         }
         if !a.resolution.is_multiple_of(32) {
-            return Err(format!(
-                "--resolution {} is not a multiple of 32 (TResNet's total stride)",
-                a.resolution
-            ));
+            return Err(BenchError::Resolution(a.resolution));
         }
         if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 86_400.0) {
-            return Err(format!(
-                "--seconds {} must be a positive number of seconds (at most a day)",
-                a.seconds
-            ));
+            return Err(BenchError::Seconds(a.seconds));
         }
         if a.batch_sizes.is_empty() || a.precisions.is_empty() {
-            return Err("--batch-sizes and --precisions need at least one value each".into());
+            return Err(BenchError::NothingToMeasure);
         }
         if let Some(t) = a.threads {
             tch::set_num_threads(t as i32);
@@ -182,7 +215,7 @@ fn load(
     cfg: &BenchConfig,
     device: Device,
     p: Precision,
-) -> Result<(LoadedModel, LayoutChoice), String> {
+) -> Result<(LoadedModel, LayoutChoice), BenchError> {
     let space = LayoutSpace::new(
         cfg.fold_bn.unwrap_or(p == Precision::Fp32),
         cfg.fold_bn.is_none(),
@@ -195,15 +228,19 @@ fn load(
         resolution: cfg.resolution,
     };
     load_fastest(cfg.model, &cfg.model.config(), &cfg.weights, &space, shape)
-        .map_err(|e| format!("{device:?}: {e}"))
+        .map_err(|source| BenchError::Load { device, source })
 }
 
 /// Loads, warms up and times one device over the sweep; `collective` lines the devices up before each
 /// timed window.
-fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<DeviceRun, String> {
+fn measure(
+    cfg: &BenchConfig,
+    rank: usize,
+    collective: &Collective,
+) -> Result<DeviceRun, BenchError> {
     let device = cfg.devices[rank];
-    let fail = |e: String| {
-        collective.abort(&e);
+    let fail = |e: BenchError| {
+        collective.abort(&e.to_string());
         e
     };
     let mut run = DeviceRun {
@@ -224,11 +261,11 @@ fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<De
             let r = cfg.resolution;
             // Pixels in [0, 1] like real inputs, contiguous as the pipeline hands them over.
             let x = opts.place(Tensor::rand([b, 3, r, r], (tch::Kind::Float, Device::Cpu)));
-            let pass = || -> Result<(), String> {
+            let pass = || -> Result<(), BenchError> {
                 let y = loaded
                     .model
                     .forward(&x)
-                    .map_err(|e| format!("{device:?}: {e}"))?;
+                    .map_err(|source| BenchError::Forward { device, source })?;
                 synchronize(device);
                 drop(y);
                 Ok(())
@@ -238,7 +275,7 @@ fn measure(cfg: &BenchConfig, rank: usize, collective: &Collective) -> Result<De
             }
             collective
                 .barrier(rank)
-                .map_err(|e| format!("{device:?}: {e}"))?;
+                .map_err(|source| BenchError::Collective { device, source })?;
             let start = Instant::now();
             let deadline = start + cfg.duration;
             let mut times = Vec::new();
@@ -275,7 +312,7 @@ fn device_throughput(device: Device, batch: i64, times: &[f64], seconds: f64) ->
 }
 
 /// Runs the measurement on every device at once.
-pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     let collective = Arc::new(Collective::for_devices(&cfg.devices));
     let cfg = Arc::new(cfg.clone());
     let handles: Vec<_> = (0..cfg.devices.len())
@@ -289,22 +326,21 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
                         measure(&cfg, rank, &collective)
                     }))
                     .unwrap_or_else(|p| {
-                        let e = format!(
-                            "{:?}: libtorch failed: {}",
-                            cfg.devices[rank],
-                            crate::executor::panic_text(p)
-                        );
-                        collective.abort(&e);
+                        let e = BenchError::Panicked {
+                            device: cfg.devices[rank],
+                            panic: crate::executor::panic_text(p),
+                        };
+                        collective.abort(&e.to_string());
                         Err(e)
                     })
                 })
-                .map_err(|e| format!("cannot start a bench thread: {e}"))
+                .map_err(BenchError::Thread)
         })
         .collect::<Result<_, _>>()?;
     let mut runs = Vec::new();
     let mut first_error = None;
     for h in handles {
-        match h.join().map_err(|_| "a bench thread died".to_string())? {
+        match h.join().map_err(|_| BenchError::ThreadDied)? {
             Ok(d) => runs.push(d),
             Err(e) => {
                 first_error.get_or_insert(e);

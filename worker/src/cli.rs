@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 
 use tresnet_common::preprocess::{CropMode, DEFAULT_CROP_PCT};
 
-use crate::device::{DeviceSpec, Precision};
-use crate::model::ModelName;
+use crate::device::{DeviceError, DeviceSpec, Precision};
+use crate::model::{ModelName, UnknownModel};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -252,14 +252,15 @@ pub struct CollectiveCheckArgs {
     pub classes: i64,
 }
 
-fn parse_crop_mode(s: &str) -> Result<CropMode, String> {
+// Whatever error type common's parser has: clap takes any that converts into a boxed error.
+fn parse_crop_mode(s: &str) -> Result<CropMode, <CropMode as std::str::FromStr>::Err> {
     s.parse()
 }
 
-fn parse_model(s: &str) -> Result<ModelName, String> {
+fn parse_model(s: &str) -> Result<ModelName, UnknownModel> {
     s.parse()
 }
 
-fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+fn parse_device(s: &str) -> Result<DeviceSpec, DeviceError> {
     s.parse()
 }

@@ -22,8 +22,8 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     let devices = args
         .devices
         .iter()
-        .map(|d| d.resolve().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|d| d.resolve())
+        .collect::<Result<Vec<_>, _>>()?;
     let debug_batch_delay = test_hooks::batch_delay()?;
     if !debug_batch_delay.is_zero() {
         tracing::warn!(

@@ -44,16 +44,27 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// A name that is none of a closed set's choices.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} (expected {expected})")]
+pub struct UnknownChoice {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
 impl std::str::FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "fp32" => Ok(Self::Fp32),
             "fp16" => Ok(Self::Fp16),
             "bf16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "unknown precision {other:?} (expected fp32, fp16 or bf16)"
-            )),
+            other => Err(UnknownChoice {
+                what: "precision",
+                value: other.to_string(),
+                expected: "fp32, fp16 or bf16",
+            }),
         }
     }
 }
@@ -117,15 +128,17 @@ pub enum SaveLogits {
 }
 
 impl std::str::FromStr for SaveLogits {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "none" | "" => Ok(Self::None),
             "fp16" => Ok(Self::Fp16),
             "fp32" => Ok(Self::Fp32),
-            other => Err(format!(
-                "unknown logits mode {other:?} (expected none, fp16 or fp32)"
-            )),
+            other => Err(UnknownChoice {
+                what: "logits mode",
+                value: other.to_string(),
+                expected: "none, fp16 or fp32",
+            }),
         }
     }
 }

@@ -14,8 +14,11 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+/// Why a process is not ready; each binary has its own enum of reasons.
+pub type NotReady = Box<dyn std::error::Error + Send + Sync>;
+
 /// Readiness right now: `Ok(what it is doing)` answers 200, `Err(why not)` answers 503.
-pub type Readiness = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+pub type Readiness = Arc<dyn Fn() -> Result<String, NotReady> + Send + Sync>;
 
 /// What the listener serves.
 pub struct Endpoint {

@@ -134,7 +134,11 @@ impl Default for StorageOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("invalid storage location {location:?}: {reason}")]
-    InvalidLocation { location: String, reason: String },
+    InvalidLocation {
+        location: String,
+        // In the message, not the source chain: `{:#}` would print it twice.
+        reason: LocationError,
+    },
     #[error("cannot configure the object store for {url}")]
     Configure {
         url: String,
@@ -232,22 +236,22 @@ impl StorageLocation {
     /// Parses a plain path or a URL. Plain paths and `file://` need not exist yet (a run directory is
     /// created by its first write).
     pub fn parse(location: &str, options: &StorageOptions) -> Result<Self, StorageError> {
-        let invalid = |reason: String| StorageError::InvalidLocation {
+        let invalid = |reason: LocationError| StorageError::InvalidLocation {
             location: location.to_string(),
             reason,
         };
         if location.is_empty() {
-            return Err(invalid("empty location".into()));
+            return Err(invalid(LocationError::Empty));
         }
         let Some((scheme, _)) = location.split_once("://") else {
             return Self::local(location, std::path::Path::new(location));
         };
-        let url = Url::parse(location).map_err(|e| invalid(e.to_string()))?;
+        let url = Url::parse(location).map_err(|e| invalid(e.into()))?;
         match scheme.to_ascii_lowercase().as_str() {
             "file" => {
                 let path = url
                     .to_file_path()
-                    .map_err(|()| invalid("not a local absolute path".into()))?;
+                    .map_err(|()| invalid(LocationError::NotLocalPath))?;
                 Self::local(location, &path)
             }
             "memory" => {
@@ -364,9 +368,7 @@ impl StorageLocation {
                     prefix,
                 ))
             }
-            other => Err(invalid(format!(
-                "unsupported scheme {other:?} (expected a path, file://, s3://, gs://, az:// or memory://)"
-            ))),
+            other => Err(invalid(LocationError::Scheme(other.to_string()))),
         }
     }
 
@@ -399,12 +401,13 @@ impl StorageLocation {
     }
 
     fn local(location: &str, path: &std::path::Path) -> Result<Self, StorageError> {
-        let invalid = |reason: String| StorageError::InvalidLocation {
+        let invalid = |reason: LocationError| StorageError::InvalidLocation {
             location: location.to_string(),
             reason,
         };
-        let absolute = std::path::absolute(path).map_err(|e| invalid(e.to_string()))?;
-        let prefix = Path::from_absolute_path(&absolute).map_err(|e| invalid(e.to_string()))?;
+        let absolute =
+            std::path::absolute(path).map_err(|e| invalid(LocationError::Absolute(e)))?;
+        let prefix = Path::from_absolute_path(&absolute).map_err(|e| invalid(e.into()))?;
         Ok(Self::from_parts(
             "file://".to_string(),
             None,
@@ -713,16 +716,37 @@ fn join_url(root: &str, path: &Path) -> String {
     }
 }
 
-fn bucket_of(url: &Url) -> Result<String, String> {
+fn bucket_of(url: &Url) -> Result<String, LocationError> {
     match url.host_str() {
         Some(host) if !host.is_empty() => Ok(host.to_string()),
-        _ => Err("missing bucket name (expected scheme://bucket/prefix)".into()),
+        _ => Err(LocationError::NoBucket),
     }
 }
 
 /// The key prefix of a bucket URL, percent-decoded as object_store does for its own URL parsing.
-fn url_path(url: &Url) -> Result<Path, String> {
-    Path::from_url_path(url.path()).map_err(|e| e.to_string())
+fn url_path(url: &Url) -> Result<Path, LocationError> {
+    Ok(Path::from_url_path(url.path())?)
+}
+
+/// What is wrong with a storage location.
+#[derive(Debug, thiserror::Error)]
+pub enum LocationError {
+    #[error("empty location")]
+    Empty,
+    #[error(transparent)]
+    Url(#[from] url::ParseError),
+    #[error("not a local absolute path")]
+    NotLocalPath,
+    #[error("missing bucket name (expected scheme://bucket/prefix)")]
+    NoBucket,
+    #[error(transparent)]
+    Path(#[from] object_store::path::Error),
+    #[error(transparent)]
+    Absolute(std::io::Error),
+    #[error(
+        "unsupported scheme {0:?} (expected a path, file://, s3://, gs://, az:// or memory://)"
+    )]
+    Scheme(String),
 }
 
 /// The `<Code>…</Code>` of an S3 (or Azure) XML error body, when the error text carries one.

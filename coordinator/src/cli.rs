@@ -122,21 +122,37 @@ pub struct GateArgs {
     pub significance: Option<f64>,
 }
 
-fn parse_alpha(s: &str) -> Result<f64, String> {
+/// A flag value that its parser refuses; clap prints the message after the flag's name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlagValueError {
+    #[error("{0:?} is not a significance level between 0 and 1 (exclusive)")]
+    Alpha(String),
+    #[error("{0:?} is not a non-negative number of percentage points")]
+    PercentagePoints(String),
+    #[error("invalid size {0:?}")]
+    Size(String),
+    #[error("unknown size unit {unit:?} in {value:?}")]
+    SizeUnit { unit: String, value: String },
+    #[error("size {0:?} must be positive and fit in 64 bits")]
+    SizeRange(String),
+    #[error(
+        "{0} is over 4GiB: shards are held in memory while packed and stored with one PUT, which S3 \
+         limits to 5 GB"
+    )]
+    ShardTooLarge(String),
+}
+
+fn parse_alpha(s: &str) -> Result<f64, FlagValueError> {
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v < 1.0 => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a significance level between 0 and 1 (exclusive)"
-        )),
+        _ => Err(FlagValueError::Alpha(s.to_string())),
     }
 }
 
-fn parse_pp(s: &str) -> Result<f64, String> {
+fn parse_pp(s: &str) -> Result<f64, FlagValueError> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!(
-            "{s:?} is not a non-negative number of percentage points"
-        )),
+        _ => Err(FlagValueError::PercentagePoints(s.to_string())),
     }
 }
 
@@ -244,22 +260,21 @@ pub const DEFAULT_PACK_SHARD_BYTES: u64 = 256 << 20;
 /// single PUTs over 5 GB; 4 GiB leaves room for the largest sample that may overshoot the target.
 pub const MAX_SHARD_BYTES: u64 = 4 << 30;
 
-fn parse_shard_size(s: &str) -> Result<u64, String> {
+fn parse_shard_size(s: &str) -> Result<u64, FlagValueError> {
     let n = parse_size(s)?;
     if n > MAX_SHARD_BYTES {
-        return Err(format!(
-            "{s} is over 4GiB: shards are held in memory while packed and stored with one PUT, \
-             which S3 limits to 5 GB"
-        ));
+        return Err(FlagValueError::ShardTooLarge(s.to_string()));
     }
     Ok(n)
 }
 
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, FlagValueError> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| FlagValueError::Size(s.to_string()))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1000,
@@ -268,10 +283,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" | "m" => 1 << 20,
         "gb" => 1_000_000_000,
         "gib" | "g" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        other => {
+            return Err(FlagValueError::SizeUnit {
+                unit: other.to_string(),
+                value: s.to_string(),
+            });
+        }
     };
     match n.checked_mul(mult) {
-        Some(0) | None => Err(format!("size {s:?} must be positive and fit in 64 bits")),
+        Some(0) | None => Err(FlagValueError::SizeRange(s.to_string())),
         Some(v) => Ok(v),
     }
 }
@@ -510,7 +530,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::run::DEFAULT_DRAIN_TIMEOUT.as_millis() as u64)]
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
-    /// Extra arguments passed to each local worker (test hooks such as --debug-batch-delay-ms).
+    /// Extra arguments passed to each local worker (e.g. --coordinator-patience-ms=600000).
     #[arg(long, allow_hyphen_values = true, num_args = 1)]
     #[serde(default)]
     pub worker_arg: Vec<String>,
@@ -573,9 +593,9 @@ fn default_store_retry_timeout_ms() -> u64 {
     StoreArgs::default().store_retry_timeout_ms
 }
 
-fn parse_format(s: &str) -> Result<DatasetFormat, String> {
+// Whatever error type common's parser has: clap takes any that converts into a boxed error.
+fn parse_format(s: &str) -> Result<DatasetFormat, <DatasetFormat as std::str::FromStr>::Err> {
     s.parse()
-        .map_err(|e: tresnet_common::dataset::DatasetError| e.to_string())
 }
 
 impl RunArgs {
@@ -812,9 +832,14 @@ mod tests {
         assert_eq!(parse_size("500MB"), Ok(500_000_000));
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("0").is_err());
-        assert!(parse_size("12XB").unwrap_err().contains("XB"));
+        assert!(parse_size("12XB").unwrap_err().to_string().contains("XB"));
         assert!(parse_size("99999999999999GiB").is_err());
         assert_eq!(parse_shard_size("4GiB"), Ok(4 << 30));
-        assert!(parse_shard_size("5GiB").unwrap_err().contains("5 GB"));
+        assert!(
+            parse_shard_size("5GiB")
+                .unwrap_err()
+                .to_string()
+                .contains("5 GB")
+        );
     }
 }

@@ -172,19 +172,37 @@ impl Bits {
     }
 
     /// Decodes a field of a baseline over `len` samples.
-    fn decode(field: &str, text: &str, len: u64) -> Result<Self, String> {
+    fn decode(field: &'static str, text: &str, len: u64) -> Result<Self, BitsError> {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(text)
-            .map_err(|e| format!("per_sample.{field} is not base64: {e}"))?;
+            .map_err(|source| BitsError::Base64 { field, source })?;
         if bytes.len() as u64 != len.div_ceil(8) {
-            return Err(format!(
-                "per_sample.{field} has {} bytes, expected {} for {len} samples",
-                bytes.len(),
-                len.div_ceil(8)
-            ));
+            return Err(BitsError::Length {
+                field,
+                bytes: bytes.len(),
+                expected: len.div_ceil(8),
+                samples: len,
+            });
         }
         Ok(Bits(bytes))
     }
+}
+
+/// Why a baseline's per-sample bitset does not decode.
+#[derive(Debug, thiserror::Error)]
+enum BitsError {
+    #[error("per_sample.{field} is not base64: {source}")]
+    Base64 {
+        field: &'static str,
+        source: base64::DecodeError,
+    },
+    #[error("per_sample.{field} has {bytes} bytes, expected {expected} for {samples} samples")]
+    Length {
+        field: &'static str,
+        bytes: usize,
+        expected: u64,
+        samples: u64,
+    },
 }
 
 /// The per-sample bitsets of a finished run; `None` for a counts-only run, which has no per-sample rows.
@@ -255,9 +273,10 @@ fn paired(
         reason,
     };
     let size = b.dataset.size;
-    let evaluated = Bits::decode("evaluated", &ps.evaluated, size).map_err(invalid)?;
-    let c1 = Bits::decode("correct1", &ps.correct1, size).map_err(invalid)?;
-    let c5 = Bits::decode("correct5", &ps.correct5, size).map_err(invalid)?;
+    let bits = |field, text| Bits::decode(field, text, size).map_err(|e| invalid(e.to_string()));
+    let evaluated = bits("evaluated", &ps.evaluated)?;
+    let c1 = bits("correct1", &ps.correct1)?;
+    let c5 = bits("correct5", &ps.correct5)?;
     let (mut n, mut d1, mut d5) = (0u64, (0u64, 0u64), (0u64, 0u64));
     for p in finished_run::read_predictions(&cfg.run)? {
         if !evaluated.get(p.index) {

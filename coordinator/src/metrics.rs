@@ -27,6 +27,18 @@ pub fn accept_histogram() -> Histogram {
 }
 
 /// What the metrics listener needs to know about the run; cheap to clone.
+/// Why the coordinator is not ready (`/readyz` answers 503 with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("job finished; reports written")]
+    Finished,
+    #[error("loading the job (listing the dataset)")]
+    Loading,
+    /// The run's fatal reason, as the run state keeps it.
+    #[error("job failed: {0}")]
+    Failed(String),
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// Set once the job is loaded and the gRPC server is serving it.
@@ -45,16 +57,16 @@ impl Observed {
     }
 
     /// `/readyz`: ready while the job is loaded and served, not while listing nor once finished.
-    pub fn readiness(&self) -> Result<String, String> {
+    pub fn readiness(&self) -> Result<String, NotReady> {
         if self.finished.load(Ordering::SeqCst) {
-            return Err("job finished; reports written".into());
+            return Err(NotReady::Finished);
         }
         match self.state.get() {
-            None => Err("loading the job (listing the dataset)".into()),
+            None => Err(NotReady::Loading),
             Some(s) => {
                 let st = s.lock().unwrap_or_else(|p| p.into_inner());
                 match st.fatal() {
-                    Some(f) => Err(format!("job failed: {f}")),
+                    Some(f) => Err(NotReady::Failed(f.to_string())),
                     None => Ok(format!("serving job {}", st.job_id())),
                 }
             }
@@ -65,7 +77,7 @@ impl Observed {
         let mut registry = Registry::with_prefix(PREFIX);
         registry.register_collector(Box::new(self.clone()));
         let me = self.clone();
-        let ready: Readiness = Arc::new(move || me.readiness());
+        let ready: Readiness = Arc::new(move || me.readiness().map_err(|e| Box::new(e) as _));
         Endpoint { registry, ready }
     }
 }

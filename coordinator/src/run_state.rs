@@ -503,12 +503,16 @@ impl RunState {
         worker: &WorkerId,
         shard: ShardId,
         bad: u64,
-        written: Result<(), String>,
+        written: Result<(), crate::journal::JournalError>,
         accept_started: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotRecorded> {
         self.journal_pending -= 1;
         if let Err(e) = written {
-            self.fail(format!("cannot record {shard}: {e}"));
+            let e = NotRecorded {
+                shard,
+                reason: tresnet_common::error_text::error_chain(&e),
+            };
+            self.fail(e.to_string());
             return Err(e);
         }
         let samples = {
@@ -532,6 +536,15 @@ impl RunState {
 }
 
 /// One builder of test states for every module's tests.
+/// An accepted shard whose journal write failed: the run stops, since the shard cannot be recorded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot record {shard}: {reason}")]
+pub struct NotRecorded {
+    pub shard: ShardId,
+    /// The journal error with its causes, as the run's fatal reason keeps it.
+    pub reason: String,
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;

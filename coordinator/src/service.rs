@@ -287,10 +287,7 @@ impl Coordinator for CoordinatorService {
         // wait for it forever.
         let state = self.state.clone();
         let record_it = tokio::spawn(async move {
-            let written = journal
-                .write(&record)
-                .await
-                .map_err(|e| tresnet_common::error_text::error_chain(&e));
+            let written = journal.write(&record).await;
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             st.recorded(&id, shard, bad, written, accept_start)
                 .map_err(|_| Status::internal(format!("coordinator cannot record {shard}")))

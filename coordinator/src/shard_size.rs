@@ -67,15 +67,18 @@ impl ShardSize {
     }
 }
 
+/// A `--shard-size` that is neither `auto` nor a positive number of samples.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid shard size {0:?} (expected a positive number of samples or auto)")]
+pub struct InvalidShardSize(pub String);
+
 impl std::str::FromStr for ShardSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = InvalidShardSize;
+    fn from_str(s: &str) -> Result<Self, InvalidShardSize> {
         match s {
             "auto" => Ok(ShardSize::Auto),
             n => match n.parse::<u64>() {
-                Ok(0) | Err(_) => Err(format!(
-                    "invalid shard size {s:?} (expected a positive number of samples or auto)"
-                )),
+                Ok(0) | Err(_) => Err(InvalidShardSize(s.to_string())),
                 Ok(n) => Ok(ShardSize::Fixed(n)),
             },
         }
@@ -103,7 +106,12 @@ mod tests {
     fn parses_auto_and_positive_counts_only() {
         assert_eq!("auto".parse(), Ok(ShardSize::Auto));
         assert_eq!("17".parse(), Ok(ShardSize::Fixed(17)));
-        assert!("0".parse::<ShardSize>().unwrap_err().contains("\"0\""));
+        assert!(
+            "0".parse::<ShardSize>()
+                .unwrap_err()
+                .to_string()
+                .contains("\"0\"")
+        );
         assert!("-3".parse::<ShardSize>().is_err());
         assert!("256MiB".parse::<ShardSize>().is_err());
     }

@@ -179,7 +179,10 @@ pub enum Rejection {
         problem: RowProblem,
     },
     #[error("{shard} counts are inconsistent: {reason}")]
-    BadCounts { shard: ShardId, reason: String },
+    BadCounts {
+        shard: ShardId,
+        reason: crate::tally::CountsProblem,
+    },
     #[error("counts-only {shard} submission has no shard counts")]
     NoCounts { shard: ShardId },
     #[error("{shard} submission has {got} of {expected} samples")]

@@ -286,13 +286,13 @@ impl Tally {
 /// Checks a counts-only shard's counts against the job before they are accepted or merged: every
 /// class in range, the calibration bins complete, and the totals consistent with one another (a
 /// worker bug or a forged message must not skew the report).
-pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<(), String> {
+pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<(), CountsProblem> {
     let nc = num_classes as u32;
     if c.bin_count.len() != ECE_BINS
         || c.bin_confidence_sum.len() != ECE_BINS
         || c.bin_correct.len() != ECE_BINS
     {
-        return Err(format!("calibration bins must number {ECE_BINS}"));
+        return Err(CountsProblem::Bins);
     }
     let mut confusion_total = 0u64;
     let mut diagonal = 0u64;
@@ -300,16 +300,17 @@ pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<()
     let mut seen = std::collections::BTreeSet::new();
     for cell in &c.confusion {
         if cell.label >= nc || cell.predicted >= nc {
-            return Err(format!(
-                "confusion cell ({}, {}) outside {nc} classes",
-                cell.label, cell.predicted
-            ));
+            return Err(CountsProblem::CellOutside {
+                label: cell.label,
+                predicted: cell.predicted,
+                classes: nc,
+            });
         }
         if !seen.insert((cell.label, cell.predicted)) {
-            return Err(format!(
-                "confusion cell ({}, {}) given twice",
-                cell.label, cell.predicted
-            ));
+            return Err(CountsProblem::CellTwice {
+                label: cell.label,
+                predicted: cell.predicted,
+            });
         }
         confusion_total = confusion_total.saturating_add(cell.count);
         support[cell.label as usize] = support[cell.label as usize].saturating_add(cell.count);
@@ -321,16 +322,14 @@ pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<()
     let mut seen = std::collections::BTreeSet::new();
     for cc in &c.correct5_by_class {
         if cc.class_index >= nc || !seen.insert(cc.class_index) {
-            return Err(format!(
-                "top-5 count for class {} is out of range or repeated",
-                cc.class_index
-            ));
+            return Err(CountsProblem::Top5Class(cc.class_index));
         }
         if cc.count > support[cc.class_index as usize] {
-            return Err(format!(
-                "class {} has {} top-5 hits but {} samples",
-                cc.class_index, cc.count, support[cc.class_index as usize]
-            ));
+            return Err(CountsProblem::Top5Hits {
+                class: cc.class_index,
+                hits: cc.count,
+                samples: support[cc.class_index as usize],
+            });
         }
         top5_total += cc.count;
     }
@@ -345,14 +344,15 @@ pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<()
     ];
     for (what, got, want) in checks {
         if got != want {
-            return Err(format!("{what} is {got}, expected {want}"));
+            return Err(CountsProblem::Total { what, got, want });
         }
     }
     if c.correct1 > c.correct5 && k5 >= 1 {
-        return Err(format!(
-            "{} top-1 hits exceed {} top-{k5} hits",
-            c.correct1, c.correct5
-        ));
+        return Err(CountsProblem::Top1OverTop5 {
+            top1: c.correct1,
+            top5: c.correct5,
+            k5,
+        });
     }
     let floats_ok = c.loss_sum.is_finite()
         && c.loss_sum >= 0.0
@@ -361,9 +361,38 @@ pub fn check_counts(c: &ShardCounts, num_classes: usize, k5: usize) -> Result<()
             .zip(&c.bin_count)
             .all(|(s, &n)| s.is_finite() && *s >= 0.0 && *s <= n as f64 * (1.0 + 1e-9));
     if !floats_ok {
-        return Err("loss or confidence sums are not finite and in range".into());
+        return Err(CountsProblem::Sums);
     }
     Ok(())
+}
+
+/// How a counts-only shard's counts contradict the job or themselves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CountsProblem {
+    #[error("calibration bins must number {ECE_BINS}")]
+    Bins,
+    #[error("confusion cell ({label}, {predicted}) outside {classes} classes")]
+    CellOutside {
+        label: u32,
+        predicted: u32,
+        classes: u32,
+    },
+    #[error("confusion cell ({label}, {predicted}) given twice")]
+    CellTwice { label: u32, predicted: u32 },
+    #[error("top-5 count for class {0} is out of range or repeated")]
+    Top5Class(u32),
+    #[error("class {class} has {hits} top-5 hits but {samples} samples")]
+    Top5Hits { class: u32, hits: u64, samples: u64 },
+    #[error("{what} is {got}, expected {want}")]
+    Total {
+        what: &'static str,
+        got: u64,
+        want: u64,
+    },
+    #[error("{top1} top-1 hits exceed {top5} top-{k5} hits")]
+    Top1OverTop5 { top1: u64, top5: u64, k5: usize },
+    #[error("loss or confidence sums are not finite and in range")]
+    Sums,
 }
 
 impl Tally {
@@ -579,7 +608,7 @@ mod tests {
         let bad = |f: &dyn Fn(&mut ShardCounts), needle: &str| {
             let mut c = good.clone();
             f(&mut c);
-            let e = check_counts(&c, 8, 5).unwrap_err();
+            let e = check_counts(&c, 8, 5).unwrap_err().to_string();
             assert!(e.contains(needle), "{needle}: {e}");
         };
         bad(&|c| c.evaluated += 1, "confusion total");

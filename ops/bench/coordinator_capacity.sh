@@ -16,7 +16,8 @@ cd "$(dirname "$0")/../.."
 source ops/env.sh
 # TRESNET_BIN_DIR: benchmark binaries built elsewhere (e.g. copied from another machine) as they are.
 if [ -z "${TRESNET_BIN_DIR:-}" ] && [ -z "${TRESNET_BIN_DIRS:-}" ]; then
-  cargo build -q --release -p tresnet-coordinator -p tresnet-worker
+  # The throttled workers sleep through the worker's test hook (TRESNET_DEBUG_BATCH_DELAY_MS).
+  cargo build -q --release -p tresnet-coordinator -p tresnet-worker --features tresnet-worker/test-hooks
 fi
 bin="${TRESNET_BIN_DIR:-$CARGO_TARGET_DIR/release}"
 work="$(mktemp -d)"
@@ -84,9 +85,9 @@ run() { # data workers shard batch delay_ms -> seconds
   rm -rf "$work/run"
   local s e
   s=$(date +%s.%N)
-  "$bin/tresnet-coordinator" run --synthetic --model tresnet_m --data "$1" --format manifest \
-    --num-classes 1000 --local-workers "$2" --shard-size "$3" --batch-size "$4" --out "$work/run" \
-    --worker-threads 1 --worker-arg="--debug-batch-delay-ms=$5" >/dev/null
+  TRESNET_DEBUG_BATCH_DELAY_MS="$5" "$bin/tresnet-coordinator" run --synthetic --model tresnet_m \
+    --data "$1" --format manifest --num-classes 1000 --local-workers "$2" --shard-size "$3" \
+    --batch-size "$4" --out "$work/run" --worker-threads 1 >/dev/null
   e=$(date +%s.%N)
   # Steady-state window measured by the coordinator itself (first lease to last result).
   python -c "import json; print(json.load(open('$work/run/summary.json'))['eval_seconds'])"

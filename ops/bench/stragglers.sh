@@ -19,10 +19,11 @@ profile="${3:-debug}"
 shard="${4:-256}"
 rounds="${5:-3}"
 slow_ms=$(( fast_ms * 5 ))
+# The per-batch sleep is the worker's test hook (TRESNET_DEBUG_BATCH_DELAY_MS, feature test-hooks).
 if [ "$profile" = release ]; then
-  cargo build -q --release -p tresnet-coordinator -p tresnet-worker
+  cargo build -q --release -p tresnet-coordinator -p tresnet-worker --features tresnet-worker/test-hooks
 else
-  cargo build -q -p tresnet-coordinator -p tresnet-worker
+  cargo build -q -p tresnet-coordinator -p tresnet-worker --features tresnet-worker/test-hooks
 fi
 bin="$CARGO_TARGET_DIR/$profile"
 work="$(mktemp -d)"
@@ -40,17 +41,17 @@ free_port() { python -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0
 run() { # name slow_worker(0|1: the fourth worker is normal or 5x slower) extra-coordinator-args... -> prints eval_seconds
   local name="$1" slow="$2"; shift 2
   local port; port=$(free_port)
-  "$bin/tresnet-coordinator" run --synthetic --model tresnet_m --data "$work/data" --format manifest \
+  TRESNET_DEBUG_BATCH_DELAY_MS="$fast_ms" "$bin/tresnet-coordinator" run --synthetic --model tresnet_m --data "$work/data" --format manifest \
     --num-classes 1000 --local-workers 3 --shard-size "$shard" --batch-size 16 --out "$work/$name" \
-    --listen "127.0.0.1:$port" --worker-threads 1 --worker-arg="--debug-batch-delay-ms=$fast_ms" \
+    --listen "127.0.0.1:$port" --worker-threads 1 \
     "$@" >/dev/null 2>"$work/$name.log" &
   local coord=$!
   pids+=("$coord")
   local fourth_ms="$fast_ms"
   [ "$slow" = 1 ] && fourth_ms="$slow_ms"
   sleep 0.5
-  TRESNET_WORKER_BIN= "$bin/tresnet-worker" --coordinator "http://127.0.0.1:$port" --devices cpu \
-    --worker-id fourth --threads 1 --debug-batch-delay-ms "$fourth_ms" >/dev/null 2>"$work/$name.fourth.log" &
+  TRESNET_WORKER_BIN= TRESNET_DEBUG_BATCH_DELAY_MS="$fourth_ms" "$bin/tresnet-worker" --coordinator "http://127.0.0.1:$port" --devices cpu \
+    --worker-id fourth --threads 1 >/dev/null 2>"$work/$name.fourth.log" &
   pids+=("$!")
   wait "$coord"
   python - "$work/$name/summary.json" <<'PY'

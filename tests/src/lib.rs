@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 
 use polars::prelude::*;
 
+/// The worker's per-batch delay test hook (milliseconds; the tests' workers have it, see
+/// `worker/src/test_hooks.rs`): set on a coordinator, it reaches its local workers too.
+pub use tresnet_worker::test_hooks::BATCH_DELAY_ENV;
+
 /// A binary of this workspace, built next to the test executable (`cargo test --workspace
 /// --all-targets`, as ops/test.sh runs it, builds them all), or in `TRESNET_BIN_DIR` when set (to test
 /// release builds, or binaries copied away from a target directory that other checkouts share).

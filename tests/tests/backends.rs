@@ -344,7 +344,7 @@ fn journal_on_the_store_resumes_after_sigkill(kind: Kind) {
     let mut cmd = coordinator_run(&first, &SHAPE);
     cmd.args(["--journal", &journal])
         // Slow batches, so that the kill lands with shards journaled and shards still to do.
-        .arg("--worker-arg=--debug-batch-delay-ms=150")
+        .env(tresnet_tests::BATCH_DELAY_ENV, "150")
         .envs(backend.write_env())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use tresnet_common::npy;
 use tresnet_tests::{
-    Watched, assert_same_report, bin, coordinator_run, http_get, kill_run_midway, predictions,
-    run_ok, sample_dataset_size, send_signal, spawn_listening, summary,
+    BATCH_DELAY_ENV, Watched, assert_same_report, bin, coordinator_run, http_get, kill_run_midway,
+    predictions, run_ok, sample_dataset_size, send_signal, spawn_listening, summary,
 };
 
 /// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.
@@ -198,9 +198,8 @@ fn remote_worker(addr: &str, id: &str, delay_ms: u64) -> Watched {
         id,
         "--threads",
         "1",
-        "--debug-batch-delay-ms",
-        &delay_ms.to_string(),
     ])
+    .env(BATCH_DELAY_ENV, delay_ms.to_string())
     .env_remove("TRESNET_TOKEN")
     .stdin(Stdio::null());
     Watched::spawn(cmd, id)
@@ -515,9 +514,9 @@ fn coordinator_killed_and_restarted_resumes_to_the_same_report() {
         "2",
         "--batch-size",
         "2",
-        "--worker-arg=--debug-batch-delay-ms=150",
     ];
     let mut child = coordinator_run(&run, &args)
+        .env(BATCH_DELAY_ENV, "150")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -582,16 +581,8 @@ fn token_is_required_on_every_rpc_when_configured() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "correct-horse-battery\n").unwrap();
     let run = dir.path().join("run");
-    let mut cmd = coordinator_run(
-        &run,
-        &[
-            "--local-workers",
-            "1",
-            "--shard-size",
-            "6",
-            "--worker-arg=--debug-batch-delay-ms=100",
-        ],
-    );
+    let mut cmd = coordinator_run(&run, &["--local-workers", "1", "--shard-size", "6"]);
+    cmd.env(BATCH_DELAY_ENV, "100");
     cmd.arg("--token-file").arg(&token_file);
     let (mut coord, addr) = spawn_listening(cmd);
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -663,7 +654,7 @@ fn sigterm_drains_a_worker_cleanly() {
         "--metrics-listen",
         "127.0.0.1:0",
     ])
-    .args(["--debug-batch-delay-ms", "400"])
+    .env(BATCH_DELAY_ENV, "400")
     .env_remove("TRESNET_TOKEN")
     .stdin(Stdio::null());
     let mut worker = Watched::spawn(cmd, "drained");

@@ -47,9 +47,9 @@ const STORE_RETRIES: u32 = 10;
 const STORE_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 /// No case freezes a worker; a short lease keeps a mistaken expiry from costing the default 30 s.
 const LEASE_TIMEOUT_MS: &str = "5000";
-/// Per-batch delay of the workers, so that a run is still going when a fault set after its first
-/// journal record lands (3 batches of work at least remain per worker).
-const BATCH_DELAY: &str = "--worker-arg=--debug-batch-delay-ms=300";
+/// Per-batch delay of the workers in milliseconds, so that a run is still going when a fault set after
+/// its first journal record lands (3 batches of work at least remain per worker).
+const BATCH_DELAY_MS: &str = "300";
 /// For the faults set once mid-run: without speculative copies, the store retries of every lease
 /// reach summary.json, whereas those of a copy that loses to its original arrive after the report is
 /// written, or never; so a single short fault must leave its trace there.
@@ -128,6 +128,12 @@ impl Rig {
     fn store_records(&self, prefix: &str) -> usize {
         records_in(&self.server.root().join(BUCKET).join(prefix))
     }
+}
+
+/// `cmd` (a coordinator) with its local workers slowed down by [`BATCH_DELAY_MS`] per batch.
+fn slowed(mut cmd: Command) -> Command {
+    cmd.env(tresnet_tests::BATCH_DELAY_ENV, BATCH_DELAY_MS);
+    cmd
 }
 
 /// Journal records (`shard-XXXXXXXX.pb`) in a folder (a run's local journal, or s3s-fs's copy of one).
@@ -389,7 +395,7 @@ fn fraction_case(fault: Fault, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     // Slowed down like the other cases, so that the workers' /metrics are scraped after the faults.
-    let (obs, ()) = observed_run(rig.command(&out, TRANSIENT, &[BATCH_DELAY]), |_| {});
+    let (obs, ()) = observed_run(slowed(rig.command(&out, TRANSIENT, &[])), |_| {});
     let stats = rig.proxy.stats();
     assert!(stats.injected() > 0, "{what}: nothing injected: {stats:?}");
     assert_recovered(&out, &obs, &format!("{what} ({:?})", rig.proxy.stats()));
@@ -425,8 +431,8 @@ fn a_burst_of_refused_connections_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let journal = out.join("journal");
-    let extra = [BATCH_DELAY, NO_SPECULATION];
-    let (obs, ()) = observed_run(rig.command(&out, TRANSIENT, &extra), |run| {
+    let extra = [NO_SPECULATION];
+    let (obs, ()) = observed_run(slowed(rig.command(&out, TRANSIENT, &extra)), |run| {
         wait_until("journal record", run.ended, || records_in(&journal) > 0);
         rig.proxy.set_fault(Fault::Refuse);
         wait_until("refused request", run.ended, || {
@@ -445,25 +451,26 @@ fn a_stall_longer_than_the_store_timeout_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let journal = out.join("journal");
-    let extra = [BATCH_DELAY, NO_SPECULATION];
-    let (obs, counted_while_stalled) = observed_run(rig.command(&out, TRANSIENT, &extra), |run| {
-        wait_until("journal record", run.ended, || records_in(&journal) > 0);
-        rig.proxy.set_fault(Fault::Stall);
-        wait_until("stalled request", run.ended, || {
-            rig.proxy.stats().stalled > 0
+    let extra = [NO_SPECULATION];
+    let (obs, counted_while_stalled) =
+        observed_run(slowed(rig.command(&out, TRANSIENT, &extra)), |run| {
+            wait_until("journal record", run.ended, || records_in(&journal) > 0);
+            rig.proxy.set_fault(Fault::Stall);
+            wait_until("stalled request", run.ended, || {
+                rig.proxy.stats().stalled > 0
+            });
+            // The stalled attempts time out after STORE_TIMEOUT and are retried into the stall: the
+            // workers' /metrics show those retries as they happen, while the shard is still stuck,
+            // not only once it is done (a worker's last shard ends just before it exits).
+            let start = Instant::now();
+            let mut counted = 0.0;
+            while counted == 0.0 && start.elapsed() < STORE_TIMEOUT * 3 {
+                counted = run.worker_store_retries();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            rig.proxy.set_fault(Fault::PassThrough);
+            counted
         });
-        // The stalled attempts time out after STORE_TIMEOUT and are retried into the stall: the
-        // workers' /metrics show those retries as they happen, while the shard is still stuck,
-        // not only once it is done (a worker's last shard ends just before it exits).
-        let start = Instant::now();
-        let mut counted = 0.0;
-        while counted == 0.0 && start.elapsed() < STORE_TIMEOUT * 3 {
-            counted = run.worker_store_retries();
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        rig.proxy.set_fault(Fault::PassThrough);
-        counted
-    });
     let what = format!("a stall past the store timeout ({:?})", rig.proxy.stats());
     assert!(
         counted_while_stalled > 0.0,
@@ -505,9 +512,9 @@ fn frozen_store_case(journal: JournalAt, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut extra = journal.args();
-    extra.extend([BATCH_DELAY.to_string(), NO_SPECULATION.to_string()]);
+    extra.push(NO_SPECULATION.to_string());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let (obs, ()) = observed_run(rig.command(&out, TRANSIENT, &extra), |run| {
+    let (obs, ()) = observed_run(slowed(rig.command(&out, TRANSIENT, &extra)), |run| {
         wait_until("journal record", run.ended, || {
             journal.records(&rig, &out) > 0
         });
@@ -543,9 +550,9 @@ fn killed_store_case(journal: JournalAt, what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let mut extra = journal.args();
-    extra.extend([BATCH_DELAY.to_string(), NO_SPECULATION.to_string()]);
+    extra.push(NO_SPECULATION.to_string());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let cmd = rig.command(&out, TRANSIENT, &extra);
+    let cmd = slowed(rig.command(&out, TRANSIENT, &extra));
     let Rig { server, proxy } = &mut rig;
     let (obs, ()) = observed_run(cmd, |run| {
         let records = || match journal {
@@ -699,10 +706,10 @@ fn a_permanent_outage_fails_the_shards_left_and_a_rerun_completes_them() {
     let out = dir.path().join("run");
     // Without speculation each object is fetched by one lease at a time, so that the rerun's GETs
     // can be counted.
-    let extra = [BATCH_DELAY, NO_SPECULATION];
+    let extra = [NO_SPECULATION];
     let journal = out.join("journal");
 
-    let mut cmd = rig.command(&out, OUTAGE, &extra);
+    let mut cmd = slowed(rig.command(&out, OUTAGE, &extra));
     cmd.env("RUST_LOG", "warn,object_store=info");
     let mut first = Watched::spawn(cmd, "coordinator");
     // The store goes down once the objects of the shards the two workers prefetch first (two each)
@@ -788,7 +795,7 @@ fn a_permanent_outage_fails_the_shards_left_and_a_rerun_completes_them() {
     // The store is back: the same command.
     rig.proxy.set_fault(Fault::PassThrough);
     let gets_before = rig.server.requests("GET").len();
-    run_ok(rig.command(&out, OUTAGE, &extra));
+    run_ok(slowed(rig.command(&out, OUTAGE, &extra)));
     assert_same_report(reference(), &out, "rerun after a permanent outage");
     let objects = format!("/{BUCKET}/{PREFIX}/");
     let mut fetched: Vec<String> = rig.server.requests("GET")[gets_before..]

@@ -356,15 +356,10 @@ fn a_local_file_changed_after_listing_is_a_bad_sample() {
         &data,
         "manifest",
         &out,
-        &[
-            "--shard-size",
-            "2",
-            "--local-workers",
-            "1",
-            // Slow batches: the last shard is fetched seconds after the listing.
-            "--worker-arg=--debug-batch-delay-ms=200",
-        ],
+        &["--shard-size", "2", "--local-workers", "1"],
     );
+    // Slow batches: the last shard is fetched seconds after the listing.
+    cmd.env(tresnet_tests::BATCH_DELAY_ENV, "200");
     cmd.env("RUST_LOG", "tresnet_coordinator=info");
     let mut run = tresnet_tests::Watched::spawn(cmd, "coordinator");
     // The listing is done once the shards are cut; no worker has started yet.

@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tresnet_tests::{
-    Watched, assert_same_report, bin, children_of, coordinator_run, free_port, journal_records,
-    process_gone, read_journal_record, run_ok, sample_dataset_size, sample_images, send_signal,
-    summary, tresnet_m_weights, wait_until,
+    BATCH_DELAY_ENV, Watched, assert_same_report, bin, children_of, coordinator_run, free_port,
+    journal_records, process_gone, read_journal_record, run_ok, sample_dataset_size, sample_images,
+    send_signal, summary, tresnet_m_weights, wait_until,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.
@@ -20,14 +20,22 @@ const SHARDING: [&str; 4] = ["--shard-size", "2", "--batch-size", "2"];
 const RUN_LIMIT: Duration = Duration::from_secs(180);
 
 /// A remote worker of `url` with short deadlines (`rpc_timeout_ms`) and `patience_ms`.
-fn worker(url: &str, id: &str, rpc_timeout_ms: u64, patience_ms: u64, extra: &[&str]) -> Command {
+fn worker(
+    url: &str,
+    id: &str,
+    rpc_timeout_ms: u64,
+    patience_ms: u64,
+    batch_delay_ms: Option<u64>,
+) -> Command {
     let mut c = Command::new(bin("tresnet-worker"));
     c.args(["--coordinator", url, "--worker-id", id, "--threads", "1"])
         .args(["--rpc-timeout-ms", &rpc_timeout_ms.to_string()])
         .args(["--coordinator-patience-ms", &patience_ms.to_string()])
-        .args(extra)
         .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
+    if let Some(ms) = batch_delay_ms {
+        c.env(BATCH_DELAY_ENV, ms.to_string());
+    }
     c
 }
 
@@ -71,7 +79,7 @@ fn a_worker_started_before_its_coordinator_joins_once_it_listens() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let early = Watched::spawn(worker(&url, "early", 1000, 120_000, &[]), "early");
+    let early = Watched::spawn(worker(&url, "early", 1000, 120_000, None), "early");
     // It is up, found nothing listening, and keeps trying.
     early.wait_for_line_containing("coordinator not answering; retrying", RUN_LIMIT);
     let run = dir.path().join("run");
@@ -96,7 +104,7 @@ fn a_worker_whose_coordinator_never_appears_gives_up_naming_it() {
     let patience = Duration::from_secs(2);
     let start = Instant::now();
     let mut alone = Watched::spawn(
-        worker(&url, "alone", 500, patience.as_millis() as u64, &[]),
+        worker(&url, "alone", 500, patience.as_millis() as u64, None),
         "alone",
     );
     // Patience, one deadline, and a margin for starting the process on a loaded machine.
@@ -129,10 +137,9 @@ fn a_frozen_coordinator_is_waited_for_and_every_sample_counted_once() {
     args.extend(SHARDING);
     let mut coord = Watched::spawn(coordinator_run(&run, &args), "coordinator");
     let url = format!("http://{}", listening_addr(&coord));
-    let slow = ["--debug-batch-delay-ms", "200"];
     let workers: Vec<Watched> = ["a", "b"]
         .iter()
-        .map(|id| Watched::spawn(worker(&url, id, 1000, 60_000, &slow), id))
+        .map(|id| Watched::spawn(worker(&url, id, 1000, 60_000, Some(200)), id))
         .collect();
     wait_for_first_record(&mut coord, &run);
     send_signal(coord.child.id(), "STOP");
@@ -175,13 +182,7 @@ fn a_coordinator_frozen_past_the_patience_is_given_up_on() {
     let url = format!("http://{}", listening_addr(&coord));
     let patience = Duration::from_secs(3);
     let mut w = Watched::spawn(
-        worker(
-            &url,
-            "patient",
-            500,
-            patience.as_millis() as u64,
-            &["--debug-batch-delay-ms", "300"],
-        ),
+        worker(&url, "patient", 500, patience.as_millis() as u64, Some(300)),
         "patient",
     );
     wait_for_first_record(&mut coord, &run);
@@ -209,11 +210,12 @@ fn local_workers_die_with_a_sigkilled_coordinator() {
     let mut args = vec![
         "--local-workers",
         "2",
-        "--worker-arg=--debug-batch-delay-ms=300",
         "--worker-arg=--coordinator-patience-ms=600000",
     ];
     args.extend(SHARDING);
-    let mut coord = Watched::spawn(coordinator_run(&run, &args), "coordinator");
+    let mut cmd = coordinator_run(&run, &args);
+    cmd.env(BATCH_DELAY_ENV, "300");
+    let mut coord = Watched::spawn(cmd, "coordinator");
     wait_for_first_record(&mut coord, &run);
     let workers = children_of(coord.child.id());
     assert_eq!(workers.len(), 2, "local workers: {workers:?}");
@@ -248,15 +250,11 @@ fn a_sigtermed_coordinator_drains_and_a_rerun_resumes_to_the_clean_report() {
     let run = dir.path().join("drained");
     let drain = Duration::from_secs(10);
     let drain_ms = drain.as_millis().to_string();
-    let mut args = vec![
-        "--local-workers",
-        "2",
-        "--worker-arg=--debug-batch-delay-ms=300",
-        "--drain-timeout-ms",
-        &drain_ms,
-    ];
+    let mut args = vec!["--local-workers", "2", "--drain-timeout-ms", &drain_ms];
     args.extend(SHARDING);
-    let mut coord = Watched::spawn(coordinator_run(&run, &args), "coordinator");
+    let mut cmd = coordinator_run(&run, &args);
+    cmd.env(BATCH_DELAY_ENV, "300");
+    let mut coord = Watched::spawn(cmd, "coordinator");
     let at_signal = wait_for_first_record(&mut coord, &run);
     send_signal(coord.child.id(), "TERM");
     let signalled = Instant::now();
@@ -326,7 +324,6 @@ local-workers = 1
 worker-threads = 1
 shard-size = 2
 batch-size = 2
-worker-arg = ["--debug-batch-delay-ms=300"]
 "#,
             w = tresnet_m_weights().display().to_string(),
             d = sample_images().display().to_string(),
@@ -338,6 +335,7 @@ worker-arg = ["--debug-batch-delay-ms=300"]
         c.arg("sweep")
             .arg(&file)
             .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+            .env(BATCH_DELAY_ENV, "300")
             .env_remove("TRESNET_TOKEN")
             .stdin(Stdio::null());
         c

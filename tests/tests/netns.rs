@@ -216,7 +216,7 @@ fn worker(net: &Net, host: &str, url: &str) -> Watched {
     c.args(["--coordinator", url, "--worker-id", host, "--threads", "1"])
         .args(["--rpc-timeout-ms", RPC_TIMEOUT_MS])
         .args(["--coordinator-patience-ms", PATIENCE_MS])
-        .args(["--debug-batch-delay-ms", BATCH_DELAY_MS])
+        .env(tresnet_tests::BATCH_DELAY_ENV, BATCH_DELAY_MS)
         .env_remove("TRESNET_TOKEN");
     Watched::spawn(net.exec(host, &c), host)
 }

@@ -97,7 +97,7 @@ fn metrics_move_during_a_run_and_end_equal_to_the_report() {
         .args(["--worker-id", "observed", "--threads", "1"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         // Slow enough that the run spans many scrapes.
-        .args(["--debug-batch-delay-ms", "250"])
+        .env(tresnet_tests::BATCH_DELAY_ENV, "250")
         .env_remove("TRESNET_TOKEN")
         .env("RUST_LOG", "warn");
     let mut worker = Watched::spawn(wcmd, "worker");

@@ -114,7 +114,9 @@ impl Cluster {
 
     /// `sbatch --wait` of the README's script with `run` flags for `out`, started in the background
     /// (its job is the only one in this cluster, so `squeue` finds it).
-    fn submit(&self, out: &Path, worker_args: &str, extra: &[&str]) -> Submitted {
+    /// `batch_delay_ms`: the workers' per-batch delay test hook; sbatch and srun hand the variable on to
+    /// every worker step.
+    fn submit(&self, out: &Path, batch_delay_ms: Option<&str>, extra: &[&str]) -> Submitted {
         let logs = out.with_extension("logs");
         std::fs::create_dir_all(&logs).unwrap();
         let mut c = self.cmd("sbatch");
@@ -142,10 +144,14 @@ impl Cluster {
                 "TRESNET_BIN_DIR",
                 bin("tresnet-coordinator").parent().unwrap(),
             )
-            .env("TRESNET_WORKER_ARGS", format!("--threads 1 {worker_args}"))
+            .env("TRESNET_WORKER_ARGS", "--threads 1")
             .env_remove("TRESNET_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        match batch_delay_ms {
+            Some(ms) => c.env(tresnet_tests::BATCH_DELAY_ENV, ms),
+            None => c.env_remove(tresnet_tests::BATCH_DELAY_ENV),
+        };
         let child = c.spawn().expect("start sbatch");
         Submitted { child, logs }
     }
@@ -288,7 +294,7 @@ fn the_readme_sbatch_equals_a_local_run() {
     };
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("slurm");
-    let output = cluster.submit(&run, "", &[]).wait_success();
+    let output = cluster.submit(&run, None, &[]).wait_success();
     assert_clean_report(&run, "sbatch on two nodes");
     // One worker per node, each its own step, on both nodes; the token is per job and never printed.
     let outcome: serde_json::Value =
@@ -310,7 +316,7 @@ fn a_cancelled_worker_step_leaves_the_clean_report() {
     };
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("slurm");
-    let job = cluster.submit(&run, "--debug-batch-delay-ms 300", &[]);
+    let job = cluster.submit(&run, Some("300"), &[]);
     let id = cluster.job_id();
     let steps = cluster.worker_steps(&id);
     wait_for_first_record(&run);
@@ -332,11 +338,7 @@ fn a_requeued_job_resumes_to_the_clean_report() {
     };
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("slurm");
-    let job = cluster.submit(
-        &run,
-        "--debug-batch-delay-ms 300",
-        &["--drain-timeout-ms", "5000"],
-    );
+    let job = cluster.submit(&run, Some("300"), &["--drain-timeout-ms", "5000"]);
     let id = cluster.job_id();
     cluster.worker_steps(&id);
     wait_for_first_record(&run);

@@ -67,13 +67,32 @@ pub enum AgentError {
     #[error(transparent)]
     Tls(#[from] tresnet_common::protocol::tls::TlsError),
     #[error("coordinator sent a malformed job: {0}")]
-    Job(String),
+    Job(#[source] tresnet_common::protocol::convert::ConvertError),
+    #[error("cannot start executors: model {model} with weights {weights}: {source}")]
+    Executor {
+        model: String,
+        weights: String,
+        #[source]
+        source: crate::executor::StartError,
+    },
+    /// The blocking task that starts the executors panicked or was cancelled.
     #[error("cannot start executors: {0}")]
-    Executor(String),
-    #[error("dataset location {url}: {reason}")]
-    Storage { url: String, reason: String },
+    ExecutorTask(#[source] tokio::task::JoinError),
+    #[error("dataset location {url}: {source}")]
+    Storage {
+        url: String,
+        #[source]
+        source: tresnet_common::storage::StorageError,
+    },
+    /// The status's text, causes included (see [`status_text`]).
     #[error("coordinator {url}: {status}")]
     Rpc { url: String, status: String },
+    #[error("coordinator {url}: {source}")]
+    Token {
+        url: String,
+        #[source]
+        source: tresnet_common::protocol::auth::InvalidToken,
+    },
     /// The coordinator stayed silent for the whole `--coordinator-patience-ms`.
     #[error(transparent)]
     Unreachable(#[from] Unreachable),
@@ -147,9 +166,9 @@ pub async fn run(cfg: AgentConfig) -> Result<u64, AgentError> {
             },
             CallError::Unreachable(u) => u.into(),
         })?;
-    let attach = AttachToken::new(cfg.token.as_deref()).map_err(|e| AgentError::Rpc {
+    let attach = AttachToken::new(cfg.token.as_deref()).map_err(|source| AgentError::Token {
         url: url.clone(),
-        status: e,
+        source,
     })?;
     let client = CoordinatorClient::with_interceptor(channel, Outgoing::new(attach, &cfg.link))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -17,10 +17,52 @@ use serde::Serialize;
 use tch::{Device, Tensor};
 
 use crate::cli::{BenchArgs, MemoryFormat};
-use crate::collective::Collective;
-use crate::device::Precision;
-use crate::model::{BuildOptions, LoadedModel, ModelName};
-use crate::tuning::{LayoutChoice, LayoutSpace, TuneShape, load_fastest};
+use crate::collective::{Collective, CollectiveError};
+use crate::device::{DeviceError, Precision};
+use crate::model::{BuildOptions, ForwardError, LoadedModel, ModelName};
+use crate::tuning::{LayoutChoice, LayoutSpace, TuneError, TuneShape, load_fastest};
+
+/// Why a measurement could not be set up or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("--devices names {0:?} twice")]
+    DuplicateDevice(Device),
+    #[error("--resolution {0} is not a multiple of 32 (TResNet's total stride)")]
+    Resolution(u32),
+    #[error("--seconds {0} must be a positive number of seconds (at most a day)")]
+    Seconds(f64),
+    #[error("--batch-sizes and --precisions need at least one value each")]
+    NothingToMeasure,
+    #[error("{device:?}: {source}")]
+    Load {
+        device: Device,
+        #[source]
+        source: TuneError,
+    },
+    #[error("{device:?}: {source}")]
+    Forward {
+        device: Device,
+        #[source]
+        source: ForwardError,
+    },
+    #[error("{device:?}: {source}")]
+    Collective {
+        device: Device,
+        #[source]
+        source: CollectiveError,
+    },
+    /// A pool bench's window (the coordinator's signal) did not open.
+    #[error("{device:?}: {reason}")]
+    Window { device: Device, reason: String },
+    #[error("{device:?}: libtorch failed: {panic}")]
+    Panicked { device: Device, panic: String },
+    #[error("cannot start a bench thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("a bench thread died")]
+    ThreadDied,
+}
 
 /// Validated settings of one `bench` invocation.
 #[derive(Debug, Clone)]
@@ -45,7 +87,7 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    pub fn from_args(a: &BenchArgs) -> Result<Self, String> {
+    pub fn from_args(a: &BenchArgs) -> Result<Self, BenchError> {
         let devices = a
             .devices
             .iter()
@@ -57,23 +99,17 @@ impl BenchConfig {
                 p.check_device(*d)?;
             }
             if *d != Device::Cpu && !seen.insert(*d) {
-                return Err(format!("--devices names {d:?} twice"));
+                return Err(BenchError::DuplicateDevice(*d));
             }
         }
         if !a.resolution.is_multiple_of(32) {
-            return Err(format!(
-                "--resolution {} is not a multiple of 32 (TResNet's total stride)",
-                a.resolution
-            ));
+            return Err(BenchError::Resolution(a.resolution));
         }
         if !(a.seconds.is_finite() && a.seconds > 0.0 && a.seconds <= 86_400.0) {
-            return Err(format!(
-                "--seconds {} must be a positive number of seconds (at most a day)",
-                a.seconds
-            ));
+            return Err(BenchError::Seconds(a.seconds));
         }
         if a.batch_sizes.is_empty() || a.precisions.is_empty() {
-            return Err("--batch-sizes and --precisions need at least one value each".into());
+            return Err(BenchError::NothingToMeasure);
         }
         if let Some(t) = a.threads {
             tch::set_num_threads(t as i32);
@@ -218,7 +254,7 @@ fn load(
     cfg: &BenchConfig,
     device: Device,
     p: Precision,
-) -> Result<(LoadedModel, LayoutChoice), String> {
+) -> Result<(LoadedModel, LayoutChoice), BenchError> {
     let fold_bn = cfg.fold_bn.unwrap_or(p == Precision::Fp32);
     let space = if cfg.measure_layout {
         LayoutSpace::new(fold_bn, cfg.fold_bn.is_none(), cfg.memory_format)
@@ -240,15 +276,19 @@ fn load(
         shape,
         None,
     )
-    .map_err(|e| format!("{device:?}: {e}"))
+    .map_err(|source| BenchError::Load { device, source })
 }
 
 /// Loads, warms up and times one device over the sweep; `window` lines the devices up before each
 /// timed window and closes it.
-fn measure(cfg: &BenchConfig, rank: usize, window: &dyn Window) -> Result<DeviceRun, String> {
+fn measure(
+    cfg: &BenchConfig,
+    rank: usize,
+    window: &dyn Window,
+) -> Result<DeviceRun, BenchError> {
     let device = cfg.devices[rank];
-    let fail = |e: String| {
-        window.abort(&e);
+    let fail = |e: BenchError| {
+        window.abort(&e.to_string());
         e
     };
     let mut run = DeviceRun {
@@ -269,11 +309,11 @@ fn measure(cfg: &BenchConfig, rank: usize, window: &dyn Window) -> Result<Device
             let r = cfg.resolution;
             // Pixels in [0, 1] like real inputs, contiguous as the pipeline hands them over.
             let x = opts.place(Tensor::rand([b, 3, r, r], (tch::Kind::Float, Device::Cpu)));
-            let pass = || -> Result<(), String> {
+            let pass = || -> Result<(), BenchError> {
                 let y = loaded
                     .model
                     .forward(&x)
-                    .map_err(|e| format!("{device:?}: {e}"))?;
+                    .map_err(|source| BenchError::Forward { device, source })?;
                 synchronize(device);
                 drop(y);
                 if !cfg.pass_delay.is_zero() {
@@ -284,7 +324,9 @@ fn measure(cfg: &BenchConfig, rank: usize, window: &dyn Window) -> Result<Device
             for _ in 0..cfg.warmup {
                 pass().map_err(fail)?;
             }
-            let deadline = window.open(rank).map_err(|e| format!("{device:?}: {e}"))?;
+            let deadline = window
+                .open(rank)
+                .map_err(|reason| BenchError::Window { device, reason })?;
             let start = Instant::now();
             let mut times = Vec::new();
             // At least one pass, however short the window: a report of zero passes would say nothing.
@@ -329,7 +371,7 @@ pub(crate) fn device_throughput(
 pub(crate) fn measure_devices(
     cfg: &BenchConfig,
     window: Arc<dyn Window>,
-) -> Result<Vec<DeviceRun>, String> {
+) -> Result<Vec<DeviceRun>, BenchError> {
     let cfg = Arc::new(cfg.clone());
     let handles: Vec<_> = (0..cfg.devices.len())
         .map(|rank| {
@@ -342,22 +384,21 @@ pub(crate) fn measure_devices(
                         measure(&cfg, rank, window.as_ref())
                     }))
                     .unwrap_or_else(|p| {
-                        let e = format!(
-                            "{:?}: libtorch failed: {}",
-                            cfg.devices[rank],
-                            crate::executor::panic_text(p)
-                        );
-                        window.abort(&e);
+                        let e = BenchError::Panicked {
+                            device: cfg.devices[rank],
+                            panic: crate::executor::panic_text(p),
+                        };
+                        window.abort(&e.to_string());
                         Err(e)
                     })
                 })
-                .map_err(|e| format!("cannot start a bench thread: {e}"))
+                .map_err(BenchError::Thread)
         })
         .collect::<Result<_, _>>()?;
     let mut runs = Vec::new();
     let mut first_error = None;
     for h in handles {
-        match h.join().map_err(|_| "a bench thread died".to_string())? {
+        match h.join().map_err(|_| BenchError::ThreadDied)? {
             Ok(d) => runs.push(d),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -371,7 +412,7 @@ pub(crate) fn measure_devices(
 }
 
 /// Runs the measurement on every device at once.
-pub fn run(cfg: &BenchConfig) -> Result<BenchReport, String> {
+pub fn run(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     let collective = Arc::new(Collective::for_devices(&cfg.devices));
     let window = Arc::new(NodeWindow {
         collective: collective.clone(),

@@ -6,8 +6,8 @@ use clap::{Parser, Subcommand};
 
 use tresnet_common::preprocess::{CropMode, DEFAULT_CROP_PCT};
 
-use crate::device::{DeviceSpec, Precision};
-use crate::model::ModelName;
+use crate::device::{DeviceError, DeviceSpec, Precision};
+use crate::model::{ModelName, UnknownModel};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -101,9 +101,6 @@ pub struct JoinArgs {
     #[arg(long, env = "TRESNET_MEASURE_LAYOUT", default_value_t = true,
           action = clap::ArgAction::Set)]
     pub measure_layout: bool,
-    /// Test hook: sleep this long per batch, to simulate a slow node.
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub debug_batch_delay_ms: u64,
     /// Parse the flags, print the settings and exit 0 without joining: tests/tests/k8s.rs runs the
     /// manifests' command lines through it, so a renamed flag fails a test instead of a deployment.
     #[arg(long, hide = true)]
@@ -255,14 +252,15 @@ pub struct CollectiveCheckArgs {
     pub classes: i64,
 }
 
-fn parse_crop_mode(s: &str) -> Result<CropMode, tresnet_common::preprocess::UnknownCropMode> {
+// Whatever error type common's parser has: clap takes any that converts into a boxed error.
+fn parse_crop_mode(s: &str) -> Result<CropMode, <CropMode as std::str::FromStr>::Err> {
     s.parse()
 }
 
-fn parse_model(s: &str) -> Result<ModelName, String> {
+fn parse_model(s: &str) -> Result<ModelName, UnknownModel> {
     s.parse()
 }
 
-fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+fn parse_device(s: &str) -> Result<DeviceSpec, DeviceError> {
     s.parse()
 }

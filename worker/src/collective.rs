@@ -8,7 +8,7 @@
 //! when every device is CUDA and the library loads, else [`LocalOps`], which does the same arithmetic
 //! through host memory. Both change the callers' tensors in place, so the results are identical.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use tch::{Device, Kind, Tensor};
@@ -20,7 +20,7 @@ pub mod nccl;
 /// short enough that a dead executor turns into an error rather than a hang.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum CollectiveError {
     #[error("rank {rank} is outside a world of {world}")]
     BadRank { rank: usize, world: usize },
@@ -36,10 +36,59 @@ pub enum CollectiveError {
         rank: usize,
         other: &'static str,
     },
+    /// Another rank failed (its own error says why) or a rank timed out: the collective is over.
     #[error("collective aborted: {0}")]
     Aborted(String),
-    #[error("collective {op} failed: {reason}")]
-    Failed { op: &'static str, reason: String },
+    #[error("collective {op}: rank {rank} arrived twice in one round")]
+    Twice { op: &'static str, rank: usize },
+    #[error("collective {op}: round ended without an outcome")]
+    NoOutcome { op: &'static str },
+    #[error("collective {op} failed: {source}")]
+    Failed {
+        op: &'static str,
+        #[source]
+        source: OpsError,
+    },
+}
+
+/// Why a backend could not run an operation over the ranks' tensors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OpsError {
+    #[error("rank {rank} has {kind:?} {size:?}, rank 0 has {first_kind:?} {first_size:?}")]
+    Mismatch {
+        rank: usize,
+        kind: Kind,
+        size: Vec<i64>,
+        first_kind: Kind,
+        first_size: Vec<i64>,
+    },
+    #[error("no tensors")]
+    NoTensors,
+    /// Shared: every rank gets the round's error.
+    #[error(transparent)]
+    Torch(Arc<tch::TchError>),
+    #[cfg(feature = "nccl")]
+    #[error(transparent)]
+    Nccl(#[from] nccl::NcclError),
+    #[cfg(test)]
+    #[error("refused")]
+    Refused,
+}
+
+impl From<tch::TchError> for OpsError {
+    fn from(e: tch::TchError) -> Self {
+        OpsError::Torch(Arc::new(e))
+    }
+}
+
+/// Why a collective of the asked-for backend cannot be had.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("this tresnet-worker was built without the `nccl` cargo feature")]
+    NcclNotBuilt,
+    #[cfg(feature = "nccl")]
+    #[error(transparent)]
+    Nccl(#[from] nccl::NcclError),
 }
 
 /// Which implementation runs the collectives.
@@ -57,9 +106,9 @@ pub enum Backend {
 pub trait Ops: Send + Sync + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Replaces every tensor by the elementwise sum of all of them.
-    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), String>;
+    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), OpsError>;
     /// Rank 0's device gets every tensor concatenated along dim 0, in rank order.
-    fn gather(&self, tensors: &[Tensor]) -> Result<Tensor, String>;
+    fn gather(&self, tensors: &[Tensor]) -> Result<Tensor, OpsError>;
 }
 
 /// Host-memory implementation: correct on any devices, and the reference the NCCL path must match.
@@ -71,7 +120,7 @@ impl Ops for LocalOps {
         "local"
     }
 
-    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), String> {
+    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), OpsError> {
         check_same_shape(tensors)?;
         let Some(first) = tensors.first() else {
             return Ok(());
@@ -87,27 +136,27 @@ impl Ops for LocalOps {
         Ok(())
     }
 
-    fn gather(&self, tensors: &[Tensor]) -> Result<Tensor, String> {
+    fn gather(&self, tensors: &[Tensor]) -> Result<Tensor, OpsError> {
         let Some(first) = tensors.first() else {
-            return Err("no tensors".into());
+            return Err(OpsError::NoTensors);
         };
         let dev = first.device();
         let parts: Vec<Tensor> = tensors.iter().map(|t| t.to_device(dev)).collect();
-        Tensor::f_cat(&parts, 0).map_err(|e| e.to_string())
+        Ok(Tensor::f_cat(&parts, 0)?)
     }
 }
 
-pub(crate) fn check_same_shape(tensors: &[Tensor]) -> Result<(), String> {
+pub(crate) fn check_same_shape(tensors: &[Tensor]) -> Result<(), OpsError> {
     if let Some(first) = tensors.first() {
         for (rank, t) in tensors.iter().enumerate() {
             if t.size() != first.size() || t.kind() != first.kind() {
-                return Err(format!(
-                    "rank {rank} has {:?} {:?}, rank 0 has {:?} {:?}",
-                    t.kind(),
-                    t.size(),
-                    first.kind(),
-                    first.size()
-                ));
+                return Err(OpsError::Mismatch {
+                    rank,
+                    kind: t.kind(),
+                    size: t.size(),
+                    first_kind: first.kind(),
+                    first_size: first.size(),
+                });
             }
         }
     }
@@ -179,7 +228,7 @@ impl Collective {
 
     /// A collective over `devices` with the backend asked for: `Nccl` fails (with the reason) where
     /// NCCL cannot be had instead of falling back, so a check can prove which one ran.
-    pub fn with_backend(devices: &[Device], backend: Backend) -> Result<Self, String> {
+    pub fn with_backend(devices: &[Device], backend: Backend) -> Result<Self, BackendError> {
         let world = devices.len();
         match backend {
             Backend::Auto => Ok(Collective::for_devices(devices)),
@@ -187,12 +236,12 @@ impl Collective {
             Backend::Nccl => {
                 #[cfg(feature = "nccl")]
                 {
-                    nccl::NcclOps::new(devices)
-                        .map(|ops| Collective::new(world, Box::new(ops), DEFAULT_TIMEOUT))
+                    Ok(nccl::NcclOps::new(devices)
+                        .map(|ops| Collective::new(world, Box::new(ops), DEFAULT_TIMEOUT))?)
                 }
                 #[cfg(not(feature = "nccl"))]
                 {
-                    Err("this tresnet-worker was built without the `nccl` cargo feature".into())
+                    Err(BackendError::NcclNotBuilt)
                 }
             }
         }
@@ -259,10 +308,7 @@ impl Collective {
             _ => r.op = Some(op),
         }
         if r.slots[rank].is_some() {
-            return Err(CollectiveError::Failed {
-                op,
-                reason: format!("rank {rank} arrived twice in one round"),
-            });
+            return Err(CollectiveError::Twice { op, rank });
         }
         r.slots[rank] = Some(t);
         let generation = r.generation;
@@ -276,7 +322,7 @@ impl Collective {
                 "gather" => self.ops.gather(&tensors).map(Some),
                 _ => self.ops.all_reduce_sum(&mut tensors).map(|()| None),
             }
-            .map_err(|reason| CollectiveError::Failed { op, reason });
+            .map_err(|source| CollectiveError::Failed { op, source });
             r.outcome = Outcome::Done(result);
             r.to_collect = self.world;
             r.generation += 1;
@@ -315,10 +361,7 @@ impl Collective {
                 None
             }),
             Outcome::Done(Err(e)) => Err(e.clone()),
-            Outcome::Pending => Err(CollectiveError::Failed {
-                op,
-                reason: "round ended without an outcome".into(),
-            }),
+            Outcome::Pending => Err(CollectiveError::NoOutcome { op }),
         };
         r.to_collect -= 1;
         if r.to_collect == 0 {
@@ -420,11 +463,11 @@ mod tests {
         fn name(&self) -> &'static str {
             "refusing"
         }
-        fn all_reduce_sum(&self, _: &mut [Tensor]) -> Result<(), String> {
-            Err("refused".into())
+        fn all_reduce_sum(&self, _: &mut [Tensor]) -> Result<(), OpsError> {
+            Err(OpsError::Refused)
         }
-        fn gather(&self, _: &[Tensor]) -> Result<Tensor, String> {
-            Err("refused".into())
+        fn gather(&self, _: &[Tensor]) -> Result<Tensor, OpsError> {
+            Err(OpsError::Refused)
         }
     }
 

@@ -11,7 +11,74 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
-use crate::collective::{Backend, Collective};
+use crate::collective::{Backend, BackendError, Collective, CollectiveError};
+
+/// Why the check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("no devices")]
+    NoDevices,
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("round {round}, rank {rank} ({device:?}), {what}: {source}")]
+    Round {
+        round: usize,
+        rank: usize,
+        device: Device,
+        what: &'static str,
+        #[source]
+        source: Box<RoundError>,
+    },
+    #[error("rank {rank}: libtorch failed: {panic}")]
+    Panicked { rank: usize, panic: String },
+    #[error("a check thread died")]
+    ThreadDied,
+}
+
+impl CheckError {
+    /// Only says that another rank failed first: that rank's own error is the one to report.
+    fn is_abort(&self) -> bool {
+        match self {
+            CheckError::Round { source, .. } => {
+                matches!(
+                    **source,
+                    RoundError::Collective(CollectiveError::Aborted(_))
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What went wrong in one step of a round.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error(transparent)]
+    Collective(#[from] CollectiveError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+    #[error(transparent)]
+    Wrong(#[from] Difference),
+    #[error("landed on {0:?}")]
+    LandedOn(Device),
+    #[error("rank 0 got nothing")]
+    NothingOnRankZero,
+    #[error("a rank other than 0 got the result")]
+    NotOnRankZero,
+}
+
+/// The first way a result differs from the expected values.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum Difference {
+    #[error("{got} elements, expected {want}")]
+    Length { got: usize, want: usize },
+    #[error("element {index} is {got}, expected {want}")]
+    Element {
+        index: usize,
+        got: String,
+        want: String,
+    },
+}
 
 #[derive(Debug, Clone)]
 pub struct CheckConfig {
@@ -66,14 +133,21 @@ fn rows_of(rank: usize, round: usize) -> i64 {
 fn first_difference<T: PartialEq + Copy + std::fmt::Debug>(
     got: &[T],
     want: &[T],
-) -> Option<String> {
+) -> Option<Difference> {
     if got.len() != want.len() {
-        return Some(format!("{} elements, expected {}", got.len(), want.len()));
+        return Some(Difference::Length {
+            got: got.len(),
+            want: want.len(),
+        });
     }
     got.iter()
         .zip(want)
         .position(|(g, w)| g != w)
-        .map(|i| format!("element {i} is {:?}, expected {:?}", got[i], want[i]))
+        .map(|i| Difference::Element {
+            index: i,
+            got: format!("{:?}", got[i]),
+            want: format!("{:?}", want[i]),
+        })
 }
 
 struct RankTimes {
@@ -81,14 +155,17 @@ struct RankTimes {
     gather: Vec<f64>,
 }
 
-fn check_rank(cfg: &CheckConfig, rank: usize, c: &Collective) -> Result<RankTimes, String> {
+fn check_rank(cfg: &CheckConfig, rank: usize, c: &Collective) -> Result<RankTimes, CheckError> {
     let device = cfg.devices[rank];
     let world = cfg.devices.len();
-    let fail = |round: usize, what: &str, why: String| {
-        format!("round {round}, rank {rank} ({device:?}), {what}: {why}")
+    let fail = |round: usize, what: &'static str, why: RoundError| CheckError::Round {
+        round,
+        rank,
+        device,
+        what,
+        source: Box::new(why),
     };
-    c.barrier(rank)
-        .map_err(|e| fail(0, "barrier", e.to_string()))?;
+    c.barrier(rank).map_err(|e| fail(0, "barrier", e.into()))?;
     let mut times = RankTimes {
         all_reduce: Vec::new(),
         gather: Vec::new(),
@@ -97,29 +174,29 @@ fn check_rank(cfg: &CheckConfig, rank: usize, c: &Collective) -> Result<RankTime
         let mut t = Tensor::from_slice(&counts(rank, round, cfg.classes)).to_device(device);
         let start = Instant::now();
         c.all_reduce_sum(rank, &mut t)
-            .map_err(|e| fail(round, "all-reduce of counts", e.to_string()))?;
+            .map_err(|e| fail(round, "all-reduce of counts", e.into()))?;
         times.all_reduce.push(start.elapsed().as_secs_f64());
         let want: Vec<i64> = (0..world)
             .map(|r| counts(r, round, cfg.classes))
             .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect())
             .unwrap_or_default();
         let got = Vec::<i64>::try_from(&t.to_device(Device::Cpu))
-            .map_err(|e| fail(round, "all-reduce of counts", e.to_string()))?;
+            .map_err(|e| fail(round, "all-reduce of counts", e.into()))?;
         if let Some(d) = first_difference(&got, &want) {
-            return Err(fail(round, "all-reduce of counts", d));
+            return Err(fail(round, "all-reduce of counts", d.into()));
         }
 
         let mut f = Tensor::from_slice(&float_block(rank, cfg.classes)).to_device(device);
         c.all_reduce_sum(rank, &mut f)
-            .map_err(|e| fail(round, "all-reduce of float32", e.to_string()))?;
+            .map_err(|e| fail(round, "all-reduce of float32", e.into()))?;
         let want: Vec<f32> = (0..world)
             .map(|r| float_block(r, cfg.classes))
             .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x + y).collect())
             .unwrap_or_default();
         let got = Vec::<f32>::try_from(&f.to_device(Device::Cpu).to_kind(Kind::Float))
-            .map_err(|e| fail(round, "all-reduce of float32", e.to_string()))?;
+            .map_err(|e| fail(round, "all-reduce of float32", e.into()))?;
         if let Some(d) = first_difference(&got, &want) {
-            return Err(fail(round, "all-reduce of float32", d));
+            return Err(fail(round, "all-reduce of float32", d.into()));
         }
 
         let mine = Tensor::from_slice(&logits(rank, round, cfg.classes))
@@ -128,7 +205,7 @@ fn check_rank(cfg: &CheckConfig, rank: usize, c: &Collective) -> Result<RankTime
         let start = Instant::now();
         let gathered = c
             .gather(rank, &mine)
-            .map_err(|e| fail(round, "gather of logits", e.to_string()))?;
+            .map_err(|e| fail(round, "gather of logits", e.into()))?;
         times.gather.push(start.elapsed().as_secs_f64());
         match (rank, gathered) {
             (0, Some(all)) => {
@@ -136,25 +213,27 @@ fn check_rank(cfg: &CheckConfig, rank: usize, c: &Collective) -> Result<RankTime
                     return Err(fail(
                         round,
                         "gather of logits",
-                        format!("landed on {:?}", all.device()),
+                        RoundError::LandedOn(all.device()),
                     ));
                 }
                 let want: Vec<f32> = (0..world)
                     .flat_map(|r| logits(r, round, cfg.classes))
                     .collect();
                 let got = Vec::<f32>::try_from(&all.to_device(Device::Cpu).flatten(0, -1))
-                    .map_err(|e| fail(round, "gather of logits", e.to_string()))?;
+                    .map_err(|e| fail(round, "gather of logits", e.into()))?;
                 if let Some(d) = first_difference(&got, &want) {
-                    return Err(fail(round, "gather of logits", d));
+                    return Err(fail(round, "gather of logits", d.into()));
                 }
             }
-            (0, None) => return Err(fail(round, "gather of logits", "rank 0 got nothing".into())),
-            (_, Some(_)) => {
+            (0, None) => {
                 return Err(fail(
                     round,
                     "gather of logits",
-                    "a rank other than 0 got the result".into(),
+                    RoundError::NothingOnRankZero,
                 ));
+            }
+            (_, Some(_)) => {
+                return Err(fail(round, "gather of logits", RoundError::NotOnRankZero));
             }
             (_, None) => {}
         }
@@ -171,9 +250,9 @@ fn median_ms(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs every round on one thread per device (as executors do) and checks every result.
-pub fn run(cfg: &CheckConfig) -> Result<CheckReport, String> {
+pub fn run(cfg: &CheckConfig) -> Result<CheckReport, CheckError> {
     if cfg.devices.is_empty() {
-        return Err("no devices".into());
+        return Err(CheckError::NoDevices);
     }
     let collective = Arc::new(Collective::with_backend(&cfg.devices, cfg.backend)?);
     let shared = Arc::new(cfg.clone());
@@ -185,10 +264,15 @@ pub fn run(cfg: &CheckConfig) -> Result<CheckReport, String> {
                 let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     check_rank(&cfg, rank, &c)
                 }))
-                .unwrap_or_else(|p| Err(crate::executor::panic_text(p)));
+                .unwrap_or_else(|p| {
+                    Err(CheckError::Panicked {
+                        rank,
+                        panic: crate::executor::panic_text(p),
+                    })
+                });
                 if let Err(e) = &out {
                     // The other ranks must not wait out the timeout for this one.
-                    c.abort(e);
+                    c.abort(&e.to_string());
                 }
                 out
             })
@@ -196,16 +280,15 @@ pub fn run(cfg: &CheckConfig) -> Result<CheckReport, String> {
         .collect();
     let mut results = Vec::new();
     for h in handles {
-        results.push(h.join().map_err(|_| "a check thread died".to_string())?);
+        results.push(h.join().map_err(|_| CheckError::ThreadDied)?);
     }
     // The first rank's own error says what went wrong; the others only say they were aborted.
-    if let Some(e) = results
+    let first = results
         .iter()
-        .filter_map(|r| r.as_ref().err())
-        .find(|e| !e.contains("collective aborted"))
-        .or_else(|| results.iter().find_map(|r| r.as_ref().err()))
-    {
-        return Err(e.clone());
+        .position(|r| r.as_ref().is_err_and(|e| !e.is_abort()))
+        .or_else(|| results.iter().position(Result::is_err));
+    if let Some(Err(e)) = first.map(|i| results.swap_remove(i)) {
+        return Err(e);
     }
     let rank0 = results.swap_remove(0)?;
     Ok(CheckReport {
@@ -258,12 +341,15 @@ mod tests {
     #[test]
     fn a_wrong_result_names_round_rank_and_element() {
         assert_eq!(
-            first_difference(&[1, 2, 3], &[1, 5, 3]).unwrap(),
+            first_difference(&[1, 2, 3], &[1, 5, 3])
+                .unwrap()
+                .to_string(),
             "element 1 is 2, expected 5"
         );
         assert!(
             first_difference(&[1], &[1, 2])
                 .unwrap()
+                .to_string()
                 .contains("1 elements")
         );
         assert!(first_difference(&[1.0f32], &[1.0]).is_none());
@@ -271,7 +357,9 @@ mod tests {
 
     #[test]
     fn nccl_without_the_feature_or_a_gpu_is_an_error_not_a_fallback() {
-        let e = Collective::with_backend(&[Device::Cpu], Backend::Nccl).unwrap_err();
+        let e = Collective::with_backend(&[Device::Cpu], Backend::Nccl)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nccl") || e.contains("CUDA"), "{e}");
     }
 }

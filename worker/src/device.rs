@@ -5,6 +5,17 @@ use std::str::FromStr;
 
 use tch::{Device, Kind};
 
+/// Why a device or precision cannot be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("invalid device {0:?}; expected cpu, cuda or cuda:N")]
+    Invalid(String),
+    #[error("device {device} requested but libtorch sees {seen} CUDA device(s)")]
+    Missing { device: DeviceSpec, seen: i64 },
+    #[error("precision fp16 needs a CUDA device; use fp32 or bf16 on cpu")]
+    Fp16OnCpu,
+}
+
 /// A compute device as users spell it: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -13,7 +24,7 @@ pub enum DeviceSpec {
 }
 
 impl FromStr for DeviceSpec {
-    type Err = String;
+    type Err = DeviceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -23,7 +34,7 @@ impl FromStr for DeviceSpec {
                 .strip_prefix("cuda:")
                 .and_then(|n| n.parse().ok())
                 .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("invalid device {s:?}; expected cpu, cuda or cuda:N")),
+                .ok_or_else(|| DeviceError::Invalid(s.to_string())),
         }
     }
 }
@@ -39,7 +50,7 @@ impl fmt::Display for DeviceSpec {
 
 impl DeviceSpec {
     /// Resolves against what libtorch actually sees, so a missing GPU is an error, not a crash.
-    pub fn resolve(self) -> Result<Device, String> {
+    pub fn resolve(self) -> Result<Device, DeviceError> {
         match self {
             DeviceSpec::Cpu => Ok(Device::Cpu),
             DeviceSpec::Cuda(i) => {
@@ -47,9 +58,10 @@ impl DeviceSpec {
                 if (i as i64) < n {
                     Ok(Device::Cuda(i))
                 } else {
-                    Err(format!(
-                        "device {self} requested but libtorch sees {n} CUDA device(s)"
-                    ))
+                    Err(DeviceError::Missing {
+                        device: self,
+                        seen: n,
+                    })
                 }
             }
         }
@@ -74,9 +86,9 @@ impl Precision {
     }
 
     /// fp16 convolutions are a CUDA feature; on CPU libtorch either lacks the kernels or crawls.
-    pub fn check_device(self, device: Device) -> Result<(), String> {
+    pub fn check_device(self, device: Device) -> Result<(), DeviceError> {
         if self == Precision::Fp16 && device == Device::Cpu {
-            return Err("precision fp16 needs a CUDA device; use fp32 or bf16 on cpu".into());
+            return Err(DeviceError::Fp16OnCpu);
         }
         Ok(())
     }
@@ -91,7 +103,9 @@ mod tests {
         assert_eq!("cpu".parse(), Ok(DeviceSpec::Cpu));
         assert_eq!("cuda".parse(), Ok(DeviceSpec::Cuda(0)));
         assert_eq!("cuda:3".parse(), Ok(DeviceSpec::Cuda(3)));
-        assert!("gpu".parse::<DeviceSpec>().unwrap_err().contains("gpu"));
+        let e = "gpu".parse::<DeviceSpec>().unwrap_err();
+        assert!(e.to_string().contains("gpu"), "{e}");
+        assert_eq!(e, DeviceError::Invalid("gpu".into()));
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }
 
@@ -99,7 +113,8 @@ mod tests {
     fn missing_gpu_is_an_error() {
         if tch::Cuda::device_count() == 0 {
             let e = DeviceSpec::Cuda(0).resolve().unwrap_err();
-            assert!(e.contains("cuda:0"), "{e}");
+            assert!(e.to_string().contains("cuda:0"), "{e}");
+            assert!(matches!(e, DeviceError::Missing { seen: 0, .. }), "{e:?}");
         }
     }
 }

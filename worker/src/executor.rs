@@ -18,10 +18,10 @@ use tresnet_common::protocol::pb::{SampleResult, ShardCounts};
 
 use crate::collective::{Collective, CollectiveError};
 use crate::counts::DeviceCounts;
-use crate::model::{ForwardError, ModelName, TResNet};
+use crate::model::{ForwardError, ModelName, TResNet, UnknownModel};
 use crate::scoring::{loss_and_confidence, non_finite_reason, top_k};
 use crate::stages::{BatchTimes, StageClock};
-use crate::tuning::{LayoutChoice, LayoutSpace, TuneShape, load_fastest};
+use crate::tuning::{LayoutChoice, LayoutSpace, TuneError, TuneShape, load_fastest};
 
 /// One batch of preprocessed images of one shard.
 #[derive(Debug)]
@@ -54,6 +54,51 @@ pub enum ExecutorError {
     Forward(#[from] ForwardError),
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+}
+
+/// Why the executors did not start: the first failure of any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{queues} queues for {devices} devices")]
+    Queues { queues: usize, devices: usize },
+    #[error("{device:?}: {source}")]
+    Engine {
+        device: Device,
+        #[source]
+        source: EngineError,
+    },
+    #[error("{device:?}: {source}")]
+    Barrier {
+        device: Device,
+        #[source]
+        source: CollectiveError,
+    },
+    #[error("cannot start executor thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("an executor thread died while loading the model")]
+    ThreadDied,
+}
+
+/// Why one executor could not load the job's model.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Model(#[from] UnknownModel),
+    #[error("precision fp16 needs a CUDA device")]
+    Fp16OnCpu,
+    #[error(transparent)]
+    Load(#[from] TuneError),
+    #[error(
+        "checkpoint {weights} has {found} classes but the job expects {expected} (its class count)"
+    )]
+    Classes {
+        weights: String,
+        found: i64,
+        expected: u32,
+    },
+    /// Several candidate models at once may exhaust a GPU's memory: libtorch panics then.
+    #[error("libtorch failed: {0}")]
+    Panicked(String),
 }
 
 impl ExecutorError {
@@ -121,7 +166,8 @@ enum Engine {
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
     pub job: JobSpec,
-    /// Test hook: sleep this long per batch to simulate a slow node.
+    /// Test hook (`TRESNET_DEBUG_BATCH_DELAY_MS`, feature `test-hooks`): sleep this long per batch to
+    /// simulate a slow node.
     pub debug_batch_delay: Duration,
     /// Measure the layouts the job leaves open; else take the fixed rule (`--measure-layout`).
     pub measure_layout: bool,
@@ -152,7 +198,10 @@ impl ModelKey {
 
 /// Loads the job's model on `device` in the fastest layout the job leaves open (or nothing, in
 /// synthetic mode), and says how the layout was chosen.
-fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<LayoutChoice>), String> {
+fn engine(
+    cfg: &ExecutorConfig,
+    device: Device,
+) -> Result<(Engine, Option<LayoutChoice>), EngineError> {
     let job = &cfg.job;
     if job.model.synthetic {
         return Ok((
@@ -174,7 +223,7 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<Layout
         Precision::Bf16 => Kind::BFloat16,
     };
     if kind == Kind::Half && device == Device::Cpu {
-        return Err("precision fp16 needs a CUDA device".into());
+        return Err(EngineError::Fp16OnCpu);
     }
     let space = if cfg.measure_layout {
         LayoutSpace::new(
@@ -198,8 +247,7 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<Layout
         &space,
         shape,
         crate::tuning::LayoutCache::from_env().as_ref(),
-    )
-    .map_err(|e| format!("{e}"))?;
+    )?;
     if choice.from_cache {
         tracing::info!(
             device = %choice.device,
@@ -217,10 +265,11 @@ fn engine(cfg: &ExecutorConfig, device: Device) -> Result<(Engine, Option<Layout
         );
     }
     if loaded.num_classes != i64::from(job.model.num_classes) {
-        return Err(format!(
-            "checkpoint {} has {} classes but the job expects {} (its class count)",
-            job.model.weights, loaded.num_classes, job.model.num_classes
-        ));
+        return Err(EngineError::Classes {
+            weights: job.model.weights.clone(),
+            found: loaded.num_classes,
+            expected: job.model.num_classes,
+        });
     }
     Ok((Engine::Model(Box::new(loaded.model)), Some(choice)))
 }
@@ -238,16 +287,15 @@ pub fn start(
     cfg: &ExecutorConfig,
     devices: &[Device],
     queues: &[Arc<Mutex<Receiver<Work>>>],
-) -> Result<Started, String> {
+) -> Result<Started, StartError> {
     if queues.len() != devices.len() {
-        return Err(format!(
-            "{} queues for {} devices",
-            queues.len(),
-            devices.len()
-        ));
+        return Err(StartError::Queues {
+            queues: queues.len(),
+            devices: devices.len(),
+        });
     }
     let mut handles = Vec::new();
-    type Ready = Result<(usize, Option<LayoutChoice>), String>;
+    type Ready = Result<(usize, Option<LayoutChoice>), StartError>;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
     let collective = Arc::new(Collective::for_devices(devices));
     tracing::debug!(
@@ -266,18 +314,18 @@ pub fn start(
                 // Several candidate models at once may exhaust a GPU's memory: libtorch panics then.
                 let loaded =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine(&cfg, device)))
-                        .unwrap_or_else(|p| Err(format!("libtorch failed: {}", panic_text(p))));
+                        .unwrap_or_else(|p| Err(EngineError::Panicked(panic_text(p))));
                 let (engine, layout) = match loaded {
                     Ok(e) => e,
-                    Err(e) => {
-                        let e = format!("{device:?}: {e}");
-                        collective.abort(&e);
+                    Err(source) => {
+                        let e = StartError::Engine { device, source };
+                        collective.abort(&e.to_string());
                         let _ = ready.send(Err(e));
                         return;
                     }
                 };
-                if let Err(e) = collective.barrier(rank) {
-                    let _ = ready.send(Err(format!("{device:?}: {e}")));
+                if let Err(source) = collective.barrier(rank) {
+                    let _ = ready.send(Err(StartError::Barrier { device, source }));
                     return;
                 }
                 let _ = ready.send(Ok((rank, layout)));
@@ -381,17 +429,13 @@ pub fn start(
                     let _ = batch.reply.send(out);
                 }
             })
-            .map_err(|e| format!("cannot start executor thread: {e}"))?;
+            .map_err(StartError::Thread)?;
         handles.push(h);
     }
     drop(ready_tx);
     let mut layouts = Vec::new();
     for _ in devices {
-        layouts.push(
-            ready_rx
-                .recv()
-                .map_err(|_| "an executor thread died while loading the model".to_string())??,
-        );
+        layouts.push(ready_rx.recv().map_err(|_| StartError::ThreadDied)??);
     }
     layouts.sort_by_key(|(rank, _)| *rank);
     Ok(Started {

@@ -7,6 +7,7 @@ use tresnet_common::checkpoint::CheckpointLayout;
 use tresnet_common::npy::{self, NpyError};
 
 use crate::cli::{InferArgs, MemoryFormat};
+use crate::device::DeviceError;
 use crate::model::{BuildOptions, ForwardError, LoadError, LoadedModel, ModelName, load_model};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,10 +22,16 @@ pub enum InferError {
         #[source]
         source: ForwardError,
     },
-    #[error("input {path}: {reason}")]
-    Values { path: PathBuf, reason: String },
-    #[error("{0}")]
-    Config(String),
+    #[error("input {path}: element {index} is {value} (inputs must be finite)")]
+    NotFinite {
+        path: PathBuf,
+        index: usize,
+        value: f32,
+    },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("--leaky-slope {0} is outside [0, 1]")]
+    LeakySlope(f64),
 }
 
 /// What `infer` did, for the caller to print.
@@ -50,16 +57,12 @@ pub struct InferConfig {
 
 impl InferConfig {
     pub fn from_args(a: &InferArgs) -> Result<Self, InferError> {
-        let device = a.device.resolve().map_err(InferError::Config)?;
-        a.precision
-            .check_device(device)
-            .map_err(InferError::Config)?;
+        let device = a.device.resolve()?;
+        a.precision.check_device(device)?;
         if let Some(s) = a.leaky_slope
             && !(0.0..=1.0).contains(&s)
         {
-            return Err(InferError::Config(format!(
-                "--leaky-slope {s} is outside [0, 1]"
-            )));
+            return Err(InferError::LeakySlope(s));
         }
         if let Some(t) = a.threads {
             tch::set_num_threads(t as i32);
@@ -100,9 +103,10 @@ pub fn load(cfg: &InferConfig) -> Result<LoadedModel, InferError> {
 pub fn read_input(path: &Path) -> Result<Tensor, InferError> {
     let arr = npy::read_f32(path)?;
     if let Some(i) = arr.data.iter().position(|v| !v.is_finite()) {
-        return Err(InferError::Values {
+        return Err(InferError::NotFinite {
             path: path.to_path_buf(),
-            reason: format!("element {i} is {} (inputs must be finite)", arr.data[i]),
+            index: i,
+            value: arr.data[i],
         });
     }
     let shape: Vec<i64> = arr.shape.iter().map(|&d| d as i64).collect();

@@ -193,16 +193,13 @@ async fn run_job(
     heartbeat_every: Duration,
 ) -> Result<u64, JobError> {
     let url = &cfg.coordinator;
-    let job: JobSpec =
-        pb_job
-            .try_into()
-            .map_err(|e: tresnet_common::protocol::convert::ConvertError| {
-                JobError::Refused(AgentError::Job(e.to_string()))
-            })?;
-    let location = StorageLocation::parse(&job.data.data_url, &cfg.storage).map_err(|e| {
+    let job: JobSpec = pb_job
+        .try_into()
+        .map_err(|e| JobError::Refused(AgentError::Job(e)))?;
+    let location = StorageLocation::parse(&job.data.data_url, &cfg.storage).map_err(|source| {
         JobError::Refused(AgentError::Storage {
             url: job.data.data_url.clone(),
-            reason: e.to_string(),
+            source,
         })
     })?;
     let exec_cfg = ExecutorConfig {
@@ -226,12 +223,13 @@ async fn run_job(
         let started =
             tokio::task::spawn_blocking(move || executor::start(&exec_cfg, &devices, &queues))
                 .await
-                .map_err(|e| JobError::Refused(AgentError::Executor(e.to_string())))?
-                .map_err(|e| {
-                    JobError::Refused(AgentError::Executor(format!(
-                        "model {} with weights {}: {e}",
-                        job.model.model, job.model.weights
-                    )))
+                .map_err(|e| JobError::Refused(AgentError::ExecutorTask(e)))?
+                .map_err(|source| {
+                    JobError::Refused(AgentError::Executor {
+                        model: job.model.model.clone(),
+                        weights: job.model.weights.clone(),
+                        source,
+                    })
                 })?;
         *executors = Some(Executors {
             key,

@@ -9,6 +9,7 @@ use crate::cli::JoinArgs;
 use crate::dataset_cache::{self, DatasetCache};
 use crate::link::LinkPolicy;
 use crate::metrics::WorkerMetrics;
+use crate::test_hooks;
 
 pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     tresnet_common::logging::init(args.log_json);
@@ -21,8 +22,16 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
     let devices = args
         .devices
         .iter()
-        .map(|d| d.resolve().map_err(anyhow::Error::msg))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .map(|d| d.resolve())
+        .collect::<Result<Vec<_>, _>>()?;
+    let debug_batch_delay = test_hooks::batch_delay()?;
+    if !debug_batch_delay.is_zero() {
+        tracing::warn!(
+            ms = debug_batch_delay.as_millis() as u64,
+            "test hook {}: every batch sleeps this long; never set it outside the test suite",
+            test_hooks::BATCH_DELAY_ENV
+        );
+    }
     let metrics = WorkerMetrics::default();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dataset_cache = if args.no_cache {
@@ -43,7 +52,7 @@ pub fn run(args: JoinArgs) -> anyhow::Result<()> {
         devices,
         prefetch_shards: args.prefetch_shards,
         decode_threads: args.decode_threads.unwrap_or(cpus),
-        debug_batch_delay: Duration::from_millis(args.debug_batch_delay_ms),
+        debug_batch_delay,
         gather_logits: args.gather_logits,
         measure_layout: args.measure_layout,
         token: tresnet_common::protocol::auth::load_token(args.token_file.as_deref())

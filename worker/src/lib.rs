@@ -45,5 +45,6 @@ mod shard;
 pub mod software;
 #[cfg(feature = "torch")]
 pub mod stages;
+pub mod test_hooks;
 #[cfg(feature = "torch")]
 pub mod tuning;

@@ -12,7 +12,11 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tresnet-worker: error: {e:#}");
+            // Each cause once: typed errors name their source in their own message too.
+            eprintln!(
+                "tresnet-worker: error: {}",
+                tresnet_common::error_text::error_chain(e.as_ref())
+            );
             ExitCode::FAILURE
         }
     }
@@ -41,8 +45,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => {
-            let cfg = bench::BenchConfig::from_args(&args).map_err(anyhow::Error::msg)?;
-            let report = bench::run(&cfg).map_err(anyhow::Error::msg)?;
+            let cfg = bench::BenchConfig::from_args(&args)?;
+            let report = bench::run(&cfg)?;
             // The table for a reader on stderr; stdout stays one JSON document for scripts.
             eprint!("{}", report.table());
             println!("{}", serde_json::to_string_pretty(&report)?);
@@ -53,15 +57,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .devices
                 .iter()
                 .map(|d| d.resolve())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(anyhow::Error::msg)?;
+                .collect::<Result<Vec<_>, _>>()?;
             let cfg = collective_check::CheckConfig {
                 devices,
                 backend: args.backend,
                 rounds: args.rounds as usize,
                 classes: args.classes,
             };
-            let report = collective_check::run(&cfg).map_err(anyhow::Error::msg)?;
+            let report = collective_check::run(&cfg)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

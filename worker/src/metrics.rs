@@ -50,6 +50,17 @@ fn stage_histogram() -> Histogram {
     Histogram::new(exponential_buckets(2.5e-4, 2.0, 18))
 }
 
+/// Why the worker is not ready (`/readyz` answers 503 with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("registering and loading the model")]
+    Registering,
+    #[error("draining (SIGTERM)")]
+    Draining,
+    #[error("job done")]
+    Done,
+}
+
 const CONNECTING: u8 = 0;
 const READY: u8 = 1;
 const DRAINING: u8 = 2;
@@ -122,12 +133,12 @@ impl WorkerMetrics {
         self.phase.store(DONE, Ordering::SeqCst);
     }
 
-    pub fn readiness(&self) -> Result<String, String> {
+    pub fn readiness(&self) -> Result<&'static str, NotReady> {
         match self.phase.load(Ordering::SeqCst) {
-            READY => Ok("registered, models loaded, taking shards".into()),
-            CONNECTING => Err("registering and loading the model".into()),
-            DRAINING => Err("draining (SIGTERM)".into()),
-            _ => Err("job done".into()),
+            READY => Ok("registered, models loaded, taking shards"),
+            CONNECTING => Err(NotReady::Registering),
+            DRAINING => Err(NotReady::Draining),
+            _ => Err(NotReady::Done),
         }
     }
 
@@ -181,7 +192,11 @@ impl WorkerMetrics {
             self.dataset_cache_misses.clone(),
         );
         let me = self.clone();
-        let ready: Readiness = Arc::new(move || me.readiness());
+        let ready: Readiness = Arc::new(move || {
+            me.readiness()
+                .map(str::to_string)
+                .map_err(|e| Box::new(e) as _)
+        });
         Endpoint { registry: r, ready }
     }
 }

@@ -67,14 +67,15 @@ pub struct AttachToken {
     header: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
+/// A token that cannot travel in an HTTP header (control characters, non-ASCII).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the token is not a valid header value")]
+pub struct InvalidToken;
+
 impl AttachToken {
-    pub fn new(token: Option<&str>) -> Result<Self, String> {
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
         let header = token
-            .map(|t| {
-                format!("Bearer {t}")
-                    .parse()
-                    .map_err(|_| "the token is not a valid header value".to_string())
-            })
+            .map(|t| format!("Bearer {t}").parse().map_err(|_| InvalidToken))
             .transpose()?;
         Ok(AttachToken { header })
     }

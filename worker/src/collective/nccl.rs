@@ -8,12 +8,55 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DriverError};
 use cudarc::nccl::result::{group_end, group_start};
+use cudarc::nccl::sys::ncclResult_t;
 use cudarc::nccl::{Comm, ReduceOp};
 use tch::{Device, Kind, Tensor};
 
-use super::{Ops, check_same_shape};
+use super::{Ops, OpsError, check_same_shape};
+
+/// Why NCCL cannot be set up, or an operation through it failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NcclError {
+    #[error("{0:?} is not a CUDA device")]
+    NotCuda(Device),
+    #[error("no devices")]
+    NoDevices,
+    #[error("libcuda cannot be loaded")]
+    NoLibcuda,
+    #[error(
+        "libnccl cannot be loaded (cudarc looks for libnccl.so, not the libnccl.so.2 that pip's \
+         nvidia-nccl wheel ships: put a libnccl.so symlink to it on LD_LIBRARY_PATH)"
+    )]
+    NoLibnccl,
+    #[error("cuda:{ordinal}: {source}")]
+    Context {
+        ordinal: usize,
+        #[source]
+        source: DriverError,
+    },
+    #[error("stream synchronize: {0}")]
+    Synchronize(#[source] DriverError),
+    /// `call` names the NCCL function (and the peer, for point-to-point calls).
+    #[error("{call}: {code:?}")]
+    Call { call: String, code: ncclResult_t },
+    #[error("rank {rank}'s tensor is on {device:?}, its communicator on cuda:{ordinal}")]
+    Placement {
+        rank: usize,
+        device: Device,
+        ordinal: usize,
+    },
+    #[error("rank {0}'s tensor is not contiguous")]
+    NotContiguous(usize),
+    #[error("NCCL collectives here take int32/int64/float32/float64, not {0:?}")]
+    Kind(Kind),
+}
+
+fn call(name: impl Into<String>) -> impl FnOnce(cudarc::nccl::result::NcclError) -> NcclError {
+    let call = name.into();
+    move |e| NcclError::Call { call, code: e.0 }
+}
 
 /// The communicators, one per rank. cudarc's `Comm` is not `Send` because a raw `ncclComm_t` must
 /// not be used from two threads at once; the rendezvous in `Collective` guarantees exactly that (only
@@ -40,39 +83,35 @@ impl std::fmt::Debug for NcclOps {
 impl NcclOps {
     /// Fails (never panics) when a device is not CUDA or libcuda/libnccl cannot be loaded: cudarc
     /// panics on any call into a missing library, so presence is checked first.
-    pub fn new(devices: &[Device]) -> Result<Self, String> {
+    pub fn new(devices: &[Device]) -> Result<Self, NcclError> {
         let ordinals = devices
             .iter()
             .map(|d| match d {
                 Device::Cuda(i) => Ok(*i),
-                other => Err(format!("{other:?} is not a CUDA device")),
+                other => Err(NcclError::NotCuda(*other)),
             })
-            .collect::<Result<Vec<usize>, String>>()?;
+            .collect::<Result<Vec<usize>, NcclError>>()?;
         if ordinals.is_empty() {
-            return Err("no devices".into());
+            return Err(NcclError::NoDevices);
         }
         // SAFETY: only dlopens the libraries to see whether they exist.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err("libcuda cannot be loaded".into());
+            return Err(NcclError::NoLibcuda);
         }
         // SAFETY: as above.
         if !unsafe { cudarc::nccl::sys::is_culib_present() } {
-            return Err(
-                "libnccl cannot be loaded (cudarc looks for libnccl.so, not the libnccl.so.2 that pip's \
-                 nvidia-nccl wheel ships: put a libnccl.so symlink to it on LD_LIBRARY_PATH)"
-                    .into(),
-            );
+            return Err(NcclError::NoLibnccl);
         }
         let mut streams = Vec::with_capacity(ordinals.len());
         for &o in &ordinals {
-            let ctx = CudaContext::new(o).map_err(|e| format!("cuda:{o}: {e:?}"))?;
+            let ctx =
+                CudaContext::new(o).map_err(|source| NcclError::Context { ordinal: o, source })?;
             // Slices wrapping libtorch memory must not record events libtorch knows nothing about.
             // SAFETY: called before any slice exists on this context.
             unsafe { ctx.disable_event_tracking() };
             streams.push(ctx.default_stream());
         }
-        let comms =
-            Comm::from_devices(streams.clone()).map_err(|e| format!("ncclCommInitAll: {e:?}"))?;
+        let comms = Comm::from_devices(streams.clone()).map_err(call("ncclCommInitAll"))?;
         Ok(NcclOps {
             comms,
             streams,
@@ -86,25 +125,24 @@ impl NcclOps {
         }
     }
 
-    fn sync_streams(&self) -> Result<(), String> {
+    fn sync_streams(&self) -> Result<(), NcclError> {
         for s in &self.streams {
-            s.synchronize()
-                .map_err(|e| format!("stream synchronize: {e:?}"))?;
+            s.synchronize().map_err(NcclError::Synchronize)?;
         }
         Ok(())
     }
 
-    fn check_placement(&self, tensors: &[Tensor]) -> Result<(), String> {
+    fn check_placement(&self, tensors: &[Tensor]) -> Result<(), NcclError> {
         for (rank, t) in tensors.iter().enumerate() {
             if t.device() != Device::Cuda(self.ordinals[rank]) {
-                return Err(format!(
-                    "rank {rank}'s tensor is on {:?}, its communicator on cuda:{}",
-                    t.device(),
-                    self.ordinals[rank]
-                ));
+                return Err(NcclError::Placement {
+                    rank,
+                    device: t.device(),
+                    ordinal: self.ordinals[rank],
+                });
             }
             if !t.is_contiguous() {
-                return Err(format!("rank {rank}'s tensor is not contiguous"));
+                return Err(NcclError::NotContiguous(rank));
             }
         }
         Ok(())
@@ -140,9 +178,7 @@ macro_rules! with_kind {
                 type $T = f64;
                 $body
             }
-            other => Err(format!(
-                "NCCL collectives here take int32/int64/float32/float64, not {other:?}"
-            )),
+            other => Err(NcclError::Kind(other)),
         }
     };
 }
@@ -152,12 +188,12 @@ impl Ops for NcclOps {
         "nccl"
     }
 
-    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), String> {
+    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<(), OpsError> {
         check_same_shape(tensors)?;
         self.check_placement(tensors)?;
         self.sync_torch();
         let kind = tensors[0].kind();
-        with_kind!(kind, T, {
+        let res: Result<(), NcclError> = with_kind!(kind, T, {
             // SAFETY: placement and contiguity checked above; the tensors outlive the slices.
             let mut slices: Vec<CudaSlice<T>> = tensors
                 .iter()
@@ -166,31 +202,28 @@ impl Ops for NcclOps {
                 .collect();
             let result = {
                 // No early return here: the borrowed slices must be leaked whatever happens.
-                let mut r = group_start()
-                    .map(drop)
-                    .map_err(|e| format!("ncclGroupStart: {e:?}"));
+                let mut r = group_start().map(drop).map_err(call("ncclGroupStart"));
                 for (comm, slice) in self.comms.iter().zip(slices.iter_mut()) {
                     if r.is_err() {
                         break;
                     }
                     if let Err(e) = comm.all_reduce_in_place(slice, &ReduceOp::Sum) {
-                        r = Err(format!("ncclAllReduce: {e:?}"));
+                        r = Err(call("ncclAllReduce")(e));
                     }
                 }
                 // Ending the group launches the queued operations; its error outranks theirs.
-                group_end()
-                    .map_err(|e| format!("ncclGroupEnd: {e:?}"))
-                    .and(r)
+                group_end().map_err(call("ncclGroupEnd")).and(r)
             };
             let synced = self.sync_streams();
             for s in slices {
                 s.leak();
             }
             result.and(synced)
-        })
+        });
+        Ok(res?)
     }
 
-    fn gather(&self, tensors: &[Tensor]) -> Result<Tensor, String> {
+    fn gather(&self, tensors: &[Tensor]) -> Result<Tensor, OpsError> {
         self.check_placement(tensors)?;
         self.sync_torch();
         let kind = tensors[0].kind();
@@ -200,7 +233,7 @@ impl Ops for NcclOps {
             .iter()
             .map(|t| Tensor::empty(t.size(), (kind, dev0)))
             .collect();
-        let res: Result<(), String> = with_kind!(kind, T, {
+        let res: Result<(), NcclError> = with_kind!(kind, T, {
             let sends: Vec<CudaSlice<T>> = tensors[1..]
                 .iter()
                 .zip(&self.streams[1..])
@@ -214,25 +247,21 @@ impl Ops for NcclOps {
                 .collect();
             let result = {
                 // No early return here: the borrowed slices must be leaked whatever happens.
-                let mut r = group_start()
-                    .map(drop)
-                    .map_err(|e| format!("ncclGroupStart: {e:?}"));
+                let mut r = group_start().map(drop).map_err(call("ncclGroupStart"));
                 for (i, (send, recv)) in sends.iter().zip(recvs.iter_mut()).enumerate() {
                     if r.is_err() {
                         break;
                     }
                     let peer = i + 1;
                     if let Err(e) = self.comms[peer].send(send, 0) {
-                        r = Err(format!("ncclSend from rank {peer}: {e:?}"));
+                        r = Err(call(format!("ncclSend from rank {peer}"))(e));
                     }
                     if let Err(e) = self.comms[0].recv(recv, peer as i32) {
-                        r = Err(format!("ncclRecv of rank {peer}: {e:?}"));
+                        r = Err(call(format!("ncclRecv of rank {peer}"))(e));
                     }
                 }
                 // Ending the group launches the queued operations; its error outranks theirs.
-                group_end()
-                    .map_err(|e| format!("ncclGroupEnd: {e:?}"))
-                    .and(r)
+                group_end().map_err(call("ncclGroupEnd")).and(r)
             };
             let synced = self.sync_streams();
             for s in sends {
@@ -246,6 +275,6 @@ impl Ops for NcclOps {
         res?;
         let mut parts = vec![tensors[0].shallow_clone()];
         parts.extend(buffers);
-        Tensor::f_cat(&parts, 0).map_err(|e| e.to_string())
+        Ok(Tensor::f_cat(&parts, 0)?)
     }
 }

@@ -45,8 +45,13 @@ impl fmt::Display for ModelName {
     }
 }
 
+/// A model name that is not one of the TResNet variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown model {0:?}; expected one of tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l")]
+pub struct UnknownModel(pub String);
+
 impl FromStr for ModelName {
-    type Err = String;
+    type Err = UnknownModel;
 
     /// Accepts timm names with an optional pretrained tag (`tresnet_m.miil_in1k_448`) and timm's
     /// deprecated `_448` aliases, since users copy those straight from timm's model list.
@@ -56,11 +61,7 @@ impl FromStr for ModelName {
         ModelName::ALL
             .into_iter()
             .find(|m| m.as_str() == base)
-            .ok_or_else(|| {
-                format!(
-                    "unknown model {s:?}; expected one of tresnet_m, tresnet_l, tresnet_xl, tresnet_v2_l"
-                )
-            })
+            .ok_or_else(|| UnknownModel(s.to_string()))
     }
 }
 
@@ -132,7 +133,7 @@ mod tests {
             Ok(ModelName::TresnetV2L)
         );
         let err = "resnet50".parse::<ModelName>().unwrap_err();
-        assert!(err.contains("resnet50"), "{err}");
+        assert!(err.to_string().contains("resnet50"), "{err}");
     }
 
     #[test]

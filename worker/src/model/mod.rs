@@ -10,7 +10,7 @@ mod squeeze_excite;
 mod tresnet;
 mod weights;
 
-pub use config::{ModelName, TResNetConfig};
+pub use config::{ModelName, TResNetConfig, UnknownModel};
 pub use load::{LoadedModel, load_model, load_models};
 pub use tresnet::{ForwardError, TResNet};
 pub use weights::{BuildOptions, LoadError, Params, WeightStore};

@@ -17,12 +17,14 @@ use futures::stream;
 use tokio::sync::Semaphore;
 use tresnet_common::dataset::decoded::{DECODED_EXTENSION, DecodedPack, DecodedPixels};
 use tresnet_common::dataset::tar::{
-    DATASET_FILE, INDEX_SUFFIX, INDEX_VERSION, PackSummary, PackedDataset, ShardBad, ShardIndex,
-    ShardSample, TarBuilder, TarError,
+    DATASET_FILE, INDEX_SUFFIX, INDEX_VERSION, PackedDataset, ShardBad, ShardIndex, ShardSample,
+    TarBuilder, TarError,
 };
 use tresnet_common::dataset::{DatasetError, DatasetIndex, SampleSource};
 use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::storage::{StorageError, StorageLocation};
+
+use crate::pack::PackSummary;
 use tresnet_imaging::{PreprocessError, Preprocessor};
 
 /// Why a decoded pack could not be written. A sample that cannot be read or decoded is not one of

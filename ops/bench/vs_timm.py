@@ -214,7 +214,8 @@ def main():
             w = max(s["workers"], key=lambda w: w["accepted_samples"])
             note = f"window {s['eval_seconds']:.2f} s; {w.get('stages', {}).get('bound', '?')}"
             ls = w.get("layouts") or [{}]
-            note += f"; layout fold_bn={ls[0].get('fold_bn')} channels_last={ls[0].get('channels_last')}"
+            note += (f"; layout fold_bn={ls[0].get('fold_bn')} channels_last={ls[0].get('channels_last')}"
+                     f"{' (from the layout cache)' if ls[0].get('from_cache') else ''}")
             return a.images / wall, note
 
         def timm_e2e():

@@ -96,6 +96,9 @@ pub enum AgentError {
     /// The coordinator stayed silent for the whole `--coordinator-patience-ms`.
     #[error(transparent)]
     Unreachable(#[from] Unreachable),
+    /// A bench job this worker cannot run (`pool_bench.rs`).
+    #[error("bench: {0}")]
+    Bench(#[source] crate::pool_bench::BenchJobError),
     /// The job's model gives non-finite logits: the worker refuses the job (it cannot run it).
     #[error(transparent)]
     Model(#[from] crate::fault::ModelFault),

@@ -281,11 +281,7 @@ fn load(
 
 /// Loads, warms up and times one device over the sweep; `window` lines the devices up before each
 /// timed window and closes it.
-fn measure(
-    cfg: &BenchConfig,
-    rank: usize,
-    window: &dyn Window,
-) -> Result<DeviceRun, BenchError> {
+fn measure(cfg: &BenchConfig, rank: usize, window: &dyn Window) -> Result<DeviceRun, BenchError> {
     let device = cfg.devices[rank];
     let fail = |e: BenchError| {
         window.abort(&e.to_string());

@@ -96,31 +96,52 @@ impl Window for PoolWindow {
     }
 }
 
+/// Why this worker cannot run a bench job.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchJobError {
+    #[error("the job is no bench")]
+    NotABench,
+    #[error("the bench job has no model part")]
+    NoModel,
+    #[error("the bench job needs a resolution and a batch size (got {resolution} and {batch})")]
+    Shape { resolution: u32, batch: u32 },
+    #[error("unknown precision {0}")]
+    Precision(i32),
+    #[error("unknown memory format {0}")]
+    MemoryFormat(i32),
+    #[error(transparent)]
+    Device(#[from] crate::device::DeviceError),
+    #[error(transparent)]
+    Model(#[from] crate::model::UnknownModel),
+    /// Loading or warming up failed on a device (the reason another device's thread reported).
+    #[error("model {model} with weights {weights}: {reason}")]
+    Load {
+        model: &'static str,
+        weights: String,
+        reason: String,
+    },
+}
+
 /// The bench's settings from the job, as `tresnet-worker bench` would take them from flags.
-fn bench_config(cfg: &AgentConfig, job: &pb::JobSpec) -> Result<BenchConfig, String> {
-    let spec = job.bench.as_ref().ok_or("the job is no bench")?;
-    let model = job
-        .model
-        .as_ref()
-        .ok_or("the bench job has no model part")?;
+fn bench_config(cfg: &AgentConfig, job: &pb::JobSpec) -> Result<BenchConfig, BenchJobError> {
+    let spec = job.bench.as_ref().ok_or(BenchJobError::NotABench)?;
+    let model = job.model.as_ref().ok_or(BenchJobError::NoModel)?;
     let resolution = job.preprocess.as_ref().map_or(0, |p| p.resolution);
     let batch = job.batching.as_ref().map_or(0, |b| b.batch_size);
     if resolution == 0 || batch == 0 {
-        return Err(format!(
-            "the bench job needs a resolution and a batch size (got {resolution} and {batch})"
-        ));
+        return Err(BenchJobError::Shape { resolution, batch });
     }
     let precision = match pb::Precision::try_from(model.precision) {
         Ok(pb::Precision::Fp32) => Precision::Fp32,
         Ok(pb::Precision::Fp16) => Precision::Fp16,
         Ok(pb::Precision::Bf16) => Precision::Bf16,
-        _ => return Err(format!("unknown precision {}", model.precision)),
+        _ => return Err(BenchJobError::Precision(model.precision)),
     };
     let memory_format = match pb::MemoryFormat::try_from(model.memory_format) {
         Ok(pb::MemoryFormat::Auto) => tresnet_common::job::MemoryFormat::Auto,
         Ok(pb::MemoryFormat::Contiguous) => tresnet_common::job::MemoryFormat::Contiguous,
         Ok(pb::MemoryFormat::ChannelsLast) => tresnet_common::job::MemoryFormat::ChannelsLast,
-        Err(_) => return Err(format!("unknown memory format {}", model.memory_format)),
+        Err(_) => return Err(BenchJobError::MemoryFormat(model.memory_format)),
     };
     for &d in &cfg.devices {
         precision.check_device(d)?;
@@ -151,7 +172,7 @@ pub(crate) async fn run(
     job: pb::JobSpec,
 ) -> Result<(), JobError> {
     let url = &cfg.coordinator;
-    let bench = bench_config(cfg, &job).map_err(|e| JobError::Refused(AgentError::Job(e)))?;
+    let bench = bench_config(cfg, &job).map_err(|e| JobError::Refused(AgentError::Bench(e)))?;
     tracing::info!(job = %job.job_id, model = %job.model.as_ref().map_or("", |m| m.model.as_str()), "bench: loading the model and warming up");
     let window = Arc::new(PoolWindow {
         state: Mutex::new((0, None)),
@@ -173,11 +194,11 @@ pub(crate) async fn run(
     if let Some(Signal::Abort(e)) = window.decided() {
         // Loading or warming up failed: this worker cannot run the bench.
         let _ = measuring.await;
-        return Err(JobError::Refused(AgentError::Executor(format!(
-            "model {} with weights {}: {e}",
-            bench.model.as_str(),
-            bench.weights.display()
-        ))));
+        return Err(JobError::Refused(AgentError::Bench(BenchJobError::Load {
+            model: bench.model.as_str(),
+            weights: bench.weights.display().to_string(),
+            reason: e,
+        })));
     }
     tracing::info!(job = %job.job_id, "bench: every device is warmed up; waiting for the pool's window");
     let ready = pb::BenchReadyRequest {
@@ -219,7 +240,7 @@ pub(crate) async fn run(
     };
     let measured = measuring
         .await
-        .map_err(|e| JobError::Agent(AgentError::Executor(e.to_string())))?;
+        .map_err(|e| JobError::Agent(AgentError::ExecutorTask(e)))?;
     if let Some(why) = abandoned {
         tracing::warn!(job = %job.job_id, reason = %why, "bench: the coordinator called the bench off");
         return Ok(());
@@ -240,7 +261,7 @@ pub(crate) async fn run(
             worker_id: cfg.worker_id.clone(),
             job_id: job.job_id.clone(),
             devices: Vec::new(),
-            error: e,
+            error: e.to_string(),
         },
     };
     link.call("bench_result", || {

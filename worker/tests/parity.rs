@@ -194,7 +194,8 @@ fn measured_layout_is_recorded_and_within_parity() {
         resolution: 64,
     };
     let open = LayoutSpace::new(true, true, MemoryFormat::Auto);
-    let (loaded, choice) = load_fastest(name, &name.config(), &weights, &open, shape, None).unwrap();
+    let (loaded, choice) =
+        load_fastest(name, &name.config(), &weights, &open, shape, None).unwrap();
     assert!(choice.measured);
     assert_eq!(choice.candidates.len(), 4);
     assert_eq!((choice.batch_size, choice.resolution), (2, 64));

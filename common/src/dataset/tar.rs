@@ -95,13 +95,15 @@ pub(crate) async fn list(location: &StorageLocation) -> Result<DatasetIndex, Dat
                 source,
             });
         }
-        bad.extend(index.bad.iter().map(|b| BadSample {
-            key: SampleKey(
-                b.source_key
-                    .clone()
-                    .unwrap_or_else(|| format!("{}:{}", shard.rel, b.key)),
-            ),
-            reason: b.reason.clone(),
+        bad.extend(index.bad.iter().map(|b| {
+            BadSample {
+                key: SampleKey(
+                    b.source_key
+                        .clone()
+                        .unwrap_or_else(|| format!("{}:{}", shard.rel, b.key)),
+                ),
+                reason: b.reason.clone(),
+            }
         }));
     }
     let (class_names, descriptions) = match metadata {

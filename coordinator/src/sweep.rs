@@ -62,8 +62,9 @@ use tresnet_common::job::Precision;
 use tresnet_common::preprocess::CropMode;
 
 use crate::atomic_file::{write_atomic, write_atomic_with};
-use crate::cli::{DataArgs, RunArgs};
+use crate::cli::RunArgs;
 use crate::finished_run::{self, RunSummary};
+use crate::job_args::DataArgs;
 use crate::metrics::Observed;
 use crate::run::{self, WorkerPool};
 use crate::shutdown::{Interrupted, Shutdown};

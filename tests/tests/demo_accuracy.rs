@@ -5,11 +5,11 @@
 //! refuse a resume that would cut the journal differently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tresnet_common::npy;
 use tresnet_tests::{
-    coordinator_command, dataset_cache_of, output_text, predictions, run_ok, summary,
+    bin, coordinator_command, dataset_cache_of, output_text, predictions, run_ok, summary,
 };
 
 /// ops/reference/make_demo_fixture.py's output ($TRESNET_DEMO, made by ops/fixtures.sh).

@@ -5,13 +5,13 @@
 //! a SIGINTed sweep stops after draining its cell.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tresnet_tests::{
-    SweepToml, Watched, assert_same_report, bin, children_of, coordinator_command, coordinator_run,
+    SweepToml, Watched, assert_same_report, children_of, coordinator_command, coordinator_run,
     free_port, journal_records, process_gone, read_journal_record, run_ok, sample_dataset_size,
-    sample_images, send_signal, summary, tresnet_m_weights, wait_until, worker_command,
+    sample_images, send_signal, summary, wait_until, worker_command,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tresnet_tests::{
-    Watched, assert_same_report, bin, coordinator_run, journal_records, run_ok,
-    sample_dataset_size, summary, wait_until, worker_command,
+    Watched, assert_same_report, coordinator_run, journal_records, run_ok, sample_dataset_size,
+    summary, wait_until, worker_command,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.

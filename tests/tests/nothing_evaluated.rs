@@ -7,7 +7,7 @@ use std::process::Command;
 
 use std::path::{Path, PathBuf};
 
-use tresnet_tests::{SweepToml, coordinator_command, coordinator_run_on, summary};
+use tresnet_tests::{SweepToml, bin, coordinator_command, coordinator_run_on, summary};
 
 const CORRUPT: [&str; 3] = ["cat/a.jpg", "cat/b.jpg", "dog/c.jpg"];
 

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use tresnet_tests::s3::{BUCKET, S3Server};
 use tresnet_tests::{
-    SweepToml, assert_same_report, bin, coordinator_command, coordinator_run_on, files_under,
-    predictions, run_ok, sample_images, summary, tresnet_m_weights,
+    SweepToml, assert_same_report, coordinator_command, coordinator_run_on, files_under,
+    predictions, run_ok, sample_images, summary,
 };
 
 /// Uploads the sample ImageFolder to `s3://BUCKET/prefix` through the S3 API (not by copying into the

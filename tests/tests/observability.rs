@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tresnet_tests::{Watched, bin, coordinator_run_on, http_get, metric, summary, worker_command};
+use tresnet_tests::{Watched, coordinator_run_on, http_get, metric, summary, worker_command};
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

@@ -13,9 +13,8 @@ use std::time::SystemTime;
 
 use polars::prelude::*;
 use tresnet_tests::{
-    SweepToml, Watched, assert_same_report, bin, children_of, coordinator_command,
-    coordinator_run_with, model_fixtures, run_ok, sample_images, summary, tresnet_m_weights,
-    worker_command,
+    SweepToml, Watched, assert_same_report, children_of, coordinator_command, coordinator_run_with,
+    model_fixtures, run_ok, sample_images, summary, tresnet_m_weights, worker_command,
 };
 
 const CELLS: [&str; 4] = [

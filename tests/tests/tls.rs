@@ -3,9 +3,9 @@
 //! refused with errors that say why, and bad certificate or key files are named.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use tresnet_tests::{Watched, bin, coordinator_run, summary, worker_command};
+use tresnet_tests::{Watched, coordinator_run, summary, worker_command};
 
 struct Pki {
     ca: PathBuf,

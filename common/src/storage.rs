@@ -372,8 +372,15 @@ impl StorageLocation {
         }
     }
 
-    /// Wraps a store the caller built (tests, or a store with custom middleware such as throttling).
-    /// `root_url` is used only in messages: object URLs are `{root_url}/{path}`.
+    /// Wraps a store the caller built. `root_url` is used only in messages: object URLs are
+    /// `{root_url}/{path}`.
+    ///
+    /// Test-only, hidden from the API: the binaries reach every store through [`Self::parse`]. It
+    /// stays public because the Azurite and fake-GCS tests (tests/tests/backends.rs) need stores
+    /// pointed at emulators, whose addresses `parse` takes from the process environment only
+    /// (object_store's `from_env`), and tests running in parallel in one process cannot each set
+    /// their own. Not behind `cfg(test)`: another crate's tests use it.
+    #[doc(hidden)]
     pub fn from_store(
         root_url: impl Into<String>,
         store: Arc<dyn ObjectStore>,

@@ -79,7 +79,7 @@ fn existing(run: &Path, file: &str) -> Result<PathBuf, RunDirError> {
 }
 
 pub fn read_summary(run: &Path) -> Result<RunSummary, RunDirError> {
-    let path = existing(run, "summary.json")?;
+    let path = existing(run, crate::run_dir::SUMMARY_FILE)?;
     let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| read_err(&path, e))
 }
@@ -102,7 +102,7 @@ impl Prediction {
 
 /// Every row of `predictions.parquet`, in file (dataset) order.
 pub fn read_predictions(run: &Path) -> Result<Vec<Prediction>, RunDirError> {
-    let path = existing(run, "predictions.parquet")?;
+    let path = existing(run, crate::run_dir::PREDICTIONS_FILE)?;
     let f = File::open(&path).map_err(|e| read_err(&path, e))?;
     let df = ParquetReader::new(f)
         .with_columns(Some(vec![
@@ -161,7 +161,7 @@ pub fn read_predictions(run: &Path) -> Result<Vec<Prediction>, RunDirError> {
 /// Class names from `per_class.csv` (class index → name); empty when the file is absent, since names
 /// only label the tables.
 pub fn read_class_names(run: &Path) -> Result<BTreeMap<u32, String>, RunDirError> {
-    let path = run.join("per_class.csv");
+    let path = run.join(crate::run_dir::PER_CLASS_CSV);
     if !path.is_file() {
         return Ok(BTreeMap::new());
     }
@@ -224,7 +224,7 @@ pub fn run_class_counts(
         return Ok(class_counts(&read_predictions(run)?, summary.top5_k));
     }
     use prost::Message;
-    let path = existing(run, crate::report::COUNTS_FILE)?;
+    let path = existing(run, crate::run_dir::COUNTS_FILE)?;
     let bytes = std::fs::read(&path).map_err(|e| read_err(&path, e))?;
     let c = tresnet_common::protocol::pb::ShardCounts::decode(bytes.as_slice())
         .map_err(|e| read_err(&path, e))?;

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::report::{Outcome, Summary, TimelineEvent};
+use crate::run_dir::{Outcome, Summary, TimelineEvent, WorkerSummary};
+use crate::stages::LayoutSummary;
 use crate::tally::Tally;
 
 /// Rows in the worst-classes, top-confusions and bad-sample tables; the files hold the rest.
@@ -90,7 +91,7 @@ pub fn render(s: &Summary, t: &Tally, o: &Outcome) -> String {
     top_confusions(&mut h, t, &o.class_names);
     h.push_str("<h2>Throughput over time</h2>\n");
     throughput_chart(&mut h, &o.timeline);
-    crate::stages::html_section(&mut h, &o.workers);
+    stages_section(&mut h, &o.workers);
     bad_and_failed(&mut h, s);
     h.push_str("</body></html>\n");
     h
@@ -599,6 +600,109 @@ fn throughput_chart(h: &mut String, timeline: &[TimelineEvent]) {
         );
     }
     h.push_str("</svg>\n");
+}
+
+/// "Where the time went" ([`crate::stages`]): one table per worker that reported its stages.
+fn stages_section(h: &mut String, workers: &[WorkerSummary]) {
+    let reported: Vec<_> = workers
+        .iter()
+        .filter_map(|w| Some((w, w.stages.as_ref()?)))
+        .collect();
+    if reported.is_empty() {
+        return;
+    }
+    h.push_str("<h2>Where the time went</h2>\n");
+    for (w, s) in reported {
+        let esc = escape;
+        let _ = write!(
+            h,
+            "<h3>{}</h3>\n<p class=\"bound\"><b>{}</b>. End to end {:.1} img/s over {:.1} s",
+            esc(&w.id),
+            esc(&s.bound),
+            s.end_to_end_images_per_second,
+            s.wall_seconds
+        );
+        for d in &s.devices {
+            let _ = write!(
+                h,
+                "; model only ({}) {:.1} img/s",
+                esc(&d.device),
+                d.model_images_per_second
+            );
+        }
+        h.push_str(".</p>\n<table><tr><th>stage</th><th>seconds</th><th>% of wall</th></tr>");
+        let pct = |v: f64| 100.0 * v / s.wall_seconds.max(f64::MIN_POSITIVE);
+        let threads = f64::from(s.decode_threads.max(1));
+        let mut rows = vec![
+            (
+                "fetch (summed over concurrent fetches)".to_string(),
+                s.fetch_seconds,
+                None,
+            ),
+            (
+                format!(
+                    "decode + resize ({} threads; % of the pool)",
+                    s.decode_threads
+                ),
+                s.decode_seconds,
+                Some(pct(s.decode_seconds) / threads),
+            ),
+            ("submit".to_string(), s.submit_seconds, None),
+        ];
+        for d in &s.devices {
+            for (name, v) in [
+                ("host→device", d.host_to_device_seconds),
+                ("forward", d.forward_seconds),
+                ("device→host + scoring", d.device_to_host_seconds),
+                ("idle, waiting for data", d.idle_seconds),
+            ] {
+                rows.push((format!("{}: {name}", d.device), v, None));
+            }
+        }
+        for (name, v, share) in rows {
+            let _ = write!(
+                h,
+                "<tr><th>{}</th><td class=\"num\">{v:.2}</td><td class=\"num\">{:.0}%</td></tr>",
+                esc(&name),
+                share.unwrap_or_else(|| pct(v))
+            );
+        }
+        h.push_str("</table>\n");
+        for l in &w.layouts {
+            let how = if l.measured {
+                let when = if l.from_cache {
+                    "measured by an earlier job on this node (layout cache)".to_string()
+                } else {
+                    format!("measured at load in {:.1} s", l.seconds)
+                };
+                let cands = l
+                    .candidates
+                    .iter()
+                    .map(|c| {
+                        let best = c.pass_ms.iter().copied().fold(f64::INFINITY, f64::min);
+                        format!(
+                            "{} {best:.1} ms",
+                            LayoutSummary::describe(c.fold_bn, c.channels_last)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                format!(
+                    "{when}, on {} images of {} px (best pass: {cands})",
+                    l.batch_size, l.resolution
+                )
+            } else {
+                "forced by the job".to_string()
+            };
+            let _ = writeln!(
+                h,
+                "<p>{} layout: <b>{}</b>, {}.</p>",
+                esc(&l.device),
+                LayoutSummary::describe(l.fold_bn, l.channels_last),
+                esc(&how)
+            );
+        }
+    }
 }
 
 fn bad_and_failed(h: &mut String, s: &Summary) {

@@ -65,7 +65,7 @@ async fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             use tresnet_common::storage::StorageLocation;
             let src = StorageLocation::parse(&a.data, &a.store.options())?;
             let dst = StorageLocation::parse(&a.out, &a.store.options())?;
-            let format = tresnet_coordinator::cli::with_absolute_paths(
+            let format = tresnet_coordinator::job_args::with_absolute_paths(
                 a.format.clone(),
                 a.allow_absolute_paths,
             )?;
@@ -196,7 +196,7 @@ fn gate_command(a: GateArgs) -> ExitCode {
     })
 }
 
-fn print_headline(summary: &tresnet_coordinator::report::Summary) {
+fn print_headline(summary: &tresnet_coordinator::run_dir::Summary) {
     if summary.synthetic {
         println!("SYNTHETIC run (no model): accuracy numbers are meaningless");
     }

@@ -1,6 +1,7 @@
 //! The coordinator's Prometheus metrics and readiness. Counters and gauges are read from the run state at
 //! scrape time, so they can never drift from the accounting the report is made of; only the
-//! accept-latency histogram is recorded as it happens (in the service).
+//! accept-latency histogram is recorded as it happens (in the service). The run state hands them over
+//! as a [`Snapshot`] of plain numbers, so this module knows what it exports, not how the run keeps it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -11,11 +12,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use tresnet_common::ids::ShardId;
 use tresnet_common::observability::{Endpoint, Readiness};
-
-use crate::scheduler::ShardState;
-use crate::service::Shared;
 
 /// Prefix of every coordinator metric.
 pub const PREFIX: &str = "tresnet_coordinator";
@@ -26,7 +23,56 @@ pub fn accept_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1e-4, 2.0, 16))
 }
 
-/// What the metrics listener needs to know about the run; cheap to clone.
+/// The run as /metrics and /readyz show it, read at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The job served (its id on the wire).
+    pub job_id: String,
+    /// Why the run stopped, when it failed.
+    pub fatal: Option<String>,
+    /// Samples of the shards accepted by this process, bad ones included, and of those the bad ones.
+    pub samples_done: u64,
+    pub bad_samples: u64,
+    /// Samples the dataset listing itself found bad (never leased).
+    pub listed_bad: u64,
+    pub duplicates_dropped: u64,
+    pub environment_faults: u64,
+    pub store_retries: u64,
+    pub submissions_rejected: u64,
+    /// Each registered worker's id with its refused submissions.
+    pub worker_submissions_rejected: Vec<(String, u64)>,
+    pub leases_granted: u64,
+    pub speculative_leases: u64,
+    pub lease_expiries: u64,
+    pub late_leases_cancelled: u64,
+    pub retries: u64,
+    pub queue_depth: u64,
+    pub leases_in_flight: u64,
+    pub workers_registered: u64,
+    /// Workers heard from within the lease timeout.
+    pub workers_alive: u64,
+    /// Samples the dataset listed, usable ones (`listed_bad` excluded).
+    pub dataset_usable: u64,
+    pub shards: ShardsByState,
+    /// Validate + journal time of each accepted submission (shared with the run state, which records
+    /// into it).
+    pub accept_seconds: Histogram,
+}
+
+/// How many shards are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardsByState {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// What is observed: the run state, read under its lock at each scrape.
+pub trait Source: std::fmt::Debug + Send + Sync {
+    fn snapshot(&self) -> Snapshot;
+}
+
 /// Why the coordinator is not ready (`/readyz` answers 503 with it).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
@@ -39,15 +85,16 @@ pub enum NotReady {
     Failed(String),
 }
 
+/// What the metrics listener needs to know about the run; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     /// Set once the job is loaded and the gRPC server is serving it.
-    state: Arc<OnceLock<Shared>>,
+    state: Arc<OnceLock<Arc<dyn Source>>>,
     finished: Arc<AtomicBool>,
 }
 
 impl Observed {
-    pub fn serving(&self, state: Shared) {
+    pub fn serving(&self, state: Arc<dyn Source>) {
         let _ = self.state.set(state);
     }
 
@@ -64,10 +111,10 @@ impl Observed {
         match self.state.get() {
             None => Err(NotReady::Loading),
             Some(s) => {
-                let st = s.lock().unwrap_or_else(|p| p.into_inner());
-                match st.fatal() {
-                    Some(f) => Err(NotReady::Failed(f.to_string())),
-                    None => Ok(format!("serving job {}", st.job_id())),
+                let st = s.snapshot();
+                match st.fatal {
+                    Some(f) => Err(NotReady::Failed(f)),
+                    None => Ok(format!("serving job {}", st.job_id)),
                 }
             }
         }
@@ -97,54 +144,51 @@ impl Collector for Observed {
         let Some(state) = self.state.get() else {
             return Ok(());
         };
-        let st = state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = st.now();
-        let listed_bad = st.index().bad_samples.len() as u64;
-        let live = st.live();
-        let stats = st.sched().stats();
+        let st = state.snapshot();
+        let listed_bad = st.listed_bad;
         counter(
             &mut e,
             "samples_accounted",
             "Samples accounted by this process (evaluated + bad, from accepted shards and listing); \
              rate() is the evaluation throughput",
-            live.samples_done + listed_bad,
+            st.samples_done + listed_bad,
         )?;
         counter(
             &mut e,
             "samples_evaluated",
             "Samples with a prediction in accepted shards (the report's `samples`)",
-            live.samples_done - live.bad_samples,
+            st.samples_done - st.bad_samples,
         )?;
         counter(
             &mut e,
             "bad_samples",
             "Undecodable, missing or unlistable samples (the report's `bad_samples`)",
-            live.bad_samples + listed_bad,
+            st.bad_samples + listed_bad,
         )?;
         counter(
             &mut e,
             "duplicates_dropped",
             "Complete results for shards that already had one (speculation, late leases)",
-            live.duplicates_dropped,
+            st.duplicates_dropped,
         )?;
         counter(
             &mut e,
             "environment_faults",
             "Leases handed back by workers for a fault of the environment (store, network, device)",
-            live.environment_faults,
+            st.environment_faults,
         )?;
         counter(
             &mut e,
             "store_retries",
             "Object-store requests that failed and were retried inside the workers",
-            live.store_retries,
+            st.store_retries,
         )?;
         counter(
             &mut e,
             "submissions_rejected",
             "Submissions refused as invalid (samples outside the shard, repeated or missing, values \
              no softmax gives, a message over the cap): each failed its shard's attempt",
-            live.submissions_rejected,
+            st.submissions_rejected,
         )?;
         let rejected = ConstCounter::new(0u64);
         let mut m = e.encode_descriptor(
@@ -153,98 +197,90 @@ impl Collector for Observed {
             None,
             rejected.metric_type(),
         )?;
-        for (id, w) in st.workers() {
-            ConstCounter::new(w.submissions_rejected)
-                .encode(m.encode_family(&[("worker", id.0.as_str())])?)?;
+        for (id, n) in &st.worker_submissions_rejected {
+            ConstCounter::new(*n).encode(m.encode_family(&[("worker", id.as_str())])?)?;
         }
         counter(
             &mut e,
             "leases_granted",
             "Shard leases granted",
-            stats.leases_granted,
+            st.leases_granted,
         )?;
         counter(
             &mut e,
             "speculative_leases",
             "Leases duplicating an in-flight shard",
-            stats.speculative_leases,
+            st.speculative_leases,
         )?;
         counter(
             &mut e,
             "lease_expiries",
             "Leases not renewed by heartbeats in time",
-            stats.expiries,
+            st.lease_expiries,
         )?;
         counter(
             &mut e,
             "late_leases_cancelled",
             "Expired leases whose worker was heard from again and told to drop the shard",
-            stats.late_leases_cancelled,
+            st.late_leases_cancelled,
         )?;
         counter(
             &mut e,
             "retries",
             "Shards requeued after an unsuccessful lease",
-            stats.retries,
+            st.retries,
         )?;
         gauge(
             &mut e,
             "queue_depth",
             "Shards waiting for a lease",
-            st.sched().pending_count() as i64,
+            st.queue_depth as i64,
         )?;
         gauge(
             &mut e,
             "leases_in_flight",
             "Live leases",
-            st.sched().leases_in_flight() as i64,
+            st.leases_in_flight as i64,
         )?;
         gauge(
             &mut e,
             "workers_registered",
             "Workers that registered",
-            st.workers().len() as i64,
+            st.workers_registered as i64,
         )?;
-        let timeout = st.lease_timeout().as_millis() as u64;
-        let alive = st
-            .workers()
-            .values()
-            .filter(|w| now.saturating_sub(w.last_seen) <= timeout)
-            .count();
         gauge(
             &mut e,
             "workers_alive",
             "Workers heard from within the lease timeout",
-            alive as i64,
+            st.workers_alive as i64,
         )?;
         gauge(
             &mut e,
             "dataset_samples",
             "Samples in the dataset, bad ones included",
-            st.index().len() as i64 + listed_bad as i64,
+            st.dataset_usable as i64 + listed_bad as i64,
         )?;
-        let mut by_state = [0i64; 4];
-        for i in 0..st.sched().shard_count() {
-            by_state[match st.sched().state_of(ShardId(i as u64)) {
-                ShardState::Pending => 0,
-                ShardState::InFlight => 1,
-                ShardState::Done => 2,
-                ShardState::Failed => 3,
-            }] += 1;
-        }
+        let ShardsByState {
+            pending,
+            in_flight,
+            done,
+            failed,
+        } = st.shards;
         let shards = ConstGauge::new(0i64);
         let mut m = e.encode_descriptor("shards", "Shards by state", None, shards.metric_type())?;
-        for (label, n) in ["pending", "in_flight", "done", "failed"]
-            .into_iter()
-            .zip(by_state)
-        {
-            ConstGauge::new(n).encode(m.encode_family(&[("state", label)])?)?;
+        for (label, n) in [
+            ("pending", pending),
+            ("in_flight", in_flight),
+            ("done", done),
+            ("failed", failed),
+        ] {
+            ConstGauge::new(n as i64).encode(m.encode_family(&[("state", label)])?)?;
         }
-        st.accept_seconds().encode(e.encode_descriptor(
+        st.accept_seconds.encode(e.encode_descriptor(
             "accept",
             "Time to validate and journal a complete shard submission",
             Some(&Unit::Seconds),
-            st.accept_seconds().metric_type(),
+            st.accept_seconds.metric_type(),
         )?)
     }
 }

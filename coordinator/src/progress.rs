@@ -1,8 +1,8 @@
 //! The run's progress line: samples computed (moving with every batch, from the workers' heartbeats)
 //! and samples accepted (whole journaled shards, the exactly-once count), with a rate and an ETA.
 
+use crate::run_state::RunState;
 use crate::scheduler::{Millis, ShardState};
-use crate::service::RunState;
 use tresnet_common::ids::ShardId;
 
 /// The progress line's figures. Accepted samples (whole shards, journaled) are the exactly-once count
@@ -115,8 +115,8 @@ mod tests {
     use tresnet_common::ids::{ShardId, WorkerId};
 
     use super::{Progress, ProgressNow, human_duration};
-    use crate::report::TimelineEvent;
-    use crate::service::{RunState, WorkerInfo};
+    use crate::run_dir::TimelineEvent;
+    use crate::run_state::{RunState, WorkerInfo};
 
     /// A job over 10 samples in shards of 2 with workers `a` and `b`, last heard from at 0 ms.
     fn state(dir: &std::path::Path) -> RunState {

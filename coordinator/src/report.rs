@@ -8,19 +8,21 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
-use serde::{Deserialize, Serialize};
-use tresnet_common::dataset::{DatasetIndex, ExcludedSample};
+use tresnet_common::dataset::DatasetIndex;
 use tresnet_common::ids::ShardId;
 use tresnet_common::job::JobSpec;
-use tresnet_common::preprocess::PreprocessConfig;
 use tresnet_common::protocol::pb::SampleResult;
-use tresnet_common::software::WorkerSoftware;
 
 use crate::atomic_file::{AtomicFile, AtomicWriteError, write_atomic, write_atomic_with};
 use crate::journal::{Journal, JournalError};
+use crate::run_dir::{
+    CLASS_SUBSET_FILE, CONFUSION_FILE, COUNTS_FILE, FailedShard, JOB_FILE, LOGITS_FILE,
+    OUTCOME_FILE, Outcome, PER_CLASS_CSV, PER_CLASS_PARQUET, PREDICTIONS_FILE, REPORT_FILE,
+    SUMMARY_FILE, Scheduling, Software, Summary, TimelineEvent, WorkerSummary,
+};
 use crate::scheduler::{Scheduler, ShardState};
 use crate::stats::{Interval, wilson};
-use crate::tally::{Averages, BadSample, ECE_BINS, ReliabilityBin, Tally};
+use crate::tally::{BadSample, ECE_BINS, Tally};
 
 /// Rows buffered before a parquet row group is written (and read back by [`rerender`]); bounds memory
 /// whatever the dataset size.
@@ -54,76 +56,6 @@ fn read_err(path: &Path, e: impl std::fmt::Display) -> ReportError {
     }
 }
 
-/// A shard that failed every attempt, with its samples.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct FailedShard {
-    pub shard: u64,
-    pub samples: Vec<String>,
-    pub reasons: Vec<String>,
-}
-
-/// One accepted shard result: when (coordinator clock, ms since the coordinator started), from which
-/// worker, how many samples. The report's throughput-over-time chart is drawn from these.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TimelineEvent {
-    pub t_ms: u64,
-    pub worker: String,
-    pub shard: u64,
-    pub samples: u64,
-}
-
-/// A worker that contributed results in this coordinator process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WorkerSummary {
-    pub id: String,
-    pub hostname: String,
-    pub devices: Vec<String>,
-    /// Samples of the shards accepted from it (first complete result wins; duplicates not counted).
-    pub accepted_samples: u64,
-    /// Process id on its host (0 in run directories written before it was recorded).
-    #[serde(default)]
-    pub pid: u32,
-    /// What it computed with, as it reported at registration.
-    #[serde(default)]
-    pub software: Option<WorkerSoftware>,
-    /// Its submissions refused as invalid (each failed its shard's attempt; none is in the numbers).
-    #[serde(default)]
-    pub submissions_rejected: u64,
-    /// Where its time went in this job, from its last shard trailer (absent for synthetic-only or
-    /// older workers and in run directories written before it was recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stages: Option<crate::stages::WorkerStages>,
-    /// How each of its devices' model layout was chosen (measured at load or forced).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub layouts: Vec<crate::stages::LayoutSummary>,
-}
-
-/// Versions of the software that produced the numbers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Software {
-    pub tresnet_eval: String,
-    pub protocol_version: u32,
-    /// The libtorch versions the workers reported (distinct, sorted, comma-separated; one when the
-    /// fleet is uniform); null when none reported one.
-    pub libtorch: Option<String>,
-}
-
-impl Software {
-    /// This coordinator's versions, with the libtorch versions of `workers`.
-    pub fn current(workers: &[WorkerSummary]) -> Self {
-        let versions: std::collections::BTreeSet<&str> = workers
-            .iter()
-            .filter_map(|w| w.software.as_ref()?.libtorch.as_deref())
-            .collect();
-        Software {
-            tresnet_eval: env!("CARGO_PKG_VERSION").to_string(),
-            protocol_version: tresnet_common::protocol::PROTOCOL_VERSION,
-            libtorch: (!versions.is_empty())
-                .then(|| versions.into_iter().collect::<Vec<_>>().join(", ")),
-        }
-    }
-}
-
 /// What the coordinator observed while running, handed to [`finalize`].
 #[derive(Debug, Clone, Default)]
 pub struct RunFacts {
@@ -136,134 +68,6 @@ pub struct RunFacts {
     pub workers: Vec<WorkerSummary>,
     pub timeline: Vec<TimelineEvent>,
     pub scheduling: Scheduling,
-}
-
-/// How the exactly-once accounting got there: leases, speculation, expiries, retries and the duplicate
-/// results that were dropped (counted, never added to the numbers). This coordinator process only.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Scheduling {
-    pub leases_granted: u64,
-    pub speculative_leases: u64,
-    pub lease_expiries: u64,
-    pub retries: u64,
-    pub duplicates_dropped: u64,
-    /// Leases handed back by workers because of a fault of the environment (each a failed attempt
-    /// of its shard; a shard fails after `--max-failures` of them).
-    #[serde(default)]
-    pub environment_faults: u64,
-    /// Object-store requests that failed for a reason of the environment (5xx, throttling, transport
-    /// error, timeout, body cut off) and were retried inside the workers.
-    #[serde(default)]
-    pub store_retries: u64,
-    /// Leases that expired while their worker was alive but silent (frozen, partitioned): when it
-    /// was heard from again it was told to drop the shard, whose result had gone elsewhere. A late
-    /// result that does arrive is a counted duplicate instead.
-    #[serde(default)]
-    pub late_leases_cancelled: u64,
-    /// Submissions refused as invalid (samples outside the shard, repeated or missing; values no
-    /// softmax gives; a message over the cap): the worker's fault, each a failed attempt of its shard.
-    #[serde(default)]
-    pub submissions_rejected: u64,
-}
-
-/// `outcome.json`: everything a run recorded besides its predictions. With job.json and
-/// predictions.parquet it is all [`rerender`] needs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Outcome {
-    pub dataset_size: u64,
-    pub class_names: Vec<String>,
-    pub bad: Vec<BadSample>,
-    pub failed_shards: Vec<FailedShard>,
-    pub eval_seconds: f64,
-    pub samples_timed: u64,
-    pub wall_seconds: f64,
-    pub software: Software,
-    pub workers: Vec<WorkerSummary>,
-    pub timeline: Vec<TimelineEvent>,
-    /// Absent in run directories written before it existed.
-    #[serde(default)]
-    pub scheduling: Scheduling,
-    /// Samples the scoring rule leaves out (an empty ReaL label list, a class outside the class
-    /// subset): part of `dataset_size`, never evaluated.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub excluded: Vec<ExcludedSample>,
-}
-
-/// `top1`, `top5`, `nll` and `ece` are null when no sample was evaluated (every one bad or failed):
-/// a mean over nothing is no number, and 0.0 would read as a result.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Summary {
-    pub top1: Option<f64>,
-    pub top5: Option<f64>,
-    pub top5_k: usize,
-    pub nll: Option<f64>,
-    pub ece: Option<f64>,
-    pub ece_bins: usize,
-    pub reliability: Vec<ReliabilityBin>,
-    #[serde(rename = "macro")]
-    pub macro_avg: Averages,
-    #[serde(rename = "weighted")]
-    pub weighted_avg: Averages,
-    pub dataset_size: u64,
-    pub samples: u64,
-    pub correct1: u64,
-    pub correct5: u64,
-    pub bad_samples: u64,
-    pub failed_samples: u64,
-    pub failed_shards: Vec<FailedShard>,
-    pub bad: Vec<BadSample>,
-    /// Samples left out by the scoring rule (listed in outcome.json with their reasons):
-    /// `samples + excluded_samples + bad_samples + failed_samples == dataset_size`.
-    #[serde(default)]
-    pub excluded_samples: u64,
-    pub synthetic: bool,
-    /// Seconds from the first lease to the last accepted result of this process (0 when resumed
-    /// with nothing left), and samples evaluated per second over that window.
-    pub eval_seconds: f64,
-    pub throughput: f64,
-    pub wall_seconds: f64,
-    pub model: String,
-    pub weights_sha256: String,
-    pub dataset_fingerprint: String,
-    pub preprocess: PreprocessConfig,
-    pub software: Software,
-    pub workers: Vec<WorkerSummary>,
-    pub scheduling: Scheduling,
-    pub job: JobSpec,
-    /// 95% Wilson intervals of `top1` and `top5`, in percent (stats.rs says why Wilson); null when
-    /// nothing was evaluated, absent in run directories written before they were reported.
-    #[serde(default)]
-    pub top1_ci95: Option<Interval>,
-    #[serde(default)]
-    pub top5_ci95: Option<Interval>,
-}
-
-impl Summary {
-    /// Why a run with this summary must not exit 0 although its report is written, if it must not:
-    /// it evaluated nothing (its metrics are null), or shards failed (it does not cover the dataset;
-    /// the journal keeps every accepted shard, so a rerun does only the rest). `summary` is where it
-    /// was written, for the message.
-    pub fn shortfall(&self, summary: &Path) -> Option<String> {
-        if self.samples == 0 {
-            return Some(format!(
-                "no samples evaluated: of {} samples {} were bad and {} in failed shards (reasons in \
-                 {}); the metrics are null",
-                self.dataset_size,
-                self.bad_samples,
-                self.failed_samples,
-                summary.display()
-            ));
-        }
-        (self.failed_samples > 0).then(|| {
-            format!(
-                "{} of {} samples were not evaluated: their shards failed on faults of the \
-                 environment (reasons in {}); rerun the same command to retry only them",
-                self.failed_samples,
-                self.dataset_size,
-                summary.display()
-            )
-        })
-    }
 }
 
 #[derive(Default)]
@@ -359,7 +163,7 @@ struct PredictionWriter {
 
 impl PredictionWriter {
     fn new(run_dir: &Path) -> Result<Self, ReportError> {
-        let path = run_dir.join("predictions.parquet");
+        let path = run_dir.join(PREDICTIONS_FILE);
         Ok(PredictionWriter {
             file: AtomicFile::create(&path)?,
             path,
@@ -506,7 +310,7 @@ pub fn finalize(
         excluded: index.excluded.clone(),
     };
     check_accounting(&tally, &outcome)?;
-    let path = run_dir.join("outcome.json");
+    let path = run_dir.join(OUTCOME_FILE);
     write_atomic(
         &path,
         &serde_json::to_vec_pretty(&outcome).map_err(|e| write_err(&path, e))?,
@@ -575,12 +379,12 @@ pub(crate) fn write_scored(
     preds.finish()?;
     tally.bad = outcome.bad.clone();
     check_accounting(&tally, outcome)?;
-    let path = run_dir.join("outcome.json");
+    let path = run_dir.join(OUTCOME_FILE);
     write_atomic(
         &path,
         &serde_json::to_vec_pretty(outcome).map_err(|e| write_err(&path, e))?,
     )?;
-    let path = run_dir.join("job.json");
+    let path = run_dir.join(JOB_FILE);
     write_atomic(
         &path,
         &serde_json::to_vec_pretty(job).map_err(|e| write_err(&path, e))?,
@@ -597,8 +401,8 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 /// outcome.json and predictions.parquet (read a row group's worth at a time), through the same tally
 /// and writers as [`finalize`], so the numbers are identical.
 pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
-    let job: JobSpec = read_json(&run_dir.join("job.json"))?;
-    let outcome: Outcome = read_json(&run_dir.join("outcome.json"))?;
+    let job: JobSpec = read_json(&run_dir.join(JOB_FILE))?;
+    let outcome: Outcome = read_json(&run_dir.join(OUTCOME_FILE))?;
     let mut tally = Tally::new(job.scored_classes() as usize, job.outputs.top_k as usize);
     if job.outputs.counts_only {
         let counts = read_counts(run_dir)?;
@@ -609,7 +413,7 @@ pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
         check_accounting(&tally, &outcome)?;
         return write_derived(run_dir, &job, &tally, &outcome);
     }
-    let path = run_dir.join("predictions.parquet");
+    let path = run_dir.join(PREDICTIONS_FILE);
     let open = || File::open(&path).map_err(|e| read_err(&path, e));
     let rows = ParquetReader::new(open()?)
         .num_rows()
@@ -630,9 +434,6 @@ pub fn rerender(run_dir: &Path) -> Result<Summary, ReportError> {
     check_accounting(&tally, &outcome)?;
     write_derived(run_dir, &job, &tally, &outcome)
 }
-
-/// Where a counts-only run stores its summed counts (protobuf `ShardCounts`, the message workers send).
-pub const COUNTS_FILE: &str = "counts.pb";
 
 fn write_counts(run_dir: &Path, tally: &Tally) -> Result<(), ReportError> {
     use prost::Message;
@@ -755,7 +556,7 @@ fn write_derived(
         top1_ci95: wilson(tally.correct1, tally.evaluated),
         top5_ci95: wilson(tally.correct5, tally.evaluated),
     };
-    let summary_path = run_dir.join("summary.json");
+    let summary_path = run_dir.join(SUMMARY_FILE);
     write_atomic(
         &summary_path,
         &serde_json::to_vec_pretty(&summary).map_err(|e| write_err(&summary_path, e))?,
@@ -764,21 +565,17 @@ fn write_derived(
         write_class_subset(run_dir, subset, &outcome.class_names)?;
     }
     let per_class = per_class_frame(tally, &outcome.class_names)
-        .map_err(|e| write_err(&run_dir.join("per_class.parquet"), e))?;
-    write_parquet(&run_dir.join("per_class.parquet"), per_class.clone())?;
-    write_csv(&run_dir.join("per_class.csv"), per_class)?;
+        .map_err(|e| write_err(&run_dir.join(PER_CLASS_PARQUET), e))?;
+    write_parquet(&run_dir.join(PER_CLASS_PARQUET), per_class.clone())?;
+    write_csv(&run_dir.join(PER_CLASS_CSV), per_class)?;
     let confusion =
-        confusion_frame(tally).map_err(|e| write_err(&run_dir.join("confusion.parquet"), e))?;
-    write_parquet(&run_dir.join("confusion.parquet"), confusion)?;
-    let html_path = run_dir.join("report.html");
+        confusion_frame(tally).map_err(|e| write_err(&run_dir.join(CONFUSION_FILE), e))?;
+    write_parquet(&run_dir.join(CONFUSION_FILE), confusion)?;
+    let html_path = run_dir.join(REPORT_FILE);
     let html = crate::html::render(&summary, tally, outcome);
     write_atomic(&html_path, html.as_bytes())?;
     Ok(summary)
 }
-
-/// Where a run scored on a class subset records it: one row per subset class, `subset_index` (the
-/// index every report uses) → `class_index` (the model's output) and `class_name`.
-pub const CLASS_SUBSET_FILE: &str = "class_subset.csv";
 
 fn write_class_subset(
     run_dir: &Path,
@@ -916,7 +713,7 @@ impl LogitsWriter {
         let out = match job.outputs.save_logits {
             tresnet_common::job::SaveLogits::None => None,
             _ => {
-                let path = run_dir.join("logits.npy");
+                let path = run_dir.join(LOGITS_FILE);
                 let mut w = std::io::BufWriter::new(AtomicFile::create(&path)?);
                 w.write_all(&tresnet_common::npy::header_f32(&[samples, classes]))
                     .map_err(|e| write_err(&path, e))?;
@@ -1012,7 +809,7 @@ mod nothing_evaluated_tests {
         std::fs::create_dir_all(&out).unwrap();
         let (job, index, sched) = (st.job().clone(), st.index().clone(), st.sched().clone());
         let s = finalize(&out, &job, &index, &sched, &journal, facts)?;
-        let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+        let html = std::fs::read_to_string(out.join(REPORT_FILE)).unwrap();
         assert_eq!(
             html.contains(crate::html::NOTHING_EVALUATED),
             s.samples == 0,

@@ -26,7 +26,8 @@ use tresnet_common::job::{JobSpec, SaveLogits};
 use tresnet_common::protocol::pb::SampleResult;
 use tresnet_common::scoring::{loss_and_confidence, top_k};
 
-use crate::report::{self, Outcome, ReportError, ScoredRow, Summary};
+use crate::report::{self, ReportError, ScoredRow};
+use crate::run_dir::{JOB_FILE, OUTCOME_FILE, Outcome, PREDICTIONS_FILE, Summary};
 
 /// The rule a run is rescored under.
 #[derive(Debug, Clone)]
@@ -88,7 +89,7 @@ struct Stored {
 }
 
 fn read_predictions(run: &Path) -> Result<Vec<Stored>, RescoreError> {
-    let path = run.join("predictions.parquet");
+    let path = run.join(PREDICTIONS_FILE);
     let file = std::fs::File::open(&path).map_err(|e| io_err(&path, e))?;
     let df = ParquetReader::new(file)
         .finish()
@@ -127,8 +128,8 @@ fn read_predictions(run: &Path) -> Result<Vec<Stored>, RescoreError> {
 
 /// Rescores the run in `run` under `rule` into the new directory `out`.
 pub fn rescore(run: &Path, out: &Path, rule: &Rescoring) -> Result<Summary, RescoreError> {
-    let job: JobSpec = report::read_json(&run.join("job.json"))?;
-    let mut outcome: Outcome = report::read_json(&run.join("outcome.json"))?;
+    let job: JobSpec = report::read_json(&run.join(JOB_FILE))?;
+    let mut outcome: Outcome = report::read_json(&run.join(OUTCOME_FILE))?;
     if job.outputs.counts_only {
         return Err(RescoreError::CountsOnly {
             run: run.to_path_buf(),

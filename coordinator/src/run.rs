@@ -27,11 +27,12 @@ use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::{StorageLocation, StoreArgs};
 
 use crate::atomic_file::write_atomic;
-use crate::cli::{DataArgs, ModelArgs};
+use crate::job_args::{DataArgs, ModelArgs};
 use crate::journal::{Journal, OnBadRecord};
 use crate::metrics::Observed;
 use crate::progress::Progress;
-use crate::report::{self, Summary};
+use crate::report;
+use crate::run_dir::Summary;
 use crate::scheduler::{Scheduler, SchedulerConfig, ShardState};
 use crate::service::{CoordinatorService, Intake, RunState, Shared};
 use crate::shard_size::ShardSize;

@@ -14,7 +14,8 @@ use tresnet_common::protocol::pb;
 use tresnet_common::software::WorkerSoftware;
 
 use crate::journal::Journal;
-use crate::scheduler::{Completion, Grant, Millis, Scheduler};
+use crate::metrics::{self, ShardsByState, Snapshot};
+use crate::scheduler::{Completion, Grant, Millis, Scheduler, ShardState};
 use crate::submission::{Checked, Rejection, ShardJob};
 
 #[derive(Debug, Clone, Default)]
@@ -47,7 +48,7 @@ pub struct LiveStats {
     pub store_retries: u64,
     /// Every accepted shard (one entry per shard, so bounded by the shard count): the report's
     /// throughput-over-time chart.
-    pub timeline: Vec<crate::report::TimelineEvent>,
+    pub timeline: Vec<crate::run_dir::TimelineEvent>,
     /// Each worker's latest stage snapshot and layout choices, from its shard trailers.
     pub stages: BTreeMap<String, crate::stages::LatestStages>,
 }
@@ -114,6 +115,14 @@ pub struct RunState {
 
 pub type Shared = Arc<Mutex<RunState>>;
 
+impl metrics::Source for Mutex<RunState> {
+    fn snapshot(&self) -> Snapshot {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .metrics_snapshot()
+    }
+}
+
 impl RunState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -138,7 +147,7 @@ impl RunState {
             max_shards_per_lease,
             lease_timeout,
             journal_pending: 0,
-            accept_seconds: crate::metrics::accept_histogram(),
+            accept_seconds: metrics::accept_histogram(),
             refusals: BTreeMap::new(),
             last_job: true,
             told_finished: BTreeSet::new(),
@@ -252,7 +261,8 @@ impl RunState {
     /// What the report records of this job's run, as of now: the evaluation window, the workers and
     /// what each contributed or had refused, the timeline and the scheduling counts.
     pub fn report_facts(&self, wall_seconds: f64) -> crate::report::RunFacts {
-        use crate::report::{RunFacts, Scheduling, WorkerSummary};
+        use crate::report::RunFacts;
+        use crate::run_dir::{Scheduling, WorkerSummary};
         let live = &self.live;
         let eval_seconds = match (live.first_lease_ms, live.last_accept_ms) {
             (Some(a), Some(b)) if b > a => (b - a) as f64 / 1000.0,
@@ -305,6 +315,55 @@ impl RunState {
                 submissions_rejected: live.submissions_rejected,
                 late_leases_cancelled: stats.late_leases_cancelled,
             },
+        }
+    }
+
+    /// What /metrics and /readyz show of the run, as of now.
+    pub fn metrics_snapshot(&self) -> Snapshot {
+        let now = self.now();
+        let live = &self.live;
+        let stats = self.sched.stats();
+        let timeout = self.lease_timeout.as_millis() as u64;
+        let mut shards = ShardsByState::default();
+        for i in 0..self.sched.shard_count() {
+            *match self.sched.state_of(ShardId(i as u64)) {
+                ShardState::Pending => &mut shards.pending,
+                ShardState::InFlight => &mut shards.in_flight,
+                ShardState::Done => &mut shards.done,
+                ShardState::Failed => &mut shards.failed,
+            } += 1;
+        }
+        Snapshot {
+            job_id: self.job_id().to_string(),
+            fatal: self.fatal.clone(),
+            samples_done: live.samples_done,
+            bad_samples: live.bad_samples,
+            listed_bad: self.index.bad_samples.len() as u64,
+            duplicates_dropped: live.duplicates_dropped,
+            environment_faults: live.environment_faults,
+            store_retries: live.store_retries,
+            submissions_rejected: live.submissions_rejected,
+            worker_submissions_rejected: self
+                .workers
+                .iter()
+                .map(|(id, w)| (id.0.clone(), w.submissions_rejected))
+                .collect(),
+            leases_granted: stats.leases_granted,
+            speculative_leases: stats.speculative_leases,
+            lease_expiries: stats.expiries,
+            late_leases_cancelled: stats.late_leases_cancelled,
+            retries: stats.retries,
+            queue_depth: self.sched.pending_count() as u64,
+            leases_in_flight: self.sched.leases_in_flight() as u64,
+            workers_registered: self.workers.len() as u64,
+            workers_alive: self
+                .workers
+                .values()
+                .filter(|w| now.saturating_sub(w.last_seen) <= timeout)
+                .count() as u64,
+            dataset_usable: self.index.len() as u64,
+            shards,
+            accept_seconds: self.accept_seconds.clone(),
         }
     }
 
@@ -522,7 +581,7 @@ impl RunState {
         self.live.samples_done += samples;
         let now = self.now();
         self.live.last_accept_ms = Some(now);
-        self.live.timeline.push(crate::report::TimelineEvent {
+        self.live.timeline.push(crate::run_dir::TimelineEvent {
             t_ms: now,
             worker: worker.0.clone(),
             shard: shard.0,

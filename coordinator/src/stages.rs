@@ -1,9 +1,8 @@
 //! Where each worker's time went (fetch, decode + resize, host→device, forward, device→host +
 //! scoring, submit, idle) and how its devices' model layouts were chosen, as the workers reported in
-//! their shard trailers; summary.json's `workers[].stages` / `workers[].layouts` and the report's
-//! "Where the time went" section, with the stage that bounds throughput named.
-
-use std::fmt::Write as _;
+//! their shard trailers; summary.json's `workers[].stages` / `workers[].layouts` and (drawn by
+//! [`crate::html`]) the report's "Where the time went" section, with the stage that bounds
+//! throughput named.
 
 use serde::{Deserialize, Serialize};
 use tresnet_common::protocol::pb;
@@ -181,7 +180,7 @@ impl LayoutSummary {
         }
     }
 
-    fn describe(fold_bn: bool, channels_last: bool) -> String {
+    pub fn describe(fold_bn: bool, channels_last: bool) -> String {
         format!(
             "BN {}, {}",
             if fold_bn { "folded" } else { "kept" },
@@ -214,109 +213,6 @@ impl LatestStages {
         }
         if !t.layouts.is_empty() {
             self.layouts = t.layouts.clone();
-        }
-    }
-}
-
-/// The report's section, one table per worker that reported its stages.
-pub fn html_section(h: &mut String, workers: &[crate::report::WorkerSummary]) {
-    let reported: Vec<_> = workers
-        .iter()
-        .filter_map(|w| Some((w, w.stages.as_ref()?)))
-        .collect();
-    if reported.is_empty() {
-        return;
-    }
-    h.push_str("<h2>Where the time went</h2>\n");
-    for (w, s) in reported {
-        let esc = crate::html::escape;
-        let _ = write!(
-            h,
-            "<h3>{}</h3>\n<p class=\"bound\"><b>{}</b>. End to end {:.1} img/s over {:.1} s",
-            esc(&w.id),
-            esc(&s.bound),
-            s.end_to_end_images_per_second,
-            s.wall_seconds
-        );
-        for d in &s.devices {
-            let _ = write!(
-                h,
-                "; model only ({}) {:.1} img/s",
-                esc(&d.device),
-                d.model_images_per_second
-            );
-        }
-        h.push_str(".</p>\n<table><tr><th>stage</th><th>seconds</th><th>% of wall</th></tr>");
-        let pct = |v: f64| 100.0 * v / s.wall_seconds.max(f64::MIN_POSITIVE);
-        let threads = f64::from(s.decode_threads.max(1));
-        let mut rows = vec![
-            (
-                "fetch (summed over concurrent fetches)".to_string(),
-                s.fetch_seconds,
-                None,
-            ),
-            (
-                format!(
-                    "decode + resize ({} threads; % of the pool)",
-                    s.decode_threads
-                ),
-                s.decode_seconds,
-                Some(pct(s.decode_seconds) / threads),
-            ),
-            ("submit".to_string(), s.submit_seconds, None),
-        ];
-        for d in &s.devices {
-            for (name, v) in [
-                ("host→device", d.host_to_device_seconds),
-                ("forward", d.forward_seconds),
-                ("device→host + scoring", d.device_to_host_seconds),
-                ("idle, waiting for data", d.idle_seconds),
-            ] {
-                rows.push((format!("{}: {name}", d.device), v, None));
-            }
-        }
-        for (name, v, share) in rows {
-            let _ = write!(
-                h,
-                "<tr><th>{}</th><td class=\"num\">{v:.2}</td><td class=\"num\">{:.0}%</td></tr>",
-                esc(&name),
-                share.unwrap_or_else(|| pct(v))
-            );
-        }
-        h.push_str("</table>\n");
-        for l in &w.layouts {
-            let how = if l.measured {
-                let when = if l.from_cache {
-                    "measured by an earlier job on this node (layout cache)".to_string()
-                } else {
-                    format!("measured at load in {:.1} s", l.seconds)
-                };
-                let cands = l
-                    .candidates
-                    .iter()
-                    .map(|c| {
-                        let best = c.pass_ms.iter().copied().fold(f64::INFINITY, f64::min);
-                        format!(
-                            "{} {best:.1} ms",
-                            LayoutSummary::describe(c.fold_bn, c.channels_last)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                format!(
-                    "{when}, on {} images of {} px (best pass: {cands})",
-                    l.batch_size, l.resolution
-                )
-            } else {
-                "forced by the job".to_string()
-            };
-            let _ = writeln!(
-                h,
-                "<p>{} layout: <b>{}</b>, {}.</p>",
-                esc(&l.device),
-                LayoutSummary::describe(l.fold_bn, l.channels_last),
-                esc(&how)
-            );
         }
     }
 }

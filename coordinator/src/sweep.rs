@@ -64,8 +64,9 @@ use tresnet_common::job::Precision;
 use tresnet_common::preprocess::CropMode;
 
 use crate::atomic_file::{write_atomic, write_atomic_with};
-use crate::cli::{DataArgs, RunArgs};
+use crate::cli::RunArgs;
 use crate::finished_run::{self, RunSummary};
+use crate::job_args::DataArgs;
 use crate::metrics::Observed;
 use crate::run::{self, WorkerPool};
 use crate::shutdown::{Interrupted, Shutdown};
@@ -607,7 +608,7 @@ impl DecodedPacks {
         let preprocess = cell.run_args(dir, shared)?.preprocess;
         let options = shared.store.options();
         let source = StorageLocation::parse(&cell.data, &options)?;
-        let format = crate::cli::with_absolute_paths(
+        let format = crate::job_args::with_absolute_paths(
             cell.format
                 .parse()
                 .map_err(|e: tresnet_common::dataset::DatasetError| {

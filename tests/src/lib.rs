@@ -156,10 +156,8 @@ pub fn coordinator_run_unsized(
     out: &Path,
     extra: &[&str],
 ) -> Command {
-    let mut c = Command::new(bin("tresnet-coordinator"));
-    watchdog::mark(&mut c);
-    c.arg("run")
-        .args(["--model", "tresnet_m", "--weights"])
+    let mut c = coordinator_command("run");
+    c.args(["--model", "tresnet_m", "--weights"])
         .arg(weights)
         .arg("--data")
         .arg(data)
@@ -174,16 +172,141 @@ pub fn coordinator_run_unsized(
         .arg("--out")
         .arg(out)
         .args(extra)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
         // Each run's workers get a dataset cache of their own (next to its run directory), so that no
         // test reads objects another test (or an earlier test run) cached.
-        .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out))
-        // Workers take the fixed layout rule instead of timing the candidates, so that two runs
-        // compare bit for bit (a measured choice may differ between runs, within the parity bound).
+        .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out));
+    c
+}
+
+/// A `tresnet-worker` serving the coordinator at `url` with one decode thread: how every test starts a
+/// worker process of its own (it adds `--worker-id` and its flags, then spawns it, in a network
+/// namespace or not). It takes the fixed layout rule instead of timing the candidates, so that two
+/// runs compare bit for bit (a measured choice may differ between runs, within the parity bound)
+/// whatever the environment the tests run in exports, and it ignores the environment's token.
+pub fn worker_command(url: &str) -> Command {
+    let mut c = Command::new(bin("tresnet-worker"));
+    watchdog::mark(&mut c);
+    c.args(["--coordinator", url, "--threads", "1"])
         .env("TRESNET_MEASURE_LAYOUT", "false")
         .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
     c
+}
+
+/// A `tresnet-coordinator SUBCOMMAND` whose local workers are this build's, take the fixed layout rule
+/// (see [`worker_command`]) and ignore the environment's token: how tests start a coordinator that
+/// starts workers, whatever the environment the tests run in exports.
+pub fn coordinator_command(subcommand: &str) -> Command {
+    let mut c = Command::new(bin("tresnet-coordinator"));
+    watchdog::mark(&mut c);
+    c.arg(subcommand)
+        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
+        .env("TRESNET_MEASURE_LAYOUT", "false")
+        .env_remove("TRESNET_TOKEN")
+        .stdin(Stdio::null());
+    c
+}
+
+/// A sweep file for the tests: `tresnet_m` checkpoints on one dataset of 1000 classes, over a grid of
+/// resolutions and crop modes, with `[run]` settings (flag names as keys, TOML values). The one
+/// writer of the sweep TOML the tests read, so a change of the format is made once.
+pub struct SweepToml {
+    out: Option<String>,
+    weights: Vec<(PathBuf, String)>,
+    dataset: (String, String),
+    resolutions: Vec<u32>,
+    crop_modes: Vec<String>,
+    run: Vec<(String, String)>,
+}
+
+impl SweepToml {
+    /// The seeded `tresnet_m` checkpoint on dataset `name` at `data` (a path or URL), at resolution
+    /// 64, output under `runs`, one local worker with one decode thread.
+    pub fn new(name: &str, data: &str) -> Self {
+        Self {
+            out: Some("runs".into()),
+            weights: vec![(tresnet_m_weights(), "seeded".into())],
+            dataset: (name.into(), data.into()),
+            resolutions: vec![64],
+            crop_modes: Vec::new(),
+            run: vec![
+                ("local-workers".into(), "1".into()),
+                ("worker-threads".into(), "1".into()),
+            ],
+        }
+    }
+
+    /// Checkpoints with their labels, in place of the seeded one.
+    pub fn weights(mut self, weights: &[(&Path, &str)]) -> Self {
+        self.weights = weights
+            .iter()
+            .map(|(p, l)| (p.to_path_buf(), l.to_string()))
+            .collect();
+        self
+    }
+
+    /// No `out` key: the sweep writes where `--out` says.
+    pub fn no_out(mut self) -> Self {
+        self.out = None;
+        self
+    }
+
+    pub fn resolutions(mut self, resolutions: &[u32]) -> Self {
+        self.resolutions = resolutions.to_vec();
+        self
+    }
+
+    pub fn crop_modes(mut self, modes: &[&str]) -> Self {
+        self.crop_modes = modes.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    /// Sets `[run]`'s `key` to the TOML `value` (`"4"`, `"true"`, `"[\"--flag\"]"`), replacing it if set.
+    pub fn run(mut self, key: &str, value: &str) -> Self {
+        match self.run.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.into(),
+            None => self.run.push((key.into(), value.into())),
+        }
+        self
+    }
+
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        let mut t = String::new();
+        if let Some(out) = &self.out {
+            let _ = writeln!(t, "out = {out:?}");
+        }
+        let _ = writeln!(t, "resolutions = {:?}", self.resolutions);
+        if !self.crop_modes.is_empty() {
+            let _ = writeln!(t, "crop_modes = {:?}", self.crop_modes);
+        }
+        let weights: Vec<String> = self
+            .weights
+            .iter()
+            .map(|(p, l)| format!("{{ path = {:?}, label = {l:?} }}", p.display().to_string()))
+            .collect();
+        let _ = writeln!(
+            t,
+            "\n[[model]]\nname = \"tresnet_m\"\nweights = [{}]",
+            weights.join(", ")
+        );
+        let (name, data) = &self.dataset;
+        let _ = writeln!(
+            t,
+            "\n[[dataset]]\nname = {name:?}\ndata = {data:?}\nnum_classes = 1000\n\n[run]"
+        );
+        for (k, v) in &self.run {
+            let _ = writeln!(t, "{k} = {v}");
+        }
+        t
+    }
+
+    /// Writes the file as `dir/sweep.toml` and returns its path.
+    pub fn write(&self, dir: &Path) -> PathBuf {
+        let file = dir.join("sweep.toml");
+        std::fs::write(&file, self.text()).unwrap();
+        file
+    }
 }
 
 /// The dataset cache folder [`coordinator_run_on`] gives the workers of the run in `out`.

@@ -5,10 +5,12 @@
 //! refuse a resume that would cut the journal differently.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tresnet_common::npy;
-use tresnet_tests::{bin, dataset_cache_of, output_text, predictions, run_ok, summary};
+use tresnet_tests::{
+    bin, coordinator_command, dataset_cache_of, output_text, predictions, run_ok, summary,
+};
 
 /// ops/reference/make_demo_fixture.py's output ($TRESNET_DEMO, made by ops/fixtures.sh).
 fn demo() -> PathBuf {
@@ -26,9 +28,8 @@ fn demo() -> PathBuf {
 
 fn demo_run(out: &Path, extra: &[&str]) -> Command {
     let d = demo();
-    let mut c = Command::new(bin("tresnet-coordinator"));
-    c.arg("run")
-        .args(["--model", "tresnet_m", "--weights"])
+    let mut c = coordinator_command("run");
+    c.args(["--model", "tresnet_m", "--weights"])
         .arg(d.join("weights/miil.pth"))
         .arg("--data")
         .arg(d.join("val"))
@@ -37,10 +38,7 @@ fn demo_run(out: &Path, extra: &[&str]) -> Command {
         .args(["--save-logits", "fp32", "--out"])
         .arg(out)
         .args(extra)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-        .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out))
-        .env_remove("TRESNET_TOKEN")
-        .stdin(Stdio::null());
+        .env("TRESNET_DATASET_CACHE_DIR", dataset_cache_of(out));
     c
 }
 

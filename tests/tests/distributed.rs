@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use tresnet_common::npy;
 use tresnet_tests::{
-    BATCH_DELAY_ENV, Watched, assert_same_report, bin, coordinator_run, http_get, kill_run_midway,
-    predictions, run_ok, sample_dataset_size, send_signal, spawn_listening, summary,
+    BATCH_DELAY_ENV, Watched, assert_same_report, bin, coordinator_run, http_get, kill_run_midway, predictions, run_ok, sample_dataset_size, send_signal, spawn_listening, summary, worker_command,
 };
 
 /// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.
@@ -190,18 +189,9 @@ fn spawn_logging_leases(mut cmd: std::process::Command) -> (Watched, String) {
 
 /// A remote worker `id` of the coordinator at `addr`, sleeping `delay_ms` per batch.
 fn remote_worker(addr: &str, id: &str, delay_ms: u64) -> Watched {
-    let mut cmd = Command::new(bin("tresnet-worker"));
-    cmd.args([
-        "--coordinator",
-        &format!("http://{addr}"),
-        "--worker-id",
-        id,
-        "--threads",
-        "1",
-    ])
-    .env(BATCH_DELAY_ENV, delay_ms.to_string())
-    .env_remove("TRESNET_TOKEN")
-    .stdin(Stdio::null());
+    let mut cmd = worker_command(&format!("http://{addr}"));
+    cmd.args(["--worker-id", id])
+        .env(BATCH_DELAY_ENV, delay_ms.to_string());
     Watched::spawn(cmd, id)
 }
 
@@ -643,20 +633,9 @@ fn sigterm_drains_a_worker_cleanly() {
         ],
     );
     let (mut coord, addr) = spawn_listening(cmd);
-    let mut cmd = Command::new(bin("tresnet-worker"));
-    cmd.args([
-        "--coordinator",
-        &format!("http://{addr}"),
-        "--worker-id",
-        "drained",
-        "--threads",
-        "1",
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .env(BATCH_DELAY_ENV, "400")
-    .env_remove("TRESNET_TOKEN")
-    .stdin(Stdio::null());
+    let mut cmd = worker_command(&format!("http://{addr}"));
+    cmd.args(["--worker-id", "drained", "--metrics-listen", "127.0.0.1:0"])
+        .env(BATCH_DELAY_ENV, "400");
     let mut worker = Watched::spawn(cmd, "drained");
     // Signal only once it is registered with its model loaded (its /readyz), however loaded the
     // machine is, and after it has had time to take leases.

@@ -5,13 +5,11 @@
 //! a SIGINTed sweep stops after draining its cell.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tresnet_tests::{
-    BATCH_DELAY_ENV, Watched, assert_same_report, bin, children_of, coordinator_run, free_port,
-    journal_records, process_gone, read_journal_record, run_ok, sample_dataset_size, sample_images,
-    send_signal, summary, tresnet_m_weights, wait_until,
+    BATCH_DELAY_ENV, SweepToml, Watched, assert_same_report, bin, children_of, coordinator_command, coordinator_run, free_port, journal_records, process_gone, read_journal_record, run_ok, sample_dataset_size, sample_images, send_signal, summary, tresnet_m_weights, wait_until, worker_command,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.
@@ -27,12 +25,10 @@ fn worker(
     patience_ms: u64,
     batch_delay_ms: Option<u64>,
 ) -> Command {
-    let mut c = Command::new(bin("tresnet-worker"));
-    c.args(["--coordinator", url, "--worker-id", id, "--threads", "1"])
+    let mut c = worker_command(url);
+    c.args(["--worker-id", id])
         .args(["--rpc-timeout-ms", &rpc_timeout_ms.to_string()])
-        .args(["--coordinator-patience-ms", &patience_ms.to_string()])
-        .env_remove("TRESNET_TOKEN")
-        .stdin(Stdio::null());
+        .args(["--coordinator-patience-ms", &patience_ms.to_string()]);
     if let Some(ms) = batch_delay_ms {
         c.env(BATCH_DELAY_ENV, ms.to_string());
     }
@@ -302,42 +298,14 @@ fn a_sigtermed_coordinator_drains_and_a_rerun_resumes_to_the_clean_report() {
 #[test]
 fn a_sigint_stops_a_sweep_after_draining_its_cell() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sweep.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-out = "runs"
-resolutions = [64, 96]
-
-[[model]]
-name = "tresnet_m"
-weights = [{{ path = {w:?}, label = "seeded" }}]
-
-[[dataset]]
-name = "sample"
-data = {d:?}
-num_classes = 1000
-
-[run]
-local-workers = 1
-worker-threads = 1
-shard-size = 2
-batch-size = 2
-"#,
-            w = tresnet_m_weights().display().to_string(),
-            d = sample_images().display().to_string(),
-        ),
-    )
-    .unwrap();
+    let file = SweepToml::new("sample", &sample_images().display().to_string())
+        .resolutions(&[64, 96])
+        .run("shard-size", "2")
+        .run("batch-size", "2")
+        .write(dir.path());
     let sweep = || {
-        let mut c = Command::new(bin("tresnet-coordinator"));
-        c.arg("sweep")
-            .arg(&file)
-            .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-            .env(BATCH_DELAY_ENV, "300")
-            .env_remove("TRESNET_TOKEN")
-            .stdin(Stdio::null());
+        let mut c = coordinator_command("sweep");
+        c.arg(&file).env(BATCH_DELAY_ENV, "300");
         c
     };
     let out = dir.path().join("runs");

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tresnet_tests::{
-    Watched, assert_same_report, bin, coordinator_run, journal_records, run_ok,
-    sample_dataset_size, summary, wait_until,
+    Watched, assert_same_report, coordinator_run, journal_records, run_ok, sample_dataset_size,
+    summary, wait_until, worker_command,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.
@@ -212,12 +212,11 @@ fn coordinator(net: &Net, run: &Path, extra: &[&str]) -> (Watched, String) {
 
 /// A worker in `host`'s namespace with short deadlines and long patience.
 fn worker(net: &Net, host: &str, url: &str) -> Watched {
-    let mut c = Command::new(bin("tresnet-worker"));
-    c.args(["--coordinator", url, "--worker-id", host, "--threads", "1"])
+    let mut c = worker_command(url);
+    c.args(["--worker-id", host])
         .args(["--rpc-timeout-ms", RPC_TIMEOUT_MS])
         .args(["--coordinator-patience-ms", PATIENCE_MS])
-        .env(tresnet_tests::BATCH_DELAY_ENV, BATCH_DELAY_MS)
-        .env_remove("TRESNET_TOKEN");
+        .env(tresnet_tests::BATCH_DELAY_ENV, BATCH_DELAY_MS);
     Watched::spawn(net.exec(host, &c), host)
 }
 
@@ -404,11 +403,10 @@ fn tls_and_the_token_work_on_a_non_loopback_address() {
     );
     let url = url.replace("http://", "https://");
     let tls_worker = |host: &str, extra: &[&str]| {
-        let mut c = Command::new(bin("tresnet-worker"));
-        c.args(["--coordinator", &url, "--worker-id", host, "--threads", "1"])
+        let mut c = worker_command(&url);
+        c.args(["--worker-id", host])
             .args(["--tls-ca", &ca, "--token-file", &token])
-            .args(extra)
-            .env_remove("TRESNET_TOKEN");
+            .args(extra);
         Watched::spawn(net.exec(host, &c), host)
     };
     // A name the certificate does not carry is refused, across the bridge as on loopback.

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use std::path::{Path, PathBuf};
 
-use tresnet_tests::{bin, coordinator_run_on, summary, tresnet_m_weights};
+use tresnet_tests::{SweepToml, bin, coordinator_command, coordinator_run_on, summary};
 
 const CORRUPT: [&str; 3] = ["cat/a.jpg", "cat/b.jpg", "dog/c.jpg"];
 
@@ -119,39 +119,8 @@ fn a_run_of_only_corrupt_images_fails_with_null_metrics_and_no_gate() {
 fn a_sweep_cell_that_evaluated_nothing_fails() {
     let dir = tempfile::tempdir().unwrap();
     let data = corrupt_images(dir.path());
-    let file = dir.path().join("sweep.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-out = "runs"
-resolutions = [64]
-
-[[model]]
-name = "tresnet_m"
-weights = [{{ path = {w:?}, label = "seeded" }}]
-
-[[dataset]]
-name = "corrupt"
-data = {d:?}
-num_classes = 1000
-
-[run]
-local-workers = 1
-worker-threads = 1
-"#,
-            w = tresnet_m_weights().display().to_string(),
-            d = data.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let o = Command::new(bin("tresnet-coordinator"))
-        .arg("sweep")
-        .arg(&file)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-        .env_remove("TRESNET_TOKEN")
-        .output()
-        .unwrap();
+    let file = SweepToml::new("corrupt", &data.display().to_string()).write(dir.path());
+    let o = coordinator_command("sweep").arg(&file).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "sweep exited 0\n{stderr}");
     assert!(

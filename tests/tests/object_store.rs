@@ -6,8 +6,8 @@ use std::path::Path;
 
 use tresnet_tests::s3::{BUCKET, S3Server};
 use tresnet_tests::{
-    assert_same_report, bin, coordinator_run_on, files_under, predictions, run_ok, sample_images,
-    summary, tresnet_m_weights,
+    SweepToml, assert_same_report, coordinator_command, coordinator_run_on, files_under,
+    predictions, run_ok, sample_images, summary,
 };
 
 /// Uploads the sample ImageFolder to `s3://BUCKET/prefix` through the S3 API (not by copying into the
@@ -42,44 +42,25 @@ fn a_sweep_fetches_each_object_once_and_refetches_a_changed_one() {
     upload_samples(&server, "photos/v1");
     let n = files_under(&sample_images()).len();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sweep.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-resolutions = [64]
-crop_modes = ["center", "squish"]
-[[model]]
-name = "tresnet_m"
-weights = [{{ path = {w:?}, label = "seeded" }}]
-[[dataset]]
-name = "s3"
-data = "s3://{BUCKET}/photos/v1"
-num_classes = 1000
-[run]
-local-workers = 2
-worker-threads = 1
-batch-size = 4
-shard-size = 4
-# A speculative copy of a shard may fetch its objects while the first copy is still fetching them;
-# without it every object is fetched exactly once, which is what this test counts.
-no-speculation = true
-"#,
-            w = tresnet_m_weights().display().to_string(),
-        ),
-    )
-    .unwrap();
+    // No speculation: a speculative copy of a shard may fetch its objects while the first copy is
+    // still fetching them; without it every object is fetched exactly once, which is what this test
+    // counts.
+    let file = SweepToml::new("s3", &format!("s3://{BUCKET}/photos/v1"))
+        .no_out()
+        .crop_modes(&["center", "squish"])
+        .run("local-workers", "2")
+        .run("batch-size", "4")
+        .run("shard-size", "4")
+        .run("no-speculation", "true")
+        .write(dir.path());
     let cache = dir.path().join("node-cache");
     let sweep = |out: &Path| {
-        let mut cmd = std::process::Command::new(bin("tresnet-coordinator"));
-        cmd.arg("sweep")
-            .arg(&file)
+        let mut cmd = coordinator_command("sweep");
+        cmd.arg(&file)
             .arg("--out")
             .arg(out)
-            .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
             // Both local workers share this node's cache folder.
             .env("TRESNET_DATASET_CACHE_DIR", &cache)
-            .env_remove("TRESNET_TOKEN")
             .envs(server.env());
         run_ok(cmd);
     };

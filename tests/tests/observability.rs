@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tresnet_tests::{Watched, bin, coordinator_run_on, http_get, metric, summary};
+use tresnet_tests::{Watched, coordinator_run_on, http_get, metric, summary, worker_command};
 
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -92,13 +92,11 @@ fn metrics_move_during_a_run_and_end_equal_to_the_report() {
     let grpc = coord.wait_for("coordinator listening on ");
     let grpc = grpc.split(';').next().unwrap().trim().to_string();
 
-    let mut wcmd = Command::new(bin("tresnet-worker"));
-    wcmd.args(["--coordinator", &format!("http://{grpc}")])
-        .args(["--worker-id", "observed", "--threads", "1"])
+    let mut wcmd = worker_command(&format!("http://{grpc}"));
+    wcmd.args(["--worker-id", "observed"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         // Slow enough that the run spans many scrapes.
         .env(tresnet_tests::BATCH_DELAY_ENV, "250")
-        .env_remove("TRESNET_TOKEN")
         .env("RUST_LOG", "warn");
     let mut worker = Watched::spawn(wcmd, "worker");
     let wm = worker.metrics_addr();

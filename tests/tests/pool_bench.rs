@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tresnet_tests::{Watched, bin, free_port, tresnet_m_weights};
+use tresnet_tests::{BATCH_DELAY_ENV, Watched, bin, free_port, tresnet_m_weights};
 
 /// The bench's timed window.
 const WINDOW_SECS: f64 = 3.0;
@@ -72,9 +72,8 @@ fn the_worker_slowed_by_the_test_hook_is_the_one_device_flagged() {
             "slowpoke",
             "--threads",
             "1",
-            "--debug-batch-delay-ms",
-            &SLOW_DELAY_MS.to_string(),
         ])
+        .env(BATCH_DELAY_ENV, SLOW_DELAY_MS.to_string())
         .env_remove("TRESNET_TOKEN")
         .stdin(Stdio::null());
     let mut slow = Watched::spawn(slow_cmd, "slowpoke");

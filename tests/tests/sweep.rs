@@ -13,8 +13,8 @@ use std::time::SystemTime;
 
 use polars::prelude::*;
 use tresnet_tests::{
-    Watched, assert_same_report, bin, children_of, coordinator_run_with, model_fixtures, run_ok,
-    sample_images, summary, tresnet_m_weights,
+    SweepToml, Watched, assert_same_report, children_of, coordinator_command, coordinator_run_with,
+    model_fixtures, run_ok, sample_images, summary, tresnet_m_weights, worker_command,
 };
 
 const CELLS: [&str; 4] = [
@@ -25,13 +25,7 @@ const CELLS: [&str; 4] = [
 ];
 
 fn sweep(file: &Path) -> Output {
-    let o = Command::new(bin("tresnet-coordinator"))
-        .arg("sweep")
-        .arg(file)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-        .env_remove("TRESNET_TOKEN")
-        .output()
-        .unwrap();
+    let o = coordinator_command("sweep").arg(file).output().unwrap();
     assert!(
         o.status.success(),
         "sweep failed:\nstdout: {}\nstderr: {}",
@@ -195,34 +189,11 @@ fn parameter_counts_of_checkpoints_equal_timms_count_of_the_model() {
 #[test]
 fn two_by_two_sweep_writes_cells_and_tables_and_a_rerun_skips_them() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("sweep.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-out = "runs"
-resolutions = [64, 96]
-crop_modes = ["center", "squish"]
-
-[[model]]
-name = "tresnet_m"
-weights = [{{ path = {w:?}, label = "seeded" }}]
-
-[[dataset]]
-name = "sample"
-data = {d:?}
-num_classes = 1000
-
-[run]
-local-workers = 1
-worker-threads = 1
-batch-size = 8
-"#,
-            w = tresnet_m_weights().display().to_string(),
-            d = sample_images().display().to_string(),
-        ),
-    )
-    .unwrap();
+    let file = SweepToml::new("sample", &sample_images().display().to_string())
+        .resolutions(&[64, 96])
+        .crop_modes(&["center", "squish"])
+        .run("batch-size", "8")
+        .write(dir.path());
     let out = dir.path().join("runs");
 
     let o = sweep(&file);
@@ -290,11 +261,8 @@ batch-size = 8
 /// and every child pid seen meanwhile.
 fn sweep_watching_children(file: &Path) -> (Output, Vec<u32>) {
     use std::io::Read;
-    let mut child = Command::new(bin("tresnet-coordinator"))
-        .arg("sweep")
+    let mut child = coordinator_command("sweep")
         .arg(file)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-        .env_remove("TRESNET_TOKEN")
         // The workers say when they load a model and when they keep it.
         .env("RUST_LOG", "warn,tresnet_worker::job_loop=info")
         .env("NO_COLOR", "1")
@@ -348,41 +316,14 @@ fn cell_workers(run: &Path) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
-fn pool_sweep_file(dir: &Path, weights: &[(&Path, &str)], crop_modes: &str) -> PathBuf {
-    let weights: Vec<String> = weights
-        .iter()
-        .map(|(p, l)| format!("{{ path = {:?}, label = {l:?} }}", p.display().to_string()))
-        .collect();
-    let file = dir.join("sweep.toml");
-    std::fs::write(
-        &file,
-        format!(
-            r#"
-out = "runs"
-resolutions = [64]
-crop_modes = {crop_modes}
-
-[[model]]
-name = "tresnet_m"
-weights = [{w}]
-
-[[dataset]]
-name = "sample"
-data = {d:?}
-num_classes = 1000
-
-[run]
-local-workers = 2
-worker-threads = 1
-batch-size = 4
-shard-size = 4
-"#,
-            w = weights.join(", "),
-            d = sample_images().display().to_string(),
-        ),
-    )
-    .unwrap();
-    file
+fn pool_sweep_file(dir: &Path, weights: &[(&Path, &str)], crop_modes: &[&str]) -> PathBuf {
+    SweepToml::new("sample", &sample_images().display().to_string())
+        .weights(weights)
+        .crop_modes(crop_modes)
+        .run("local-workers", "2")
+        .run("batch-size", "4")
+        .run("shard-size", "4")
+        .write(dir)
 }
 
 #[test]
@@ -395,7 +336,7 @@ fn cells_run_on_one_pool_of_workers_and_equal_separate_runs() {
     let file = pool_sweep_file(
         dir.path(),
         &[(&tresnet_m_weights(), "pth"), (&st, "st")],
-        r#"["center", "squish"]"#,
+        &["center", "squish"],
     );
     let out = dir.path().join("runs");
     let (o, children) = sweep_watching_children(&file);
@@ -470,7 +411,7 @@ fn a_cell_no_worker_can_load_fails_by_name_and_the_next_cell_runs_on_the_same_wo
     let file = pool_sweep_file(
         dir.path(),
         &[(&bad, "broken"), (&tresnet_m_weights(), "good")],
-        r#"["center"]"#,
+        &["center"],
     );
     let out = dir.path().join("runs");
     let (o, children) = sweep_watching_children(&file);
@@ -512,7 +453,7 @@ fn a_remote_worker_joins_once_and_runs_every_cell() {
     let file = pool_sweep_file(
         dir.path(),
         &[(&tresnet_m_weights(), "seeded")],
-        r#"["center", "squish"]"#,
+        &["center", "squish"],
     );
     // No local workers: the pool is whatever joins the endpoint.
     let text = std::fs::read_to_string(&file).unwrap().replace(
@@ -520,18 +461,13 @@ fn a_remote_worker_joins_once_and_runs_every_cell() {
         "local-workers = 0\nlisten = \"127.0.0.1:0\"",
     );
     std::fs::write(&file, text).unwrap();
-    let mut cmd = Command::new(bin("tresnet-coordinator"));
-    cmd.arg("sweep")
-        .arg(&file)
-        .env("TRESNET_WORKER_BIN", bin("tresnet-worker"))
-        .env_remove("TRESNET_TOKEN");
+    let mut cmd = coordinator_command("sweep");
+    cmd.arg(&file);
     let mut coord = Watched::spawn(cmd, "sweep");
     let addr = coord.wait_for("coordinator listening on ");
     let addr = addr.split(';').next().unwrap().trim().to_string();
-    let mut worker = Command::new(bin("tresnet-worker"))
-        .args(["--coordinator", &format!("http://{addr}")])
-        .args(["--worker-id", "remote-0", "--threads", "1", "--no-cache"])
-        .env_remove("TRESNET_TOKEN")
+    let mut worker = worker_command(&format!("http://{addr}"))
+        .args(["--worker-id", "remote-0", "--no-cache"])
         .spawn()
         .unwrap();
     let pid = worker.id();

@@ -3,9 +3,9 @@
 //! refused with errors that say why, and bad certificate or key files are named.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use tresnet_tests::{Watched, bin, coordinator_run, summary};
+use tresnet_tests::{Watched, coordinator_run, summary, worker_command};
 
 struct Pki {
     ca: PathBuf,
@@ -60,12 +60,9 @@ fn tls_args<'a>(cmd: &'a mut Command, pki: &Pki) -> &'a mut Command {
 }
 
 fn worker(url: &str, extra: &[&str]) -> Output {
-    Command::new(bin("tresnet-worker"))
-        .args(["--coordinator", url, "--threads", "1"])
+    worker_command(url)
         .args(extra)
-        .env_remove("TRESNET_TOKEN")
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
@@ -145,16 +142,8 @@ fn remote_workers_need_https_and_the_right_ca() {
     // The right CA: this worker alone does the whole job, so the run completing with a whole report
     // shows it got through. (Its own exit status is not checked: a remote worker that polls after the
     // coordinator has exited finds no server.)
-    let mut ok = Command::new(bin("tresnet-worker"))
-        .args([
-            "--coordinator",
-            &format!("https://{addr}"),
-            "--threads",
-            "1",
-        ])
+    let mut ok = worker_command(&format!("https://{addr}"))
         .args(["--tls-ca", &ca])
-        .env_remove("TRESNET_TOKEN")
-        .stdin(Stdio::null())
         .spawn()
         .unwrap();
     assert!(coord.child.wait().unwrap().success());

@@ -33,6 +33,41 @@ pub(crate) fn index_from_listing(
     DatasetIndex::new(location.url(), format, class_names, samples, vec![])
 }
 
+/// Folders the refusal of an unmapped layout names: enough to see the pattern without flooding the
+/// message when a whole tree is of the wrong kind.
+const UNMAPPED_FOLDERS_NAMED: usize = 5;
+
+/// The samples of a folder-per-class layout whose folder names `class_of` maps to class indices
+/// (WNIDs, numbered folders), sorted by (class, key). A folder it does not map is an error naming
+/// the first few: `unmapped` turns their comma-separated list into the message.
+pub(crate) fn mapped_class_folder_samples(
+    location: &StorageLocation,
+    objects: &[Listed],
+    class_of: impl Fn(&str) -> Option<u32>,
+    unmapped: impl FnOnce(&str) -> String,
+) -> Result<Vec<Sample>, DatasetError> {
+    let (folders, mut samples) = classes_and_samples(location, objects)?;
+    let mapped: Vec<Option<u32>> = folders.iter().map(|f| class_of(f)).collect();
+    let unknown: Vec<&str> = folders
+        .iter()
+        .zip(&mapped)
+        .filter(|(_, m)| m.is_none())
+        .map(|(f, _)| f.as_str())
+        .take(UNMAPPED_FOLDERS_NAMED)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(DatasetError::invalid(
+            location.url(),
+            unmapped(&unknown.join(", ")),
+        ));
+    }
+    for sample in &mut samples {
+        sample.label = mapped[sample.label as usize].unwrap_or_default();
+    }
+    samples.sort_by(|a, b| (a.label, &a.key).cmp(&(b.label, &b.key)));
+    Ok(samples)
+}
+
 pub(crate) fn classes_and_samples(
     location: &StorageLocation,
     objects: &[Listed],

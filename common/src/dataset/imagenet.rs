@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use super::imagefolder::{classes_and_samples, has_image_extension};
+use super::imagefolder::{has_image_extension, mapped_class_folder_samples};
 use super::mat::{MatFile, as_index};
 use super::{
     DatasetError, DatasetFormat, DatasetIndex, Listed, Listing, Sample, SampleSource, read_listed,
@@ -125,30 +125,12 @@ pub(crate) fn class_folder_samples(
     location: &StorageLocation,
     listing: &Listing,
 ) -> Result<Vec<Sample>, DatasetError> {
-    let (folders, mut samples) = classes_and_samples(location, &listing.objects)?;
-    let mapped: Vec<Option<u32>> = folders.iter().map(|f| class_index(f)).collect();
-    let unknown: Vec<&str> = folders
-        .iter()
-        .zip(&mapped)
-        .filter(|(_, m)| m.is_none())
-        .map(|(f, _)| f.as_str())
-        .take(5)
-        .collect();
-    if !unknown.is_empty() {
-        return Err(DatasetError::invalid(
-            location.url(),
-            format!(
-                "folders that are not ImageNet-1k synsets: {} (expected WNIDs such as n01440764, or a \
-                 ground-truth file for the flat layout)",
-                unknown.join(", ")
-            ),
-        ));
-    }
-    for sample in &mut samples {
-        sample.label = mapped[sample.label as usize].unwrap_or_default();
-    }
-    samples.sort_by(|a, b| (a.label, &a.key).cmp(&(b.label, &b.key)));
-    Ok(samples)
+    mapped_class_folder_samples(location, &listing.objects, class_index, |unknown| {
+        format!(
+            "folders that are not ImageNet-1k synsets: {unknown} (expected WNIDs such as n01440764, \
+             or a ground-truth file for the flat layout)"
+        )
+    })
 }
 
 /// The image number of `ILSVRC2012_val_00000293.JPEG` (293).

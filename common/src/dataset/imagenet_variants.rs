@@ -17,7 +17,7 @@
 //! - **ImageNet-Sketch** (`imagenet-sketch`): 1000 WNID folders, mapped by name like ImageNet-val's
 //!   class folders, so a missing folder shifts no other class.
 
-use super::imagefolder::classes_and_samples;
+use super::imagefolder::mapped_class_folder_samples;
 use super::imagenet::{self, val_image_number};
 use super::{DatasetError, DatasetFormat, DatasetIndex, ExcludedSample, Listing, read_listed};
 use crate::storage::StorageLocation;
@@ -85,28 +85,9 @@ fn v2_class(folder: &str) -> Option<u32> {
 /// ImageNetV2: the folder's number is the class index.
 pub(crate) async fn list_v2(location: &StorageLocation) -> Result<DatasetIndex, DatasetError> {
     let listing = Listing::of(location).await?;
-    let (folders, mut samples) = classes_and_samples(location, &listing.objects)?;
-    let mapped: Vec<Option<u32>> = folders.iter().map(|f| v2_class(f)).collect();
-    let bad: Vec<&str> = folders
-        .iter()
-        .zip(&mapped)
-        .filter(|(_, m)| m.is_none())
-        .map(|(f, _)| f.as_str())
-        .take(5)
-        .collect();
-    if !bad.is_empty() {
-        return Err(DatasetError::invalid(
-            location.url(),
-            format!(
-                "ImageNetV2 folders are class indices 0 to 999, not: {}",
-                bad.join(", ")
-            ),
-        ));
-    }
-    for sample in &mut samples {
-        sample.label = mapped[sample.label as usize].unwrap_or_default();
-    }
-    samples.sort_by(|a, b| (a.label, &a.key).cmp(&(b.label, &b.key)));
+    let samples = mapped_class_folder_samples(location, &listing.objects, v2_class, |bad| {
+        format!("ImageNetV2 folders are class indices 0 to 999, not: {bad}")
+    })?;
     imagenet_classes(location, DatasetFormat::ImageNetV2, samples)
 }
 

@@ -37,17 +37,18 @@ pub enum DecodedPackError {
     AlreadyDecoded { url: String },
     #[error("cannot preprocess with these settings")]
     Preprocess(#[source] PreprocessError),
+    // Boxed: a StorageError is large, and this error travels through every decode task's result.
     #[error("reading {url}")]
     Source {
         url: String,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error("writing the pack at {url}")]
     Destination {
         url: String,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error("writing shard {shard} of {url}")]
     Tar {
@@ -109,7 +110,7 @@ pub async fn pack_decoded(
                     Err(e) => {
                         return Err(DecodedPackError::Source {
                             url: source.object_url(sample.source.path()),
-                            source: e,
+                            source: Box::new(e),
                         });
                     }
                 };
@@ -216,7 +217,7 @@ async fn put(
 ) -> Result<(), DecodedPackError> {
     let err = |source| DecodedPackError::Destination {
         url: destination.url().to_string(),
-        source,
+        source: Box::new(source),
     };
     let path = destination.path_of(name).map_err(err)?;
     destination.put(&path, bytes).await.map_err(err)

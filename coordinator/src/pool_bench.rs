@@ -24,7 +24,7 @@ use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::StoreArgs;
 
 use crate::atomic_file::write_atomic;
-use crate::cli::ModelArgs;
+use crate::job_args::ModelArgs;
 use crate::run::{LocalWorkers, serve_service, sha256_file, spawn_local_workers};
 
 /// A device is slow when its img/s is more than this fraction below the median of its kind: a sick GPU

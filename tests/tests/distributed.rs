@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tresnet_common::npy;
 use tresnet_tests::{
-    BATCH_DELAY_ENV, Watched, assert_same_report, bin, coordinator_run, http_get, kill_run_midway, predictions, run_ok, sample_dataset_size, send_signal, spawn_listening, summary, worker_command,
+    BATCH_DELAY_ENV, Watched, assert_same_report, bin, coordinator_run, http_get, kill_run_midway,
+    predictions, run_ok, sample_dataset_size, send_signal, spawn_listening, summary,
+    worker_command,
 };
 
 /// Per sample key: (index, top-k classes, top-k logits), from predictions.parquet.

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tresnet_tests::{
-    BATCH_DELAY_ENV, SweepToml, Watched, assert_same_report, bin, children_of, coordinator_command, coordinator_run, free_port, journal_records, process_gone, read_journal_record, run_ok, sample_dataset_size, sample_images, send_signal, summary, tresnet_m_weights, wait_until, worker_command,
+    BATCH_DELAY_ENV, SweepToml, Watched, assert_same_report, children_of, coordinator_command,
+    coordinator_run, free_port, journal_records, process_gone, read_journal_record, run_ok,
+    sample_dataset_size, sample_images, send_signal, summary, wait_until, worker_command,
 };
 
 /// Shards of 2 samples and batches of 2 in every run here, so their reports compare exactly.

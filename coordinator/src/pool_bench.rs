@@ -18,7 +18,6 @@ use tokio::net::TcpListener;
 use tokio::process::Child;
 use tonic::{Request, Response, Status, Streaming};
 use tresnet_common::ids::WorkerId;
-use tresnet_common::protocol::PROTOCOL_VERSION;
 use tresnet_common::protocol::pb::{self, coordinator_server::Coordinator};
 use tresnet_common::protocol::tls::ServerTls;
 use tresnet_common::storage::StoreArgs;
@@ -132,16 +131,8 @@ impl Coordinator for BenchService {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
-        if r.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "protocol version mismatch: worker speaks {} but this coordinator speaks {}; \
-                 run matching tresnet-worker and tresnet-coordinator builds",
-                r.protocol_version, PROTOCOL_VERSION
-            )));
-        }
-        if r.worker_id.is_empty() || r.worker_id.len() > 256 {
-            return Err(Status::invalid_argument("worker_id must be 1..=256 bytes"));
-        }
+        crate::service::check_protocol(r.protocol_version)?;
+        crate::service::worker_id(&r.worker_id)?;
         let mut b = self.lock();
         tracing::info!(worker = %r.worker_id, host = %r.hostname, devices = ?r.devices, "worker registered for the bench");
         b.workers.entry(r.worker_id).or_default().hostname = r.hostname;

@@ -68,7 +68,19 @@ impl CoordinatorService {
     }
 }
 
-fn worker_id(s: &str) -> Result<WorkerId, Status> {
+/// A worker of another protocol version is refused at registration, naming both versions; shared by
+/// every service a worker registers with (runs, sweeps, the pool bench).
+pub(crate) fn check_protocol(worker: u32) -> Result<(), Status> {
+    if worker != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol version mismatch: worker speaks {worker} but this coordinator speaks {PROTOCOL_VERSION}; \
+             run matching tresnet-worker and tresnet-coordinator builds"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn worker_id(s: &str) -> Result<WorkerId, Status> {
     if s.is_empty() || s.len() > 256 {
         return Err(Status::invalid_argument("worker_id must be 1..=256 bytes"));
     }
@@ -86,13 +98,7 @@ impl Coordinator for CoordinatorService {
         req: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let r = req.into_inner();
-        if r.protocol_version != PROTOCOL_VERSION {
-            return Err(Status::failed_precondition(format!(
-                "protocol version mismatch: worker speaks {} but this coordinator speaks {}; \
-                 run matching tresnet-worker and tresnet-coordinator builds",
-                r.protocol_version, PROTOCOL_VERSION
-            )));
-        }
+        check_protocol(r.protocol_version)?;
         let id = worker_id(&r.worker_id)?;
         let mut st = self.lock();
         let software = r.software.map(WorkerSoftware::from);

@@ -17,7 +17,9 @@ top-5 records), so every figure here measures the coordinator and the protocol, 
 
 Configurations alternate per round (order rotated); each figure is min / median / max over --rounds runs.
 The machine, load average per run, date and command line are printed (and written with --json FILE).
-Usage (release binaries from $TRESNET_BIN_DIR or $CARGO_TARGET_DIR/release):
+Usage (release binaries from $TRESNET_BIN_DIR or $CARGO_TARGET_DIR/release; `near` throttles workers with
+the worker's test hook, so build it with `cargo build --release -p tresnet-coordinator -p tresnet-worker
+--features tresnet-worker/test-hooks`):
     source ops/env.sh
     python ops/bench/coordinator_scale.py scale [--sizes 50000,1281167,10000000] [--rounds 3]
     python ops/bench/coordinator_scale.py near [--rounds 3] [--fill 0.8]
@@ -34,22 +36,12 @@ import sys
 import tempfile
 import time
 
+from benchlib import cpu_model, load_avg  # noqa: E402 (ops/bench/benchlib.py, beside this script)
+
 POLL_S = 0.02  # /proc sampling period of the coordinator's RSS and CPU time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def load_avg():
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_manifest(d, n):
@@ -72,14 +64,14 @@ def proc_sample(pid):
         return None
 
 
-def run_coordinator(bin_dir, data, out, workers, extra):
+def run_coordinator(bin_dir, data, out, workers, extra, env=None):
     """Runs one `tresnet-coordinator run --synthetic`; returns wall s, window s, peak RSS, CPU s."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [os.path.join(bin_dir, "tresnet-coordinator"), "run", "--synthetic", "--model", "tresnet_m",
            "--data", data, "--format", "manifest", "--num-classes", "1000", "--local-workers", str(workers),
            "--worker-threads", "1", "--out", out] + extra
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
     last = None
     while p.poll() is None:
         s = proc_sample(p.pid)
@@ -162,8 +154,8 @@ def near(args, bin_dir, work, meta):
             if not os.path.exists(d):
                 write_manifest(d, n)
             x = run_coordinator(bin_dir, d, os.path.join(work, "run"), w,
-                                ["--shard-size", "4096", "--batch-size", str(batch),
-                                 f"--worker-arg=--debug-batch-delay-ms={delay_ms}"])
+                                ["--shard-size", "4096", "--batch-size", str(batch)],
+                                env={"TRESNET_DEBUG_BATCH_DELAY_MS": str(delay_ms)})
             eff = n / x["window_s"] / (w * per_worker)
             res[w].append(eff)
             print(f"round {r + 1}: {w:>2} workers asking {w * per_worker:9.0f} samples/s: {n / x['window_s']:9.0f} "

@@ -27,19 +27,8 @@ import tempfile
 import time
 
 
-def load():
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from benchlib import cpu_model  # noqa: E402 (ops/bench/benchlib.py, beside this script)
+from benchlib import load_avg as load  # noqa: E402
 
 
 def run(cmd, **kw):

@@ -38,22 +38,12 @@ import subprocess
 import sys
 import time
 
+from benchlib import cpu_model, load_avg  # noqa: E402 (ops/bench/benchlib.py, beside this script)
+
 MAIN_KIND = "jpeg420_500x375"  # the bench/ folder, named as the Rust bench names it
 OUTPUTS = ("u8", "f32")
 
 
-def load_avg():
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def image_kinds(fixtures):

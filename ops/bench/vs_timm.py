@@ -27,19 +27,9 @@ import sys
 import tempfile
 import time
 
-
-def load_avg():
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+from benchlib import cpu_model, load_avg  # noqa: E402 (ops/bench/benchlib.py, beside this script)
 
 
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # ---- timm sides, run as child processes so each configuration starts cold and alone ----------------

@@ -485,6 +485,26 @@ fn default_store_retry_timeout_ms() -> u64 {
     StoreArgs::default().store_retry_timeout_ms
 }
 
+/// The server's TLS from `--tls-cert`/`--tls-key` (both or neither, clap enforces), and `--tls-ca`
+/// checked now so a bad CA file fails before any worker starts; shared by `run` and `bench`.
+fn server_tls(
+    cert: &Option<std::path::PathBuf>,
+    key: &Option<std::path::PathBuf>,
+    ca: &Option<std::path::PathBuf>,
+) -> anyhow::Result<Option<tresnet_common::protocol::tls::ServerTls>> {
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(
+            tresnet_common::protocol::tls::ServerTls::load(cert, key)
+                .map_err(anyhow::Error::new)?,
+        ),
+        _ => None,
+    };
+    if let Some(ca) = ca {
+        tresnet_common::protocol::tls::client_config(Some(ca), None)?;
+    }
+    Ok(tls)
+}
+
 impl RunArgs {
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
         self.preprocess.validate()?;
@@ -503,16 +523,7 @@ impl RunArgs {
         if let Some(key) = self.unknown.keys().next() {
             anyhow::bail!("unknown run setting {key:?}");
         }
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                tresnet_common::protocol::tls::ServerTls::load(cert, key)
-                    .map_err(anyhow::Error::new)?,
-            ),
-            _ => None,
-        };
-        if let Some(ca) = &self.tls_ca {
-            tresnet_common::protocol::tls::client_config(Some(ca), None)?;
-        }
+        let tls = server_tls(&self.tls_cert, &self.tls_key, &self.tls_ca)?;
         Ok(RunConfig {
             model: self.model,
             data: self.data,
@@ -640,16 +651,7 @@ impl BenchArgs {
         if self.ready_timeout_secs == 0 {
             anyhow::bail!("--ready-timeout-secs must be positive");
         }
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                tresnet_common::protocol::tls::ServerTls::load(cert, key)
-                    .map_err(anyhow::Error::new)?,
-            ),
-            _ => None,
-        };
-        if let Some(ca) = &self.tls_ca {
-            tresnet_common::protocol::tls::client_config(Some(ca), None)?;
-        }
+        let tls = server_tls(&self.tls_cert, &self.tls_key, &self.tls_ca)?;
         let weights = std::path::absolute(&weights)
             .map_err(|e| anyhow::anyhow!("weights {}: {e}", weights.display()))?;
         Ok(crate::pool_bench::PoolBenchConfig {
